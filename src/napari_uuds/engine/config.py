@@ -1,0 +1,134 @@
+"""Configuration dataclasses: model, prompts, loss weights, training.
+
+Everything that changes what a checkpoint means lives in :class:`ModelConfig` and is saved in
+``config.json`` beside the weights; :class:`TrainConfig` and :class:`LossWeights` describe how a
+model was trained and are saved too, for the record.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from .errors import UUDSError
+
+#: Built-in architectures. ``rn50`` is OpenAI CLIP's ResNet-50; ``tiny`` is a ~5 M-parameter CLIP of
+#: the same shape (ModifiedResNet + text transformer) for tests and CPU demos.
+ARCHS = ("rn50", "tiny")
+
+DEFAULT_DOMAIN_PROMPT = "A photo of a {source}"
+
+
+@dataclass
+class ModelConfig:
+    arch: str = "tiny"
+    #: side of the square slices fed to the network (pixels).
+    image_size: int = 128
+    #: foreground class names; the network predicts len(class_names) + 1 channels (0 = background).
+    class_names: list[str] = field(default_factory=lambda: ["object"])
+    #: source modality name used in the domain prompt template.
+    source_modality: str = "source"
+    #: the hard domain prompt; ``{source}`` is replaced by ``source_modality``.
+    domain_prompt: str = DEFAULT_DOMAIN_PROMPT
+    #: M, the number of learnable CoOp context vectors of the segmentation prompt.
+    n_ctx: int = 4
+    #: attention heads of the DAM and SAM (Eq. 3 is applied per head).
+    attn_heads: int = 8
+    #: channels of the decoders' first stage.
+    decoder_width: int = 256
+    #: projection size of the BSCL head.
+    proj_dim: int = 128
+    #: ablation switches (paper, Table 3)
+    use_domain_prompt: bool = True
+    use_seg_prompt: bool = True
+    #: slicing axis in canonical (RAS+) orientation: 0 sagittal, 1 coronal, 2 axial.
+    axis: int = 2
+
+    def __post_init__(self) -> None:
+        if self.arch not in ARCHS:
+            raise UUDSError(f"unknown model '{self.arch}', choose one of {', '.join(ARCHS)}")
+        if not self.class_names:
+            raise UUDSError("at least one class name is needed")
+        if self.axis not in (0, 1, 2):
+            raise UUDSError(f"axis must be 0, 1 or 2, not {self.axis}")
+        if self.image_size % 32:
+            raise UUDSError(f"image size must be a multiple of 32, not {self.image_size}")
+
+    @property
+    def n_classes(self) -> int:
+        """Output channels including background."""
+        return len(self.class_names) + 1
+
+    def domain_text(self, template: str | None = None) -> str:
+        t = self.domain_prompt if template is None else template
+        return t.replace("{source}", self.source_modality)
+
+    @classmethod
+    def for_arch(cls, arch: str, **kw: Any) -> "ModelConfig":
+        """Defaults that suit each architecture (RN50: 224 px, its native attention-pool size)."""
+        base: dict[str, Any] = {"arch": arch}
+        if arch == "rn50":
+            base.update(image_size=224, decoder_width=256, attn_heads=8)
+        elif arch == "tiny":
+            base.update(image_size=128, decoder_width=64, attn_heads=4, proj_dim=64)
+        base.update({k: v for k, v in kw.items() if v is not None})
+        return cls(**base)
+
+
+@dataclass
+class LossWeights:
+    """Weights of the total loss (Sec. 3.3); the paper uses 1.0 for all four."""
+
+    alpha: float = 1.0  # L_DD (Eq. 1 + Eq. 2)
+    beta: float = 1.0  # L_BSCL (Eq. 4)
+    gamma: float = 1.0  # L_useg (Eq. 8) + L_seg
+    lam: float = 1.0  # L_id (Eq. 9)
+    tau_dd: float = 0.07  # temperature of L_DD
+    tau_bscl: float = 0.1  # temperature of L_BSCL
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 600
+    batch_size: int = 8
+    lr: float = 1e-4
+    weight_decay: float = 0.01
+    seed: int = 0
+    device: str = "auto"
+    #: chi of Eq. 6/7, on entropy normalised by ln(C) so that it lies in [0, 1].
+    threshold: float = 0.5
+    use_uncertainty: bool = True
+    #: steps of source-only training (L_seg, L_id, L_BSCL, L_DD) before L_useg joins.
+    warmup_steps: int = -1  # -1: a quarter of `steps`
+    #: fraction of source slices drawn from slices that contain the object.
+    fg_fraction: float = 0.5
+    #: bf16 autocast on CUDA.
+    amp: bool = True
+    channels_last: bool = True
+    #: yield preview tensors every N steps (0: never).
+    preview_every: int = 0
+    #: random intensity/flip augmentation of the 2D slices.
+    augment: bool = True
+    num_threads: int = 0  # torch CPU threads, 0: leave torch's default
+
+    def __post_init__(self) -> None:
+        if self.steps < 1:
+            raise UUDSError(f"steps must be at least 1, not {self.steps}")
+        if self.batch_size < 2:
+            raise UUDSError(f"batch size must be at least 2 (contrastive losses), not {self.batch_size}")
+        if not 0.0 <= self.threshold <= 1.0:
+            raise UUDSError(f"threshold must lie in [0, 1], not {self.threshold}")
+
+    @property
+    def warmup(self) -> int:
+        return self.steps // 4 if self.warmup_steps < 0 else self.warmup_steps
+
+
+def to_dict(obj: Any) -> dict[str, Any]:
+    return dataclasses.asdict(obj)
+
+
+def from_dict(cls: type, data: dict[str, Any]):
+    """Build a dataclass from a dict, ignoring unknown keys (forward compatibility)."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    return cls(**{k: v for k, v in data.items() if k in names})

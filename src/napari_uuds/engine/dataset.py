@@ -1,0 +1,56 @@
+"""From files (or arrays) to the slice stacks the trainer samples: load, validate, normalise, slice."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .errors import UUDSError
+from .slices import SliceGeometry, SliceSampler, to_square
+from .volumes import NormParams, Volume, load_label, load_volume, normalise
+
+
+@dataclass
+class PreparedVolume:
+    volume: Volume
+    norm: NormParams
+    image: torch.Tensor  # (n, 1, S, S) in [-1, 1]
+    geom: SliceGeometry
+    label: torch.Tensor | None = None  # (n, 1, S, S) uint8
+    label_volume: Volume | None = None
+    extra: dict = field(default_factory=dict)
+
+
+def prepare_volume(vol: Volume, axis: int, size: int, label: Volume | None = None) -> PreparedVolume:
+    norm_data, params = normalise(vol.data)
+    img, geom = to_square(norm_data, axis, size, fill=-1.0, mode="bilinear")
+    lab = None
+    if label is not None:
+        lab, _ = to_square(label.data.astype(np.float32), axis, size, fill=0.0, mode="nearest")
+        lab = lab.to(torch.uint8)
+    return PreparedVolume(vol, params, img, geom, lab, label)
+
+
+def load_source_pairs(images: list[str | Path], labels: list[str | Path], n_classes: int, axis: int, size: int,
+                      binarize: bool = False) -> list[PreparedVolume]:
+    if len(images) != len(labels):
+        raise UUDSError(f"{len(images)} source image(s) but {len(labels)} source label(s); give one --source-label per --source")
+    out = []
+    for ip, lp in zip(images, labels):
+        vol = load_volume(ip)
+        lab = load_label(lp, n_classes, binarize=binarize, like=vol)
+        out.append(prepare_volume(vol, axis, size, lab))
+    return out
+
+
+def load_targets(images: list[str | Path], axis: int, size: int) -> list[PreparedVolume]:
+    return [prepare_volume(load_volume(p), axis, size) for p in images]
+
+
+def samplers(sources: list[PreparedVolume], targets: list[PreparedVolume], fg_fraction: float, seed: int
+             ) -> tuple[SliceSampler, SliceSampler]:
+    src = SliceSampler([p.image for p in sources], [p.label for p in sources], fg_fraction, seed)
+    tgt = SliceSampler([p.image for p in targets], None, 0.0, seed + 1)
+    return src, tgt

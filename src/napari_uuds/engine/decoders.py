@@ -1,0 +1,82 @@
+"""Decoders (Sec. 3.1.1, 3.1.2, 4.1): residual blocks and upsampling.
+
+* :class:`ImageDecoder` (the generator): DAM output (S/32) -> synthetic source x^{t->s} or the
+  reconstruction ~x^s, in [-1, 1]; it also returns its stage features at S/16 .. S/1, the
+  "multi-level features learned from the generator".
+* :class:`SegDecoder`: SAM output (+ class score maps) at S/32, upsampled U-Net style with, at each
+  scale, the encoder's skip features of the segmented image and the generator's features.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+def _groups(c: int) -> int:
+    for g in (16, 8, 4, 2):
+        if c % g == 0 and c // g >= 2:
+            return g
+    return 1
+
+
+class ResBlock(nn.Module):
+    def __init__(self, cin: int, cout: int):
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.GroupNorm(_groups(cout), cout), nn.SiLU(inplace=True),
+            nn.Conv2d(cout, cout, 3, padding=1, bias=False), nn.GroupNorm(_groups(cout), cout))
+        self.skip = nn.Identity() if cin == cout else nn.Conv2d(cin, cout, 1, bias=False)
+        self.act = nn.SiLU(inplace=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(self.body(x) + self.skip(x))
+
+
+def stage_widths(width: int, n: int = 5, floor: int = 16) -> list[int]:
+    return [max(width // (2 ** i), floor) for i in range(n)]
+
+
+class ImageDecoder(nn.Module):
+    def __init__(self, in_dim: int, width: int):
+        super().__init__()
+        ws = stage_widths(width)
+        self.inp = nn.Sequential(nn.Conv2d(in_dim, ws[0], 1), ResBlock(ws[0], ws[0]))
+        self.stages = nn.ModuleList(ResBlock(ws[max(i - 1, 0)], ws[i]) for i in range(5))
+        self.out = nn.Conv2d(ws[-1], 1, 3, padding=1)
+        self.widths = ws
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        h = self.inp(x)
+        feats = []
+        for stage in self.stages:
+            h = stage(F.interpolate(h, scale_factor=2, mode="bilinear", align_corners=False))
+            feats.append(h)  # S/16, S/8, S/4, S/2, S/1
+        return torch.tanh(self.out(h).float()).to(x.dtype), feats
+
+
+class SegDecoder(nn.Module):
+    """skip_dims: encoder skips [stem S/4, layer1 S/4, layer2 S/8, layer3 S/16]; gen_dims: S/16..S/1."""
+
+    def __init__(self, in_dim: int, skip_dims: list[int], gen_dims: list[int], width: int, n_classes: int):
+        super().__init__()
+        ws = stage_widths(width)
+        enc_at = [skip_dims[3], skip_dims[2], skip_dims[0] + skip_dims[1], 0, 0]  # per stage S/16..S/1
+        self.inp = nn.Sequential(nn.Conv2d(in_dim, ws[0], 1), ResBlock(ws[0], ws[0]))
+        self.stages = nn.ModuleList(
+            ResBlock(ws[max(i - 1, 0)] + enc_at[i] + gen_dims[i] + (1 if i == 4 else 0), ws[i]) for i in range(5))
+        self.head = nn.Conv2d(ws[-1], n_classes, 1)
+
+    def forward(self, x: torch.Tensor, skips: list[torch.Tensor], gen: list[torch.Tensor],
+                image: torch.Tensor) -> torch.Tensor:
+        enc = [skips[3], skips[2], torch.cat([skips[0], skips[1]], 1), None, None]
+        h = self.inp(x)
+        for i, stage in enumerate(self.stages):
+            h = F.interpolate(h, scale_factor=2, mode="bilinear", align_corners=False)
+            parts = [h, gen[i]]
+            if enc[i] is not None:
+                parts.append(enc[i])
+            if i == 4:
+                parts.append(image.to(h.dtype))
+            h = stage(torch.cat(parts, 1))
+        return self.head(h)

@@ -1,0 +1,140 @@
+"""UUDS losses, one function per equation of the paper (Sec. 3).
+
+=================  ===========================  =========================================
+equation           function                     reads
+=================  ===========================  =========================================
+Eq. 1, Eq. 2       :func:`loss_dd`              domain distillation against T^d
+Eq. 4              :func:`loss_bscl`            in-batch supervised contrastive
+Eq. 5              :func:`entropy_map`          per-pixel predictive entropy
+Eq. 6, Eq. 7       :func:`pseudo_label`         pseudo label and certain mask for chi
+Eq. 8              :func:`loss_useg`            Dice on certain pixels of x^{t->s}
+L_seg (Sec. 3.2)   :func:`loss_seg`             Dice + cross-entropy on the source
+Eq. 9              :func:`loss_id`              L1 identity of the source reconstruction
+Sec. 3.3           :func:`total_loss`           alpha, beta, gamma, lambda
+=================  ===========================  =========================================
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from .config import LossWeights
+
+EPS_ENTROPY = 1e-9  # epsilon of Eq. 5
+
+
+def loss_dd(xg_a: torch.Tensor, xg_t: torch.Tensor, t_d: torch.Tensor, tau: float = 0.07) -> torch.Tensor:
+    """Domain distillation L_DD, Eq. 1 (``xg_a`` = x_g^s) and Eq. 2 (``xg_a`` = x_g^{t->s}).
+
+    L = log( exp((1 - sim(a, T^d)) / tau) / (exp((1 - sim(a, T^d)) / tau) + exp((1 - sim(t, T^d)) / tau)) ),
+    averaged over the batch (a_i paired with t_i). Minimising it raises sim(a, T^d) and lowers
+    sim(t, T^d). It is a log-probability, so it is negative, bounded below by log sigmoid(-2 / tau).
+    """
+    t_d = t_d.float().expand_as(xg_a)
+    da = 1.0 - F.cosine_similarity(xg_a.float(), t_d, dim=-1)
+    dt = 1.0 - F.cosine_similarity(xg_t.float(), t_d, dim=-1)
+    logits = torch.stack([da, dt], dim=-1) / tau
+    return torch.log_softmax(logits, dim=-1)[..., 0].mean()
+
+
+def loss_bscl(z: torch.Tensor, has_object: torch.Tensor, tau: float = 0.1) -> torch.Tensor:
+    """In-batch supervised contrastive loss L_BSCL, Eq. 4.
+
+    z: (B, D) embeddings (normalised by the projection head); has_object: (B,) bool, whether slice i
+    contains the segmentation object. For anchor i, P(i) are the other slices of the same category and
+    A(i) all other slices. Per anchor: -1/|P(i)| sum_{p in P(i)} log( exp(z_i.z_p/tau) / sum_{a in A(i)} exp(z_i.z_a/tau) ).
+    Averaged over the anchors that have a positive (the paper sums over i; the mean keeps beta independent
+    of batch size). Returns 0 when no anchor has a positive.
+    """
+    z = z.float()
+    b = z.shape[0]
+    sim = z @ z.t() / tau
+    self_mask = torch.eye(b, dtype=torch.bool, device=z.device)
+    sim = sim.masked_fill(self_mask, float("-inf"))
+    log_prob = sim - torch.logsumexp(sim, dim=1, keepdim=True)
+    lab = has_object.view(-1)
+    pos = (lab[:, None] == lab[None, :]) & ~self_mask
+    n_pos = pos.sum(1)
+    valid = n_pos > 0
+    if not valid.any():
+        return z.sum() * 0.0
+    per_anchor = -(log_prob.masked_fill(~pos, 0.0)).sum(1) / n_pos.clamp(min=1)
+    return per_anchor[valid].mean()
+
+
+def entropy_map(probs: torch.Tensor, normalise: bool = True, eps: float = EPS_ENTROPY) -> torch.Tensor:
+    """Per-pixel uncertainty u_ij, Eq. 5: -sum_c Y_c log(Y_c + eps) over the class channel (dim 1).
+
+    ``normalise`` divides by ln(C) so that u lies in [0, 1] whatever the number of classes, and the
+    threshold chi means the same for binary and multi-class models. probs: (B, C, ...) -> (B, ...).
+    """
+    u = -(probs * torch.log(probs + eps)).sum(dim=1)
+    if normalise:
+        u = u / math.log(probs.shape[1])
+    return u
+
+
+def pseudo_label(probs: torch.Tensor, chi: float, entropy: torch.Tensor | None = None
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pseudo label Y^{t->s} (Eq. 6) and certain mask Y^mask (Eq. 7) for threshold chi.
+
+    Returns (argmax labels (B, ...), mask (B, ...) float, 1 where u < chi).
+    """
+    u = entropy_map(probs) if entropy is None else entropy
+    return probs.argmax(dim=1), (u < chi).to(probs.dtype)
+
+
+def certain_mask(entropy: torch.Tensor, chi: float) -> torch.Tensor:
+    """Eq. 7 on a cached entropy: any threshold, no network call."""
+    return entropy < chi
+
+
+def _dice_terms(pred: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None,
+                smooth: float) -> torch.Tensor:
+    """Soft Dice loss per foreground channel. pred, target: (B, C, ...) -> (C-1,)."""
+    dims = (0,) + tuple(range(2, pred.ndim))
+    if weight is not None:
+        pred = pred * weight
+        target = target * weight
+    inter = (pred * target)[:, 1:].sum(dims)
+    denom = target[:, 1:].sum(dims) + pred[:, 1:].sum(dims)
+    return 1.0 - (2.0 * inter + smooth) / (denom + smooth)
+
+
+def loss_useg(probs: torch.Tensor, pseudo: torch.Tensor, mask: torch.Tensor, smooth: float = 1.0) -> torch.Tensor:
+    """Uncertain segmentation loss L_useg, Eq. 8: Dice between Y^ and the pseudo label on certain pixels.
+
+    probs (B, C, H, W) softmax; pseudo (B, H, W) labels (no gradient); mask (B, H, W) from Eq. 7.
+    Sums run over the whole batch; multi-class: the mean over foreground classes. ``smooth`` keeps the
+    ratio defined when a class is absent.
+    """
+    onehot = F.one_hot(pseudo.long(), probs.shape[1]).movedim(-1, 1).to(probs.dtype)
+    return _dice_terms(probs.float(), onehot.float().detach(), mask.float().unsqueeze(1).detach(), smooth).mean()
+
+
+def loss_seg(logits: torch.Tensor, target: torch.Tensor, smooth: float = 1.0) -> torch.Tensor:
+    """Supervised L_seg on the source: soft Dice (foreground classes) + cross-entropy."""
+    target = target.long()
+    if target.ndim == logits.ndim:
+        target = target[:, 0]
+    probs = logits.float().softmax(1)
+    onehot = F.one_hot(target, logits.shape[1]).movedim(-1, 1).float()
+    return _dice_terms(probs, onehot, None, smooth).mean() + F.cross_entropy(logits.float(), target)
+
+
+def loss_id(rec: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """Identity loss L_id, Eq. 9: ||~X^s - X^s||_1, taken as the mean absolute error per pixel."""
+    return (rec.float() - x.float()).abs().mean()
+
+
+def total_loss(terms: dict[str, torch.Tensor], w: LossWeights) -> torch.Tensor:
+    """L_total = alpha (L_DD1 + L_DD2) + beta L_BSCL + gamma (L_useg + L_seg) + lambda L_id (Sec. 3.3).
+
+    Missing terms (ablations, warm-up) count as zero.
+    """
+    z = next(iter(terms.values())) * 0.0
+    g = terms.get
+    return (w.alpha * (g("dd_s", z) + g("dd_ts", z)) + w.beta * g("bscl", z)
+            + w.gamma * (g("useg", z) + g("seg", z)) + w.lam * g("id", z))

@@ -1,0 +1,193 @@
+"""The training loop as a generator of progress events.
+
+The CLI prints the events; the GUI's ``thread_worker`` yields them to the main thread. A
+:class:`TrainControl` carries what may change while training runs: a stop flag (checked before every
+step), the uncertainty threshold and the domain prompt text (both read at every step).
+"""
+from __future__ import annotations
+
+import random
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Iterator
+
+import numpy as np
+import torch
+
+from .config import LossWeights, TrainConfig
+from .losses import loss_bscl, loss_dd, loss_id, loss_seg, loss_useg, pseudo_label, total_loss
+from .model import UUDS
+from .slices import SliceSampler
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        from .errors import UUDSError
+
+        raise UUDSError("--device cuda asked for, but torch sees no CUDA GPU")
+    return torch.device(name)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+class TrainControl:
+    """Thread-safe knobs read by the running loop."""
+
+    def __init__(self, threshold: float = 0.5, domain_prompt: str | None = None):
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._threshold = threshold
+        self._prompt = domain_prompt
+        self.preview_input: torch.Tensor | None = None  # (1, 1, S, S) slice to preview, set by the GUI
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    @property
+    def stopped(self) -> bool:
+        return self._stop.is_set()
+
+    @property
+    def threshold(self) -> float:
+        with self._lock:
+            return self._threshold
+
+    @threshold.setter
+    def threshold(self, v: float) -> None:
+        with self._lock:
+            self._threshold = float(v)
+
+    @property
+    def domain_prompt(self) -> str | None:
+        with self._lock:
+            return self._prompt
+
+    @domain_prompt.setter
+    def domain_prompt(self, text: str | None) -> None:
+        with self._lock:
+            self._prompt = text
+
+
+@dataclass
+class TrainEvent:
+    kind: str  # "start" | "step" | "preview" | "done" | "stopped"
+    step: int
+    total: int
+    losses: dict[str, float] = field(default_factory=dict)
+    slices_per_s: float = 0.0
+    elapsed_s: float = 0.0
+    eta_s: float = 0.0
+    message: str = ""
+    preview: dict[str, np.ndarray] | None = None
+
+
+def train(model: UUDS, source: SliceSampler, target: SliceSampler, cfg: TrainConfig,
+          weights: LossWeights | None = None, control: TrainControl | None = None,
+          start_step: int = 0, optimizer_state: dict | None = None, log_every: int = 1
+          ) -> Iterator[TrainEvent]:
+    """Train ``model`` in place, yielding a :class:`TrainEvent` every ``log_every`` steps.
+
+    The last event is "done" or "stopped"; either way the model holds the weights learnt so far and
+    ``model.optimizer_state`` the optimiser state (for resuming).
+    """
+    weights = weights or LossWeights()
+    control = control or TrainControl(cfg.threshold)
+    device = resolve_device(cfg.device)
+    seed_everything(cfg.seed + start_step)
+    if cfg.num_threads:
+        torch.set_num_threads(cfg.num_threads)
+    model.to(device)
+    cuda = device.type == "cuda"
+    if cuda and cfg.channels_last:
+        model.to(memory_format=torch.channels_last)
+    amp = torch.autocast("cuda", dtype=torch.bfloat16) if (cuda and cfg.amp) else torch.autocast("cpu", enabled=False)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    if optimizer_state:
+        opt.load_state_dict(optimizer_state)
+    mcfg = model.cfg
+    total = cfg.steps
+    yield TrainEvent("start", start_step, total, message=f"training on {device}")
+    t0 = time.perf_counter()
+    seen = 0
+    step = start_step
+    try:
+        while step < total:
+            if control.stopped:
+                yield TrainEvent("stopped", step, total, elapsed_s=time.perf_counter() - t0,
+                                 message=f"stopped at step {step}; the weights learnt so far are kept")
+                return
+            prompt = control.domain_prompt
+            if prompt is not None:
+                model.domain_prompt.set_text(mcfg.domain_text(prompt))
+            chi = control.threshold
+            model.train()
+            xs, ys = source.sample(cfg.batch_size, augment=cfg.augment)
+            xt, _ = target.sample(cfg.batch_size, augment=cfg.augment)
+            mf = torch.channels_last if (cuda and cfg.channels_last) else torch.contiguous_format
+            xs = xs.to(device, non_blocking=True).contiguous(memory_format=mf)
+            xt = xt.to(device, non_blocking=True).contiguous(memory_format=mf)
+            ys = ys.to(device, non_blocking=True)
+            with amp:
+                out = model(xs, xt)
+                terms: dict[str, torch.Tensor] = {
+                    "seg": loss_seg(out["logits_s"], ys),
+                    "id": loss_id(out["rec_s"], xs),
+                }
+                if mcfg.use_seg_prompt:
+                    terms["bscl"] = loss_bscl(out["z_s"], ys.flatten(1).any(1), weights.tau_bscl)
+                if mcfg.use_domain_prompt:
+                    terms["dd_s"] = loss_dd(out["xg_s"], out["xg_t"], out["t_d"], weights.tau_dd)
+                    terms["dd_ts"] = loss_dd(out["xg_ts"], out["xg_t"], out["t_d"], weights.tau_dd)
+                probs = out["logits_ts"].float().softmax(1)
+                pl, mask = pseudo_label(probs.detach(), chi)
+                if cfg.use_uncertainty and step >= cfg.warmup:
+                    terms["useg"] = loss_useg(probs, pl, mask)
+                loss = total_loss(terms, weights)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            step += 1
+            seen += cfg.batch_size
+            if step % log_every == 0 or step == total:
+                el = time.perf_counter() - t0
+                rate = seen / el if el > 0 else 0.0
+                losses = {k: float(v.detach()) for k, v in terms.items()}
+                losses["total"] = float(loss.detach())
+                losses["certain"] = float(mask.mean())
+                yield TrainEvent("step", step, total, losses, rate, el,
+                                 (total - step) * el / max(step - start_step, 1))
+            if cfg.preview_every and step % cfg.preview_every == 0:
+                yield TrainEvent("preview", step, total, preview=_preview(model, control, xt[:1], chi))
+        yield TrainEvent("done", step, total, elapsed_s=time.perf_counter() - t0,
+                         message=f"finished {total} steps")
+    finally:
+        model.optimizer_state = opt.state_dict()
+        model.trained_steps = step
+        model.eval()
+
+
+@torch.no_grad()
+def _preview(model: UUDS, control: TrainControl, fallback: torch.Tensor, chi: float) -> dict[str, np.ndarray]:
+    from .losses import entropy_map
+
+    was = model.training
+    model.eval()
+    x = control.preview_input if control.preview_input is not None else fallback
+    dev = next(model.parameters()).device
+    syn, logits = model.infer(x.to(dev).float())
+    probs = logits.float().softmax(1)
+    ent = entropy_map(probs)
+    model.train(was)
+    return {"synthetic": syn[0, 0].float().cpu().numpy(), "seg": probs.argmax(1)[0].cpu().numpy().astype(np.uint8),
+            "entropy": ent[0].cpu().numpy(), "certain": (ent[0] < chi).cpu().numpy()}

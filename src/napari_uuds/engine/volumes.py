@@ -1,0 +1,219 @@
+"""NIfTI in and out (nibabel), canonical orientation, intensity normalisation, back to the scan's grid.
+
+Volumes are processed in the closest canonical orientation (RAS+), so that "axis 2" means axial
+whatever the file's own orientation (LPS BraTS, PSR cord T2, ...). Outputs go back to the file's own
+voxel order and are written with its own affine and header, so they overlay the scan exactly.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+from nibabel.orientations import apply_orientation, axcodes2ornt, io_orientation, ornt_transform
+
+from .errors import UUDSError
+
+NIFTI_SUFFIXES = (".nii", ".nii.gz")
+_RAS = axcodes2ornt(("R", "A", "S"))
+
+
+def volume_name(path: str | Path) -> str:
+    """File name without .nii / .nii.gz."""
+    name = Path(path).name
+    for suf in (".nii.gz", ".nii"):
+        if name.endswith(suf):
+            return name[: -len(suf)]
+    return Path(name).stem
+
+
+@dataclass
+class Volume:
+    """A 3D scan in canonical (RAS+) voxel order plus what is needed to go back to the file's grid."""
+
+    data: np.ndarray  # float32, canonical order
+    affine: np.ndarray  # the file's own affine
+    header: nib.Nifti1Header
+    ornt: np.ndarray  # the file's orientation (nibabel ornt)
+    path: str = ""
+    name: str = ""
+    meta: dict = field(default_factory=dict)
+
+    @property
+    def spacing(self) -> tuple[float, float, float]:
+        """Voxel size (mm) along the canonical axes."""
+        zooms = np.asarray(self.header.get_zooms()[:3], dtype=float)
+        perm = self.ornt[:, 0].astype(int)  # file axis i -> canonical axis perm[i]
+        out = np.empty(3)
+        out[perm] = zooms
+        return tuple(float(z) for z in out)
+
+    @property
+    def axcodes(self) -> tuple[str, ...]:
+        return nib.aff2axcodes(self.affine)
+
+    def to_file_order(self, arr: np.ndarray) -> np.ndarray:
+        """Canonical voxel order -> the file's own voxel order (exact: flips and transposes only)."""
+        return apply_orientation(arr, ornt_transform(_RAS, self.ornt))
+
+
+def _load_nifti(path: str | Path) -> nib.Nifti1Image:
+    p = Path(path)
+    if not p.exists():
+        raise UUDSError("file not found", p)
+    if p.is_dir():
+        raise UUDSError("is a folder, not a NIfTI file", p)
+    try:
+        img = nib.load(str(p))
+    except Exception as exc:  # nibabel raises ImageFileError, gzip errors, ...
+        raise UUDSError(f"not a readable NIfTI file ({type(exc).__name__}: {str(exc).splitlines()[0][:120]})", p) from None
+    if not isinstance(img, (nib.Nifti1Image, nib.Nifti2Image)):
+        raise UUDSError(f"not a NIfTI file (nibabel read it as {type(img).__name__})", p)
+    return img
+
+
+def _as_3d(img: nib.Nifti1Image, path: str | Path) -> np.ndarray:
+    shape = img.shape
+    if len(shape) == 4 and shape[3] == 1:
+        shape = shape[:3]
+    if len(shape) != 3:
+        raise UUDSError(f"expected a 3D volume, got shape {tuple(img.shape)} ({len(img.shape)}D)", path)
+    if min(shape) < 2:
+        raise UUDSError(f"volume of shape {tuple(img.shape)} is not 3D (a dimension of size 1)", path)
+    try:
+        data = np.asarray(img.dataobj, dtype=np.float32).reshape(shape)  # applies scl_slope/inter
+    except Exception as exc:
+        raise UUDSError(f"could not read the voxel data ({type(exc).__name__}: {exc})", path) from None
+    return data
+
+
+def load_volume(path: str | Path, *, check_constant: bool = True) -> Volume:
+    """Read an image volume, validate it, return it in canonical order (float32, raw intensities)."""
+    img = _load_nifti(path)
+    data = _as_3d(img, path)
+    if not np.isfinite(data).all():
+        n = int((~np.isfinite(data)).sum())
+        raise UUDSError(f"{n} voxels are NaN or Inf", path)
+    if check_constant and float(data.max()) == float(data.min()):
+        raise UUDSError(f"constant image (every voxel is {float(data.min()):g})", path)
+    ornt = io_orientation(img.affine)
+    canon = apply_orientation(data, ornt_transform(ornt, _RAS))
+    return Volume(np.ascontiguousarray(canon, dtype=np.float32), img.affine.copy(), img.header.copy(), ornt,
+                  str(path), volume_name(path))
+
+
+def load_label(path: str | Path, n_classes: int | None = None, *, binarize: bool = False,
+               like: Volume | None = None, allow_empty: bool = False) -> Volume:
+    """Read a label volume: near-integer values are rounded (masks stored as 0.99999997 are 1).
+
+    ``n_classes`` counts foreground classes; values must lie in 0..n_classes. ``binarize`` maps every
+    non-zero value to 1 (BraTS whole tumour = seg > 0). ``like`` checks shape and affine against the image.
+    """
+    vol = load_volume(path, check_constant=False)
+    data = vol.data
+    rounded = np.rint(data)
+    if np.abs(data - rounded).max() > 1e-3:
+        raise UUDSError("label volume holds non-integer values (is this an image, not a mask?)", path)
+    if rounded.min() < 0:
+        raise UUDSError(f"label volume holds negative values ({int(rounded.min())})", path)
+    lab = rounded.astype(np.uint8 if rounded.max() < 256 else np.int32)
+    if binarize:
+        lab = (lab > 0).astype(np.uint8)
+    if like is not None:
+        check_same_grid(like, vol, path)
+    if not allow_empty and not lab.any():
+        raise UUDSError("label volume is empty (no foreground voxel)", path)
+    if n_classes is not None:
+        present = sorted(int(v) for v in np.unique(lab) if v > 0)
+        bad = [v for v in present if v > n_classes]
+        if bad:
+            raise UUDSError(
+                f"label values {bad} do not match the {n_classes} class name(s) given (values 1..{n_classes} "
+                f"expected; pass one --class-name per label value, or --binarize-labels)", path)
+    vol.data = lab
+    return vol
+
+
+def check_same_grid(image: Volume, label: Volume, label_path: str | Path) -> None:
+    ishape = image.to_file_order(image.data).shape if image.data.ndim == 3 else None
+    lshape = label.to_file_order(label.data).shape
+    if ishape != lshape:
+        raise UUDSError(f"shape {lshape} does not match its image {Path(image.path).name} {ishape}", label_path)
+    if not np.allclose(image.affine, label.affine, atol=1e-3):
+        raise UUDSError(f"affine does not match its image {Path(image.path).name} "
+                        f"(orientation {''.join(label.axcodes)} vs {''.join(image.axcodes)})", label_path)
+
+
+@dataclass
+class NormParams:
+    lo: float
+    hi: float
+
+    def apply(self, data: np.ndarray) -> np.ndarray:
+        out = (np.clip(data, self.lo, self.hi) - self.lo) / max(self.hi - self.lo, 1e-8)
+        return (out * 2.0 - 1.0).astype(np.float32)
+
+    def invert(self, data: np.ndarray) -> np.ndarray:
+        return ((np.asarray(data, dtype=np.float32) + 1.0) / 2.0 * (self.hi - self.lo) + self.lo).astype(np.float32)
+
+
+def normalisation_params(data: np.ndarray, low: float = 0.5, high: float = 99.5) -> NormParams:
+    """Percentile clipping range of one volume, computed on its foreground.
+
+    Background is whatever value fills over 10 % of the volume at its minimum (0 in raw scans, the
+    volume minimum in z-scored BraTS, negative in MNI-space MS scans): percentiles ignore it, so a
+    large empty field does not pull the low percentile onto the background.
+    """
+    flat = data.ravel()
+    vmin = float(flat.min())
+    at_min = flat == vmin
+    fg = flat[~at_min] if at_min.mean() > 0.10 and (~at_min).any() else flat
+    lo, hi = np.percentile(fg, [low, high])
+    lo = min(float(lo), vmin) if at_min.mean() > 0.10 else float(lo)
+    if hi <= lo:
+        hi = float(flat.max())
+    return NormParams(float(lo), float(hi))
+
+
+def normalise(data: np.ndarray, low: float = 0.5, high: float = 99.5) -> tuple[np.ndarray, NormParams]:
+    """Clip at the low/high percentiles and map linearly to [-1, 1] (background -> -1)."""
+    p = normalisation_params(data, low, high)
+    return p.apply(data), p
+
+
+def _atomic_write(img: nib.Nifti1Image, out: Path) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    suffix = ".nii.gz" if out.name.endswith(".nii.gz") else ".nii"
+    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=suffix, dir=out.parent)
+    os.close(fd)
+    try:
+        nib.save(img, tmp)
+        os.replace(tmp, out)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def save_like(arr: np.ndarray, ref: Volume, out: str | Path, *, canonical: bool = True,
+              dtype: np.dtype | type | None = None) -> Path:
+    """Write ``arr`` on ``ref``'s own grid (voxel order, affine, header), atomically.
+
+    ``canonical``: ``arr`` is in canonical order (as the engine works) and is put back in file order.
+    """
+    out = Path(out)
+    if not any(out.name.endswith(s) for s in NIFTI_SUFFIXES):
+        raise UUDSError("output must end in .nii or .nii.gz", out)
+    data = ref.to_file_order(arr) if canonical else np.asarray(arr)
+    dtype = np.dtype(dtype or data.dtype)
+    hdr = ref.header.copy()
+    hdr.set_data_dtype(dtype)
+    img = nib.Nifti1Image(np.ascontiguousarray(data.astype(dtype)), ref.affine, header=hdr)
+    img.header.set_slope_inter(1.0, 0.0)
+    img.set_qform(ref.affine, code=int(ref.header["qform_code"]) or 1)
+    img.set_sform(ref.affine, code=int(ref.header["sform_code"]) or 1)
+    _atomic_write(img, out)
+    return out
