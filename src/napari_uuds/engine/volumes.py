@@ -163,19 +163,24 @@ class NormParams:
 def normalisation_params(data: np.ndarray, low: float = 0.5, high: float = 99.5) -> NormParams:
     """Percentile clipping range of one volume, computed on its foreground.
 
-    Background is whatever value fills over 10 % of the volume at its minimum (0 in raw scans, the
-    volume minimum in z-scored BraTS, negative in MNI-space MS scans): percentiles ignore it, so a
-    large empty field does not pull the low percentile onto the background.
+    Background is the most frequent value when it fills over 10 % of the volume and lies at the low
+    end of the range (0 in raw scans, the volume minimum in z-scored BraTS, a negative constant in
+    MNI-space scans): percentiles ignore it, so a large empty field does not pull them onto it.
     """
     flat = data.ravel()
-    vmin = float(flat.min())
-    at_min = flat == vmin
-    fg = flat[~at_min] if at_min.mean() > 0.10 and (~at_min).any() else flat
-    lo, hi = np.percentile(fg, [low, high])
-    lo = min(float(lo), vmin) if at_min.mean() > 0.10 else float(lo)
+    sub = flat[:: max(1, flat.size // 1_000_000)]
+    vals, counts = np.unique(sub, return_counts=True)
+    bg_val = vals[counts.argmax()]
+    is_bg = counts.max() / sub.size > 0.10 and bg_val <= np.percentile(sub, 5)
+    fg = flat[flat != bg_val] if is_bg else flat
+    if fg.size == 0:
+        fg = flat
+    lo, hi = (float(v) for v in np.percentile(fg, [low, high]))
+    if is_bg:
+        lo = min(lo, float(bg_val))
     if hi <= lo:
         hi = float(flat.max())
-    return NormParams(float(lo), float(hi))
+    return NormParams(lo, hi)
 
 
 def normalise(data: np.ndarray, low: float = 0.5, high: float = 99.5) -> tuple[np.ndarray, NormParams]:
@@ -191,6 +196,9 @@ def _atomic_write(img: nib.Nifti1Image, out: Path) -> None:
     os.close(fd)
     try:
         nib.save(img, tmp)
+        mask = os.umask(0)
+        os.umask(mask)
+        os.chmod(tmp, 0o666 & ~mask)
         os.replace(tmp, out)
     except BaseException:
         if os.path.exists(tmp):

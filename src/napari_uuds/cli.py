@@ -1,0 +1,125 @@
+"""``napari-uuds`` command line: adapt, predict, evaluate. A thin door onto the engine."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from .engine.errors import UUDSError
+
+EXIT_USER_ERROR = 2
+EXIT_INTERRUPTED = 130
+
+
+def _positive_int(s: str) -> int:
+    v = int(s)
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {v}")
+    return v
+
+
+def _unit_float(s: str) -> float:
+    v = float(s)
+    if not 0.0 <= v <= 1.0:
+        raise argparse.ArgumentTypeError(f"must lie in [0, 1], not {v}")
+    return v
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="napari-uuds",
+        description="UUDS unsupervised cross-domain segmentation: train on labelled source scans, adapt to "
+                    "unlabelled target scans of another contrast, segment the target.")
+    p.add_argument("--version", action="version", version=f"%(prog)s {__import__('napari_uuds').__version__}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="{adapt,predict,evaluate}")
+
+    a = sub.add_parser("adapt", help="train on source (+labels) and target, then segment every target",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                       description="Train UUDS on labelled source volumes and unlabelled target volumes, save the "
+                                   "weights, and write segmentation, entropy and synthetic-source volumes for each "
+                                   "target on its own grid.")
+    a.add_argument("--source", action="append", required=True, metavar="IMG", help="source image (NIfTI); repeat for several")
+    a.add_argument("--source-label", action="append", required=True, metavar="LBL",
+                   help="label volume of each --source, in the same order")
+    a.add_argument("--target", action="append", required=True, metavar="IMG", help="target image (NIfTI); repeat for several")
+    a.add_argument("--target-label", action="append", default=None, metavar="LBL",
+                   help="optional target labels, for evaluation only (never used in training); writes metrics.json")
+    a.add_argument("--out", required=True, metavar="DIR", help="output folder")
+    a.add_argument("--model", choices=["rn50", "tiny"], default="tiny",
+                   help="rn50: OpenAI CLIP ResNet-50 at 224 px (GPU); tiny: 5 M parameters at 128 px (CPU demos, tests)")
+    a.add_argument("--clip-weights", default="auto", metavar="auto|openai|PATH|none",
+                   help="CLIP weights: auto (openai when cached or reachable, else random init), openai (error if "
+                        "unavailable), a checkpoint file or local-dir:DIR, or none (random initialisation)")
+    a.add_argument("--steps", type=_positive_int, default=400, help="training steps")
+    a.add_argument("--batch-size", type=_positive_int, default=8, help="slice pairs per step")
+    a.add_argument("--lr", type=float, default=1e-4, help="Adam learning rate")
+    a.add_argument("--weight-decay", type=float, default=0.01, help="Adam weight decay")
+    a.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], default="auto", help="where to train")
+    a.add_argument("--seed", type=int, default=0, help="random seed (runs are reproducible on the same device)")
+    a.add_argument("--threshold", type=_unit_float, default=0.5,
+                   help="chi of Eq. 6/7: entropy (normalised to [0, 1]) below which a pixel counts as certain")
+    a.add_argument("--domain-prompt", default=None, metavar="TEXT",
+                   help='domain prompt; {source} stands for --source-modality (default "A photo of a {source}")')
+    a.add_argument("--source-modality", default=None, metavar="NAME",
+                   help="source contrast named in the domain prompt (default: the first source file's name)")
+    a.add_argument("--class-name", action="append", default=None, metavar="NAME",
+                   help="foreground class name(s) for the segmentation prompt; label value k is the k-th name "
+                        "(default: one class, 'object')")
+    a.add_argument("--binarize-labels", action="store_true",
+                   help="treat every non-zero label value as the one class (e.g. BraTS whole tumour)")
+    a.add_argument("--axis", type=int, choices=[0, 1, 2], default=2,
+                   help="slicing axis in canonical RAS orientation: 0 sagittal, 1 coronal, 2 axial")
+    a.add_argument("--image-size", type=int, default=None, help="slice side in pixels (default: 224 rn50, 128 tiny)")
+    a.add_argument("--warmup-steps", type=int, default=-1, help="steps before the uncertainty loss joins (-1: steps/4)")
+    a.add_argument("--no-domain-prompt", action="store_true", help="ablation: no domain prompt (and no L_DD)")
+    a.add_argument("--no-seg-prompt", action="store_true", help="ablation: no segmentation prompt (no SAM, no L_BSCL)")
+    a.add_argument("--no-uncertainty", action="store_true", help="ablation: no uncertainty-masked target loss (Eq. 8)")
+    a.add_argument("--resume", default=None, metavar="DIR", help="continue training from a weights folder")
+    a.add_argument("--overwrite", action="store_true", help="replace existing outputs in --out")
+    a.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    r = sub.add_parser("predict", help="segment images with saved weights",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                       description="Segment target images with weights written by 'adapt'.")
+    r.add_argument("--weights", required=True, metavar="DIR", help="folder with model.safetensors and config.json")
+    r.add_argument("--image", action="append", required=True, metavar="IMG", help="image to segment; repeat for several")
+    r.add_argument("--out", required=True, metavar="DIR", help="output folder")
+    r.add_argument("--threshold", type=_unit_float, default=None, help="chi for the certain mask (default: the training one)")
+    r.add_argument("--domain-prompt", default=None, metavar="TEXT", help="override the saved domain prompt")
+    r.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], default="auto")
+    r.add_argument("--batch-size", type=_positive_int, default=16)
+    r.add_argument("--overwrite", action="store_true", help="replace existing outputs in --out")
+    r.add_argument("--quiet", action="store_true")
+
+    e = sub.add_parser("evaluate", help="Dice, ASSD and HD95 of a prediction against a label",
+                       description="Score a predicted mask against a reference (non-zero voxels are foreground), "
+                                   "with the reference's voxel spacing.")
+    e.add_argument("--pred", required=True, metavar="P")
+    e.add_argument("--label", required=True, metavar="L")
+    e.add_argument("--json", default=None, metavar="FILE", help="also write the metrics to FILE")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "adapt":
+            from .commands import cmd_adapt
+
+            return cmd_adapt(args)
+        if args.command == "predict":
+            from .commands import cmd_predict
+
+            return cmd_predict(args)
+        from .commands import cmd_evaluate
+
+        return cmd_evaluate(args)
+    except UUDSError as exc:
+        print(f"napari-uuds: error: {exc}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print("napari-uuds: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,168 @@
+"""What each ``napari-uuds`` subcommand does: validate everything first, then work, then write atomically."""
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from .engine import checkpoint as ckpt
+from .engine.config import DEFAULT_DOMAIN_PROMPT, LossWeights, ModelConfig, TrainConfig, to_dict
+from .engine.dataset import load_source_pairs, load_targets, samplers
+from .engine.errors import UUDSError
+from .engine.infer import predict_volume
+from .engine.metrics import score
+from .engine.pipeline import (check_outputs_free, planned_outputs, unique_names, write_metrics,
+                              write_prediction)
+from .engine.volumes import check_same_grid, load_label, load_volume, volume_name
+
+
+def _say(msg: str, quiet: bool = False) -> None:
+    if not quiet:
+        print(msg, file=sys.stderr, flush=True)
+
+
+def _fmt_losses(losses: dict[str, float]) -> str:
+    keys = ("total", "seg", "useg", "id", "bscl", "dd_s", "dd_ts", "certain")
+    return " ".join(f"{k}={losses[k]:.3f}" for k in keys if k in losses)
+
+
+def cmd_adapt(args) -> int:
+    from .engine.backbone import resolve_weights
+    from .engine.model import UUDS
+    from .engine.train import TrainControl, resolve_device, train
+
+    t_start = time.perf_counter()
+    out = Path(args.out)
+    names = unique_names(args.target)
+    if args.target_label is not None and len(args.target_label) != len(args.target):
+        raise UUDSError(f"{len(args.target)} target(s) but {len(args.target_label)} --target-label(s); give one per target")
+    check_outputs_free(planned_outputs(out, names, True, bool(args.target_label)), args.overwrite)
+
+    resume_meta = ckpt.read_config(args.resume) if args.resume else None
+    if resume_meta:
+        mcfg = ModelConfig(**resume_meta["model"])
+    else:
+        mcfg = ModelConfig.for_arch(
+            args.model, image_size=args.image_size, axis=args.axis,
+            class_names=args.class_name or ["object"],
+            source_modality=args.source_modality or volume_name(args.source[0]),
+            domain_prompt=args.domain_prompt or DEFAULT_DOMAIN_PROMPT,
+            use_domain_prompt=not args.no_domain_prompt, use_seg_prompt=not args.no_seg_prompt)
+    tcfg = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
+                       seed=args.seed, device=args.device, threshold=args.threshold,
+                       use_uncertainty=not args.no_uncertainty, warmup_steps=args.warmup_steps)
+    device = resolve_device(args.device)
+
+    # every input is read and checked before anything is written
+    sources = load_source_pairs(args.source, args.source_label, len(mcfg.class_names), mcfg.axis, mcfg.image_size,
+                                binarize=args.binarize_labels)
+    targets = load_targets(args.target, mcfg.axis, mcfg.image_size)
+    tlabels = []
+    for tp, lp in zip(targets, args.target_label or []):
+        lab = load_label(lp, None, like=tp.volume, allow_empty=True)
+        tlabels.append(lab)
+    if resume_meta:
+        model, _ = ckpt.load_checkpoint(args.resume, "cpu")
+        clip_note = f"resuming from {args.resume} at step {model.trained_steps}"
+    else:
+        weights, clip_note = resolve_weights(mcfg.arch, args.clip_weights)
+        model = UUDS(mcfg, clip_weights=weights, seed=args.seed)
+    _say(f"napari-uuds adapt: {clip_note}", args.quiet)
+    _say(f"model {mcfg.arch} ({sum(p.numel() for p in model.parameters()) / 1e6:.1f} M parameters), "
+         f"{mcfg.image_size} px slices along axis {mcfg.axis}, device {device}, "
+         f"{len(sources)} source / {len(targets)} target volume(s)", args.quiet)
+    _say(f"domain prompt: \"{model.domain_prompt.text}\"; classes: {', '.join(mcfg.class_names)}", args.quiet)
+
+    src_s, tgt_s = samplers(sources, targets, tcfg.fg_fraction, tcfg.seed)
+    control = TrainControl(tcfg.threshold)
+    start = getattr(model, "trained_steps", 0) if resume_meta else 0
+    opt_state = None
+    if resume_meta and (Path(args.resume) / "optimizer.pt").exists():
+        opt_state = torch.load(Path(args.resume) / "optimizer.pt", map_location="cpu", weights_only=True)
+    bar = tqdm(total=tcfg.steps, initial=start, desc="training", unit="step", disable=args.quiet, file=sys.stderr,
+               dynamic_ncols=True)
+    last = {}
+    interrupted = False
+    gen = train(model, src_s, tgt_s, tcfg, LossWeights(), control, start_step=start, optimizer_state=opt_state)
+    try:
+        for ev in gen:
+            if ev.kind == "step":
+                bar.update(ev.step - bar.n)
+                bar.set_postfix_str(f"{_fmt_losses(ev.losses)} {ev.slices_per_s:.1f} slices/s")
+                last = ev.losses
+    except KeyboardInterrupt:
+        interrupted = True
+        gen.close()
+    bar.close()
+    train_s = time.perf_counter() - t_start
+    extra = {"train": to_dict(tcfg), "loss_weights": to_dict(LossWeights()), "final_losses": last,
+             "sources": [str(p) for p in args.source], "targets": [str(p) for p in args.target],
+             "interrupted": interrupted}
+    out.mkdir(parents=True, exist_ok=True)
+    ckpt.save_checkpoint(model, out, extra, overwrite=True)
+    ckpt.atomic_write_bytes(out / "optimizer.pt", lambda tmp: torch.save(model.optimizer_state, tmp))
+    if interrupted:
+        _say(f"interrupted at step {model.trained_steps}: weights saved to {out} (resume with --resume {out})")
+        return 130
+
+    rows = {}
+    pbar = tqdm(total=sum(t.image.shape[0] for t in targets), desc="segmenting", unit="slice",
+                disable=args.quiet, file=sys.stderr, dynamic_ncols=True)
+    for i, (tp, name) in enumerate(zip(targets, names)):
+        pred = predict_volume(model, tp.volume, progress=pbar.update, norm=tp.norm)
+        write_prediction(pred, tp.volume, out, name, tcfg.threshold)
+        if tlabels:
+            rows[name] = score(pred.seg, tlabels[i].data, tp.volume.spacing)
+    pbar.close()
+    wall = time.perf_counter() - t_start
+    if rows:
+        doc = write_metrics(out / "metrics.json", rows, {"wall_s": wall, "train_s": train_s, "device": str(device)})
+        for name, r in rows.items():
+            assd = "n/a (empty prediction)" if r["assd_mm"] is None else f"{r['assd_mm']:.2f} mm"
+            print(f"{name}: Dice {r['dice']:.1f} %  ASSD {assd}")
+        m = doc["mean"]
+        massd = "n/a" if m["assd_mm_mean"] is None else f"{m['assd_mm_mean']:.2f} mm"
+        print(f"mean: Dice {m['dice_mean']:.1f} %  ASSD {massd}")
+    print(f"wrote {out} in {wall:.0f} s (training {train_s:.0f} s)")
+    return 0
+
+
+def cmd_predict(args) -> int:
+    from .engine.train import resolve_device
+
+    out = Path(args.out)
+    meta = ckpt.read_config(args.weights)
+    names = unique_names(args.image)
+    check_outputs_free(planned_outputs(out, names, False, False), args.overwrite)
+    device = resolve_device(args.device)
+    vols = [load_volume(p) for p in args.image]
+    model, meta = ckpt.load_checkpoint(args.weights, device)
+    chi = args.threshold if args.threshold is not None else meta.get("train", {}).get("threshold", 0.5)
+    out.mkdir(parents=True, exist_ok=True)
+    for vol, name in zip(vols, names):
+        n = vol.data.shape[model.cfg.axis]
+        with tqdm(total=n, desc=name, unit="slice", disable=args.quiet, file=sys.stderr) as bar:
+            pred = predict_volume(model, vol, args.batch_size, args.domain_prompt, progress=bar.update)
+        write_prediction(pred, vol, out, name, chi)
+        print(f"{name}: {int((pred.seg > 0).sum())} foreground voxels, mean entropy {pred.entropy.mean():.3f}")
+    print(f"wrote {out}")
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    pred = load_label(args.pred, None, allow_empty=True)
+    lab = load_label(args.label, None, allow_empty=True)
+    check_same_grid(lab, pred, args.pred)
+    r = score(pred.data, lab.data, lab.spacing)
+    assd = "n/a (empty prediction)" if r["empty_prediction"] else (
+        "n/a (empty reference)" if r["assd_mm"] is None else f"{r['assd_mm']:.3f} mm")
+    hd = "n/a" if r["hd95_mm"] is None else f"{r['hd95_mm']:.3f} mm"
+    print(f"Dice {r['dice']:.2f} %  ASSD {assd}  HD95 {hd}")
+    if args.json:
+        r.update(pred=str(args.pred), label=str(args.label))
+        ckpt.atomic_write_bytes(Path(args.json), lambda tmp: Path(tmp).write_text(json.dumps(r, indent=2)))
+    return 0

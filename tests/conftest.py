@@ -1,0 +1,40 @@
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+ROOT = Path(__file__).resolve().parents[1]
+SAMPLE = ROOT / "sample_data" / "cord"
+SHARED = ROOT.parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def cord():
+    """The shipped spinal-cord sample (MIT): t2 (PSR) + t2_seg source, t1 (RAS) + t1_seg target."""
+    return {k: SAMPLE / f"{k}.nii.gz" for k in ("t1", "t1_seg", "t2", "t2_seg")}
+
+
+@pytest.fixture(scope="session")
+def shared_data():
+    if not SHARED.exists():
+        pytest.skip("../shared/data is not beside this checkout")
+    return SHARED
+
+
+@pytest.fixture(scope="session")
+def tiny_cfg():
+    from napari_uuds.engine.config import ModelConfig
+
+    return ModelConfig.for_arch("tiny", image_size=64, class_names=["cord"], source_modality="T2")
+
+
+@pytest.fixture()
+def tiny_model(tiny_cfg):
+    import torch
+
+    from napari_uuds.engine.model import UUDS
+
+    torch.manual_seed(0)
+    return UUDS(tiny_cfg).eval()

@@ -1,0 +1,57 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from napari_uuds.engine.checkpoint import load_checkpoint, read_config, save_checkpoint
+from napari_uuds.engine.config import ModelConfig
+from napari_uuds.engine.errors import UUDSError
+from napari_uuds.engine.infer import predict_volume
+from napari_uuds.engine.model import UUDS
+from napari_uuds.engine.volumes import load_volume
+
+
+def test_save_load_gives_identical_predictions(tiny_model, tmp_path, cord):
+    tiny_model.domain_prompt.set_text("A photo of a T2 scan")
+    save_checkpoint(tiny_model, tmp_path / "w")
+    meta = read_config(tmp_path / "w")
+    assert meta["model"]["arch"] == "tiny" and "torch" in meta["versions"]
+    loaded, _ = load_checkpoint(tmp_path / "w")
+    assert loaded.domain_prompt.text == "A photo of a T2 scan"
+    vol = load_volume(cord["t1"])
+    a = predict_volume(tiny_model, vol)
+    b = predict_volume(loaded, vol)
+    np.testing.assert_array_equal(a.seg, b.seg)
+    np.testing.assert_array_equal(a.entropy, b.entropy)
+    np.testing.assert_array_equal(a.synthetic, b.synthetic)
+
+
+def test_never_overwrites_silently(tiny_model, tmp_path):
+    save_checkpoint(tiny_model, tmp_path)
+    before = (tmp_path / "model.safetensors").read_bytes()
+    with pytest.raises(UUDSError, match="already exists"):
+        save_checkpoint(tiny_model, tmp_path)
+    assert (tmp_path / "model.safetensors").read_bytes() == before
+    save_checkpoint(tiny_model, tmp_path, overwrite=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json", "model.safetensors"]
+
+
+def test_incompatible_weights(tiny_model, tmp_path):
+    save_checkpoint(tiny_model, tmp_path)
+    with pytest.raises(UUDSError, match="incompatible config"):
+        load_checkpoint(tmp_path, expect=ModelConfig.for_arch("tiny", image_size=64, class_names=["a", "b"]))
+    # config edited to claim another class count: tensor shapes no longer fit
+    meta = json.loads((tmp_path / "config.json").read_text())
+    meta["model"]["class_names"] = ["a", "b", "c"]
+    (tmp_path / "config.json").write_text(json.dumps(meta))
+    with pytest.raises(UUDSError, match="incompatible config"):
+        load_checkpoint(tmp_path)
+
+
+def test_unreadable_checkpoint(tmp_path):
+    with pytest.raises(UUDSError, match="not found"):
+        read_config(tmp_path / "none")
+    (tmp_path / "config.json").write_text("{not json")
+    with pytest.raises(UUDSError, match="unreadable config"):
+        read_config(tmp_path)

@@ -1,0 +1,114 @@
+"""Every loss against numbers worked out by hand (the comments show the arithmetic)."""
+import math
+
+import pytest
+import torch
+
+from napari_uuds.engine.config import LossWeights
+from napari_uuds.engine.losses import (certain_mask, entropy_map, loss_bscl, loss_dd, loss_id, loss_seg,
+                                       loss_useg, pseudo_label, total_loss)
+
+
+def test_loss_dd_eq1_by_hand():
+    # sim(s, T) = 1 -> d_s = 0 ; sim(t, T) = 0 -> d_t = 1 ; tau = 1
+    # log(e^0 / (e^0 + e^1)) = -log(1 + e) = -1.313262
+    s, t, td = torch.tensor([[1.0, 0.0]]), torch.tensor([[0.0, 1.0]]), torch.tensor([[2.0, 0.0]])
+    assert loss_dd(s, t, td, tau=1.0).item() == pytest.approx(-math.log(1 + math.e), abs=1e-6)
+
+
+def test_loss_dd_prefers_source_close_to_prompt():
+    td = torch.tensor([[1.0, 0.0]])
+    good = loss_dd(torch.tensor([[1.0, 0.1]]), torch.tensor([[-1.0, 0.2]]), td)
+    bad = loss_dd(torch.tensor([[-1.0, 0.2]]), torch.tensor([[1.0, 0.1]]), td)
+    assert good < bad
+    # bounded below by log sigmoid(-2/tau)
+    assert good.item() >= math.log(1 / (1 + math.exp(2 / 0.07))) - 1e-4
+
+
+def test_loss_dd_batch_mean():
+    # two pairs, tau = 0.5: pair 1 as above (d_s=0, d_t=1) -> log(1/(1+e^2)); pair 2 equal -> log(1/2)
+    s = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    t = torch.tensor([[0.0, 1.0], [0.0, 1.0]])
+    want = (math.log(1 / (1 + math.exp(2))) + math.log(0.5)) / 2
+    assert loss_dd(s, t, torch.tensor([[1.0, 0.0]]), tau=0.5).item() == pytest.approx(want, abs=1e-6)
+
+
+def test_loss_bscl_eq4_by_hand():
+    # z0 = z1 = e1 (object), z2 = e2 (no object), tau = 1
+    # anchor 0: log(e^1 / (e^1 + e^0)) = 1 - log(1 + e) = -0.313262 ; anchor 1 the same ; anchor 2 has no positive
+    z = torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]])
+    lab = torch.tensor([True, True, False])
+    assert loss_bscl(z, lab, tau=1.0).item() == pytest.approx(math.log(1 + math.e) - 1, abs=1e-6)
+
+
+def test_loss_bscl_two_positives():
+    # 4 slices, two per category, orthogonal categories, tau = 1
+    # anchor i: one positive (sim 1), two negatives (sim 0): -log(e / (e + 2)) = log(e + 2) - 1
+    z = torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0], [0.0, 1.0]])
+    lab = torch.tensor([1, 1, 0, 0]).bool()
+    assert loss_bscl(z, lab, tau=1.0).item() == pytest.approx(math.log(math.e + 2) - 1, abs=1e-6)
+
+
+def test_loss_bscl_no_positive_is_zero():
+    z = torch.eye(2)
+    assert loss_bscl(z, torch.tensor([True, False])).item() == 0.0
+
+
+def test_entropy_eq5_by_hand():
+    p = torch.tensor([[0.5, 0.9, 1.0], [0.5, 0.1, 0.0]]).view(1, 2, 3)
+    u = entropy_map(p, normalise=False)[0]
+    # -(.5 ln .5 + .5 ln .5) = ln 2 ; -(.9 ln .9 + .1 ln .1) = 0.325083 ; -(1 ln(1 + 1e-9)) ~ 0
+    assert u.tolist() == pytest.approx([math.log(2), 0.3250829734, 0.0], abs=1e-6)
+    un = entropy_map(p)[0]
+    assert un.tolist() == pytest.approx([1.0, 0.3250829734 / math.log(2), 0.0], abs=1e-6)
+
+
+def test_pseudo_label_and_mask_eq6_eq7():
+    # pixel 0: (0.9, 0.1) -> label 0, u = 0.468996 ; pixel 1: (0.4, 0.6) -> label 1, u = 0.970951
+    p = torch.tensor([[0.9, 0.4], [0.1, 0.6]]).view(1, 2, 2)
+    lab, mask = pseudo_label(p, chi=0.5)
+    assert lab.tolist() == [[0, 1]]
+    assert mask.tolist() == [[1.0, 0.0]]
+    assert pseudo_label(p, chi=0.99)[1].tolist() == [[1.0, 1.0]]
+    assert certain_mask(entropy_map(p), 0.4).tolist() == [[False, False]]
+
+
+def test_loss_useg_eq8_by_hand():
+    # fg probs (0.9, 0.8, 0.3, 0.6), pseudo (1, 1, 0, 1), mask (1, 1, 1, 0), no smoothing
+    # inside the mask: sum(Y * Yhat) = 0.9 + 0.8 = 1.7 ; sum(Y) = 2 ; sum(Yhat) = 0.9 + 0.8 + 0.3 = 2.0
+    # 1 - 2 * 1.7 / (2 + 2.0) = 0.15
+    fg = torch.tensor([0.9, 0.8, 0.3, 0.6])
+    probs = torch.stack([1 - fg, fg]).view(1, 2, 2, 2)
+    pseudo = torch.tensor([1, 1, 0, 1]).view(1, 2, 2)
+    mask = torch.tensor([1.0, 1.0, 1.0, 0.0]).view(1, 2, 2)
+    assert loss_useg(probs, pseudo, mask, smooth=0.0).item() == pytest.approx(0.15, abs=1e-6)
+
+
+def test_loss_useg_gradient_only_through_prediction():
+    fg = torch.tensor([0.9, 0.8, 0.3, 0.6], requires_grad=True)
+    probs = torch.stack([1 - fg, fg]).view(1, 2, 2, 2)
+    lab, mask = pseudo_label(probs.detach(), 0.9)
+    loss_useg(probs, lab, mask).backward()
+    assert fg.grad is not None and fg.grad[3] == 0  # uncertain pixel 3 (u = 0.971) gets no gradient
+
+
+def test_loss_seg_dice_plus_ce_by_hand():
+    # one pixel, logits (0, ln 3) -> p_fg = 3/4, target 1
+    # Dice: 1 - 2 * .75 / (1 + .75) = 0.142857 ; CE: -ln .75 = 0.287682
+    logits = torch.tensor([0.0, math.log(3)]).view(1, 2, 1, 1)
+    got = loss_seg(logits, torch.ones(1, 1, 1, 1, dtype=torch.long), smooth=0.0).item()
+    assert got == pytest.approx(1 - 1.5 / 1.75 - math.log(0.75), abs=1e-6)
+
+
+def test_loss_id_eq9_by_hand():
+    # |0 - .5| + |1 - (-1)| = 2.5 over 2 pixels
+    assert loss_id(torch.tensor([0.0, 1.0]), torch.tensor([0.5, -1.0])).item() == pytest.approx(1.25)
+
+
+def test_total_loss_weights():
+    t = {k: torch.tensor(v) for k, v in dict(dd_s=-1.0, dd_ts=-2.0, bscl=0.5, useg=0.25, seg=1.0, id=2.0).items()}
+    w = LossWeights(alpha=2.0, beta=3.0, gamma=0.5, lam=0.1)
+    # 2 * (-3) + 3 * .5 + .5 * (1.25) + .1 * 2 = -3.675
+    assert total_loss(t, w).item() == pytest.approx(-3.675)
+    # ablated terms count as zero
+    assert total_loss({"seg": torch.tensor(1.0)}, w).item() == pytest.approx(0.5)

@@ -1,0 +1,115 @@
+"""Shapes through every module, Eq. 3 by hand, prompts, ablations."""
+import math
+
+import pytest
+import torch
+
+from napari_uuds.engine.backbone import ImageTaps, dense_attnpool, resolve_weights
+from napari_uuds.engine.config import ModelConfig
+from napari_uuds.engine.dam import DomainAdaptationModule, prompt_attention
+from napari_uuds.engine.errors import UUDSError
+from napari_uuds.engine.model import UUDS
+
+
+def test_eq3_prompt_attention_by_hand():
+    # q = (1, 0); k at p0 = (1, 0), p1 = (0, 0); d = 1 -> softmax(1, 0) = (0.731059, 0.268941)
+    q = torch.tensor([[[1.0, 0.0]]])
+    k = torch.tensor([[1.0, 0.0], [0.0, 0.0]]).t().reshape(1, 2, 1, 2)
+    v = torch.tensor([[1.0, 2.0], [3.0, 4.0]]).t().reshape(1, 2, 1, 2)
+    out, logits = prompt_attention(q, k, v, torch.tensor(0.0), heads=1)
+    a0 = math.e / (1 + math.e)
+    torch.testing.assert_close(logits.flatten(), torch.tensor([1.0, 0.0]))
+    # kept spatial: hw * a_p * v_p
+    torch.testing.assert_close(out[0, 0, :, 0, 0], torch.tensor([2 * a0, 4 * a0]))
+    torch.testing.assert_close(out[0, 0, :, 0, 1], torch.tensor([2 * (1 - a0) * 3, 2 * (1 - a0) * 4]))
+    # its spatial mean is Eq. 3 as printed: sum_p a_p v_p
+    torch.testing.assert_close(out[0, 0].mean(dim=(1, 2)), torch.tensor([a0 + 3 * (1 - a0), 2 * a0 + 4 * (1 - a0)]))
+
+
+def test_dam_removes_domain_statistics():
+    torch.manual_seed(0)
+    dam = DomainAdaptationModule(text_dim=8, domain_dim=6, content_dim=5, inner=8, heads=2)
+    t, xd, xc = torch.randn(1, 8), torch.randn(2, 6, 3, 3), torch.randn(2, 5, 3, 3)
+    a = dam(t, xd, xc)
+    b = dam(t, xd, 3.0 * xc + 5.0)  # another "domain": scaled and shifted content
+    assert a.shape == (2, 8, 3, 3)
+    torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+    # ... and the prompt changes the result
+    assert not torch.allclose(a, dam(torch.randn(1, 8), xd, xc))
+
+
+def test_taps_shapes_and_dense_pool(tiny_model):
+    taps = tiny_model.taps(torch.rand(2, 1, 64, 64) * 2 - 1)
+    ch = tiny_model.taps.channels
+    assert [tuple(s.shape[1:]) for s in taps["skips"]] == [(ch[0], 16, 16), (ch[1], 16, 16), (ch[2], 8, 8), (ch[3], 4, 4)]
+    assert taps["content"].shape == (2, ch[4], 2, 2)
+    assert taps["domain"].shape == (2, tiny_model.taps.embed_dim, 2, 2)
+    # the pooled token equals open_clip's own attention pool output
+    torch.testing.assert_close(taps["global"], tiny_model.clip.visual.attnpool(taps["content"]), atol=1e-5, rtol=1e-4)
+
+
+def test_training_forward_shapes_and_gradients(tiny_model):
+    tiny_model.train()
+    xs, xt = torch.rand(3, 1, 64, 64) * 2 - 1, torch.rand(3, 1, 64, 64) * 2 - 1
+    out = tiny_model(xs, xt)
+    assert out["rec_s"].shape == out["syn_t"].shape == (3, 1, 64, 64)
+    assert out["syn_t"].abs().max() <= 1
+    assert out["logits_s"].shape == out["logits_ts"].shape == (3, 2, 64, 64)
+    assert out["z_s"].shape == (3, tiny_model.cfg.proj_dim)
+    assert out["xg_s"].shape == (3, out["t_d"].shape[1])
+    out["logits_ts"].sum().backward()
+    # the target segmentation reaches the generator (segmentation-aware adaptation) and the seg prompt
+    assert tiny_model.image_decoder.out.weight.grad is not None
+    assert tiny_model.dam.v.weight.grad is not None
+    assert tiny_model.seg_prompt.ctx.grad is not None and tiny_model.seg_prompt.ctx.grad.abs().sum() > 0
+
+
+def test_domain_prompt_text_changes_output(tiny_model):
+    x = torch.rand(2, 1, 64, 64) * 2 - 1
+    with torch.no_grad():
+        a, _ = tiny_model.infer(x)
+        tiny_model.domain_prompt.set_text("A photo of a completely different thing")
+        b, _ = tiny_model.infer(x)
+    assert not torch.allclose(a, b)
+
+
+def test_seg_prompt_has_one_embedding_per_class():
+    cfg = ModelConfig.for_arch("tiny", image_size=64, class_names=["necrosis", "oedema", "enhancing"])
+    m = UUDS(cfg)
+    assert m.seg_prompt().shape == (3, m.taps.embed_dim)
+    _, logits = m.infer(torch.zeros(1, 1, 64, 64))
+    assert logits.shape == (1, 4, 64, 64)
+
+
+@pytest.mark.parametrize("flags", [dict(use_domain_prompt=False), dict(use_seg_prompt=False)])
+def test_ablations_build_and_run(flags):
+    m = UUDS(ModelConfig.for_arch("tiny", image_size=64, **flags))
+    out = m(torch.zeros(2, 1, 64, 64), torch.zeros(2, 1, 64, 64))
+    assert ("t_d" in out) == flags.get("use_domain_prompt", True)
+    assert hasattr(m, "sam") == flags.get("use_seg_prompt", True)
+
+
+def test_rn50_builds_at_224_and_other_sizes():
+    m = UUDS(ModelConfig.for_arch("rn50", image_size=256))
+    assert m.clip.visual.attnpool.positional_embedding.shape[0] == 8 * 8 + 1
+    taps = m.taps(torch.zeros(1, 1, 256, 256))
+    assert taps["content"].shape[-2:] == (8, 8) and taps["global"].shape == (1, 1024)
+
+
+def test_weights_resolution_is_fast_and_clear(monkeypatch, tmp_path):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path))  # an empty cache
+    w, note = resolve_weights("rn50", "auto")
+    assert w is None and "random initialisation" in note
+    with pytest.raises(UUDSError, match="not in the cache"):
+        resolve_weights("rn50", "openai")
+    with pytest.raises(UUDSError, match="not found"):
+        resolve_weights("rn50", str(tmp_path / "missing.pt"))
+    assert resolve_weights("tiny", "none")[0] is None
+
+
+def test_config_validation():
+    with pytest.raises(UUDSError):
+        ModelConfig(arch="vit")
+    with pytest.raises(UUDSError):
+        ModelConfig(image_size=100)

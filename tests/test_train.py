@@ -1,0 +1,76 @@
+"""The training generator: events, stop flag, live threshold/prompt, reproducibility."""
+import numpy as np
+import pytest
+import torch
+
+from napari_uuds.engine.config import TrainConfig
+from napari_uuds.engine.dataset import load_source_pairs, load_targets, samplers
+from napari_uuds.engine.model import UUDS
+from napari_uuds.engine.train import TrainControl, train
+
+
+@pytest.fixture()
+def data(cord, tiny_cfg):
+    src = load_source_pairs([cord["t2"]], [cord["t2_seg"]], 1, tiny_cfg.axis, tiny_cfg.image_size)
+    tgt = load_targets([cord["t1"]], tiny_cfg.axis, tiny_cfg.image_size)
+    return src, tgt
+
+
+def _run(cfg, data, tcfg, control=None):
+    torch.manual_seed(0)
+    model = UUDS(cfg)
+    s, t = samplers(*data, tcfg.fg_fraction, tcfg.seed)
+    return model, list(train(model, s, t, tcfg, control=control))
+
+
+def test_events_and_losses(tiny_cfg, data):
+    _, events = _run(tiny_cfg, data, TrainConfig(steps=4, batch_size=2, warmup_steps=2, preview_every=2))
+    kinds = [e.kind for e in events]
+    assert kinds[0] == "start" and kinds[-1] == "done"
+    steps = [e for e in events if e.kind == "step"]
+    assert [e.step for e in steps] == [1, 2, 3, 4]
+    assert {"seg", "id", "bscl", "dd_s", "dd_ts", "total"} <= set(steps[0].losses)
+    assert "useg" not in steps[1].losses and "useg" in steps[2].losses  # joins after the warm-up
+    assert all(np.isfinite(v) for e in steps for v in e.losses.values())
+    assert steps[-1].slices_per_s > 0
+    prev = [e for e in events if e.kind == "preview"]
+    assert len(prev) == 2 and set(prev[0].preview) == {"synthetic", "seg", "entropy", "certain"}
+    assert prev[0].preview["seg"].shape == (tiny_cfg.image_size, tiny_cfg.image_size)
+
+
+def test_same_seed_same_losses(tiny_cfg, data):
+    tc = TrainConfig(steps=2, batch_size=2, seed=3)
+    a = [e.losses for e in _run(tiny_cfg, data, tc)[1] if e.kind == "step"]
+    b = [e.losses for e in _run(tiny_cfg, data, tc)[1] if e.kind == "step"]
+    assert a == b
+
+
+def test_stop_ends_within_one_step_and_keeps_weights(tiny_cfg, data):
+    torch.manual_seed(0)
+    model = UUDS(tiny_cfg)
+    before = model.seg_decoder.head.weight.detach().clone()
+    s, t = samplers(*data, 0.5, 0)
+    control = TrainControl()
+    seen = []
+    for ev in train(model, s, t, TrainConfig(steps=50, batch_size=2), control=control):
+        seen.append(ev)
+        if ev.kind == "step" and ev.step == 2:
+            control.stop()
+    assert seen[-1].kind == "stopped" and seen[-1].step == 2
+    assert model.trained_steps == 2
+    assert not torch.equal(before, model.seg_decoder.head.weight)
+
+
+def test_threshold_and_prompt_read_while_running(tiny_cfg, data):
+    torch.manual_seed(0)
+    model = UUDS(tiny_cfg)
+    s, t = samplers(*data, 0.5, 0)
+    control = TrainControl(threshold=1.0)
+    certain = []
+    for ev in train(model, s, t, TrainConfig(steps=4, batch_size=2, warmup_steps=0), control=control):
+        if ev.kind == "step":
+            certain.append(ev.losses["certain"])
+            control.threshold = 0.0  # nothing is certain from the next step on
+            control.domain_prompt = "A scan of a {source} spine"
+    assert certain[0] > 0.99 and certain[1:] == [0.0, 0.0, 0.0]
+    assert model.domain_prompt.text == "A scan of a T2 spine"
