@@ -51,8 +51,8 @@ class ModelConfig:
             raise UUDSError("at least one class name is needed")
         if self.axis not in (0, 1, 2):
             raise UUDSError(f"axis must be 0, 1 or 2, not {self.axis}")
-        if self.image_size % 32:
-            raise UUDSError(f"image size must be a multiple of 32, not {self.image_size}")
+        if self.image_size % 32 or self.image_size < 64:
+            raise UUDSError(f"image size must be a multiple of 32 and at least 64, not {self.image_size}")
 
     @property
     def n_classes(self) -> int:

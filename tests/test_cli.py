@@ -1,0 +1,152 @@
+"""Command line: every bad input ends in one line naming the file and the problem, exit 2, nothing written."""
+import json
+import subprocess
+import sys
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from napari_uuds.cli import main
+
+
+def _nii(path, data, aff=None):
+    nib.save(nib.Nifti1Image(data, np.eye(4) if aff is None else aff), path)
+    return path
+
+
+@pytest.fixture()
+def vols(tmp_path):
+    rng = np.random.default_rng(0)
+    img = rng.random((24, 24, 12)).astype(np.float32)
+    lab = np.zeros((24, 24, 12), np.uint8)
+    lab[8:16, 8:16, 3:9] = 1
+    d = tmp_path / "in"
+    d.mkdir()
+    return {"img": _nii(d / "img.nii.gz", img), "lab": _nii(d / "lab.nii.gz", lab),
+            "tgt": _nii(d / "tgt.nii.gz", img[::-1].copy()), "dir": d, "rng": rng}
+
+
+def _adapt(v, out, **over):
+    args = {"--source": v["img"], "--source-label": v["lab"], "--target": v["tgt"], "--out": out,
+            "--steps": 1, "--batch-size": 2, "--image-size": 64}
+    args.update(over)
+    argv = ["adapt", "--quiet"]
+    for k, val in args.items():
+        if val is not None:
+            argv += [k, str(val)]
+    return main(argv)
+
+
+def _bad(v, case):
+    d, rng = v["dir"], v["rng"]
+    if case == "missing file":
+        return {"--target": d / "nope.nii.gz"}, "nope.nii.gz: file not found"
+    if case == "not NIfTI":
+        (d / "notes.nii.gz").write_text("not an image")
+        return {"--target": d / "notes.nii.gz"}, "notes.nii.gz: not a readable NIfTI file"
+    if case == "4D volume":
+        return {"--target": _nii(d / "4d.nii.gz", rng.random((8, 8, 8, 2)).astype(np.float32))}, "4d.nii.gz: expected a 3D volume"
+    if case == "shape mismatch":
+        return {"--source-label": _nii(d / "small.nii.gz", np.ones((24, 24, 10), np.uint8))}, "small.nii.gz: shape (24, 24, 10) does not match"
+    if case == "affine mismatch":
+        aff = np.eye(4)
+        aff[:3, 3] = 5
+        lab = np.asarray(nib.load(str(v["lab"])).dataobj)
+        return {"--source-label": _nii(d / "moved.nii.gz", lab, aff)}, "moved.nii.gz: affine does not match"
+    if case == "NaN voxels":
+        x = rng.random((8, 8, 8)).astype(np.float32)
+        x[1, 2, 3] = np.inf
+        return {"--target": _nii(d / "inf.nii.gz", x)}, "inf.nii.gz: 1 voxels are NaN or Inf"
+    if case == "constant image":
+        return {"--target": _nii(d / "flat.nii.gz", np.full((8, 8, 8), 7, np.float32))}, "flat.nii.gz: constant image"
+    if case == "empty label":
+        return {"--source-label": _nii(d / "empty.nii.gz", np.zeros((24, 24, 12), np.uint8))}, "empty.nii.gz: label volume is empty"
+    if case == "label values vs class names":
+        lab = np.asarray(nib.load(str(v["lab"])).dataobj).copy()
+        lab[0, 0, 0] = 3
+        return {"--source-label": _nii(d / "three.nii.gz", lab)}, "three.nii.gz: label values [3] do not match the 1 class name"
+    raise AssertionError(case)
+
+
+CASES = ["missing file", "not NIfTI", "4D volume", "shape mismatch", "affine mismatch", "NaN voxels",
+         "constant image", "empty label", "label values vs class names"]
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_adapt_bad_input(vols, tmp_path, capsys, case):
+    over, needle = _bad(vols, case)
+    out = tmp_path / "out"
+    assert _adapt(vols, out, **over) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("napari-uuds: error: ") and needle in err, err
+    assert "\n" not in err and "Traceback" not in err
+    assert not out.exists()
+
+
+def test_existing_outputs_need_overwrite(vols, tmp_path, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "tgt_seg.nii.gz").write_bytes(b"a user's file")
+    assert _adapt(vols, out) == 2
+    err = capsys.readouterr().err.strip()
+    assert "tgt_seg.nii.gz: output already exists" in err and "--overwrite" in err
+    assert (out / "tgt_seg.nii.gz").read_bytes() == b"a user's file"
+    assert sorted(p.name for p in out.iterdir()) == ["tgt_seg.nii.gz"]
+
+
+def test_adapt_predict_evaluate_roundtrip(vols, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert _adapt(vols, out, **{"--target-label": vols["lab"], "--class-name": "blob"}) == 0
+    names = sorted(p.name for p in out.iterdir())
+    assert {"model.safetensors", "config.json", "tgt_seg.nii.gz", "tgt_entropy.nii.gz", "tgt_synthetic.nii.gz",
+            "metrics.json"} <= set(names)
+    m = json.loads((out / "metrics.json").read_text())
+    assert set(m["volumes"]["tgt"]) >= {"dice", "assd_mm", "hd95_mm"} and "dice_mean" in m["mean"]
+    seg = nib.load(str(out / "tgt_seg.nii.gz"))
+    np.testing.assert_allclose(seg.affine, nib.load(str(vols["tgt"])).affine)
+    # predict with the saved weights and a new threshold
+    out2 = tmp_path / "pred"
+    assert main(["predict", "--quiet", "--weights", str(out), "--image", str(vols["tgt"]), "--out", str(out2),
+                 "--threshold", "0.2"]) == 0
+    np.testing.assert_array_equal(np.asarray(nib.load(str(out2 / "tgt_seg.nii.gz")).dataobj),
+                                  np.asarray(seg.dataobj))
+    capsys.readouterr()
+    j = tmp_path / "m.json"
+    assert main(["evaluate", "--pred", str(vols["lab"]), "--label", str(vols["lab"]), "--json", str(j)]) == 0
+    assert "Dice 100.00 %" in capsys.readouterr().out
+    assert json.loads(j.read_text())["dice"] == 100.0
+
+
+def test_predict_incompatible_weights(vols, tmp_path, capsys):
+    out = tmp_path / "w"
+    assert _adapt(vols, out) == 0
+    cfg = json.loads((out / "config.json").read_text())
+    cfg["model"]["class_names"] = ["a", "b"]
+    (out / "config.json").write_text(json.dumps(cfg))
+    capsys.readouterr()
+    res = tmp_path / "res"
+    assert main(["predict", "--quiet", "--weights", str(out), "--image", str(vols["tgt"]), "--out", str(res)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "model.safetensors: weights from an incompatible config" in err and "\n" not in err
+    assert not res.exists()
+
+
+def test_evaluate_reports_empty_prediction(vols, tmp_path, capsys):
+    empty = _nii(tmp_path / "e.nii.gz", np.zeros((24, 24, 12), np.uint8))
+    assert main(["evaluate", "--pred", str(empty), "--label", str(vols["lab"])]) == 0
+    assert "ASSD n/a (empty prediction)" in capsys.readouterr().out
+
+
+def test_console_script_exit_code_and_no_traceback(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "napari_uuds.cli", "evaluate", "--pred", str(tmp_path / "x.nii"),
+                        "--label", str(tmp_path / "y.nii")], capture_output=True, text=True)
+    assert r.returncode == 2
+    assert r.stderr.strip() == f"napari-uuds: error: {tmp_path / 'x.nii'}: file not found"
+
+
+def test_help_explains_every_option():
+    r = subprocess.run([sys.executable, "-m", "napari_uuds.cli", "adapt", "--help"], capture_output=True, text=True)
+    assert r.returncode == 0
+    for opt in ("--source-label", "--target-label", "--clip-weights", "--threshold", "--no-uncertainty", "--overwrite"):
+        assert opt in r.stdout
