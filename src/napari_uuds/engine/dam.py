@@ -9,6 +9,10 @@ Shapes (our reading): with one query, Eq. 3 as printed returns one c-vector, the
 of a_p Nor(V)_p with a = softmax_p(Q K_p / d). The decoder needs a map, so we keep the terms of that
 sum at their positions: x^d_p = (h w) a_p Nor(V)_p, whose spatial mean is exactly Eq. 3's vector. The
 attention is multi-head (channels split into heads, one softmax map per head); see docs/method.md.
+
+"Early fusion" (Sec. 3.1.1): the model applies one DAM per encoder level (layer4 = X_c, and layer3,
+layer2, stem+layer1 as content at finer scales, with K from X_d upsampled), and the image decoder
+receives the finer ones as skip connections, so the synthetic image keeps the anatomy.
 """
 from __future__ import annotations
 
@@ -60,7 +64,9 @@ class DomainAdaptationModule(nn.Module):
     def forward(self, t_d: torch.Tensor | None, x_d: torch.Tensor, x_c: torch.Tensor) -> torch.Tensor:
         t = self.query if (t_d is None or not self.use_prompt) else t_d
         q = self.q(t[:, :, None, None].to(x_c.dtype)).flatten(1)[:, None]  # (1|B, 1, inner)
-        k = self.k(x_d)
         v = self.nor(self.v(x_c))
+        k = self.k(x_d)
+        if k.shape[-2:] != v.shape[-2:]:  # early levels: project, then upsample (1x1 conv and resize commute)
+            k = F.interpolate(k, size=v.shape[-2:], mode="bilinear", align_corners=False)
         out, _ = prompt_attention(q, k, v, self.log_d, self.heads)
         return out[:, 0]

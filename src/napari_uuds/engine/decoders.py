@@ -38,19 +38,26 @@ def stage_widths(width: int, n: int = 5, floor: int = 16) -> list[int]:
 
 
 class ImageDecoder(nn.Module):
-    def __init__(self, in_dim: int, width: int):
+    """skip_dims: channels of the domain-adapted skips at S/16, S/8, S/4 (0: none)."""
+
+    def __init__(self, in_dim: int, width: int, skip_dims: tuple[int, int, int] = (0, 0, 0)):
         super().__init__()
         ws = stage_widths(width)
+        extra = list(skip_dims) + [0, 0]
         self.inp = nn.Sequential(nn.Conv2d(in_dim, ws[0], 1), ResBlock(ws[0], ws[0]))
-        self.stages = nn.ModuleList(ResBlock(ws[max(i - 1, 0)], ws[i]) for i in range(5))
+        self.stages = nn.ModuleList(ResBlock(ws[max(i - 1, 0)] + extra[i], ws[i]) for i in range(5))
         self.out = nn.Conv2d(ws[-1], 1, 3, padding=1)
         self.widths = ws
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    def forward(self, x: torch.Tensor, skips: list[torch.Tensor] | None = None
+                ) -> tuple[torch.Tensor, list[torch.Tensor]]:
         h = self.inp(x)
         feats = []
-        for stage in self.stages:
-            h = stage(F.interpolate(h, scale_factor=2, mode="bilinear", align_corners=False))
+        for i, stage in enumerate(self.stages):
+            h = F.interpolate(h, scale_factor=2, mode="bilinear", align_corners=False)
+            if skips is not None and i < len(skips):
+                h = torch.cat([h, skips[i].to(h.dtype)], 1)
+            h = stage(h)
             feats.append(h)  # S/16, S/8, S/4, S/2, S/1
         return torch.tanh(self.out(h).float()).to(x.dtype), feats
 

@@ -21,7 +21,7 @@ from .attention import ProjectionHead, SegmentationAttentionModule
 from .backbone import ImageTaps, create_clip
 from .config import ModelConfig
 from .dam import DomainAdaptationModule
-from .decoders import ImageDecoder, SegDecoder
+from .decoders import ImageDecoder, SegDecoder, stage_widths
 from .prompts import DomainPrompt, SegPrompt
 
 
@@ -48,7 +48,12 @@ class UUDS(nn.Module):
         inner = cfg.decoder_width
         self.domain_prompt = DomainPrompt(self.clip, self.tokenizer, cfg.domain_text())
         self.dam = DomainAdaptationModule(text_dim, emb, ch[4], inner, cfg.attn_heads, cfg.use_domain_prompt)
-        self.image_decoder = ImageDecoder(inner, cfg.decoder_width)
+        # early fusion: Eq. 3 at the finer encoder levels too (layer3 S/16, layer2 S/8, stem+layer1 S/4)
+        ws = stage_widths(cfg.decoder_width)
+        self.skip_dams = nn.ModuleList(
+            DomainAdaptationModule(text_dim, emb, cin, w, cfg.attn_heads, cfg.use_domain_prompt)
+            for cin, w in zip((ch[3], ch[2], ch[0] + ch[1]), ws[:3]))
+        self.image_decoder = ImageDecoder(inner, cfg.decoder_width, tuple(ws[:3]))
         gen_dims = self.image_decoder.widths
         if cfg.use_seg_prompt:
             self.seg_prompt = SegPrompt(self.clip, self.tokenizer, cfg.class_names, cfg.n_ctx, seed=seed)
@@ -66,7 +71,10 @@ class UUDS(nn.Module):
 
     def translate(self, taps: dict, t_d: torch.Tensor | None) -> Translation:
         x_d = self.dam(t_d, taps["domain"], taps["content"])
-        image, gen = self.image_decoder(x_d)
+        sk = taps["skips"]
+        levels = (sk[3], sk[2], torch.cat([sk[0], sk[1]], 1))
+        skips = [dam(t_d, taps["domain"], lv) for dam, lv in zip(self.skip_dams, levels)]
+        image, gen = self.image_decoder(x_d, skips)
         return Translation(image, gen, taps["global"])
 
     def segment(self, taps: dict, gen: list[torch.Tensor], image: torch.Tensor,
