@@ -113,3 +113,23 @@ def test_config_validation():
         ModelConfig(arch="vit")
     with pytest.raises(UUDSError):
         ModelConfig(image_size=100)
+
+
+def test_clip_weights_from_a_local_file(tmp_path):
+    """--clip-weights PATH: an open_clip checkpoint on disk is loaded into the backbone."""
+    from napari_uuds.engine.backbone import create_clip
+
+    torch.manual_seed(1)
+    ref = create_clip("tiny", None, 128)
+    path = tmp_path / "tiny_clip.pt"
+    torch.save(ref.state_dict(), path)
+    w, note = resolve_weights("tiny", str(path))
+    assert w == str(path) and str(path) in note
+    torch.manual_seed(2)
+    m = UUDS(ModelConfig.for_arch("tiny"), clip_weights=w)
+    torch.testing.assert_close(m.clip.visual.conv1.weight, ref.visual.conv1.weight)
+    torch.testing.assert_close(m.clip.token_embedding.weight, ref.token_embedding.weight)
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not a checkpoint")
+    with pytest.raises(UUDSError, match="could not load CLIP weights"):
+        UUDS(ModelConfig.for_arch("tiny"), clip_weights=str(bad))

@@ -49,7 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--clip-weights", default="auto", metavar="auto|openai|PATH|none",
                    help="CLIP weights: auto (openai when cached or reachable, else random init), openai (error if "
                         "unavailable), a checkpoint file or local-dir:DIR, or none (random initialisation)")
-    a.add_argument("--steps", type=_positive_int, default=400, help="training steps")
+    a.add_argument("--steps", type=_positive_int, default=200,
+                   help="training steps (200 suit the tiny model on the sample; use thousands for rn50 on a GPU)")
     a.add_argument("--batch-size", type=_positive_int, default=8, help="slice pairs per step")
     a.add_argument("--lr", type=float, default=1e-4, help="Adam learning rate")
     a.add_argument("--weight-decay", type=float, default=0.01, help="Adam weight decay")

@@ -101,7 +101,10 @@ def cmd_adapt(args) -> int:
     train_s = time.perf_counter() - t_start
     extra = {"train": to_dict(tcfg), "loss_weights": to_dict(LossWeights()), "final_losses": last,
              "sources": [str(p) for p in args.source], "targets": [str(p) for p in args.target],
-             "interrupted": interrupted}
+             "interrupted": interrupted,
+             "normalisation": {"scheme": "per-volume percentile clip to [-1, 1] (background excluded)",
+                               "low_percentile": 0.5, "high_percentile": 99.5,
+                               "sources": {p.volume.name: [p.norm.lo, p.norm.hi] for p in sources}}}
     out.mkdir(parents=True, exist_ok=True)
     ckpt.save_checkpoint(model, out, extra, overwrite=True)
     ckpt.atomic_write_bytes(out / "optimizer.pt", lambda tmp: torch.save(model.optimizer_state, tmp))
