@@ -44,3 +44,13 @@ def test_sampler_skips_blank_slices():
     img[4] = 0.0
     s = SliceSampler([img], None, seed=0)
     assert s.anatomy == [(0, 4)]
+
+
+def test_contrast_inversion_keeps_background():
+    img = torch.full((4, 1, 8, 8), -1.0)
+    img[:, :, 2:6, 2:6] = 0.6
+    lab = torch.ones(4, 1, 8, 8, dtype=torch.uint8)
+    s = SliceSampler([img], [lab], seed=0, invert_p=1.0)
+    x, _ = s.sample(8, augment=True)
+    inside = x[:, :, 2:6, 2:6]
+    assert (inside < 0).all() and (x[:, :, 0, 0] == -1).all()

@@ -71,6 +71,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="slicing axis in canonical RAS orientation: 0 sagittal, 1 coronal, 2 axial")
     a.add_argument("--image-size", type=int, default=None, help="slice side in pixels (default: 224 rn50, 128 tiny)")
     a.add_argument("--warmup-steps", type=int, default=-1, help="steps before the uncertainty loss joins (-1: steps/4)")
+    a.add_argument("--contrast-invert", type=_unit_float, default=0.0, metavar="P",
+                   help="augmentation: invert the contrast of source slices with probability P (helps when the "
+                        "target inverts tissue contrasts, e.g. CSF bright in T2, dark in T1)")
     a.add_argument("--no-domain-prompt", action="store_true", help="ablation: no domain prompt (and no L_DD)")
     a.add_argument("--no-seg-prompt", action="store_true", help="ablation: no segmentation prompt (no SAM, no L_BSCL)")
     a.add_argument("--no-uncertainty", action="store_true", help="ablation: no uncertainty-masked target loss (Eq. 8)")

@@ -54,7 +54,8 @@ def cmd_adapt(args) -> int:
             use_domain_prompt=not args.no_domain_prompt, use_seg_prompt=not args.no_seg_prompt)
     tcfg = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
                        seed=args.seed, device=args.device, threshold=args.threshold,
-                       use_uncertainty=not args.no_uncertainty, warmup_steps=args.warmup_steps)
+                       use_uncertainty=not args.no_uncertainty, warmup_steps=args.warmup_steps,
+                       contrast_invert=args.contrast_invert)
     device = resolve_device(args.device)
 
     # every input is read and checked before anything is written
@@ -77,7 +78,7 @@ def cmd_adapt(args) -> int:
          f"{len(sources)} source / {len(targets)} target volume(s)", args.quiet)
     _say(f"domain prompt: \"{model.domain_prompt.text}\"; classes: {', '.join(mcfg.class_names)}", args.quiet)
 
-    src_s, tgt_s = samplers(sources, targets, tcfg.fg_fraction, tcfg.seed)
+    src_s, tgt_s = samplers(sources, targets, tcfg.fg_fraction, tcfg.seed, tcfg.contrast_invert)
     control = TrainControl(tcfg.threshold)
     start = getattr(model, "trained_steps", 0) if resume_meta else 0
     opt_state = None

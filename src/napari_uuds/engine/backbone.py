@@ -14,11 +14,9 @@ table is resized once, bicubically, at construction (``resize_pos_embed``); RN50
 """
 from __future__ import annotations
 
-import json
 import logging
 import os
 import socket
-import tempfile
 import warnings
 from pathlib import Path
 
@@ -31,12 +29,7 @@ from .errors import UUDSError
 log = logging.getLogger("napari_uuds")
 
 TINY_NAME = "uuds-tiny"
-TINY_CONFIG = {
-    "embed_dim": 128,
-    "quick_gelu": True,
-    "vision_cfg": {"image_size": 128, "layers": [1, 1, 1, 1], "width": 16, "patch_size": None},
-    "text_cfg": {"context_length": 32, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 2},
-}
+TINY_CONFIG_FILE = Path(__file__).with_name(f"{TINY_NAME}.json")  # shipped in the wheel
 OPEN_CLIP_NAMES = {"rn50": "RN50", "tiny": TINY_NAME}
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -45,14 +38,13 @@ _registered = False
 
 
 def _register_tiny() -> None:
+    """Register the tiny config (a JSON file shipped with the package) with open_clip, once."""
     global _registered
     if _registered:
         return
     import open_clip
 
-    d = Path(tempfile.mkdtemp(prefix="uuds-tiny-cfg-"))
-    (d / f"{TINY_NAME}.json").write_text(json.dumps(TINY_CONFIG))
-    open_clip.add_model_config(d)
+    open_clip.add_model_config(TINY_CONFIG_FILE)
     _registered = True
 
 

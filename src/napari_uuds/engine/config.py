@@ -109,6 +109,8 @@ class TrainConfig:
     preview_every: int = 0
     #: random intensity/flip augmentation of the 2D slices.
     augment: bool = True
+    #: probability of inverting a source slice's contrast (augmentation for contrast-inverting shifts).
+    contrast_invert: float = 0.0
     num_threads: int = 0  # torch CPU threads, 0: leave torch's default
 
     def __post_init__(self) -> None:

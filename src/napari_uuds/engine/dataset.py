@@ -49,8 +49,9 @@ def load_targets(images: list[str | Path], axis: int, size: int) -> list[Prepare
     return [prepare_volume(load_volume(p), axis, size) for p in images]
 
 
-def samplers(sources: list[PreparedVolume], targets: list[PreparedVolume], fg_fraction: float, seed: int
-             ) -> tuple[SliceSampler, SliceSampler]:
-    src = SliceSampler([p.image for p in sources], [p.label for p in sources], fg_fraction, seed)
+def samplers(sources: list[PreparedVolume], targets: list[PreparedVolume], fg_fraction: float, seed: int,
+             invert_p: float = 0.0) -> tuple[SliceSampler, SliceSampler]:
+    src = SliceSampler([p.image for p in sources], [p.label for p in sources], fg_fraction, seed,
+                       invert_p=invert_p)
     tgt = SliceSampler([p.image for p in targets], None, 0.0, seed + 1)
     return src, tgt

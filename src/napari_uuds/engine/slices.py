@@ -74,8 +74,9 @@ class SliceSampler:
     """
 
     def __init__(self, images: list[torch.Tensor], labels: list[torch.Tensor] | None = None,
-                 fg_fraction: float = 0.5, seed: int = 0, min_anatomy: float = 0.02):
+                 fg_fraction: float = 0.5, seed: int = 0, min_anatomy: float = 0.02, invert_p: float = 0.0):
         self.images = images
+        self.invert_p = invert_p
         self.labels = labels
         self.fg_fraction = fg_fraction
         self.rng = np.random.default_rng(seed)
@@ -109,7 +110,8 @@ class SliceSampler:
         return x, y
 
     def _augment(self, x: torch.Tensor, y: torch.Tensor | None):
-        """Flips, 90-degree rotations and a mild random gamma; the same geometry on labels."""
+        """Flips, 90-degree rotations, a mild random gamma and, with probability ``invert_p``, contrast
+        inversion of the anatomy (background stays at -1); the same geometry on labels."""
         x = x.clone()
         y = None if y is None else y.clone()
         for b in range(x.shape[0]):
@@ -119,7 +121,10 @@ class SliceSampler:
             if flip:
                 xb = xb.flip(-1)
             gamma = float(np.exp(self.rng.uniform(-0.3, 0.3)))
-            x[b] = ((xb + 1) / 2).clamp(0, 1).pow(gamma) * 2 - 1
+            xb = ((xb + 1) / 2).clamp(0, 1).pow(gamma) * 2 - 1
+            if self.invert_p and self.rng.random() < self.invert_p:
+                xb = torch.where(xb > -0.98, -xb, xb)
+            x[b] = xb
             if y is not None:
                 yb = torch.rot90(y[b], k, dims=(-2, -1))
                 y[b] = yb.flip(-1) if flip else yb
