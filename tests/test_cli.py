@@ -150,3 +150,14 @@ def test_help_explains_every_option():
     assert r.returncode == 0
     for opt in ("--source-label", "--target-label", "--clip-weights", "--threshold", "--no-uncertainty", "--overwrite"):
         assert opt in r.stdout
+
+
+def test_resume_continues_from_saved_step(vols, tmp_path):
+    first = tmp_path / "first"
+    assert _adapt(vols, first, **{"--steps": 2}) == 0
+    assert (first / "optimizer.pt").exists()
+    second = tmp_path / "second"
+    assert _adapt(vols, second, **{"--steps": 3, "--resume": first}) == 0
+    meta = json.loads((second / "config.json").read_text())
+    assert meta["trained_steps"] == 3
+    assert meta["model"] == json.loads((first / "config.json").read_text())["model"]
