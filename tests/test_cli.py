@@ -161,3 +161,13 @@ def test_resume_continues_from_saved_step(vols, tmp_path):
     meta = json.loads((second / "config.json").read_text())
     assert meta["trained_steps"] == 3
     assert meta["model"] == json.loads((first / "config.json").read_text())["model"]
+
+
+def test_unusable_out_fails_before_training(vols, tmp_path, capsys):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("x")
+    assert _adapt(vols, blocker / "out") == 2
+    err = capsys.readouterr().err.strip()
+    assert "cannot create the output folder" in err and "\n" not in err
+    assert _adapt(vols, tmp_path / "o", **{"--lr": "-1"}) == 2
+    assert "--lr must be > 0" in capsys.readouterr().err

@@ -112,3 +112,8 @@ def test_total_loss_weights():
     assert total_loss(t, w).item() == pytest.approx(-3.675)
     # ablated terms count as zero
     assert total_loss({"seg": torch.tensor(1.0)}, w).item() == pytest.approx(0.5)
+
+
+def test_loss_bscl_single_category_batch_is_zero():
+    z = torch.nn.functional.normalize(torch.randn(8, 4), dim=1)
+    assert loss_bscl(z, torch.ones(8, dtype=torch.bool)).item() == 0.0

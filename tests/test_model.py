@@ -56,6 +56,10 @@ def test_training_forward_shapes_and_gradients(tiny_model):
     assert out["syn_t"].abs().max() <= 1
     assert out["logits_s"].shape == out["logits_ts"].shape == (3, 2, 64, 64)
     assert out["z_s"].shape == (3, tiny_model.cfg.proj_dim)
+    # L_seg on the source reaches the generator: source and target share the inference path
+    out["logits_s"].sum().backward(retain_graph=True)
+    assert tiny_model.image_decoder.out.weight.grad is not None
+    tiny_model.zero_grad()
     assert out["xg_s"].shape == (3, out["t_d"].shape[1])
     out["logits_ts"].sum().backward()
     # the target segmentation reaches the generator (segmentation-aware adaptation) and the seg prompt

@@ -134,3 +134,22 @@ def test_save_is_atomic_and_leaves_no_temp(tmp_path, cord):
 def test_normalisation_params_all_background_free():
     p = normalisation_params(np.linspace(-5, 5, 1000, dtype=np.float32).reshape(10, 10, 10))
     assert p.lo < p.hi
+
+
+def test_degenerate_affine_is_a_clear_error(tmp_path):
+    aff = np.eye(4)
+    aff[1, 1] = 0.0
+    img = nib.Nifti1Image(np.random.default_rng(0).random((4, 4, 4)).astype(np.float32), None)
+    img.set_sform(aff, code=1)  # a header whose sform has a zero axis (qform unset)
+    p = tmp_path / "flat_axis.nii.gz"
+    nib.save(img, p)
+    with pytest.raises(UUDSError, match="flat_axis.nii.gz: degenerate affine"):
+        load_volume(p)
+
+
+def test_spacing_comes_from_the_affine(tmp_path):
+    img = nib.Nifti1Image(np.random.default_rng(0).random((4, 4, 4)).astype(np.float32), np.diag([2.0, 3.0, 4.0, 1.0]))
+    img.header.set_zooms((1.0, 1.0, 1.0))  # pixdim disagrees with the sform
+    img.set_sform(np.diag([2.0, 3.0, 4.0, 1.0]), code=1)
+    nib.save(img, tmp_path / "z.nii.gz")
+    assert load_volume(tmp_path / "z.nii.gz").spacing == pytest.approx((2.0, 3.0, 4.0))

@@ -15,7 +15,7 @@ from .engine.dataset import load_source_pairs, load_targets, samplers
 from .engine.errors import UUDSError
 from .engine.infer import predict_volume
 from .engine.metrics import score
-from .engine.pipeline import (check_outputs_free, planned_outputs, unique_names, write_metrics,
+from .engine.pipeline import (check_outputs_free, check_writable, planned_outputs, unique_names, write_metrics,
                               write_prediction)
 from .engine.volumes import check_same_grid, load_label, load_volume, volume_name
 
@@ -41,6 +41,9 @@ def cmd_adapt(args) -> int:
     if args.target_label is not None and len(args.target_label) != len(args.target):
         raise UUDSError(f"{len(args.target)} target(s) but {len(args.target_label)} --target-label(s); give one per target")
     check_outputs_free(planned_outputs(out, names, True, bool(args.target_label)), args.overwrite)
+    check_writable(out)
+    if not (args.lr > 0 and args.weight_decay >= 0):
+        raise UUDSError(f"--lr must be > 0 and --weight-decay >= 0 (got {args.lr}, {args.weight_decay})")
 
     resume_meta = ckpt.read_config(args.resume) if args.resume else None
     if resume_meta:
@@ -68,7 +71,8 @@ def cmd_adapt(args) -> int:
         tlabels.append(lab)
     if resume_meta:
         model, _ = ckpt.load_checkpoint(args.resume, "cpu")
-        clip_note = f"resuming from {args.resume} at step {model.trained_steps}"
+        clip_note = (f"resuming from {args.resume} at step {model.trained_steps}; the model options "
+                     "(--model, --class-name, --axis, --image-size, ablations) come from its config.json")
     else:
         weights, clip_note = resolve_weights(mcfg.arch, args.clip_weights)
         model = UUDS(mcfg, clip_weights=weights, seed=args.seed)
@@ -83,7 +87,10 @@ def cmd_adapt(args) -> int:
     start = getattr(model, "trained_steps", 0) if resume_meta else 0
     opt_state = None
     if resume_meta and (Path(args.resume) / "optimizer.pt").exists():
-        opt_state = torch.load(Path(args.resume) / "optimizer.pt", map_location="cpu", weights_only=True)
+        try:
+            opt_state = torch.load(Path(args.resume) / "optimizer.pt", map_location="cpu", weights_only=True)
+        except Exception as exc:
+            raise UUDSError(f"unreadable optimizer state ({type(exc).__name__})", Path(args.resume) / "optimizer.pt") from None
     bar = tqdm(total=tcfg.steps, initial=start, desc="training", unit="step", disable=args.quiet, file=sys.stderr,
                dynamic_ncols=True)
     last = {}
@@ -142,6 +149,7 @@ def cmd_predict(args) -> int:
     meta = ckpt.read_config(args.weights)
     names = unique_names(args.image)
     check_outputs_free(planned_outputs(out, names, False, False), args.overwrite)
+    check_writable(out)
     device = resolve_device(args.device)
     vols = [load_volume(p) for p in args.image]
     model, meta = ckpt.load_checkpoint(args.weights, device)

@@ -96,8 +96,8 @@ def read_config(folder: str | Path) -> dict[str, Any]:
         raise UUDSError(f"no {CONFIG} here: not a napari-uuds weights folder", folder)
     try:
         meta = json.loads(cpath.read_text())
-        ModelConfig(**meta["model"])
-    except (json.JSONDecodeError, KeyError, TypeError) as exc:
+        from_dict(ModelConfig, meta["model"])
+    except (ValueError, KeyError, TypeError, OSError) as exc:  # JSON, encoding, folder-named-config, ...
         raise UUDSError(f"unreadable config ({type(exc).__name__}: {exc})", cpath) from None
     return meta
 

@@ -36,7 +36,7 @@ def _autocast(device: torch.device):
 
 @torch.no_grad()
 def predict_slices(model: UUDS, slices: torch.Tensor, batch_size: int = 16, domain_prompt: str | None = None,
-                   source_only: bool = False, progress=None) -> tuple[torch.Tensor, torch.Tensor]:
+                   progress=None) -> tuple[torch.Tensor, torch.Tensor]:
     """(n, 1, S, S) normalised slices -> (synthetic (n,1,S,S), probs (n,C,S,S)) on the CPU."""
     model.eval()
     dev = next(model.parameters()).device
@@ -51,11 +51,7 @@ def predict_slices(model: UUDS, slices: torch.Tensor, batch_size: int = 16, doma
         if dev.type == "cuda":
             x = x.contiguous(memory_format=torch.channels_last)
         with _autocast(dev):
-            if source_only:
-                logits = model.infer_source_only(x)
-                syn = x
-            else:
-                syn, logits = model.infer(x, t_d, t_s)
+            syn, logits = model.infer(x, t_d, t_s)
         syns.append(syn.float().cpu())
         probs.append(logits.float().softmax(1).cpu())
         if progress is not None:
@@ -64,11 +60,11 @@ def predict_slices(model: UUDS, slices: torch.Tensor, batch_size: int = 16, doma
 
 
 def predict_volume(model: UUDS, volume: Volume, batch_size: int = 16, domain_prompt: str | None = None,
-                   source_only: bool = False, progress=None, norm: NormParams | None = None) -> VolumePrediction:
+                   progress=None, norm: NormParams | None = None) -> VolumePrediction:
     cfg = model.cfg
     data = norm.apply(volume.data) if norm is not None else normalise(volume.data)[0]
     slices, geom = to_square(data, cfg.axis, cfg.image_size, fill=-1.0, mode="bilinear")
-    syn, probs = predict_slices(model, slices, batch_size, domain_prompt, source_only, progress)
+    syn, probs = predict_slices(model, slices, batch_size, domain_prompt, progress)
     return assemble(syn, probs, geom)
 
 

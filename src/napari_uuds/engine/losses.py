@@ -46,7 +46,8 @@ def loss_bscl(z: torch.Tensor, has_object: torch.Tensor, tau: float = 0.1) -> to
     contains the segmentation object. For anchor i, P(i) are the other slices of the same category and
     A(i) all other slices. Per anchor: -1/|P(i)| sum_{p in P(i)} log( exp(z_i.z_p/tau) / sum_{a in A(i)} exp(z_i.z_a/tau) ).
     Averaged over the anchors that have a positive (the paper sums over i; the mean keeps beta independent
-    of batch size). Returns 0 when no anchor has a positive.
+    of batch size). Returns 0 when no anchor has a positive, and when the batch holds one category only:
+    with no negative to separate from, the term would only push all positives to be equidistant.
     """
     z = z.float()
     b = z.shape[0]
@@ -55,6 +56,8 @@ def loss_bscl(z: torch.Tensor, has_object: torch.Tensor, tau: float = 0.1) -> to
     sim = sim.masked_fill(self_mask, float("-inf"))
     log_prob = sim - torch.logsumexp(sim, dim=1, keepdim=True)
     lab = has_object.view(-1)
+    if bool((lab == lab[0]).all()):
+        return z.sum() * 0.0
     pos = (lab[:, None] == lab[None, :]) & ~self_mask
     n_pos = pos.sum(1)
     valid = n_pos > 0

@@ -2,13 +2,14 @@
 
 Training step (one call of :meth:`UUDS.forward`):
 
-* source x^s: encode -> DAM(T^d) -> image decoder -> reconstruction ~x^s (L_id) and generator features;
-  SAM(T^s) on X_c^s -> z^s (L_BSCL); segmentation decoder -> Y^s logits (L_seg);
-* target x^t: encode -> DAM(T^d) -> image decoder -> synthetic source x^{t->s} and generator features;
-* synthetic x^{t->s}: encode (x_g^{t->s} for Eq. 2), SAM(T^s) -> segmentation decoder with the
-  generator features of x^t -> Y^{t->s} logits (Eq. 5-8).
+* pass 1, x^s and x^t together: encode -> DAMs(T^d) -> image decoder -> reconstruction ~x^s (L_id),
+  synthetic source x^{t->s}, and the generator features of each; SAM(T^s) on X_c^s -> z^s (L_BSCL);
+* pass 2, ~x^s and x^{t->s} together: encode (x_g^{t->s} for Eq. 2), SAM(T^s) -> segmentation decoder
+  with the generator features -> Y^s logits (L_seg) and Y^{t->s} logits (Eq. 5-8).
 
-So a step runs the image encoder three times. Inference on a target slice runs the last two.
+Source and target are segmented by the same path, the one inference runs on a target slice
+(translate, re-encode, segment): L_seg supervises exactly what the user gets. A step runs the
+image encoder on 4B slices (two passes of 2B).
 """
 from __future__ import annotations
 
@@ -78,28 +79,38 @@ class UUDS(nn.Module):
         return Translation(image, gen, taps["global"])
 
     def segment(self, taps: dict, gen: list[torch.Tensor], image: torch.Tensor,
-                t_s: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Returns (logits (B, C, S, S), z (B, proj_dim))."""
+                t_s: torch.Tensor | None) -> torch.Tensor:
+        """Segment a *translated* image (~x^s or x^{t->s}) from its taps and its generator features."""
         content = taps["content"]
         if t_s is not None:
             content, scores = self.sam(t_s, content)
             x = torch.cat([content, scores.to(content.dtype)], 1)
         else:
             x = content
-        z = self.proj(content)
-        return self.seg_decoder(x, taps["skips"], gen, image), z
+        return self.seg_decoder(x, taps["skips"], gen, image)
+
+    def embed(self, taps: dict, t_s: torch.Tensor | None) -> torch.Tensor:
+        """z of L_BSCL: the projection of the SAM-updated content X_c (Eq. 4)."""
+        content = taps["content"]
+        if t_s is not None:
+            content, _ = self.sam(t_s, content)
+        return self.proj(content)
 
     # -- training forward -------------------------------------------------------------------
     def forward(self, xs: torch.Tensor, xt: torch.Tensor) -> dict[str, torch.Tensor]:
         t_d = self.encode_domain_prompt()
         t_s = self.encode_seg_prompt()
-        # source and target share one encoder pass, so batch norm sees both domains as at inference
-        taps_s, taps_t = _split(self.taps(torch.cat([xs, xt.to(xs.dtype)])), xs.shape[0])
+        n = xs.shape[0]
+        # pass 1: source and target together, so batch norm sees both domains as at inference
+        taps_s, taps_t = _split(self.taps(torch.cat([xs, xt.to(xs.dtype)])), n)
         rec = self.translate(taps_s, t_d)
-        logits_s, z_s = self.segment(taps_s, rec.gen, xs, t_s)
         syn = self.translate(taps_t, t_d)
-        taps_ts = self.taps(syn.image)
-        logits_ts, _ = self.segment(taps_ts, syn.gen, syn.image, t_s)
+        z_s = self.embed(taps_s, t_s)
+        # pass 2: both translations. The source is segmented through exactly the path a target takes
+        # (translate, re-encode, segment with the generator's features), so L_seg trains the inference path.
+        taps_rs, taps_ts = _split(self.taps(torch.cat([rec.image, syn.image])), n)
+        logits_s = self.segment(taps_rs, rec.gen, rec.image, t_s)
+        logits_ts = self.segment(taps_ts, syn.gen, syn.image, t_s)
         out = {"rec_s": rec.image, "logits_s": logits_s, "z_s": z_s, "syn_t": syn.image,
                "logits_ts": logits_ts, "xg_s": taps_s["global"], "xg_t": taps_t["global"],
                "xg_ts": taps_ts["global"]}
@@ -116,16 +127,8 @@ class UUDS(nn.Module):
         if t_s is None:
             t_s = self.encode_seg_prompt()
         syn = self.translate(self.taps(xt), t_d)
-        logits, _ = self.segment(self.taps(syn.image), syn.gen, syn.image, t_s)
+        logits = self.segment(self.taps(syn.image), syn.gen, syn.image, t_s)
         return syn.image, logits
-
-    def infer_source_only(self, x: torch.Tensor) -> torch.Tensor:
-        """Segment an image as if it were a source image (no translation): the segmenter alone."""
-        t_s = self.encode_seg_prompt()
-        taps = self.taps(x)
-        rec = self.translate(taps, self.encode_domain_prompt())
-        logits, _ = self.segment(taps, rec.gen, x, t_s)
-        return logits
 
 
 def _split(taps: dict, n: int) -> tuple[dict, dict]:

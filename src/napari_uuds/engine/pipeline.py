@@ -37,7 +37,7 @@ def planned_outputs(out: str | Path, names: list[str], weights: bool, metrics: b
     out = Path(out)
     paths: list[Path] = []
     if weights:
-        paths += [out / WEIGHTS, out / CONFIG]
+        paths += [out / WEIGHTS, out / CONFIG, out / "optimizer.pt"]
     for n in names:
         paths += list(prediction_paths(out, n).values())
     if metrics:
@@ -56,6 +56,28 @@ def check_outputs_free(paths: list[Path], overwrite: bool) -> None:
     out = paths[0].parent if paths else None
     if out is not None and out.exists() and not out.is_dir():
         raise UUDSError("output path exists and is not a folder", out)
+
+
+def check_writable(out: str | Path) -> None:
+    """Fail before any work if ``out`` cannot be created or written (a file on the way, no permission)."""
+    import os
+    import tempfile
+
+    out = Path(out)
+    probe_root = out
+    while not probe_root.exists():
+        probe_root = probe_root.parent
+    if not probe_root.is_dir():
+        raise UUDSError(f"cannot create the output folder: {probe_root} is a file", out)
+    if not os.access(probe_root, os.W_OK | os.X_OK):
+        raise UUDSError("output folder is not writable", probe_root)
+    if out.exists():
+        try:
+            fd, tmp = tempfile.mkstemp(prefix=".write-test.", dir=out)
+            os.close(fd)
+            os.unlink(tmp)
+        except OSError as exc:
+            raise UUDSError(f"output folder is not writable ({exc.strerror})", out) from None
 
 
 def write_prediction(pred: VolumePrediction, ref: Volume, out: str | Path, name: str, chi: float) -> dict[str, Path]:

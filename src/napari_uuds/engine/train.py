@@ -28,10 +28,12 @@ def resolve_device(name: str = "auto") -> torch.device:
         if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
             return torch.device("mps")
         return torch.device("cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        from .errors import UUDSError
+    from .errors import UUDSError
 
+    if name == "cuda" and not torch.cuda.is_available():
         raise UUDSError("--device cuda asked for, but torch sees no CUDA GPU")
+    if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise UUDSError("--device mps asked for, but torch sees no Apple GPU")
     return torch.device(name)
 
 
@@ -115,6 +117,8 @@ def train(model: UUDS, source: SliceSampler, target: SliceSampler, cfg: TrainCon
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     if optimizer_state:
         opt.load_state_dict(optimizer_state)
+        for g in opt.param_groups:  # the settings asked for now win over the saved ones
+            g["lr"], g["weight_decay"] = cfg.lr, cfg.weight_decay
     mcfg = model.cfg
     total = cfg.steps
     yield TrainEvent("start", start_step, total, message=f"training on {device}")
@@ -140,6 +144,7 @@ def train(model: UUDS, source: SliceSampler, target: SliceSampler, cfg: TrainCon
             ys = ys.to(device, non_blocking=True)
             with amp:
                 out = model(xs, xt)
+            with torch.autocast(device.type, enabled=False):  # losses in float32, outside bf16 autocast
                 terms: dict[str, torch.Tensor] = {
                     "seg": loss_seg(out["logits_s"], ys),
                     "id": loss_id(out["rec_s"], xs),

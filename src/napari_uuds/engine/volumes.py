@@ -45,7 +45,7 @@ class Volume:
     @property
     def spacing(self) -> tuple[float, float, float]:
         """Voxel size (mm) along the canonical axes."""
-        zooms = np.asarray(self.header.get_zooms()[:3], dtype=float)
+        zooms = np.linalg.norm(np.asarray(self.affine, dtype=float)[:3, :3], axis=0)  # the affine, not pixdim
         perm = self.ornt[:, 0].astype(int)  # file axis i -> canonical axis perm[i]
         out = np.empty(3)
         out[perm] = zooms
@@ -99,7 +99,11 @@ def load_volume(path: str | Path, *, check_constant: bool = True) -> Volume:
         raise UUDSError(f"{n} voxels are NaN or Inf", path)
     if check_constant and float(data.max()) == float(data.min()):
         raise UUDSError(f"constant image (every voxel is {float(data.min()):g})", path)
+    if not np.isfinite(img.affine).all() or abs(np.linalg.det(img.affine[:3, :3])) < 1e-12:
+        raise UUDSError("degenerate affine (a zero or non-finite axis): the scan's geometry is unusable", path)
     ornt = io_orientation(img.affine)
+    if np.isnan(ornt).any():
+        raise UUDSError("affine has no clear axis orientation", path)
     canon = apply_orientation(data, ornt_transform(ornt, _RAS))
     return Volume(np.ascontiguousarray(canon, dtype=np.float32), img.affine.copy(), img.header.copy(), ornt,
                   str(path), volume_name(path))
@@ -221,7 +225,9 @@ def save_like(arr: np.ndarray, ref: Volume, out: str | Path, *, canonical: bool 
     hdr.set_data_dtype(dtype)
     img = nib.Nifti1Image(np.ascontiguousarray(data.astype(dtype)), ref.affine, header=hdr)
     img.header.set_slope_inter(1.0, 0.0)
-    img.set_qform(ref.affine, code=int(ref.header["qform_code"]) or 1)
-    img.set_sform(ref.affine, code=int(ref.header["sform_code"]) or 1)
+    qform, qcode = ref.header.get_qform(coded=True)
+    sform, scode = ref.header.get_sform(coded=True)
+    img.set_qform(qform if qform is not None else ref.affine, code=int(qcode or 0) or (0 if qform is not None else 1))
+    img.set_sform(sform if sform is not None else ref.affine, code=int(scode or 0) or (0 if sform is not None else 1))
     _atomic_write(img, out)
     return out
