@@ -1,0 +1,39 @@
+"""napari writers: Labels and Image layers to NIfTI on the grid of the scan they belong to."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from ._geometry import reference_volume
+from .engine.errors import UUDSError
+from .engine.volumes import NIFTI_SUFFIXES, save_like
+
+
+def _target(path: str) -> Path:
+    p = Path(path)
+    if not p.name.lower().endswith(NIFTI_SUFFIXES):
+        p = p.with_name(p.name + ".nii.gz")
+    return p
+
+
+def _write(path: str, data, attributes: dict, dtype) -> list[str]:
+    arr = np.asarray(data)
+    if arr.ndim != 3:
+        raise UUDSError(f"only 3D layers can be saved as NIfTI (this one is {arr.ndim}D)", path)
+    ref = reference_volume(attributes.get("metadata"), arr.shape, attributes.get("scale"))
+    expected = tuple(int(s) for s in ref.to_file_order(np.empty(arr.shape, np.uint8)).shape)
+    hdr_shape = tuple(int(s) for s in ref.header.get_data_shape()[:3])
+    if hdr_shape and hdr_shape != expected:
+        raise UUDSError(f"layer shape {arr.shape} does not match its scan's grid {hdr_shape}", path)
+    out = _target(path)
+    save_like(arr.astype(dtype), ref, out, dtype=dtype)
+    return [str(out)]
+
+
+def write_labels(path: str, data, attributes: dict) -> list[str]:
+    return _write(path, data, attributes, np.uint8 if np.asarray(data).max() < 256 else np.int32)
+
+
+def write_image(path: str, data, attributes: dict) -> list[str]:
+    return _write(path, data, attributes, np.float32)

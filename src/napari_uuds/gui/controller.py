@@ -1,0 +1,330 @@
+"""Every GUI action as a plain synchronous method (tests drive these; the widget wires them to Qt).
+
+The controller owns the model, the cached prediction and the output layers. Training runs through
+the engine's generator; :meth:`training_events` is what the widget's ``thread_worker`` iterates, and
+:meth:`handle_event` is the one main-thread dispatcher for what it yields.
+"""
+from __future__ import annotations
+
+import gc
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+
+from .._geometry import layer_metadata, reference_volume
+from .._writer import write_image, write_labels
+from ..engine import checkpoint as ckpt
+from ..engine.config import ModelConfig, TrainConfig
+from ..engine.dataset import PreparedVolume, prepare_volume, samplers
+from ..engine.errors import UUDSError
+from ..engine.infer import VolumePrediction, assemble, predict_volume
+from ..engine.slices import SliceGeometry, from_square
+from ..engine.train import TrainControl, TrainEvent, resolve_device, train
+from ..engine.volumes import Volume
+from .state import Params, Status
+
+OUTPUT_LAYERS = {"synthetic": "synthetic source", "seg": "segmentation", "entropy": "entropy",
+                 "certain": "certain mask"}
+
+
+class UUDSController:
+    def __init__(self, viewer, params: Params | None = None, status: Status | None = None):
+        self.viewer = viewer
+        self.params = params or Params()
+        self.status = status or Status()
+        self.model = None
+        self.control: TrainControl | None = None
+        self.prediction: VolumePrediction | None = None
+        self.target: PreparedVolume | None = None
+        self.target_layer = None
+        self._data: tuple[list[PreparedVolume], list[PreparedVolume]] | None = None
+
+    # -- inputs ------------------------------------------------------------------------------
+    def _volume_of(self, layer, what: str, labels: bool = False) -> Volume:
+        if layer is None:
+            raise UUDSError(f"choose a {what} layer first")
+        data = np.asarray(layer.data)
+        if data.ndim != 3:
+            raise UUDSError(f"{what} '{layer.name}' is {data.ndim}D; UUDS needs a 3D volume")
+        ref = reference_volume(layer.metadata, data.shape, layer.scale)
+        vol = Volume(data.astype(np.uint8 if labels else np.float32), ref.affine, ref.header, ref.ornt,
+                     ref.path, layer.name)
+        if not labels and float(data.max()) == float(data.min()):
+            raise UUDSError(f"{what} '{layer.name}' is a constant image")
+        return vol
+
+    def model_config(self) -> ModelConfig:
+        p = self.params
+        return ModelConfig.for_arch(p.arch, image_size=p.image_size or None, axis=p.axis,
+                                    class_names=[p.class_name or "object"], source_modality=p.source_modality,
+                                    domain_prompt=p.domain_prompt)
+
+    def prepare(self, source, source_labels, target) -> None:
+        """Validate the chosen layers and slice them for training (raises UUDSError with what to do)."""
+        if source_labels is None:
+            raise UUDSError("training needs source labels: choose a Labels layer for the source")
+        src = self._volume_of(source, "source image")
+        lab = self._volume_of(source_labels, "source labels", labels=True)
+        tgt = self._volume_of(target, "target image")
+        if lab.data.shape != src.data.shape:
+            raise UUDSError(f"source labels '{source_labels.name}' have shape {lab.data.shape} but the source "
+                            f"image has {src.data.shape}: choose the labels drawn on that image")
+        if not lab.data.any():
+            raise UUDSError(f"source labels '{source_labels.name}' are empty: paint the object first")
+        if lab.data.max() > 1:
+            lab.data = (lab.data > 0).astype(np.uint8)
+        cfg = self.model_config()
+        if self.model is not None and self.model.cfg.image_size != cfg.image_size:
+            self.model = None
+        size = self.model.cfg.image_size if self.model is not None else cfg.image_size
+        axis = self.model.cfg.axis if self.model is not None else cfg.axis
+        self._data = ([prepare_volume(src, axis, size, lab)], [prepare_volume(tgt, axis, size)])
+        self.target = self._data[1][0]
+        self.target_layer = target
+
+    def prepare_target(self, target) -> None:
+        """For prediction only (no training): the target image, sliced as the loaded model wants."""
+        if self.model is None:
+            raise UUDSError("no model yet: train, or load weights")
+        tgt = self._volume_of(target, "target image")
+        self.target = prepare_volume(tgt, self.model.cfg.axis, self.model.cfg.image_size)
+        self.target_layer = target
+
+    # -- model ---------------------------------------------------------------------------------
+    def build_model(self) -> None:
+        from ..engine.backbone import resolve_weights
+        from ..engine.model import UUDS
+
+        cfg = self.model_config()
+        weights, note = resolve_weights(cfg.arch, self.params.clip_weights)
+        torch.manual_seed(self.params.seed)
+        self.model = UUDS(cfg, clip_weights=weights, seed=self.params.seed)
+        self.status.message = note
+
+    def train_config(self) -> TrainConfig:
+        p = self.params
+        return TrainConfig(steps=p.steps, batch_size=p.batch_size, lr=p.lr, seed=p.seed, device=p.device,
+                           threshold=p.threshold, preview_every=p.preview_every)
+
+    def training_events(self) -> Iterator[TrainEvent]:
+        """The engine's training generator (runs in the worker thread); prepare() first."""
+        if self._data is None:
+            raise UUDSError("choose the source image, its labels and the target image first")
+        if self.model is None:
+            self.build_model()
+        tcfg = self.train_config()
+        resolve_device(tcfg.device)
+        self.control = TrainControl(tcfg.threshold, self.params.domain_prompt)
+        self.control.preview_input = self._current_slice_tensor()
+        src, tgt = samplers(*self._data, tcfg.fg_fraction, tcfg.seed)
+        start = getattr(self.model, "trained_steps", 0)
+        if start >= tcfg.steps:
+            tcfg.steps = start + tcfg.steps
+        yield from train(self.model, src, tgt, tcfg, control=self.control, start_step=start)
+
+    def handle_event(self, ev: TrainEvent) -> None:
+        """Main-thread dispatcher of training events: status, loss history, preview layers."""
+        s = self.status
+        if ev.kind == "start":
+            s.running, s.total, s.message = True, ev.total, ev.message
+        elif ev.kind == "step":
+            s.losses = s.losses + [ev.losses.get("total", float("nan"))]
+            s.step = ev.step
+            s.message = f"step {ev.step}/{ev.total}  loss {ev.losses.get('total', 0):.3f}  " \
+                        f"{ev.slices_per_s:.1f} slices/s  ETA {ev.eta_s:.0f} s"
+        elif ev.kind == "preview" and ev.preview is not None:
+            self._show_preview(ev.preview)
+            if self.control is not None:
+                self.control.preview_input = self._current_slice_tensor()
+        elif ev.kind in ("done", "stopped"):
+            s.running, s.message = False, ev.message
+
+    def stop(self) -> None:
+        if self.control is not None:
+            self.control.stop()
+
+    def training_finished(self) -> None:
+        """Free what training held: optimizer state, autograd buffers, cached GPU blocks."""
+        if self.model is not None:
+            self.model.optimizer_state = None
+            self.model.zero_grad(set_to_none=True)
+        self.status.running = False
+        release_memory()
+
+    def release(self) -> None:
+        """Drop the model entirely (widget closed)."""
+        self.stop()
+        self.model = None
+        self.prediction = None
+        release_memory()
+
+    # -- prediction and layers -----------------------------------------------------------------
+    def predict(self) -> VolumePrediction:
+        if self.model is None or self.target is None:
+            raise UUDSError("no model or target yet: train (or load weights) and choose a target image")
+        self.model.to(resolve_device(self.params.device))
+        self.prediction = predict_volume(self.model, self.target.volume, domain_prompt=self.params.domain_prompt,
+                                         norm=self.target.norm)
+        self._show_prediction()
+        return self.prediction
+
+    def adapt_and_segment(self, source, source_labels, target) -> VolumePrediction:
+        """One click, synchronously: prepare, train, predict (the widget runs the training in a worker)."""
+        self.prepare(source, source_labels, target)
+        for ev in self.training_events():
+            self.handle_event(ev)
+        self.training_finished()
+        return self.predict()
+
+    def set_threshold(self, chi: float) -> None:
+        """Re-threshold the cached entropy into the certain mask: no network call. Live during training."""
+        self.params.threshold = float(chi)
+        if self.control is not None:
+            self.control.threshold = float(chi)
+        if self.prediction is not None:
+            self._layer("certain").data = self.prediction.certain(chi).astype(np.uint8)
+
+    def set_prompt(self, text: str) -> None:
+        """New domain prompt: used from the next training step, and the current slice is re-predicted."""
+        self.params.domain_prompt = text
+        if self.control is not None:
+            self.control.domain_prompt = text
+        if self.model is not None and self.target is not None and not self.status.running:
+            self.predict_current_slice()
+
+    def current_index(self) -> int:
+        axis = self.model.cfg.axis if self.model is not None else self.params.axis
+        n = self.target.image.shape[0] if self.target is not None else 1
+        try:
+            pos = self.viewer.dims.current_step[-3 + axis]
+        except Exception:
+            pos = n // 2
+        return int(min(max(pos, 0), n - 1))
+
+    def _current_slice_tensor(self) -> torch.Tensor | None:
+        if self.target is None:
+            return None
+        return self.target.image[self.current_index()][None]
+
+    @torch.no_grad()
+    def predict_current_slice(self) -> int:
+        """Re-predict only the slice on screen (fast: one forward pass) and update every output layer."""
+        if self.model is None or self.target is None:
+            raise UUDSError("no model or target yet")
+        if self.prediction is None:
+            self.predict()
+            return self.current_index()
+        i = self.current_index()
+        self.model.eval()
+        self.model.domain_prompt.set_text(self.model.cfg.domain_text(self.params.domain_prompt))
+        dev = next(self.model.parameters()).device
+        syn, logits = self.model.infer(self.target.image[i:i + 1].to(dev))
+        probs = logits.float().softmax(1).cpu()
+        one = self._slice_geometry()
+        pred = assemble(syn.float().cpu(), probs, one)
+        for key in ("synthetic", "seg", "entropy"):
+            full = getattr(self.prediction, key)
+            idx = [slice(None)] * 3
+            idx[one.axis] = slice(i, i + 1)
+            full[tuple(idx)] = getattr(pred, key)
+        probs_full = self.prediction.probs
+        idx = [slice(None)] * 4
+        idx[one.axis + 1] = slice(i, i + 1)
+        probs_full[tuple(idx)] = pred.probs
+        self._show_prediction()
+        return i
+
+    def _slice_geometry(self) -> SliceGeometry:
+        g = self.target.geom
+        shape = list(g.shape)
+        shape[g.axis] = 1
+        return SliceGeometry(g.axis, tuple(shape), g.size)
+
+    def _show_preview(self, prev: dict[str, np.ndarray]) -> None:
+        """Training preview (model resolution) -> the current slice of the output layers."""
+        if self.target is None:
+            return
+        i = self.current_index()
+        one = self._slice_geometry()
+        syn = torch.from_numpy(prev["synthetic"])[None, None]
+        seg = torch.from_numpy(prev["seg"].astype(np.float32))[None, None]
+        ent = torch.from_numpy(prev["entropy"])[None, None]
+        vals = {"synthetic": from_square(syn, one)[0].numpy(), "seg": from_square(seg, one, "nearest")[0].numpy(),
+                "entropy": from_square(ent, one)[0].numpy()}
+        vals["certain"] = vals["entropy"] < self.params.threshold
+        shape = self.target.volume.data.shape
+        for key, v in vals.items():
+            layer = self._layer(key, create_shape=shape)
+            idx = [slice(None)] * 3
+            idx[one.axis] = slice(i, i + 1)
+            data = np.asarray(layer.data)
+            data[tuple(idx)] = v.astype(data.dtype)
+            layer.data = data
+
+    def _layer(self, key: str, create_shape: tuple[int, ...] | None = None):
+        name = OUTPUT_LAYERS[key]
+        if name in self.viewer.layers:
+            return self.viewer.layers[name]
+        shape = create_shape or self.prediction.seg.shape
+        kw: dict[str, Any] = {"name": name, "scale": self.target.volume.spacing,
+                              "metadata": layer_metadata(self.target.volume)}
+        if key in ("seg", "certain"):
+            layer = self.viewer.add_labels(np.zeros(shape, np.uint8), **kw)
+            if key == "certain":
+                layer.opacity = 0.3
+        elif key == "entropy":
+            layer = self.viewer.add_image(np.zeros(shape, np.float32), colormap="inferno", contrast_limits=(0, 1),
+                                          blending="additive", opacity=0.6, **kw)
+            layer.visible = False
+        else:
+            layer = self.viewer.add_image(np.zeros(shape, np.float32), colormap="gray", contrast_limits=(-1, 1), **kw)
+        return layer
+
+    def _show_prediction(self) -> None:
+        p = self.prediction
+        self._layer("synthetic").data = p.synthetic
+        self._layer("entropy").data = p.entropy
+        self._layer("certain").data = p.certain(self.params.threshold).astype(np.uint8)
+        self._layer("seg").data = p.seg
+
+    # -- weights and export ------------------------------------------------------------------------
+    def save_weights(self, folder: str | Path, overwrite: bool = False) -> Path:
+        if self.model is None:
+            raise UUDSError("nothing to save yet: train or load a model first")
+        return ckpt.save_checkpoint(self.model, folder, {"saved_from": "napari widget"}, overwrite=overwrite)
+
+    def load_weights(self, folder: str | Path) -> None:
+        self.model, meta = ckpt.load_checkpoint(folder, "cpu")
+        m = self.model.cfg
+        self.params.arch, self.params.class_name, self.params.axis = m.arch, m.class_names[0], m.axis
+        self.params.source_modality = m.source_modality
+        self.params.threshold = float(meta.get("train", {}).get("threshold", self.params.threshold))
+        self.status.message = f"loaded {folder} ({self.model.trained_steps} steps)"
+
+    def export(self, layer, path: str | Path, overwrite: bool = False) -> Path:
+        """Write a layer as NIfTI on its scan's grid (atomic); never replaces a file without ``overwrite``."""
+        if layer is None:
+            raise UUDSError("choose a layer to export")
+        path = Path(path)
+        if not path.name.lower().endswith((".nii", ".nii.gz")):
+            path = path.with_name(path.name + ".nii.gz")
+        if path.exists() and not overwrite:
+            raise UUDSError("already exists; confirm to replace it", path)
+        if not path.parent.exists():
+            raise UUDSError("folder does not exist", path.parent)
+        import os
+
+        if not os.access(path.parent, os.W_OK):
+            raise UUDSError("folder is not writable: choose another", path.parent)
+        attrs = {"metadata": layer.metadata, "scale": layer.scale}
+        kind = type(layer).__name__
+        writer = write_labels if kind == "Labels" else write_image
+        return Path(writer(str(path), np.asarray(layer.data), attrs)[0])
+
+
+def release_memory() -> None:
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()

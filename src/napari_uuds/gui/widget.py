@@ -1,0 +1,208 @@
+"""The dock widget: thin. Parameters live in evented dataclasses, every action in the controller,
+training in a ``thread_worker`` (the viewer never waits on the network)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import napari
+from magicgui.widgets import (ComboBox, Container, FloatSlider, FloatSpinBox, Label, LineEdit, ProgressBar,
+                              PushButton, SpinBox, create_widget)
+from napari.qt.threading import create_worker
+from napari.utils.notifications import show_error, show_info
+from qtpy.QtCore import QTimer
+from qtpy.QtWidgets import QFileDialog, QMessageBox
+
+from ..engine.errors import UUDSError
+from .controller import OUTPUT_LAYERS, UUDSController
+from .loss_plot import LossPlot
+from .state import Params, Status
+
+PROMPT_DEBOUNCE_MS = 400
+
+
+class UUDSWidget(Container):
+    def __init__(self, napari_viewer: napari.Viewer):
+        super().__init__(labels=True)
+        self.viewer = napari_viewer
+        self.params, self.status = Params(), Status()
+        self.ctl = UUDSController(napari_viewer, self.params, self.status)
+        self.worker = None
+
+        self.source = create_widget(annotation=napari.layers.Image, label="source image",
+                                    options={"nullable": True})
+        self.source_labels = create_widget(annotation=napari.layers.Labels, label="source labels",
+                                           options={"nullable": True})
+        self.target = create_widget(annotation=napari.layers.Image, label="target image",
+                                    options={"nullable": True})
+        self.class_name = LineEdit(value=self.params.class_name, label="class name")
+        self.modality = LineEdit(value=self.params.source_modality, label="source modality")
+        self.arch = ComboBox(choices=["tiny", "rn50"], value=self.params.arch, label="model")
+        self.weights = ComboBox(choices=["auto", "openai", "none"], value="auto", label="CLIP weights")
+        self.device = ComboBox(choices=["auto", "cuda", "mps", "cpu"], value="auto", label="device")
+        self.steps = SpinBox(value=self.params.steps, min=1, max=1_000_000, label="steps")
+        self.batch = SpinBox(value=self.params.batch_size, min=2, max=512, label="batch size")
+        self.lr = FloatSpinBox(value=self.params.lr, min=1e-7, max=1.0, step=1e-5, label="learning rate")
+        self.lr.native.setDecimals(6)
+        self.prompt = LineEdit(value=self.params.domain_prompt, label="domain prompt")
+        self.threshold = FloatSlider(value=self.params.threshold, min=0.0, max=1.0, step=0.01, label="uncertainty χ")
+        self.adapt_btn = PushButton(text="Adapt && segment")
+        self.train_btn = PushButton(text="Train")
+        self.stop_btn = PushButton(text="Stop", enabled=False)
+        self.predict_btn = PushButton(text="Re-predict volume")
+        self.save_btn = PushButton(text="Save weights…")
+        self.load_btn = PushButton(text="Load weights…")
+        self.export_btn = PushButton(text="Export segmentation…")
+        self.progress = ProgressBar(value=0, min=0, max=1, label="progress")
+        self.info = Label(value="")
+        self.plot = LossPlot()
+        self.extend([self.source, self.source_labels, self.target, self.class_name, self.modality, self.arch,
+                     self.weights, self.device, self.steps, self.batch, self.lr, self.adapt_btn, self.train_btn,
+                     self.stop_btn, self.progress, self.info, self.prompt, self.threshold, self.predict_btn,
+                     self.save_btn, self.load_btn, self.export_btn])
+        self.native.layout().addWidget(self.plot)
+
+        # parameters <- widgets
+        self.class_name.changed.connect(lambda v: setattr(self.params, "class_name", v))
+        self.modality.changed.connect(lambda v: setattr(self.params, "source_modality", v))
+        self.arch.changed.connect(lambda v: setattr(self.params, "arch", v))
+        self.weights.changed.connect(lambda v: setattr(self.params, "clip_weights", v))
+        self.device.changed.connect(lambda v: setattr(self.params, "device", v))
+        self.steps.changed.connect(lambda v: setattr(self.params, "steps", int(v)))
+        self.batch.changed.connect(lambda v: setattr(self.params, "batch_size", int(v)))
+        self.lr.changed.connect(lambda v: setattr(self.params, "lr", float(v)))
+        self.threshold.changed.connect(lambda v: self._guard(self.ctl.set_threshold, v))
+        self._prompt_timer = QTimer()
+        self._prompt_timer.setSingleShot(True)
+        self._prompt_timer.setInterval(PROMPT_DEBOUNCE_MS)
+        self._prompt_timer.timeout.connect(lambda: self._guard(self.ctl.set_prompt, self.prompt.value))
+        self.prompt.changed.connect(lambda _v: self._prompt_timer.start())
+        # status -> widgets
+        self.status.events.message.connect(lambda m: setattr(self.info, "value", m))
+        self.status.events.losses.connect(self.plot.set_values)
+        self.status.events.step.connect(lambda s: setattr(self.progress, "value", s))
+        self.status.events.total.connect(lambda t: setattr(self.progress, "max", max(int(t), 1)))
+        # actions
+        self.adapt_btn.clicked.connect(lambda: self.start_training(predict_after=True))
+        self.train_btn.clicked.connect(lambda: self.start_training(predict_after=False))
+        self.stop_btn.clicked.connect(self.ctl.stop)
+        self.predict_btn.clicked.connect(self.predict_volume)
+        self.save_btn.clicked.connect(self._save_dialog)
+        self.load_btn.clicked.connect(self._load_dialog)
+        self.export_btn.clicked.connect(self._export_dialog)
+        self.native.destroyed.connect(lambda *_: self.close_down())
+        self._autofill()
+
+    # -- helpers ------------------------------------------------------------------------------
+    def _guard(self, fn, *args):
+        """Run an action; a UUDSError becomes a notification that says what to do."""
+        try:
+            return fn(*args)
+        except UUDSError as exc:
+            show_error(str(exc))
+        return None
+
+    def _autofill(self) -> None:
+        """Pick the sample's layers by name when present (one click on the sample data)."""
+        names = [ly.name for ly in self.viewer.layers]
+        for widget, key in ((self.source, "source"), (self.target, "target")):
+            for n in names:
+                if key in n.lower() and n in self.viewer.layers and \
+                        type(self.viewer.layers[n]).__name__ == "Image":
+                    widget.value = self.viewer.layers[n]
+        for n in names:
+            if "label" in n.lower() and type(self.viewer.layers[n]).__name__ == "Labels" \
+                    and n not in OUTPUT_LAYERS.values():
+                self.source_labels.value = self.viewer.layers[n]
+        if any("t2" in n.lower() for n in names) and self.modality.value == "source":
+            self.modality.value = "T2"
+
+    def _set_running(self, running: bool) -> None:
+        for w in (self.adapt_btn, self.train_btn, self.predict_btn, self.load_btn, self.save_btn):
+            w.enabled = not running
+        self.stop_btn.enabled = running
+
+    # -- training ------------------------------------------------------------------------------
+    def start_training(self, predict_after: bool = True):
+        """Validate, then train in a worker thread; yields reach ``ctl.handle_event`` on the main thread."""
+        if self.worker is not None:
+            show_info("training is already running")
+            return None
+        try:
+            self.ctl.prepare(self.source.value, self.source_labels.value, self.target.value)
+            if self.ctl.model is None:
+                self.ctl.build_model()
+        except UUDSError as exc:
+            show_error(str(exc))
+            return None
+        self.status.losses = []
+        worker = create_worker(self.ctl.training_events, _start_thread=False)
+        worker.yielded.connect(self.ctl.handle_event)
+        worker.errored.connect(lambda exc: show_error(f"training failed: {exc}"))
+        worker.finished.connect(lambda: self._training_done(predict_after))
+        self.worker = worker
+        self._set_running(True)
+        worker.start()
+        return worker
+
+    def _training_done(self, predict_after: bool) -> None:
+        self.worker = None
+        self.ctl.training_finished()
+        self._set_running(False)
+        if predict_after and self.ctl.model is not None:
+            self.predict_volume()
+
+    def predict_volume(self) -> None:
+        if self.ctl.model is not None and self.target.value is not None and \
+                (self.ctl.target is None or self.ctl.target_layer is not self.target.value):
+            self._guard(self.ctl.prepare_target, self.target.value)
+        if self._guard(self.ctl.predict) is not None:
+            self.status.message = "segmentation, entropy, certain mask and synthetic source updated"
+
+    def close_down(self) -> None:
+        """Closing the widget or napari: stop the worker cleanly and free the model's memory."""
+        self.ctl.stop()
+        if self.worker is not None:
+            self.worker.quit()
+            self.worker = None
+        self.ctl.release()
+
+    # -- dialogs (the synchronous paths are ctl.save_weights / load_weights / export) -----------------
+    def _save_dialog(self) -> None:
+        folder = QFileDialog.getExistingDirectory(self.native, "Folder for the weights")
+        if not folder:
+            return
+        overwrite = False
+        if (Path(folder) / "model.safetensors").exists():
+            overwrite = QMessageBox.question(self.native, "Replace?", f"{folder} already holds weights. Replace them?") \
+                == QMessageBox.StandardButton.Yes
+            if not overwrite:
+                return
+        if self._guard(self.ctl.save_weights, folder, overwrite) is not None:
+            show_info(f"weights saved to {folder}")
+
+    def _load_dialog(self) -> None:
+        folder = QFileDialog.getExistingDirectory(self.native, "Weights folder (model.safetensors + config.json)")
+        if folder:
+            self._guard(self.ctl.load_weights, folder)
+
+    def _export_dialog(self) -> None:
+        layer = self.viewer.layers.selection.active
+        if layer is None or layer.name not in OUTPUT_LAYERS.values():
+            layer = self.viewer.layers[OUTPUT_LAYERS["seg"]] if OUTPUT_LAYERS["seg"] in self.viewer.layers else None
+        if layer is None:
+            show_error("nothing to export yet: run Adapt & segment first")
+            return
+        path, _ = QFileDialog.getSaveFileName(self.native, f"Export '{layer.name}' as NIfTI",
+                                              f"{layer.name.replace(' ', '_')}.nii.gz", "NIfTI (*.nii.gz *.nii)",
+                                              options=QFileDialog.Option.DontConfirmOverwrite)
+        if not path:
+            return
+        overwrite = False
+        if Path(path).exists():
+            overwrite = QMessageBox.question(self.native, "Replace?", f"{path} exists. Replace it?") \
+                == QMessageBox.StandardButton.Yes
+            if not overwrite:
+                return
+        out = self._guard(self.ctl.export, layer, path, overwrite)
+        if out is not None:
+            show_info(f"wrote {out}")

@@ -1,0 +1,169 @@
+"""The napari plugin, headless (Xvfb through pytest-xvfb, or offscreen): reader, writer, sample, widget."""
+import os
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+napari = pytest.importorskip("napari")
+
+from napari_uuds.engine.errors import UUDSError  # noqa: E402
+from napari_uuds.gui import widget as widget_mod  # noqa: E402
+from napari_uuds.gui.controller import OUTPUT_LAYERS  # noqa: E402
+from napari_uuds.gui.widget import UUDSWidget  # noqa: E402
+
+
+@pytest.mark.parametrize("name,codes", [("t1", ("R", "A", "S")), ("t2", ("P", "S", "R"))])
+def test_reader_writer_roundtrip_keeps_geometry(make_napari_viewer, cord, tmp_path, name, codes):
+    viewer = make_napari_viewer()
+    [img] = viewer.open(str(cord[name]), plugin="napari-uuds")
+    [lab] = viewer.open(str(cord[f"{name}_seg"]), plugin="napari-uuds")
+    assert type(img).__name__ == "Image" and type(lab).__name__ == "Labels"
+    assert tuple(img.scale) == (1.0, 1.0, 1.0) and "nifti" in lab.metadata
+    out = tmp_path / f"{name}_labels.nii.gz"
+    # no plugin named: the compound extension must reach our writer
+    written = napari.save_layers(str(out), [lab])
+    assert written == [str(out)]
+    back, src = nib.load(str(out)), nib.load(str(cord[f"{name}_seg"]))
+    np.testing.assert_allclose(back.affine, src.affine)
+    assert nib.aff2axcodes(back.affine) == codes and back.shape == src.shape
+    np.testing.assert_array_equal(np.asarray(back.dataobj), np.asarray(src.dataobj))
+
+
+def test_sample_opens_and_widget_builds(make_napari_viewer):
+    viewer = make_napari_viewer()
+    viewer.open_sample("napari-uuds", "cord")
+    assert [ly.name for ly in viewer.layers] == ["T2 (source)", "T2 cord labels", "T1 (target)"]
+    w = UUDSWidget(viewer)
+    viewer.window.add_dock_widget(w)
+    assert w.source.value.name == "T2 (source)" and w.target.value.name == "T1 (target)"
+    assert w.source_labels.value.name == "T2 cord labels" and w.modality.value == "T2"
+
+
+@pytest.fixture()
+def ready(make_napari_viewer):
+    viewer = make_napari_viewer()
+    viewer.open_sample("napari-uuds", "cord")
+    w = UUDSWidget(viewer)
+    viewer.window.add_dock_widget(w)
+    w.params.image_size, w.params.batch_size, w.params.preview_every = 64, 2, 1
+    w.steps.value = 3
+    return viewer, w
+
+
+def _errors(monkeypatch):
+    msgs = []
+    monkeypatch.setattr(widget_mod, "show_error", lambda m: msgs.append(str(m)))
+    return msgs
+
+
+def test_training_through_the_worker_gives_four_layers(ready, qtbot):
+    viewer, w = ready
+    worker = w.start_training(predict_after=True)
+    assert worker is not None and not w.adapt_btn.enabled and w.stop_btn.enabled
+    qtbot.waitUntil(lambda: w.worker is None and OUTPUT_LAYERS["seg"] in viewer.layers
+                    and w.ctl.prediction is not None, timeout=180_000)
+    t1 = viewer.layers["T1 (target)"]
+    for name in OUTPUT_LAYERS.values():
+        layer = viewer.layers[name]
+        assert layer.data.shape == t1.data.shape and tuple(layer.scale) == tuple(t1.scale)
+    assert type(viewer.layers["segmentation"]).__name__ == "Labels"
+    assert viewer.layers["entropy"].colormap.name == "inferno"
+    assert w.status.step == 3 and len(w.status.losses) == 3 and w.adapt_btn.enabled
+
+
+def test_threshold_updates_certain_mask_without_the_network(ready, qtbot, monkeypatch):
+    viewer, w = ready
+    w.steps.value = 1
+    w.ctl.adapt_and_segment(w.source.value, w.source_labels.value, w.target.value)
+
+    def boom(*a, **k):
+        raise AssertionError("the network was called")
+
+    monkeypatch.setattr(w.ctl.model, "infer", boom)
+    monkeypatch.setattr(w.ctl.model, "forward", boom)
+    for chi in (0.05, 0.95):
+        w.threshold.value = chi
+        np.testing.assert_array_equal(viewer.layers["certain mask"].data, w.ctl.prediction.entropy < chi)
+    assert w.ctl.params.threshold == pytest.approx(0.95)
+
+
+def test_prompt_edit_repredicts_current_slice(ready, qtbot):
+    viewer, w = ready
+    w.steps.value = 1
+    w.ctl.adapt_and_segment(w.source.value, w.source_labels.value, w.target.value)
+    calls = []
+    real = w.ctl.model.infer
+    w.ctl.model.infer = lambda *a, **k: calls.append(1) or real(*a, **k)
+    before = viewer.layers["synthetic source"].data.copy()
+    w.prompt.value = "A photo of a spinal cord MRI"  # debounced
+    qtbot.waitUntil(lambda: len(calls) == 1, timeout=5_000)
+    assert w.ctl.model.domain_prompt.text == "A photo of a spinal cord MRI"
+    i = w.ctl.current_index()
+    after = viewer.layers["synthetic source"].data
+    assert not np.array_equal(np.take(before, i, axis=2), np.take(after, i, axis=2))
+    np.testing.assert_array_equal(np.delete(before, i, axis=2), np.delete(after, i, axis=2))
+
+
+def test_stop_ends_the_worker(ready, qtbot):
+    viewer, w = ready
+    w.steps.value = 10_000
+    w.start_training(predict_after=False)
+    qtbot.waitUntil(lambda: w.status.step >= 1, timeout=60_000)
+    w.stop_btn.clicked.emit()
+    qtbot.waitUntil(lambda: w.worker is None, timeout=30_000)
+    assert w.status.running is False and "stopped at step" in w.status.message
+    assert w.ctl.model.trained_steps < 10_000 and w.adapt_btn.enabled
+
+
+def test_export_writes_nifti_on_the_target_grid(ready, cord, tmp_path):
+    viewer, w = ready
+    w.steps.value = 1
+    w.ctl.adapt_and_segment(w.source.value, w.source_labels.value, w.target.value)
+    seg = viewer.layers["segmentation"]
+    seg.data[10:12, 20:25, 30:40] = 1  # a correction with the label tools
+    out = w.ctl.export(seg, tmp_path / "corrected.nii.gz")
+    back, t1 = nib.load(str(out)), nib.load(str(cord["t1"]))
+    np.testing.assert_allclose(back.affine, t1.affine)
+    assert back.shape == t1.shape and np.asarray(back.dataobj)[10:12, 20:25, 30:40].min() == 1
+    with pytest.raises(UUDSError, match="already exists"):
+        w.ctl.export(seg, out)
+    w.ctl.export(viewer.layers["entropy"], tmp_path / "entropy")
+    assert (tmp_path / "entropy.nii.gz").exists()
+
+
+def test_bad_inputs_become_notifications(ready, tmp_path, monkeypatch, make_napari_viewer):
+    viewer, w = ready
+    msgs = _errors(monkeypatch)
+    w.source_labels.value = None
+    assert w.start_training() is None
+    assert "training needs source labels" in msgs[-1]
+    viewer.add_labels(np.zeros((5, 5, 5), np.uint8), name="wrong labels")
+    w.reset_choices()
+    w.source_labels.value = viewer.layers["wrong labels"]
+    w.start_training()
+    assert "have shape (5, 5, 5)" in msgs[-1]
+    viewer.add_image(np.random.default_rng(0).random((20, 20)).astype(np.float32), name="flat 2D")
+    w.reset_choices()
+    w.source.value = viewer.layers["flat 2D"]
+    w.start_training()
+    assert "is 2D; UUDS needs a 3D volume" in msgs[-1]
+    w.source.value = None
+    w.start_training()
+    assert "choose a source image layer first" in msgs[-1]
+    assert w.worker is None
+    # incompatible weights
+    (tmp_path / "w").mkdir()
+    (tmp_path / "w" / "config.json").write_text('{"model": {"arch": "tiny", "class_names": ["a", "b"]}}')
+    w._guard(w.ctl.load_weights, tmp_path / "w")
+    assert "model.safetensors missing" in msgs[-1]
+    # unwritable export folder
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    os.chmod(ro, 0o500)
+    w._guard(w.ctl.export, viewer.layers["T2 cord labels"], ro / "x.nii.gz")
+    os.chmod(ro, 0o700)
+    if os.geteuid() != 0:  # root ignores permissions
+        assert "not writable" in msgs[-1]
+    w._guard(w.ctl.export, viewer.layers["T2 cord labels"], tmp_path / "missing" / "x.nii.gz")
+    assert "folder does not exist" in msgs[-1]
