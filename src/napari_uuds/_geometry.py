@@ -16,6 +16,17 @@ from .engine.volumes import Volume
 KEY = "nifti"
 
 
+def canonical_origin(vol: Volume) -> tuple[float, float, float]:
+    """World position (mm) of canonical voxel (0, 0, 0): the layer ``translate`` that overlays scans."""
+    from nibabel.orientations import inv_ornt_aff
+
+    shape = vol.to_file_order(np.empty(vol.data.shape, np.uint8)).shape if vol.data.ndim == 3 else None
+    if shape is None:
+        return (0.0, 0.0, 0.0)
+    canon = np.asarray(vol.affine, dtype=float) @ inv_ornt_aff(vol.ornt, shape)
+    return tuple(float(v) for v in canon[:3, 3])
+
+
 def layer_metadata(vol: Volume) -> dict[str, Any]:
     return {KEY: {"affine": np.asarray(vol.affine, dtype=float), "header": vol.header.copy(), "path": vol.path,
                   "name": vol.name}}

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ._geometry import layer_metadata
+from ._geometry import canonical_origin, layer_metadata
 from .engine.volumes import NIFTI_SUFFIXES, load_volume
 
 MAX_LABEL_VALUES = 16
@@ -43,7 +43,8 @@ def read_nifti(path):
     layers = []
     for p in paths:
         vol = load_volume(p, check_constant=False)
-        kwargs = {"name": vol.name, "scale": vol.spacing, "metadata": layer_metadata(vol)}
+        kwargs = {"name": vol.name, "scale": vol.spacing, "translate": canonical_origin(vol),
+                  "metadata": layer_metadata(vol)}
         if looks_like_labels(vol.data):
             layers.append((np.rint(vol.data).astype(np.uint8), kwargs, "labels"))
         else:

@@ -30,7 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="UUDS unsupervised cross-domain segmentation: train on labelled source scans, adapt to "
                     "unlabelled target scans of another contrast, segment the target.")
     p.add_argument("--version", action="version", version=f"%(prog)s {__import__('napari_uuds').__version__}")
-    sub = p.add_subparsers(dest="command", required=True, metavar="{adapt,predict,evaluate}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="{adapt,predict,evaluate,gui}")
 
     a = sub.add_parser("adapt", help="train on source (+labels) and target, then segment every target",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
@@ -100,7 +100,27 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--pred", required=True, metavar="P")
     e.add_argument("--label", required=True, metavar="L")
     e.add_argument("--json", default=None, metavar="FILE", help="also write the metrics to FILE")
+    g = sub.add_parser("gui", help="open napari with the UUDS widget (and the sample data)",
+                       description="Open napari with the UUDS dock widget; by default the spinal-cord sample is loaded "
+                                   "so that 'Adapt & segment' works in one click.")
+    g.add_argument("--no-sample", action="store_true", help="start without the sample data")
+    g.add_argument("images", nargs="*", metavar="IMG", help="NIfTI files to open")
     return p
+
+
+def cmd_gui(args) -> int:
+    try:
+        import napari
+    except ImportError:
+        raise UUDSError('the GUI needs napari and a Qt binding: pip install "napari-uuds[napari]"') from None
+    viewer = napari.Viewer(title="napari-uuds")
+    if not args.no_sample:
+        viewer.open_sample("napari-uuds", "cord")
+    for path in args.images:
+        viewer.open(path, plugin="napari-uuds")
+    viewer.window.add_plugin_dock_widget("napari-uuds", "UUDS adapt & segment")
+    napari.run()
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -110,6 +130,8 @@ def main(argv: list[str] | None = None) -> int:
             from .commands import cmd_adapt
 
             return cmd_adapt(args)
+        if args.command == "gui":
+            return cmd_gui(args)
         if args.command == "predict":
             from .commands import cmd_predict
 

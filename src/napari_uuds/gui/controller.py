@@ -162,13 +162,22 @@ class UUDSController:
 
     # -- prediction and layers -----------------------------------------------------------------
     def predict(self) -> VolumePrediction:
+        """Whole-volume prediction and layer update, synchronously (the widget runs the first half in a worker)."""
+        return self.show_prediction(self.compute_prediction())
+
+    def compute_prediction(self) -> VolumePrediction:
+        """The network part of :meth:`predict`: touches no layer, so it may run in a worker thread."""
         if self.model is None or self.target is None:
             raise UUDSError("no model or target yet: train (or load weights) and choose a target image")
         self.model.to(resolve_device(self.params.device))
-        self.prediction = predict_volume(self.model, self.target.volume, domain_prompt=self.params.domain_prompt,
-                                         norm=self.target.norm)
+        return predict_volume(self.model, self.target.volume, domain_prompt=self.params.domain_prompt,
+                              norm=self.target.norm)
+
+    def show_prediction(self, pred: VolumePrediction) -> VolumePrediction:
+        """Main thread: cache the prediction (its entropy serves every later threshold) and update the layers."""
+        self.prediction = pred
         self._show_prediction()
-        return self.prediction
+        return pred
 
     def adapt_and_segment(self, source, source_labels, target) -> VolumePrediction:
         """One click, synchronously: prepare, train, predict (the widget runs the training in a worker)."""
@@ -197,8 +206,12 @@ class UUDSController:
     def current_index(self) -> int:
         axis = self.model.cfg.axis if self.model is not None else self.params.axis
         n = self.target.image.shape[0] if self.target is not None else 1
-        try:
-            pos = self.viewer.dims.current_step[-3 + axis]
+        try:  # the viewer's world point -> the target layer's voxel index along the model's axis
+            point = self.viewer.dims.point[-3:]
+            if self.target_layer is not None:
+                pos = round(float(self.target_layer.world_to_data(point)[axis]))
+            else:
+                pos = int(self.viewer.dims.current_step[-3 + axis])
         except Exception:
             pos = n // 2
         return int(min(max(pos, 0), n - 1))
@@ -269,7 +282,8 @@ class UUDSController:
             return self.viewer.layers[name]
         shape = create_shape or self.prediction.seg.shape
         kw: dict[str, Any] = {"name": name, "scale": self.target.volume.spacing,
-                              "metadata": layer_metadata(self.target.volume)}
+                              "translate": tuple(self.target_layer.translate) if self.target_layer is not None
+                              else (0.0, 0.0, 0.0), "metadata": layer_metadata(self.target.volume)}
         if key in ("seg", "certain"):
             layer = self.viewer.add_labels(np.zeros(shape, np.uint8), **kw)
             if key == "certain":

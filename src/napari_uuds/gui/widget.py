@@ -129,12 +129,13 @@ class UUDSWidget(Container):
             return None
         try:
             self.ctl.prepare(self.source.value, self.source_labels.value, self.target.value)
-            if self.ctl.model is None:
-                self.ctl.build_model()
         except UUDSError as exc:
             show_error(str(exc))
             return None
         self.status.losses = []
+        axis = self.ctl.model.cfg.axis if self.ctl.model is not None else self.params.axis
+        if self.viewer.dims.ndim == 3:  # show the plane the model works in; the slider walks its slices
+            self.viewer.dims.order = (axis,) + tuple(a for a in range(3) if a != axis)
         worker = create_worker(self.ctl.training_events, _start_thread=False)
         worker.yielded.connect(self.ctl.handle_event)
         worker.errored.connect(lambda exc: show_error(f"training failed: {exc}"))
@@ -151,12 +152,25 @@ class UUDSWidget(Container):
         if predict_after and self.ctl.model is not None:
             self.predict_volume()
 
-    def predict_volume(self) -> None:
+    def predict_volume(self):
+        """Whole-volume prediction in a worker; the layers update on the main thread when it returns."""
         if self.ctl.model is not None and self.target.value is not None and \
                 (self.ctl.target is None or self.ctl.target_layer is not self.target.value):
             self._guard(self.ctl.prepare_target, self.target.value)
-        if self._guard(self.ctl.predict) is not None:
-            self.status.message = "segmentation, entropy, certain mask and synthetic source updated"
+        if self.ctl.model is None or self.ctl.target is None:
+            show_error("no model or target yet: train (or load weights) and choose a target image")
+            return None
+        self.status.message = "segmenting the target volume…"
+        worker = create_worker(self.ctl.compute_prediction, _start_thread=False)
+        worker.returned.connect(self.ctl.show_prediction)
+        worker.returned.connect(lambda _p: setattr(self.status, "message", "segmentation, entropy, certain mask "
+                                                                           "and synthetic source updated"))
+        worker.errored.connect(lambda exc: show_error(f"prediction failed: {exc}"))
+        worker.finished.connect(lambda: self._set_running(False))
+        self._set_running(True)
+        self.stop_btn.enabled = False
+        worker.start()
+        return worker
 
     def close_down(self) -> None:
         """Closing the widget or napari: stop the worker cleanly and free the model's memory."""

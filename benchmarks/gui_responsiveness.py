@@ -1,0 +1,103 @@
+"""Responsiveness of the viewer while UUDS trains inside it (CPU), and the one-click time on the sample.
+
+A 10 ms QTimer records the longest gap of the Qt event loop while "Adapt & segment" runs (training in
+the worker thread, previews every N steps, then the volume prediction). Goal: longest gap < 100 ms.
+Writes benchmarks/results/gui_responsiveness.json and, with --screenshot, a PNG of the whole window.
+
+    xvfb-run -a .venv/bin/python benchmarks/gui_responsiveness.py --screenshot docs/screenshot.png
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import time
+from pathlib import Path
+
+import napari
+import numpy as np
+import torch
+from qtpy.QtCore import QTimer
+
+from napari_uuds.gui.controller import OUTPUT_LAYERS
+from napari_uuds.gui.widget import UUDSWidget
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--steps", type=int, default=200)
+    ap.add_argument("--preview-every", type=int, default=20)
+    ap.add_argument("--screenshot", default=None)
+    ap.add_argument("--out", default=str(ROOT / "benchmarks/results/gui_responsiveness.json"))
+    args = ap.parse_args()
+
+    viewer = napari.Viewer(title="napari-uuds", show=True)
+    viewer.window.resize(1500, 900)
+    viewer.open_sample("napari-uuds", "cord")
+    w = UUDSWidget(viewer)
+    viewer.window.add_dock_widget(w, name="UUDS adapt & segment", area="right")
+    w.steps.value = args.steps
+    w.params.preview_every = args.preview_every
+    app = napari.qt.get_qapp()
+
+    gaps: list[float] = []
+    last = [time.perf_counter()]
+
+    def tick():
+        now = time.perf_counter()
+        gaps.append(now - last[0])
+        last[0] = now
+
+    timer = QTimer()
+    timer.setInterval(10)
+    timer.timeout.connect(tick)
+    t0 = time.perf_counter()
+    timer.start()
+    w.start_training(predict_after=True)
+    while w.worker is not None or w.ctl.prediction is None:
+        app.processEvents()
+        time.sleep(0.001)
+        if time.perf_counter() - t0 > 1800:
+            raise SystemExit("timed out")
+    wall = time.perf_counter() - t0
+    timer.stop()
+    g = np.array(gaps[1:]) * 1000.0
+    t1 = viewer.layers["T1 (target)"]
+    centre = t1.data_to_world([s / 2 for s in t1.data.shape])
+    viewer.dims.set_point(2, centre[2])
+    viewer.reset_view()
+    result = {
+        "benchmark": "gui_responsiveness", "device": "cpu", "cpu_threads": torch.get_num_threads(),
+        "platform": platform.platform(), "torch": torch.__version__, "napari": napari.__version__,
+        "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                                 cwd=ROOT).stdout.strip(),
+        "command": "xvfb-run -a python benchmarks/gui_responsiveness.py" + (f" --steps {args.steps}"),
+        "steps": args.steps, "preview_every": args.preview_every,
+        "one_click_wall_s": round(wall, 1),
+        "timer_interval_ms": 10, "ticks": int(g.size),
+        "max_gap_ms": round(float(g.max()), 1), "p99_gap_ms": round(float(np.percentile(g, 99)), 1),
+        "median_gap_ms": round(float(np.median(g)), 1), "gaps_over_100ms": int((g > 100).sum()),
+        "goal_max_gap_ms": 100,
+        "layers": [ly.name for ly in viewer.layers],
+        "final_loss": w.status.losses[-1] if w.status.losses else None,
+    }
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result, indent=2))
+    if args.screenshot:
+        viewer.layers["entropy"].visible = False
+        viewer.layers.selection.active = viewer.layers[OUTPUT_LAYERS["seg"]]
+        for _ in range(20):
+            app.processEvents()
+            time.sleep(0.05)
+        viewer.screenshot(args.screenshot, canvas_only=False, flash=False)
+        print("screenshot:", args.screenshot)
+    viewer.close()
+
+
+if __name__ == "__main__":
+    main()
