@@ -167,3 +167,14 @@ def test_bad_inputs_become_notifications(ready, tmp_path, monkeypatch, make_napa
         assert "not writable" in msgs[-1]
     w._guard(w.ctl.export, viewer.layers["T2 cord labels"], tmp_path / "missing" / "x.nii.gz")
     assert "folder does not exist" in msgs[-1]
+
+
+def test_closing_the_widget_during_training_stops_the_worker(ready, qtbot):
+    viewer, w = ready
+    w.steps.value = 10_000
+    worker = w.start_training(predict_after=False)
+    qtbot.waitUntil(lambda: w.status.step >= 1, timeout=60_000)
+    control = w.ctl.control
+    w.close_down()  # what the widget's destroyed signal (napari closing) calls
+    assert control.stopped and w.ctl.model is None and w.worker is None
+    qtbot.waitUntil(lambda: not worker.is_running, timeout=30_000)

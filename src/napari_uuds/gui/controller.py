@@ -276,11 +276,19 @@ class UUDSController:
             data[tuple(idx)] = v.astype(data.dtype)
             layer.data = data
 
+    def ensure_output_layers(self) -> None:
+        if self.target is not None:
+            for key in OUTPUT_LAYERS:
+                self._layer(key, create_shape=self.target.volume.data.shape)
+
     def _layer(self, key: str, create_shape: tuple[int, ...] | None = None):
         name = OUTPUT_LAYERS[key]
+        shape = create_shape or (self.prediction.seg.shape if self.prediction is not None else None)
         if name in self.viewer.layers:
-            return self.viewer.layers[name]
-        shape = create_shape or self.prediction.seg.shape
+            layer = self.viewer.layers[name]
+            if shape is None or tuple(layer.data.shape) == tuple(shape):
+                return layer
+            self.viewer.layers.remove(name)  # another target: start afresh
         kw: dict[str, Any] = {"name": name, "scale": self.target.volume.spacing,
                               "translate": tuple(self.target_layer.translate) if self.target_layer is not None
                               else (0.0, 0.0, 0.0), "metadata": layer_metadata(self.target.volume)}

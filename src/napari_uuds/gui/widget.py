@@ -91,6 +91,9 @@ class UUDSWidget(Container):
         self.export_btn.clicked.connect(self._export_dialog)
         self.native.destroyed.connect(lambda *_: self.close_down())
         self._autofill()
+        # Heavy imports (open_clip -> torchvision) load C extensions while holding the GIL; done here, once,
+        # when the widget opens, rather than inside the worker where they would stall the viewer.
+        import open_clip  # noqa: F401
 
     # -- helpers ------------------------------------------------------------------------------
     def _guard(self, fn, *args):
@@ -133,6 +136,7 @@ class UUDSWidget(Container):
             show_error(str(exc))
             return None
         self.status.losses = []
+        self.ctl.ensure_output_layers()  # created now, on the main thread, not at the first preview
         axis = self.ctl.model.cfg.axis if self.ctl.model is not None else self.params.axis
         if self.viewer.dims.ndim == 3:  # show the plane the model works in; the slider walks its slices
             self.viewer.dims.order = (axis,) + tuple(a for a in range(3) if a != axis)
