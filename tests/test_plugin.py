@@ -178,3 +178,17 @@ def test_closing_the_widget_during_training_stops_the_worker(ready, qtbot):
     w.close_down()  # what the widget's destroyed signal (napari closing) calls
     assert control.stopped and w.ctl.model is None and w.worker is None
     qtbot.waitUntil(lambda: not worker.is_running, timeout=30_000)
+
+
+def test_repredicting_keeps_the_users_corrections(ready):
+    viewer, w = ready
+    w.steps.value = 1
+    w.ctl.adapt_and_segment(w.source.value, w.source_labels.value, w.target.value)
+    seg = viewer.layers["segmentation"]
+    seg.data[0:3, 0:3, 0:3] = 1
+    seg.data[...] = seg.data  # an edit with the label tools
+    edited = np.array(seg.data)
+    w.ctl.predict()
+    assert "segmentation (edited 1)" in viewer.layers
+    np.testing.assert_array_equal(viewer.layers["segmentation (edited 1)"].data, edited)
+    np.testing.assert_array_equal(viewer.layers["segmentation"].data, w.ctl.prediction.seg)

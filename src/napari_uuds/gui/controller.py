@@ -268,13 +268,14 @@ class UUDSController:
                 "entropy": from_square(ent, one)[0].numpy()}
         vals["certain"] = vals["entropy"] < self.params.threshold
         shape = self.target.volume.data.shape
+        self._keep_user_edits()
+        idx = [slice(None)] * 3
+        idx[one.axis] = slice(i, i + 1)
         for key, v in vals.items():
             layer = self._layer(key, create_shape=shape)
-            idx = [slice(None)] * 3
-            idx[one.axis] = slice(i, i + 1)
-            data = np.asarray(layer.data)
-            data[tuple(idx)] = v.astype(data.dtype)
-            layer.data = data
+            layer.data[tuple(idx)] = v.astype(layer.data.dtype)  # in place: only the slice changes
+            layer.refresh()
+        self._shown_seg = np.array(self._layer("seg").data, copy=True)
 
     def ensure_output_layers(self) -> None:
         if self.target is not None:
@@ -306,10 +307,29 @@ class UUDSController:
 
     def _show_prediction(self) -> None:
         p = self.prediction
-        self._layer("synthetic").data = p.synthetic
-        self._layer("entropy").data = p.entropy
-        self._layer("certain").data = p.certain(self.params.threshold).astype(np.uint8)
-        self._layer("seg").data = p.seg
+        self._keep_user_edits()
+        values = {"synthetic": p.synthetic, "entropy": p.entropy,
+                  "certain": p.certain(self.params.threshold).astype(np.uint8), "seg": p.seg}
+        for key, v in values.items():
+            layer = self._layer(key, create_shape=v.shape)
+            if layer.data.dtype == v.dtype:
+                layer.data[...] = v  # in place: the user's layer keeps its identity, napari re-slices only
+                layer.refresh()
+            else:
+                layer.data = v
+        self._shown_seg = np.array(self._layer("seg").data, copy=True)
+
+    def _keep_user_edits(self) -> None:
+        """A corrected segmentation is the user's work: keep it (renamed) instead of predicting over it."""
+        name = OUTPUT_LAYERS["seg"]
+        shown = getattr(self, "_shown_seg", None)
+        if name not in self.viewer.layers or shown is None:
+            return
+        layer = self.viewer.layers[name]
+        if layer.data.shape == shown.shape and not np.array_equal(np.asarray(layer.data), shown):
+            n = sum(ly.name.startswith(f"{name} (edited") for ly in self.viewer.layers) + 1
+            layer.name = f"{name} (edited {n})"
+            self._shown_seg = None
 
     # -- weights and export ------------------------------------------------------------------------
     def save_weights(self, folder: str | Path, overwrite: bool = False) -> Path:
