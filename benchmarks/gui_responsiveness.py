@@ -84,8 +84,7 @@ def main() -> None:
     viewer.dims.set_point(2, centre[2])
     viewer.reset_view()
     result = {
-        "benchmark": "gui_responsiveness", "device": "cpu", "torch_threads_training": torch.get_num_threads(),
-        "cpu_cores": os.cpu_count(),
+        "benchmark": "gui_responsiveness", "device": "cpu", "cpu_threads": torch.get_num_threads(),
         "platform": platform.platform(), "torch": torch.__version__, "napari": napari.__version__,
         "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
                                  cwd=ROOT).stdout.strip(),

@@ -104,14 +104,9 @@ class UUDSController:
         self.status.message = note
 
     def train_config(self) -> TrainConfig:
-        import os
-
         p = self.params
-        threads = p.cpu_threads
-        if not threads and resolve_device(p.device).type == "cpu":
-            threads = max(1, (os.cpu_count() or 2) - 1)  # leave the viewer a core to render on
         return TrainConfig(steps=p.steps, batch_size=p.batch_size, lr=p.lr, seed=p.seed, device=p.device,
-                           threshold=p.threshold, preview_every=p.preview_every, num_threads=threads)
+                           threshold=p.threshold, preview_every=p.preview_every)
 
     def training_events(self) -> Iterator[TrainEvent]:
         """The engine's training generator (runs in the worker thread); prepare() first."""

@@ -25,8 +25,6 @@ class Params:
     axis: int = 2
     preview_every: int = 20
     seed: int = 0
-    #: torch CPU threads while training in the viewer; 0: all cores but one, so the canvas keeps a core
-    cpu_threads: int = 0
 
 
 @evented
