@@ -20,10 +20,9 @@ def canonical_origin(vol: Volume) -> tuple[float, float, float]:
     """World position (mm) of canonical voxel (0, 0, 0): the layer ``translate`` that overlays scans."""
     from nibabel.orientations import inv_ornt_aff
 
-    shape = vol.to_file_order(np.empty(vol.data.shape, np.uint8)).shape if vol.data.ndim == 3 else None
-    if shape is None:
+    if vol.data.ndim != 3:
         return (0.0, 0.0, 0.0)
-    canon = np.asarray(vol.affine, dtype=float) @ inv_ornt_aff(vol.ornt, shape)
+    canon = np.asarray(vol.affine, dtype=float) @ inv_ornt_aff(vol.ornt, vol.file_shape())
     return tuple(float(v) for v in canon[:3, 3])
 
 

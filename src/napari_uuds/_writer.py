@@ -10,7 +10,8 @@ from .engine.errors import UUDSError
 from .engine.volumes import NIFTI_SUFFIXES, save_like
 
 
-def _target(path: str) -> Path:
+def nifti_path(path: str | Path) -> Path:
+    """The path as written: ``.nii.gz`` is added unless it already ends in .nii or .nii.gz."""
     p = Path(path)
     if not p.name.lower().endswith(NIFTI_SUFFIXES):
         p = p.with_name(p.name + ".nii.gz")
@@ -22,11 +23,11 @@ def _write(path: str, data, attributes: dict, dtype) -> list[str]:
     if arr.ndim != 3:
         raise UUDSError(f"only 3D layers can be saved as NIfTI (this one is {arr.ndim}D)", path)
     ref = reference_volume(attributes.get("metadata"), arr.shape, attributes.get("scale"))
-    expected = tuple(int(s) for s in ref.to_file_order(np.empty(arr.shape, np.uint8)).shape)
+    expected = ref.file_shape(arr.shape)
     hdr_shape = tuple(int(s) for s in ref.header.get_data_shape()[:3])
     if hdr_shape and hdr_shape != expected:
         raise UUDSError(f"layer shape {arr.shape} does not match its scan's grid {hdr_shape}", path)
-    out = _target(path)
+    out = nifti_path(path)
     save_like(arr.astype(dtype), ref, out, dtype=dtype)
     return [str(out)]
 

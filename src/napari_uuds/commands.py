@@ -10,8 +10,10 @@ import torch
 from tqdm.auto import tqdm
 
 from .engine import checkpoint as ckpt
+from .engine.atomic import atomic_write
 from .engine.config import DEFAULT_DOMAIN_PROMPT, LossWeights, ModelConfig, TrainConfig, to_dict
 from .engine.dataset import load_source_pairs, load_targets, samplers
+from .cli import EXIT_INTERRUPTED
 from .engine.errors import UUDSError
 from .engine.infer import predict_volume
 from .engine.metrics import score
@@ -115,10 +117,10 @@ def cmd_adapt(args) -> int:
                                "sources": {p.volume.name: [p.norm.lo, p.norm.hi] for p in sources}}}
     out.mkdir(parents=True, exist_ok=True)
     ckpt.save_checkpoint(model, out, extra, overwrite=True)
-    ckpt.atomic_write_bytes(out / "optimizer.pt", lambda tmp: torch.save(model.optimizer_state, tmp))
+    atomic_write(out / "optimizer.pt", lambda tmp: torch.save(model.optimizer_state, tmp))
     if interrupted:
         _say(f"interrupted at step {model.trained_steps}: weights saved to {out} (resume with --resume {out})")
-        return 130
+        return EXIT_INTERRUPTED
 
     rows = {}
     pbar = tqdm(total=sum(t.image.shape[0] for t in targets), desc="segmenting", unit="slice",
@@ -176,5 +178,5 @@ def cmd_evaluate(args) -> int:
     print(f"Dice {r['dice']:.2f} %  ASSD {assd}  HD95 {hd}")
     if args.json:
         r.update(pred=str(args.pred), label=str(args.label))
-        ckpt.atomic_write_bytes(Path(args.json), lambda tmp: Path(tmp).write_text(json.dumps(r, indent=2)))
+        atomic_write(Path(args.json), lambda tmp: Path(tmp).write_text(json.dumps(r, indent=2)))
     return 0

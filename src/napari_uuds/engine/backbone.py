@@ -76,7 +76,6 @@ def resolve_weights(arch: str, spec: str) -> tuple[str | None, str]:
         if spec == "openai":
             raise UUDSError(f"no OpenAI CLIP weights exist for the '{arch}' model; use --clip-weights none")
         return None, f"CLIP weights: none exist for '{arch}'; the model starts from random initialisation"
-    import open_clip
     from open_clip.pretrained import get_pretrained_cfg
 
     cfg = get_pretrained_cfg("RN50", "openai")

@@ -7,8 +7,6 @@ name in the same folder, then renamed, so an interrupted save never leaves a hal
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +14,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from .atomic import atomic_write
 from .config import ModelConfig, from_dict, to_dict
 from .errors import UUDSError
 from .model import UUDS
@@ -35,27 +34,6 @@ def versions() -> dict[str, str]:
         except md.PackageNotFoundError:
             out[pkg] = "not installed"
     return out
-
-
-def atomic_write_bytes(path: Path, write) -> None:
-    """Call ``write(tmp_path)`` then rename tmp -> path (same folder, so the rename is atomic)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def state_dict_for_save(model: UUDS) -> dict[str, torch.Tensor]:
@@ -82,8 +60,8 @@ def save_checkpoint(model: UUDS, folder: str | Path, extra: dict[str, Any] | Non
             "trained_steps": int(getattr(model, "trained_steps", 0)), "domain_prompt_text": model.domain_prompt.text}
     meta.update(extra or {})
     tensors = state_dict_for_save(model)
-    atomic_write_bytes(wpath, lambda tmp: save_file(tensors, tmp, metadata={"format": "napari-uuds"}))
-    atomic_write_bytes(cpath, lambda tmp: Path(tmp).write_text(json.dumps(meta, indent=2)))
+    atomic_write(wpath, lambda tmp: save_file(tensors, tmp, metadata={"format": "napari-uuds"}))
+    atomic_write(cpath, lambda tmp: Path(tmp).write_text(json.dumps(meta, indent=2)))
     return folder
 
 

@@ -30,7 +30,6 @@ from .prompts import DomainPrompt, SegPrompt
 class Translation:
     image: torch.Tensor  # (B, 1, S, S) in [-1, 1]
     gen: list[torch.Tensor]  # generator features S/16..S/1
-    global_emb: torch.Tensor  # x_g of the *input* image (B, D)
 
 
 class UUDS(nn.Module):
@@ -76,7 +75,7 @@ class UUDS(nn.Module):
         levels = (sk[3], sk[2], torch.cat([sk[0], sk[1]], 1))
         skips = [dam(t_d, taps["domain"], lv) for dam, lv in zip(self.skip_dams, levels)]
         image, gen = self.image_decoder(x_d, skips)
-        return Translation(image, gen, taps["global"])
+        return Translation(image, gen)
 
     def segment(self, taps: dict, gen: list[torch.Tensor], image: torch.Tensor,
                 t_s: torch.Tensor | None) -> torch.Tensor:

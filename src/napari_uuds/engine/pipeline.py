@@ -7,7 +7,8 @@ from typing import Any
 
 import numpy as np
 
-from .checkpoint import CONFIG, WEIGHTS, atomic_write_bytes
+from .atomic import atomic_write
+from .checkpoint import CONFIG, WEIGHTS
 from .errors import UUDSError
 from .infer import VolumePrediction
 from .metrics import score, summarise
@@ -97,5 +98,5 @@ def evaluate(seg: np.ndarray, label: Volume, spacing: tuple[float, ...]) -> dict
 def write_metrics(path: Path, rows: dict[str, dict[str, Any]], extra: dict[str, Any] | None = None) -> dict[str, Any]:
     doc = {"volumes": rows, "mean": summarise(list(rows.values()))}
     doc.update(extra or {})
-    atomic_write_bytes(path, lambda tmp: Path(tmp).write_text(json.dumps(doc, indent=2)))
+    atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(doc, indent=2)))
     return doc

@@ -6,8 +6,6 @@ voxel order and are written with its own affine and header, so they overlay the 
 """
 from __future__ import annotations
 
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -15,6 +13,7 @@ import nibabel as nib
 import numpy as np
 from nibabel.orientations import apply_orientation, axcodes2ornt, io_orientation, ornt_transform
 
+from .atomic import atomic_write
 from .errors import UUDSError
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
@@ -54,6 +53,11 @@ class Volume:
     @property
     def axcodes(self) -> tuple[str, ...]:
         return nib.aff2axcodes(self.affine)
+
+    def file_shape(self, canonical_shape: tuple[int, ...] | None = None) -> tuple[int, int, int]:
+        """Shape in the file's own voxel order of a canonical-order array (default: this volume's data)."""
+        shape = self.data.shape if canonical_shape is None else canonical_shape
+        return tuple(int(shape[int(c)]) for c in self.ornt[:, 0])  # file axis i is canonical axis ornt[i, 0]
 
     def to_file_order(self, arr: np.ndarray) -> np.ndarray:
         """Canonical voxel order -> the file's own voxel order (exact: flips and transposes only)."""
@@ -142,8 +146,8 @@ def load_label(path: str | Path, n_classes: int | None = None, *, binarize: bool
 
 
 def check_same_grid(image: Volume, label: Volume, label_path: str | Path) -> None:
-    ishape = image.to_file_order(image.data).shape if image.data.ndim == 3 else None
-    lshape = label.to_file_order(label.data).shape
+    ishape = image.file_shape() if image.data.ndim == 3 else None
+    lshape = label.file_shape()
     if ishape != lshape:
         raise UUDSError(f"shape {lshape} does not match its image {Path(image.path).name} {ishape}", label_path)
     if not np.allclose(image.affine, label.affine, atol=1e-3):
@@ -193,23 +197,6 @@ def normalise(data: np.ndarray, low: float = 0.5, high: float = 99.5) -> tuple[n
     return p.apply(data), p
 
 
-def _atomic_write(img: nib.Nifti1Image, out: Path) -> None:
-    out.parent.mkdir(parents=True, exist_ok=True)
-    suffix = ".nii.gz" if out.name.endswith(".nii.gz") else ".nii"
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=suffix, dir=out.parent)
-    os.close(fd)
-    try:
-        nib.save(img, tmp)
-        mask = os.umask(0)
-        os.umask(mask)
-        os.chmod(tmp, 0o666 & ~mask)
-        os.replace(tmp, out)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def save_like(arr: np.ndarray, ref: Volume, out: str | Path, *, canonical: bool = True,
               dtype: np.dtype | type | None = None) -> Path:
     """Write ``arr`` on ``ref``'s own grid (voxel order, affine, header), atomically.
@@ -229,5 +216,5 @@ def save_like(arr: np.ndarray, ref: Volume, out: str | Path, *, canonical: bool 
     sform, scode = ref.header.get_sform(coded=True)
     img.set_qform(qform if qform is not None else ref.affine, code=int(qcode or 0) or (0 if qform is not None else 1))
     img.set_sform(sform if sform is not None else ref.affine, code=int(scode or 0) or (0 if sform is not None else 1))
-    _atomic_write(img, out)
+    atomic_write(out, lambda tmp: nib.save(img, tmp), suffix=".nii.gz" if out.name.endswith(".nii.gz") else ".nii")
     return out

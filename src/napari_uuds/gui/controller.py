@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from .._geometry import layer_metadata, reference_volume
-from .._writer import write_image, write_labels
+from .._writer import nifti_path, write_image, write_labels
 from ..engine import checkpoint as ckpt
 from ..engine.config import ModelConfig, TrainConfig
 from ..engine.dataset import PreparedVolume, prepare_volume, samplers
@@ -115,7 +115,6 @@ class UUDSController:
         if self.model is None:
             self.build_model()
         tcfg = self.train_config()
-        resolve_device(tcfg.device)
         self.control = TrainControl(tcfg.threshold, self.params.domain_prompt)
         self.control.preview_input = self._current_slice_tensor()
         src, tgt = samplers(*self._data, tcfg.fg_fraction, tcfg.seed)
@@ -238,14 +237,8 @@ class UUDSController:
         one = self._slice_geometry()
         pred = assemble(syn.float().cpu(), probs, one)
         for key in ("synthetic", "seg", "entropy"):
-            full = getattr(self.prediction, key)
-            idx = [slice(None)] * 3
-            idx[one.axis] = slice(i, i + 1)
-            full[tuple(idx)] = getattr(pred, key)
-        probs_full = self.prediction.probs
-        idx = [slice(None)] * 4
-        idx[one.axis + 1] = slice(i, i + 1)
-        probs_full[tuple(idx)] = pred.probs
+            getattr(self.prediction, key)[_slab(one.axis, i)] = getattr(pred, key)
+        self.prediction.probs[(slice(None),) + _slab(one.axis, i)] = pred.probs
         self._show_prediction()
         return i
 
@@ -269,11 +262,9 @@ class UUDSController:
         vals["certain"] = vals["entropy"] < self.params.threshold
         shape = self.target.volume.data.shape
         self._keep_user_edits()
-        idx = [slice(None)] * 3
-        idx[one.axis] = slice(i, i + 1)
         for key, v in vals.items():
             layer = self._layer(key, create_shape=shape)
-            layer.data[tuple(idx)] = v.astype(layer.data.dtype)  # in place: only the slice changes
+            layer.data[_slab(one.axis, i)] = v.astype(layer.data.dtype)  # in place: only the slice changes
             layer.refresh()
         self._shown_seg = np.array(self._layer("seg").data, copy=True)
 
@@ -349,9 +340,7 @@ class UUDSController:
         """Write a layer as NIfTI on its scan's grid (atomic); never replaces a file without ``overwrite``."""
         if layer is None:
             raise UUDSError("choose a layer to export")
-        path = Path(path)
-        if not path.name.lower().endswith((".nii", ".nii.gz")):
-            path = path.with_name(path.name + ".nii.gz")
+        path = nifti_path(path)
         if path.exists() and not overwrite:
             raise UUDSError("already exists; confirm to replace it", path)
         if not path.parent.exists():
@@ -364,6 +353,13 @@ class UUDSController:
         kind = type(layer).__name__
         writer = write_labels if kind == "Labels" else write_image
         return Path(writer(str(path), np.asarray(layer.data), attrs)[0])
+
+
+def _slab(axis: int, i: int) -> tuple[slice, slice, slice]:
+    """Index of the one-slice slab i along ``axis`` of a 3D volume (keeps the axis, length 1)."""
+    idx = [slice(None)] * 3
+    idx[axis] = slice(i, i + 1)
+    return tuple(idx)  # type: ignore[return-value]
 
 
 def release_memory() -> None:
