@@ -17,6 +17,22 @@ def _positive_int(s: str) -> int:
     return v
 
 
+def parse_label_map(text: str | None) -> dict[int, int] | None:
+    """'1:1,3:1,2:2,4:3' -> {1: 1, 3: 1, 2: 2, 4: 3} (raises UUDSError on bad syntax)."""
+    if not text:
+        return None
+    out: dict[int, int] = {}
+    for part in text.replace(" ", "").split(","):
+        try:
+            k, v = part.split(":")
+            out[int(k)] = int(v)
+        except ValueError:
+            raise UUDSError(f"--label-map: '{part}' is not VALUE:CLASS (e.g. '1:1,3:1,2:2,4:3')") from None
+        if out[int(k)] < 0 or int(k) < 0:
+            raise UUDSError(f"--label-map: negative value in '{part}'")
+    return out
+
+
 def _unit_float(s: str) -> float:
     v = float(s)
     if not 0.0 <= v <= 1.0:
@@ -65,8 +81,20 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--class-name", action="append", default=None, metavar="NAME",
                    help="foreground class name(s) for the segmentation prompt; label value k is the k-th name "
                         "(default: one class, 'object')")
+    a.add_argument("--class-description", action="append", default=None, metavar="TEXT",
+                   help="free-text description of each class, in --class-name order (TCSA's text relations; "
+                        "default: the class names)")
     a.add_argument("--binarize-labels", action="store_true",
                    help="treat every non-zero label value as the one class (e.g. BraTS whole tumour)")
+    a.add_argument("--label-map", default=None, metavar="V:K,...",
+                   help="map label values to classes before training and scoring, e.g. BraTS sub-regions "
+                        "'1:1,3:1,2:2,4:3' (necrosis/non-enhancing, oedema, enhancing); unlisted values -> 0")
+    a.add_argument("--method", choices=["uuds", "tcsa", "uuds+tcsa"], default="uuds",
+                   help="uuds: the paper's losses; tcsa: TCSA-UDA's vision-language covariance and prototype "
+                        "alignment terms on the same network (no prompts); uuds+tcsa: both")
+    a.add_argument("--text-encoder", choices=["auto", "minilm", "clip"], default="auto",
+                   help="encoder of the class descriptions for tcsa: minilm (pretrained, extra [tcsa]), clip (the "
+                        "model's text tower), auto (minilm when installed)")
     a.add_argument("--axis", type=int, choices=[0, 1, 2], default=2,
                    help="slicing axis in canonical RAS orientation: 0 sagittal, 1 coronal, 2 axial")
     a.add_argument("--image-size", type=int, default=None, help="slice side in pixels (default: 224 rn50, 128 tiny)")

@@ -13,10 +13,10 @@ from .engine import checkpoint as ckpt
 from .engine.atomic import atomic_write
 from .engine.config import DEFAULT_DOMAIN_PROMPT, LossWeights, ModelConfig, TrainConfig, to_dict
 from .engine.dataset import load_source_pairs, load_targets, samplers
-from .cli import EXIT_INTERRUPTED
+from .cli import EXIT_INTERRUPTED, parse_label_map
 from .engine.errors import UUDSError
 from .engine.infer import predict_volume
-from .engine.metrics import score
+from .engine.metrics import score, score_classes
 from .engine.pipeline import (check_outputs_free, check_writable, planned_outputs, unique_names, write_metrics,
                               write_prediction)
 from .engine.volumes import check_same_grid, load_label, load_volume, volume_name
@@ -28,7 +28,8 @@ def _say(msg: str, quiet: bool = False) -> None:
 
 
 def _fmt_losses(losses: dict[str, float]) -> str:
-    keys = ("total", "seg", "useg", "id", "bscl", "dd_s", "dd_ts", "certain")
+    keys = ("total", "seg", "useg", "id", "bscl", "dd_s", "dd_ts", "cov_s", "cov_t", "proto_s", "proto_t", "ent",
+            "certain")
     return " ".join(f"{k}={losses[k]:.3f}" for k in keys if k in losses)
 
 
@@ -53,23 +54,27 @@ def cmd_adapt(args) -> int:
     else:
         mcfg = ModelConfig.for_arch(
             args.model, image_size=args.image_size, axis=args.axis,
-            class_names=args.class_name or ["object"],
+            class_names=args.class_name or ["object"], class_descriptions=args.class_description or [],
             source_modality=args.source_modality or volume_name(args.source[0]),
             domain_prompt=args.domain_prompt or DEFAULT_DOMAIN_PROMPT,
-            use_domain_prompt=not args.no_domain_prompt, use_seg_prompt=not args.no_seg_prompt)
+            # TCSA alone has no prompts: its text enters through the class-description relations only
+            use_domain_prompt=not args.no_domain_prompt and args.method != "tcsa",
+            use_seg_prompt=not args.no_seg_prompt and args.method != "tcsa")
     tcfg = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
                        seed=args.seed, device=args.device, threshold=args.threshold,
                        use_uncertainty=not args.no_uncertainty, warmup_steps=args.warmup_steps,
-                       contrast_invert=args.contrast_invert)
+                       contrast_invert=args.contrast_invert, method=args.method, text_encoder=args.text_encoder)
     device = resolve_device(args.device)
 
     # every input is read and checked before anything is written
+    label_map = parse_label_map(args.label_map)
     sources = load_source_pairs(args.source, args.source_label, len(mcfg.class_names), mcfg.axis, mcfg.image_size,
-                                binarize=args.binarize_labels)
+                                binarize=args.binarize_labels, label_map=label_map)
     targets = load_targets(args.target, mcfg.axis, mcfg.image_size)
     tlabels = []
     for tp, lp in zip(targets, args.target_label or []):
-        lab = load_label(lp, None, like=tp.volume, allow_empty=True)
+        lab = load_label(lp, None, like=tp.volume, allow_empty=True, label_map=label_map,
+                         binarize=args.binarize_labels)
         tlabels.append(lab)
     if resume_meta:
         model, _ = ckpt.load_checkpoint(args.resume, "cpu")
@@ -129,7 +134,7 @@ def cmd_adapt(args) -> int:
         pred = predict_volume(model, tp.volume, progress=pbar.update, norm=tp.norm)
         write_prediction(pred, tp.volume, out, name, tcfg.threshold)
         if tlabels:
-            rows[name] = score(pred.seg, tlabels[i].data, tp.volume.spacing)
+            rows[name] = score_classes(pred.seg, tlabels[i].data, tp.volume.spacing, mcfg.class_names)
     pbar.close()
     wall = time.perf_counter() - t_start
     if rows:

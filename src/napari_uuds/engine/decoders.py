@@ -73,9 +73,11 @@ class SegDecoder(nn.Module):
         self.stages = nn.ModuleList(
             ResBlock(ws[max(i - 1, 0)] + enc_at[i] + gen_dims[i] + (1 if i == 4 else 0), ws[i]) for i in range(5))
         self.head = nn.Conv2d(ws[-1], n_classes, 1)
+        self.widths = ws
 
     def forward(self, x: torch.Tensor, skips: list[torch.Tensor], gen: list[torch.Tensor],
-                image: torch.Tensor) -> torch.Tensor:
+                image: torch.Tensor, feats: list[torch.Tensor] | None = None) -> torch.Tensor:
+        """Logits (B, C, S, S); pass a list as ``feats`` to collect the stage features S/16 .. S/1."""
         enc = [skips[3], skips[2], torch.cat([skips[0], skips[1]], 1), None, None]
         h = self.inp(x)
         for i, stage in enumerate(self.stages):
@@ -86,4 +88,6 @@ class SegDecoder(nn.Module):
             if i == 4:
                 parts.append(image.to(h.dtype))
             h = stage(torch.cat(parts, 1))
+            if feats is not None:
+                feats.append(h)
         return self.head(h)

@@ -10,7 +10,7 @@ Eq. 6, Eq. 7       :func:`pseudo_label`         pseudo label and certain mask fo
 Eq. 8              :func:`loss_useg`            Dice on certain pixels of x^{t->s}
 L_seg (Sec. 3.2)   :func:`loss_seg`             Dice + cross-entropy on the source
 Eq. 9              :func:`loss_id`              L1 identity of the source reconstruction
-Sec. 3.3           :func:`total_loss`           alpha, beta, gamma, lambda
+Sec. 3.3           :func:`total_loss`           alpha, beta, gamma, lambda (+ TCSA terms)
 =================  ===========================  =========================================
 """
 from __future__ import annotations
@@ -23,6 +23,8 @@ import torch.nn.functional as F
 from .config import LossWeights
 
 EPS_ENTROPY = 1e-9  # epsilon of Eq. 5
+#: label value of pixels that supervise nothing (uncertain pseudo-labels)
+IGNORE_LABEL = 255
 
 
 def loss_dd(xg_a: torch.Tensor, xg_t: torch.Tensor, t_d: torch.Tensor, tau: float = 0.07) -> torch.Tensor:
@@ -118,13 +120,27 @@ def loss_useg(probs: torch.Tensor, pseudo: torch.Tensor, mask: torch.Tensor, smo
 
 
 def loss_seg(logits: torch.Tensor, target: torch.Tensor, smooth: float = 1.0) -> torch.Tensor:
-    """Supervised L_seg on the source: soft Dice (foreground classes) + cross-entropy."""
+    """Supervised L_seg on the source: soft Dice (foreground classes) + cross-entropy.
+
+    Pixels labelled :data:`IGNORE_LABEL` (uncertain pseudo-labels in self-training) count in neither term.
+    """
     target = target.long()
     if target.ndim == logits.ndim:
         target = target[:, 0]
+    valid = target != IGNORE_LABEL
     probs = logits.float().softmax(1)
-    onehot = F.one_hot(target, logits.shape[1]).movedim(-1, 1).float()
-    return _dice_terms(probs, onehot, None, smooth).mean() + F.cross_entropy(logits.float(), target)
+    onehot = F.one_hot(target.masked_fill(~valid, 0), logits.shape[1]).movedim(-1, 1).float()
+    weight = None if bool(valid.all()) else valid.unsqueeze(1).float()
+    if not bool(valid.any()):
+        return logits.sum() * 0.0
+    return _dice_terms(probs, onehot, weight, smooth).mean() + \
+        F.cross_entropy(logits.float(), target, ignore_index=IGNORE_LABEL)
+
+
+def has_object(labels: torch.Tensor) -> torch.Tensor:
+    """(B, ...) labels -> (B,) bool: the slice holds a foreground pixel (ignored pixels do not count)."""
+    lab = labels.flatten(1)
+    return ((lab > 0) & (lab != IGNORE_LABEL)).any(1)
 
 
 def loss_id(rec: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -140,4 +156,7 @@ def total_loss(terms: dict[str, torch.Tensor], w: LossWeights) -> torch.Tensor:
     z = next(iter(terms.values())) * 0.0
     g = terms.get
     return (w.alpha * (g("dd_s", z) + g("dd_ts", z)) + w.beta * g("bscl", z)
-            + w.gamma * (g("useg", z) + g("seg", z)) + w.lam * g("id", z))
+            + w.gamma * (g("useg", z) + g("seg", z)) + w.lam * g("id", z)
+            # TCSA-UDA terms (engine/tcsa.py), zero unless the method includes tcsa
+            + w.cov * (g("cov_s", z) + g("cov_t", z)) + w.proto * (g("proto_s", z) + g("proto_t", z))
+            + w.ent * g("ent", z))

@@ -27,6 +27,24 @@ def score(pred: np.ndarray, ref: np.ndarray, spacing: tuple[float, ...] | None =
     return out
 
 
+def score_classes(pred: np.ndarray, ref: np.ndarray, spacing: tuple[float, ...] | None,
+                  class_names: list[str]) -> dict[str, Any]:
+    """One class: :func:`score` of ``pred > 0``. Several: :func:`score` per class value (1..K) under
+    ``classes``, and at the top level the mean Dice and ASSD over classes (ASSD over the classes where
+    both masks are non-empty, with the count of the others) and the whole-foreground scores."""
+    if len(class_names) == 1:
+        return score(pred, ref, spacing)
+    per = {name: score(np.asarray(pred) == k, np.asarray(ref) == k, spacing)
+           for k, name in enumerate(class_names, start=1)}
+    whole = score(pred, ref, spacing)
+    assd = [r["assd_mm"] for r in per.values() if r["assd_mm"] is not None]
+    return {"dice": float(np.mean([r["dice"] for r in per.values()])),
+            "assd_mm": float(np.mean(assd)) if assd else None,
+            "hd95_mm": None, "assd_missing_classes": len(per) - len(assd),
+            "empty_prediction": whole["empty_prediction"], "empty_reference": whole["empty_reference"],
+            "whole_foreground": whole, "classes": per}
+
+
 def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
     """Mean and sd of each metric over volumes (None values skipped and counted)."""
     out: dict[str, Any] = {"n": len(rows)}

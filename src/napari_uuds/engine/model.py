@@ -26,6 +26,10 @@ from .decoders import ImageDecoder, SegDecoder, stage_widths
 from .prompts import DomainPrompt, SegPrompt
 
 
+#: which segmentation-decoder stage feeds the prototype alignment (0: S/16 ... 4: S/1); 1 = S/8.
+TCSA_DECODER_STAGE = 1
+
+
 @dataclass
 class Translation:
     image: torch.Tensor  # (B, 1, S, S) in [-1, 1]
@@ -78,15 +82,16 @@ class UUDS(nn.Module):
         return Translation(image, gen)
 
     def segment(self, taps: dict, gen: list[torch.Tensor], image: torch.Tensor,
-                t_s: torch.Tensor | None) -> torch.Tensor:
-        """Segment a *translated* image (~x^s or x^{t->s}) from its taps and its generator features."""
+                t_s: torch.Tensor | None, feats: list[torch.Tensor] | None = None) -> torch.Tensor:
+        """Segment a *translated* image (~x^s or x^{t->s}) from its taps and its generator features
+        (``feats``, a list, collects the segmentation decoder's stage features S/16 .. S/1)."""
         content = taps["content"]
         if t_s is not None:
             content, scores = self.sam(t_s, content)
             x = torch.cat([content, scores.to(content.dtype)], 1)
         else:
             x = content
-        return self.seg_decoder(x, taps["skips"], gen, image)
+        return self.seg_decoder(x, taps["skips"], gen, image, feats)
 
     def embed(self, taps: dict, t_s: torch.Tensor | None) -> torch.Tensor:
         """z of L_BSCL: the projection of the SAM-updated content X_c (Eq. 4)."""
@@ -108,11 +113,17 @@ class UUDS(nn.Module):
         # pass 2: both translations. The source is segmented through exactly the path a target takes
         # (translate, re-encode, segment with the generator's features), so L_seg trains the inference path.
         taps_rs, taps_ts = _split(self.taps(torch.cat([rec.image, syn.image])), n)
-        logits_s = self.segment(taps_rs, rec.gen, rec.image, t_s)
-        logits_ts = self.segment(taps_ts, syn.gen, syn.image, t_s)
+        dec_s: list[torch.Tensor] = []
+        dec_ts: list[torch.Tensor] = []
+        logits_s = self.segment(taps_rs, rec.gen, rec.image, t_s, dec_s)
+        logits_ts = self.segment(taps_ts, syn.gen, syn.image, t_s, dec_ts)
         out = {"rec_s": rec.image, "logits_s": logits_s, "z_s": z_s, "syn_t": syn.image,
                "logits_ts": logits_ts, "xg_s": taps_s["global"], "xg_t": taps_t["global"],
-               "xg_ts": taps_ts["global"]}
+               "xg_ts": taps_ts["global"],
+               # for the TCSA terms: encoder layer2 (S/8) and segmentation-decoder S/8 features of the
+               # segmented images, source path and target path
+               "enc_s": taps_rs["skips"][2], "enc_ts": taps_ts["skips"][2],
+               "dec_s": dec_s[TCSA_DECODER_STAGE], "dec_ts": dec_ts[TCSA_DECODER_STAGE]}
         if t_d is not None:
             out["t_d"] = t_d
         return out

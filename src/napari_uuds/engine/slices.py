@@ -86,7 +86,7 @@ class SliceSampler:
             idx = torch.nonzero(frac >= min_anatomy).flatten().tolist() or list(range(img.shape[0]))
             anat += [(v, i) for i in idx]
             if labels is not None:
-                has = (labels[v] > 0).flatten(1).any(1)
+                has = ((labels[v] > 0) & (labels[v] != 255)).flatten(1).any(1)  # 255: ignored pixels
                 fg += [(v, i) for i in torch.nonzero(has).flatten().tolist()]
         self.anatomy = anat
         self.foreground = fg

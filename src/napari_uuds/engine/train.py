@@ -16,8 +16,10 @@ import numpy as np
 import torch
 
 from .config import LossWeights, TrainConfig
-from .losses import loss_bscl, loss_dd, loss_id, loss_seg, loss_useg, pseudo_label, total_loss
-from .model import UUDS
+from .losses import has_object, loss_bscl, loss_dd, loss_id, loss_seg, loss_useg, pseudo_label, total_loss
+from .model import TCSA_DECODER_STAGE, UUDS
+from .tcsa import PrototypeMemory, tcsa_terms
+from .text_embed import class_text_relations
 from .slices import SliceSampler
 
 
@@ -44,17 +46,39 @@ def seed_everything(seed: int) -> None:
 
 
 class TrainControl:
-    """Thread-safe knobs read by the running loop."""
+    """Thread-safe knobs read by the running loop.
 
-    def __init__(self, threshold: float = 0.5, domain_prompt: str | None = None):
+    ``display_timeout`` > 0 makes the loop wait, after yielding a preview, until the consumer calls
+    :meth:`preview_displayed` (or the timeout passes). A GUI on a software-rendered canvas sets it, so the
+    preview's frames are drawn while the CPU is free instead of competing with the next training step.
+    """
+
+    def __init__(self, threshold: float = 0.5, domain_prompt: str | None = None, display_timeout: float = 0.0):
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self._threshold = threshold
         self._prompt = domain_prompt
+        self._displayed = threading.Event()
+        self._displayed.set()
+        self.display_timeout = display_timeout
         self.preview_input: torch.Tensor | None = None  # (1, 1, S, S) slice to preview, set by the GUI
 
     def stop(self) -> None:
         self._stop.set()
+        self._displayed.set()
+
+    def preview_displayed(self) -> None:
+        """The consumer has shown the last preview: the loop may go on."""
+        self._displayed.set()
+
+    def _preview_sent(self) -> None:
+        self._displayed.clear()
+
+    def wait_until_displayed(self) -> bool:
+        """Block (at most ``display_timeout`` s) until the last preview is shown; True if it was."""
+        if self.display_timeout <= 0:
+            return True
+        return self._displayed.wait(self.display_timeout)
 
     @property
     def stopped(self) -> bool:
@@ -121,7 +145,14 @@ def train(model: UUDS, source: SliceSampler, target: SliceSampler, cfg: TrainCon
             g["lr"], g["weight_decay"] = cfg.lr, cfg.weight_decay
     mcfg = model.cfg
     total = cfg.steps
-    yield TrainEvent("start", start_step, total, message=f"training on {device}")
+    adapt = cfg.mode == "adapt"
+    text_rel, memory, note = None, None, ""
+    if cfg.uses_tcsa:
+        text_rel, encoder = class_text_relations(model, cfg.text_encoder)
+        memory = PrototypeMemory(mcfg.n_classes, model.seg_decoder.widths[TCSA_DECODER_STAGE],
+                                 weights.proto_momentum, device)
+        note = f"; TCSA text relations from {encoder}"
+    yield TrainEvent("start", start_step, total, message=f"training {cfg.method} ({cfg.mode}) on {device}{note}")
     t0 = time.perf_counter()
     seen = 0
     step = start_step
@@ -137,7 +168,8 @@ def train(model: UUDS, source: SliceSampler, target: SliceSampler, cfg: TrainCon
             chi = control.threshold
             model.train()
             xs, ys = source.sample(cfg.batch_size, augment=cfg.augment)
-            xt, _ = target.sample(cfg.batch_size, augment=cfg.augment)
+            # source_only: the second half of the batch is more source, and no term looks at it as target
+            xt, _ = (target if adapt else source).sample(cfg.batch_size, augment=cfg.augment)
             mf = torch.channels_last if (cuda and cfg.channels_last) else torch.contiguous_format
             xs = xs.to(device, non_blocking=True).contiguous(memory_format=mf)
             xt = xt.to(device, non_blocking=True).contiguous(memory_format=mf)
@@ -149,15 +181,20 @@ def train(model: UUDS, source: SliceSampler, target: SliceSampler, cfg: TrainCon
                     "seg": loss_seg(out["logits_s"], ys),
                     "id": loss_id(out["rec_s"], xs),
                 }
-                if mcfg.use_seg_prompt:
-                    terms["bscl"] = loss_bscl(out["z_s"], ys.flatten(1).any(1), weights.tau_bscl)
-                if mcfg.use_domain_prompt:
-                    terms["dd_s"] = loss_dd(out["xg_s"], out["xg_t"], out["t_d"], weights.tau_dd)
-                    terms["dd_ts"] = loss_dd(out["xg_ts"], out["xg_t"], out["t_d"], weights.tau_dd)
                 probs = out["logits_ts"].float().softmax(1)
                 pl, mask = pseudo_label(probs.detach(), chi)
-                if cfg.use_uncertainty and step >= cfg.warmup:
-                    terms["useg"] = loss_useg(probs, pl, mask)
+                warm = step >= cfg.warmup
+                if cfg.uses_uuds:
+                    if mcfg.use_seg_prompt:
+                        terms["bscl"] = loss_bscl(out["z_s"], has_object(ys), weights.tau_bscl)
+                    if mcfg.use_domain_prompt and adapt:
+                        terms["dd_s"] = loss_dd(out["xg_s"], out["xg_t"], out["t_d"], weights.tau_dd)
+                        terms["dd_ts"] = loss_dd(out["xg_ts"], out["xg_t"], out["t_d"], weights.tau_dd)
+                    if cfg.use_uncertainty and warm and adapt:
+                        terms["useg"] = loss_useg(probs, pl, mask)
+                if cfg.uses_tcsa:
+                    terms.update(tcsa_terms(out, ys, probs, pl, mask, memory, text_rel, weights.tau_proto,
+                                            target_terms=adapt and warm))
                 loss = total_loss(terms, weights)
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -173,7 +210,10 @@ def train(model: UUDS, source: SliceSampler, target: SliceSampler, cfg: TrainCon
                 yield TrainEvent("step", step, total, losses, rate, el,
                                  (total - step) * el / max(step - start_step, 1))
             if cfg.preview_every and step % cfg.preview_every == 0:
-                yield TrainEvent("preview", step, total, preview=_preview(model, control, xt[:1], chi))
+                preview = _preview(model, control, xt[:1], chi)
+                control._preview_sent()
+                yield TrainEvent("preview", step, total, preview=preview)
+                control.wait_until_displayed()
         yield TrainEvent("done", step, total, elapsed_s=time.perf_counter() - t0,
                          message=f"finished {total} steps")
     finally:

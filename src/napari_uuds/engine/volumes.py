@@ -113,12 +113,22 @@ def load_volume(path: str | Path, *, check_constant: bool = True) -> Volume:
                   str(path), volume_name(path))
 
 
+def remap_labels(lab: np.ndarray, label_map: dict[int, int]) -> np.ndarray:
+    """Map label values to classes (values not in the map become background 0)."""
+    lut = np.zeros(int(max(int(lab.max()), max(label_map))) + 1, np.uint8)
+    for k, v in label_map.items():
+        lut[k] = v
+    return lut[lab]
+
+
 def load_label(path: str | Path, n_classes: int | None = None, *, binarize: bool = False,
-               like: Volume | None = None, allow_empty: bool = False) -> Volume:
+               like: Volume | None = None, allow_empty: bool = False,
+               label_map: dict[int, int] | None = None) -> Volume:
     """Read a label volume: near-integer values are rounded (masks stored as 0.99999997 are 1).
 
     ``n_classes`` counts foreground classes; values must lie in 0..n_classes. ``binarize`` maps every
-    non-zero value to 1 (BraTS whole tumour = seg > 0). ``like`` checks shape and affine against the image.
+    non-zero value to 1 (BraTS whole tumour = seg > 0); ``label_map`` maps values to classes (BraTS
+    sub-regions: {1: 1, 3: 1, 2: 2, 4: 3}). ``like`` checks shape and affine against the image.
     """
     vol = load_volume(path, check_constant=False)
     data = vol.data
@@ -128,6 +138,8 @@ def load_label(path: str | Path, n_classes: int | None = None, *, binarize: bool
     if rounded.min() < 0:
         raise UUDSError(f"label volume holds negative values ({int(rounded.min())})", path)
     lab = rounded.astype(np.uint8 if rounded.max() < 256 else np.int32)
+    if label_map:
+        lab = remap_labels(lab, label_map)
     if binarize:
         lab = (lab > 0).astype(np.uint8)
     if like is not None:

@@ -40,6 +40,11 @@ class UUDSController:
         self.target: PreparedVolume | None = None
         self.target_layer = None
         self._data: tuple[list[PreparedVolume], list[PreparedVolume]] | None = None
+        #: spreads preview refreshes over frames (the widget installs a :class:`~.pacing.FramePacer`);
+        #: None refreshes at once, as the synchronous path and tests do.
+        self.pacer = None
+        #: seconds the training loop waits for a preview to be on screen (the widget sets it; 0: never wait).
+        self.display_timeout = 0.0
 
     # -- inputs ------------------------------------------------------------------------------
     def _volume_of(self, layer, what: str, labels: bool = False) -> Volume:
@@ -57,9 +62,11 @@ class UUDSController:
 
     def model_config(self) -> ModelConfig:
         p = self.params
+        prompts = p.method != "tcsa"  # TCSA alone has no prompts (its text enters through the class relations)
         return ModelConfig.for_arch(p.arch, image_size=p.image_size or None, axis=p.axis,
-                                    class_names=[p.class_name or "object"], source_modality=p.source_modality,
-                                    domain_prompt=p.domain_prompt)
+                                    class_names=p.class_names(), class_descriptions=p.descriptions(),
+                                    source_modality=p.source_modality, domain_prompt=p.domain_prompt,
+                                    use_domain_prompt=prompts, use_seg_prompt=prompts)
 
     def prepare(self, source, source_labels, target) -> None:
         """Validate the chosen layers and slice them for training (raises UUDSError with what to do)."""
@@ -73,11 +80,18 @@ class UUDSController:
                             f"image has {src.data.shape}: choose the labels drawn on that image")
         if not lab.data.any():
             raise UUDSError(f"source labels '{source_labels.name}' are empty: paint the object first")
-        if lab.data.max() > 1:
-            lab.data = (lab.data > 0).astype(np.uint8)
         cfg = self.model_config()
-        if self.model is not None and self.model.cfg.image_size != cfg.image_size:
-            self.model = None
+        n = len(cfg.class_names)
+        if n == 1 and lab.data.max() > 1:  # one class named: every non-zero value is it
+            lab.data = (lab.data > 0).astype(np.uint8)
+        elif lab.data.max() > n:
+            raise UUDSError(f"source labels '{source_labels.name}' hold values up to {int(lab.data.max())} but "
+                            f"{n} class names are given: name one class per label value (comma-separated)")
+        if self.model is not None and (self.model.cfg.image_size != cfg.image_size
+                                       or self.model.cfg.class_names != cfg.class_names
+                                       or (self.model.cfg.use_seg_prompt, self.model.cfg.use_domain_prompt)
+                                       != (cfg.use_seg_prompt, cfg.use_domain_prompt)):
+            self.model = None  # another task or method: a fresh model
         size = self.model.cfg.image_size if self.model is not None else cfg.image_size
         axis = self.model.cfg.axis if self.model is not None else cfg.axis
         self._data = ([prepare_volume(src, axis, size, lab)], [prepare_volume(tgt, axis, size)])
@@ -106,7 +120,8 @@ class UUDSController:
     def train_config(self) -> TrainConfig:
         p = self.params
         return TrainConfig(steps=p.steps, batch_size=p.batch_size, lr=p.lr, seed=p.seed, device=p.device,
-                           threshold=p.threshold, preview_every=p.preview_every)
+                           threshold=p.threshold, preview_every=p.preview_every, method=p.method,
+                           text_encoder=p.text_encoder)
 
     def training_events(self) -> Iterator[TrainEvent]:
         """The engine's training generator (runs in the worker thread); prepare() first."""
@@ -115,7 +130,7 @@ class UUDSController:
         if self.model is None:
             self.build_model()
         tcfg = self.train_config()
-        self.control = TrainControl(tcfg.threshold, self.params.domain_prompt)
+        self.control = TrainControl(tcfg.threshold, self.params.domain_prompt, self.display_timeout)
         self.control.preview_input = self._current_slice_tensor()
         src, tgt = samplers(*self._data, tcfg.fg_fraction, tcfg.seed)
         start = getattr(self.model, "trained_steps", 0)
@@ -134,9 +149,15 @@ class UUDSController:
             s.message = f"step {ev.step}/{ev.total}  loss {ev.losses.get('total', 0):.3f}  " \
                         f"{ev.slices_per_s:.1f} slices/s  ETA {ev.eta_s:.0f} s"
         elif ev.kind == "preview" and ev.preview is not None:
-            self._show_preview(ev.preview)
-            if self.control is not None:
-                self.control.preview_input = self._current_slice_tensor()
+            layers = self._show_preview(ev.preview)
+            control = self.control
+
+            def shown() -> None:  # the preview is on screen: next preview on the slice shown then, go on
+                if control is not None:
+                    control.preview_input = self._current_slice_tensor()
+                    control.preview_displayed()
+
+            self._refresh(layers, shown)
         elif ev.kind in ("done", "stopped"):
             s.running, s.message = False, ev.message
 
@@ -248,10 +269,12 @@ class UUDSController:
         shape[g.axis] = 1
         return SliceGeometry(g.axis, tuple(shape), g.size)
 
-    def _show_preview(self, prev: dict[str, np.ndarray]) -> None:
-        """Training preview (model resolution) -> the current slice of the output layers."""
+    def _show_preview(self, prev: dict[str, np.ndarray]) -> list:
+        """Training preview (model resolution) -> the current slice of the output layers' data.
+
+        Returns the layers to refresh (the caller refreshes them, at once or one frame each)."""
         if self.target is None:
-            return
+            return []
         i = self.current_index()
         one = self._slice_geometry()
         syn = torch.from_numpy(prev["synthetic"])[None, None]
@@ -262,15 +285,35 @@ class UUDSController:
         vals["certain"] = vals["entropy"] < self.params.threshold
         shape = self.target.volume.data.shape
         self._keep_user_edits()
-        for key, v in vals.items():
+        layers = []
+        for key in ("seg", "synthetic", "certain", "entropy"):  # what the eye looks for first
             layer = self._layer(key, create_shape=shape)
-            layer.data[_slab(one.axis, i)] = v.astype(layer.data.dtype)  # in place: only the slice changes
-            layer.refresh()
+            layer.data[_slab(one.axis, i)] = vals[key].astype(layer.data.dtype)  # in place: only the slice changes
+            layers.append(layer)
         self._shown_seg = np.array(self._layer("seg").data, copy=True)
+        return layers
 
-    def ensure_output_layers(self) -> None:
+    def _refresh(self, layers, done=None) -> None:
+        """Show new layer data: one frame per layer through the pacer when there is one, else at once."""
+        if self.pacer is not None:
+            self.pacer.submit(layers, done)
+            return
+        for layer in layers:
+            layer.refresh()
+        if done is not None:
+            done()
+
+    def missing_output_layers(self) -> list[str]:
+        """Keys of the output layers that do not exist yet (or do not fit the target)."""
+        if self.target is None:
+            return []
+        shape = tuple(self.target.volume.data.shape)
+        return [k for k, name in OUTPUT_LAYERS.items()
+                if name not in self.viewer.layers or tuple(self.viewer.layers[name].data.shape) != shape]
+
+    def ensure_output_layers(self, keys=None) -> None:
         if self.target is not None:
-            for key in OUTPUT_LAYERS:
+            for key in (OUTPUT_LAYERS if keys is None else keys):
                 self._layer(key, create_shape=self.target.volume.data.shape)
 
     def _layer(self, key: str, create_shape: tuple[int, ...] | None = None):
@@ -301,13 +344,15 @@ class UUDSController:
         self._keep_user_edits()
         values = {"synthetic": p.synthetic, "entropy": p.entropy,
                   "certain": p.certain(self.params.threshold).astype(np.uint8), "seg": p.seg}
+        stale = []
         for key, v in values.items():
             layer = self._layer(key, create_shape=v.shape)
             if layer.data.dtype == v.dtype:
                 layer.data[...] = v  # in place: the user's layer keeps its identity, napari re-slices only
-                layer.refresh()
+                stale.append(layer)
             else:
                 layer.data = v
+        self._refresh(stale)
         self._shown_seg = np.array(self._layer("seg").data, copy=True)
 
     def _keep_user_edits(self) -> None:
@@ -331,7 +376,8 @@ class UUDSController:
     def load_weights(self, folder: str | Path) -> None:
         self.model, meta = ckpt.load_checkpoint(folder, "cpu")
         m = self.model.cfg
-        self.params.arch, self.params.class_name, self.params.axis = m.arch, m.class_names[0], m.axis
+        self.params.arch, self.params.class_name, self.params.axis = m.arch, ", ".join(m.class_names), m.axis
+        self.params.class_descriptions = list(m.class_descriptions)
         self.params.source_modality = m.source_modality
         self.params.threshold = float(meta.get("train", {}).get("threshold", self.params.threshold))
         self.status.message = f"loaded {folder} ({self.model.trained_steps} steps)"
@@ -363,6 +409,8 @@ def _slab(axis: int, i: int) -> tuple[slice, slice, slice]:
 
 
 def release_memory() -> None:
-    gc.collect()
-    if torch.cuda.is_available():
+    """Hand cached GPU blocks back. A full ``gc.collect`` of napari's heap holds the GIL for ~0.4 s (a
+    visible stall), so it runs only where it frees something worth it: GPU memory held by cycles."""
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        gc.collect()
         torch.cuda.empty_cache()

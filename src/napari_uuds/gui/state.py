@@ -18,13 +18,26 @@ class Params:
     batch_size: int = 8
     lr: float = 1e-4
     image_size: int = 0  # 0: the architecture's default
+    #: foreground class name(s), comma-separated for a multi-class labels layer (value k = k-th name)
     class_name: str = "object"
+    #: one free-text description per class (TCSA's text relations); empty entries: the class name
+    class_descriptions: list = field(default_factory=list)
+    method: str = "uuds"  # uuds | tcsa | uuds+tcsa
+    text_encoder: str = "auto"
     source_modality: str = "source"
     domain_prompt: str = DEFAULT_DOMAIN_PROMPT
     threshold: float = 0.5
     axis: int = 2
     preview_every: int = 20
     seed: int = 0
+
+    def class_names(self) -> list[str]:
+        return [n.strip() for n in self.class_name.split(",") if n.strip()] or ["object"]
+
+    def descriptions(self) -> list[str]:
+        names = self.class_names()
+        given = list(self.class_descriptions) + [""] * len(names)
+        return [d.strip() or n for d, n in zip(given, names)]
 
 
 @evented

@@ -15,9 +15,12 @@ from qtpy.QtWidgets import QFileDialog, QMessageBox
 from ..engine.errors import UUDSError
 from .controller import OUTPUT_LAYERS, UUDSController
 from .loss_plot import LossPlot
+from .pacing import FramePacer
 from .state import Params, Status
 
 PROMPT_DEBOUNCE_MS = 400
+#: longest the training loop waits for a preview to be drawn (see pacing.py).
+DISPLAY_TIMEOUT_S = 2.0
 
 
 class UUDSWidget(Container):
@@ -26,6 +29,8 @@ class UUDSWidget(Container):
         self.viewer = napari_viewer
         self.params, self.status = Params(), Status()
         self.ctl = UUDSController(napari_viewer, self.params, self.status)
+        self.ctl.pacer = FramePacer(napari_viewer)
+        self.ctl.display_timeout = DISPLAY_TIMEOUT_S
         self.worker = None
 
         self.source = create_widget(annotation=napari.layers.Image, label="source image",
@@ -34,7 +39,12 @@ class UUDSWidget(Container):
                                            options={"nullable": True})
         self.target = create_widget(annotation=napari.layers.Image, label="target image",
                                     options={"nullable": True})
-        self.class_name = LineEdit(value=self.params.class_name, label="class name")
+        self.class_name = LineEdit(value=self.params.class_name, label="class name(s)")
+        self.class_name.tooltip = "comma-separated for a multi-class labels layer: label value k is the k-th name"
+        self.descriptions = Container(labels=True, label="class descriptions")  # one text field per class
+        self.method = ComboBox(choices=["uuds", "tcsa", "uuds+tcsa"], value=self.params.method, label="method")
+        self.method.tooltip = ("uuds: dual prompts + uncertainty (the paper); tcsa: TCSA-UDA's vision-language "
+                               "covariance and prototype alignment; uuds+tcsa: both")
         self.modality = LineEdit(value=self.params.source_modality, label="source modality")
         self.arch = ComboBox(choices=["tiny", "rn50"], value=self.params.arch, label="model")
         self.weights = ComboBox(choices=["auto", "openai", "none"], value="auto", label="CLIP weights")
@@ -55,14 +65,16 @@ class UUDSWidget(Container):
         self.progress = ProgressBar(value=0, min=0, max=1, label="progress")
         self.info = Label(value="")
         self.plot = LossPlot()
-        self.extend([self.source, self.source_labels, self.target, self.class_name, self.modality, self.arch,
+        self.extend([self.source, self.source_labels, self.target, self.class_name, self.descriptions, self.modality,
+                     self.method, self.arch,
                      self.weights, self.device, self.steps, self.batch, self.lr, self.adapt_btn, self.train_btn,
                      self.stop_btn, self.progress, self.info, self.prompt, self.threshold, self.predict_btn,
                      self.save_btn, self.load_btn, self.export_btn])
         self.native.layout().addWidget(self.plot)
 
         # parameters <- widgets
-        self.class_name.changed.connect(lambda v: setattr(self.params, "class_name", v))
+        self.class_name.changed.connect(self._class_names_changed)
+        self.method.changed.connect(lambda v: setattr(self.params, "method", v))
         self.modality.changed.connect(lambda v: setattr(self.params, "source_modality", v))
         self.arch.changed.connect(lambda v: setattr(self.params, "arch", v))
         self.weights.changed.connect(lambda v: setattr(self.params, "clip_weights", v))
@@ -84,18 +96,40 @@ class UUDSWidget(Container):
         # actions
         self.adapt_btn.clicked.connect(lambda: self.start_training(predict_after=True))
         self.train_btn.clicked.connect(lambda: self.start_training(predict_after=False))
-        self.stop_btn.clicked.connect(self.ctl.stop)
+        self.stop_btn.clicked.connect(self.stop)
         self.predict_btn.clicked.connect(self.predict_volume)
         self.save_btn.clicked.connect(self._save_dialog)
         self.load_btn.clicked.connect(self._load_dialog)
         self.export_btn.clicked.connect(self._export_dialog)
         self.native.destroyed.connect(lambda *_: self.close_down())
         self._autofill()
+        self._rebuild_descriptions()
         # Heavy imports (open_clip -> torchvision) load C extensions while holding the GIL; done here, once,
         # when the widget opens, rather than inside the worker where they would stall the viewer.
         import open_clip  # noqa: F401
 
     # -- helpers ------------------------------------------------------------------------------
+    def _class_names_changed(self, text: str) -> None:
+        self.params.class_name = text
+        self._rebuild_descriptions()
+
+    def _rebuild_descriptions(self) -> None:
+        """One description field per class name (kept when the names are edited)."""
+        names = self.params.class_names()
+        old = [w.value for w in self.descriptions]
+        if len(old) == len(names) and all(w.label == n for w, n in zip(self.descriptions, names)):
+            return
+        self.descriptions.clear()
+        for i, name in enumerate(names):
+            field = LineEdit(value=old[i] if i < len(old) else "", label=name)
+            field.tooltip = f"how the class '{name}' looks, in words (TCSA's text relations); empty: the name"
+            field.changed.connect(self._descriptions_changed)
+            self.descriptions.append(field)
+        self._descriptions_changed()
+
+    def _descriptions_changed(self, *_):
+        self.params.class_descriptions = [w.value for w in self.descriptions]
+
     def _guard(self, fn, *args):
         """Run an action; a UUDSError becomes a notification that says what to do."""
         try:
@@ -136,7 +170,6 @@ class UUDSWidget(Container):
             show_error(str(exc))
             return None
         self.status.losses = []
-        self.ctl.ensure_output_layers()  # created now, on the main thread, not at the first preview
         axis = self.ctl.model.cfg.axis if self.ctl.model is not None else self.params.axis
         if self.viewer.dims.ndim == 3:  # show the plane the model works in; the slider walks its slices
             self.viewer.dims.order = (axis,) + tuple(a for a in range(3) if a != axis)
@@ -146,11 +179,28 @@ class UUDSWidget(Container):
         worker.finished.connect(lambda: self._training_done(predict_after))
         self.worker = worker
         self._set_running(True)
-        worker.start()
+        # The output layers are created now, on the main thread, one per frame (napari needs 0.1-0.3 s to add
+        # a layer on a software canvas, and the frame after it compiles its shaders); the worker starts after.
+        for key in self.ctl.missing_output_layers():
+            self.ctl.pacer.call(lambda k=key: self.ctl.ensure_output_layers([k]))
+        self.ctl.pacer.call(lambda: self._start_worker(worker))
         return worker
+
+    def _start_worker(self, worker) -> None:
+        if self.worker is worker and not worker.is_running:  # not cancelled or closed meanwhile
+            worker.start()
+
+    def stop(self) -> None:
+        """Stop training within one step (the weights learnt so far are kept); before it began: cancel."""
+        self.ctl.stop()
+        if self.worker is not None and not self.worker.is_running:
+            self.worker = None
+            self._set_running(False)
+            self.status.message = "cancelled before training began"
 
     def _training_done(self, predict_after: bool) -> None:
         self.worker = None
+        self.ctl.pacer.flush()
         self.ctl.training_finished()
         self._set_running(False)
         if predict_after and self.ctl.model is not None:
@@ -182,6 +232,8 @@ class UUDSWidget(Container):
         if self.worker is not None:
             self.worker.quit()
             self.worker = None
+        if self.ctl.pacer is not None:
+            self.ctl.pacer.close()
         self.ctl.release()
 
     # -- dialogs (the synchronous paths are ctl.save_weights / load_weights / export) -----------------

@@ -1,0 +1,307 @@
+"""Quality benchmark on real scans: UUDS (and TCSA) against lower and upper bounds.
+
+Runs the protocols of ``shared/data/README.md`` with the engine's own API:
+
+* A1: BraTS whole tumour, T1c -> FLAIR; A2: FLAIR -> T1c (source pat0001-0003, target pat0004-0006);
+* A1m: A1 with three tumour sub-regions (necrosis/non-enhancing, oedema, enhancing) for the multi-class path;
+* C: spinal cord, T2 -> T1 (one subject; its upper bound is trained on the very T1 it is scored on).
+
+Rows: ``lower`` (source only), ``histmatch`` (target histogram-matched to the source, lower model),
+``pseudo`` (lower model fine-tuned on its entropy-filtered target pseudo-labels), ``uuds``, the three
+ablations of the paper's Table 3 (``uuds_no_domain_prompt``, ``uuds_no_seg_prompt``,
+``uuds_no_uncertainty``), ``tcsa``, ``uuds+tcsa`` and ``upper`` (supervised on the target contrast).
+Target labels are read for scoring only.
+
+Writes ``benchmarks/results/quality_<protocol>.json`` after every run (a crash keeps what was done;
+re-running skips the (row, seed) pairs already there with the same settings) and regenerates
+``benchmarks/results/quality.md`` from every such JSON.
+
+    .venv/bin/python benchmarks/run.py --protocol C --steps 200
+    .venv/bin/python benchmarks/run.py --protocol A1 --steps 200 --seeds 0
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from napari_uuds.engine.atomic import atomic_write
+from napari_uuds.engine.baselines import histogram_match, pseudo_labels
+from napari_uuds.engine.config import LossWeights, ModelConfig, TrainConfig
+from napari_uuds.engine.dataset import PreparedVolume, prepare_volume, samplers
+from napari_uuds.engine.infer import predict_volume
+from napari_uuds.engine.metrics import score_classes
+from napari_uuds.engine.model import UUDS
+from napari_uuds.engine.slices import SliceSampler
+from napari_uuds.engine.train import resolve_device, train
+from napari_uuds.engine.volumes import NormParams, Volume, load_label, load_volume
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+SUBREGIONS = {1: 1, 3: 1, 2: 2, 4: 3}
+
+PROTOCOLS = {
+    "A1": {"set": "brats", "source": "t1c", "target": "flair", "label": "seg", "classes": ["tumour"],
+           "train": ["pat0001", "pat0002", "pat0003"], "test": ["pat0004", "pat0005", "pat0006"]},
+    "A2": {"set": "brats", "source": "flair", "target": "t1c", "label": "seg", "classes": ["tumour"],
+           "train": ["pat0001", "pat0002", "pat0003"], "test": ["pat0004", "pat0005", "pat0006"]},
+    "A1m": {"set": "brats", "source": "t1c", "target": "flair", "label": "seg",
+            "classes": ["necrosis or non-enhancing tumour", "oedema", "enhancing tumour"], "label_map": SUBREGIONS,
+            "train": ["pat0001", "pat0002", "pat0003"], "test": ["pat0004", "pat0005", "pat0006"]},
+    "C": {"set": "cord", "source": "t2", "target": "t1", "label": "{m}_seg", "classes": ["spinal cord"],
+          "train": [""], "test": [""]},
+}
+ROWS = ["lower", "histmatch", "pseudo", "uuds", "uuds_no_domain_prompt", "uuds_no_seg_prompt",
+        "uuds_no_uncertainty", "tcsa", "uuds+tcsa", "upper"]
+MAIN_ROWS = {"lower", "histmatch", "pseudo", "uuds", "upper"}
+DESCRIPTIONS = {
+    "tumour": "a brain tumour with surrounding oedema",
+    "necrosis or non-enhancing tumour": "the necrotic and non-enhancing core of a glioma",
+    "oedema": "peritumoral oedema, swollen white matter around a glioma",
+    "enhancing tumour": "the contrast-enhancing rim of a glioma",
+    "spinal cord": "the spinal cord inside the spinal canal",
+}
+
+
+# -- data -----------------------------------------------------------------------------------------
+def _paths(data: Path, proto: dict, subject: str, modality: str) -> tuple[Path, Path]:
+    folder = data / proto["set"] / subject
+    label = proto["label"].format(m=modality)
+    return folder / f"{modality}.nii.gz", folder / f"{label}.nii.gz"
+
+
+def _load(data: Path, proto: dict, subjects: list[str], modality: str, cfg: ModelConfig, with_label: bool
+          ) -> list[PreparedVolume]:
+    out = []
+    n = len(cfg.class_names)
+    for s in subjects:
+        ip, lp = _paths(data, proto, s, modality)
+        vol = load_volume(ip)
+        lab = load_label(lp, n, like=vol, binarize=n == 1, label_map=proto.get("label_map")) if with_label else None
+        out.append(prepare_volume(vol, cfg.axis, cfg.image_size, lab))
+    return out
+
+
+def _reference_labels(data: Path, proto: dict, cfg: ModelConfig) -> list[Volume]:
+    n = len(cfg.class_names)
+    return [load_label(_paths(data, proto, s, proto["target"])[1], n, binarize=n == 1,
+                       label_map=proto.get("label_map"), allow_empty=True) for s in proto["test"]]
+
+
+# -- one run ----------------------------------------------------------------------------------------
+def _train(cfg: ModelConfig, sources: list[PreparedVolume], targets: list[PreparedVolume], tcfg: TrainConfig,
+           model: UUDS | None = None, source_sampler: SliceSampler | None = None) -> tuple[UUDS, float, dict]:
+    torch.manual_seed(tcfg.seed)
+    model = model or UUDS(cfg, clip_weights=None, seed=tcfg.seed)
+    src, tgt = samplers(sources, targets, tcfg.fg_fraction, tcfg.seed)
+    t = time.perf_counter()
+    last: dict = {}
+    for ev in train(model, source_sampler or src, tgt, tcfg, LossWeights()):
+        if ev.kind == "step":
+            last = ev.losses
+            if ev.step % 50 == 0:
+                print(f"    step {ev.step}/{ev.total} " + " ".join(f"{k}={v:.3f}" for k, v in ev.losses.items()),
+                      flush=True)
+    model.optimizer_state = None
+    return model, time.perf_counter() - t, last
+
+
+def _evaluate(model: UUDS, targets: list[PreparedVolume], refs: list[Volume], class_names: list[str],
+              matched: list[np.ndarray] | None = None) -> list[dict]:
+    rows = []
+    for i, (tp, ref) in enumerate(zip(targets, refs)):
+        if matched is not None:  # already normalised (and matched): identity normalisation
+            vol = Volume(matched[i], tp.volume.affine, tp.volume.header, tp.volume.ornt, tp.volume.path, tp.volume.name)
+            pred = predict_volume(model, vol, norm=NormParams(-1.0, 1.0))
+        else:
+            pred = predict_volume(model, tp.volume, norm=tp.norm)
+        r = score_classes(pred.seg, ref.data, tp.volume.spacing, class_names)
+        rows.append({"volume": tp.volume.name if len(targets) == 1 else Path(tp.volume.path).parent.name,
+                     "dice": round(r["dice"], 3), "assd_mm": None if r["assd_mm"] is None else round(r["assd_mm"], 3),
+                     "empty_prediction": r["empty_prediction"],
+                     **({"classes": {k: {"dice": round(v["dice"], 3), "assd_mm": v["assd_mm"]}
+                                     for k, v in r["classes"].items()}} if "classes" in r else {})})
+    return rows
+
+
+def run_row(row: str, seed: int, ctx: dict) -> dict:
+    cfg_kw = dict(ctx["model_kw"])
+    tkw = dict(steps=ctx["steps"], batch_size=ctx["batch_size"], seed=seed, device=ctx["device"], lr=ctx["lr"])
+    sources, targets, refs, names = ctx["sources"], ctx["targets"], ctx["refs"], ctx["class_names"]
+    info: dict = {}
+    if row in ("lower", "histmatch", "pseudo"):
+        model = ctx["lower_models"].get(seed)
+        if model is None:
+            model, secs, _ = _train(ModelConfig(**cfg_kw), sources, targets, TrainConfig(mode="source_only", **tkw))
+            ctx["lower_models"][seed] = model
+            info["train_s"] = round(secs, 1)
+        if row == "histmatch":
+            refs_norm = [s.norm.apply(s.volume.data) for s in sources]
+            matched = [histogram_match(t.norm.apply(t.volume.data), refs_norm) for t in targets]
+            return {**info, "volumes": _evaluate(model, targets, refs, names, matched)}
+        if row == "pseudo":
+            labelled = []
+            fractions = []
+            for t in targets:
+                lab, frac = pseudo_labels(model, t.image, ctx["threshold"])
+                fractions.append(frac)
+                labelled.append(PreparedVolume(t.volume, t.norm, t.image, t.geom, lab))
+            sampler = SliceSampler([p.image for p in sources + labelled], [p.label for p in sources + labelled],
+                                   0.5, seed)
+            import copy
+
+            ft = copy.deepcopy(model)
+            tcfg = TrainConfig(mode="source_only", **{**tkw, "steps": ctx["pseudo_steps"]}, warmup_steps=0)
+            ft, secs, _ = _train(ModelConfig(**cfg_kw), sources, targets, tcfg, model=ft, source_sampler=sampler)
+            info.update(finetune_s=round(secs, 1), certain_fraction=round(float(np.mean(fractions)), 3))
+            return {**info, "volumes": _evaluate(ft, targets, refs, names)}
+        return {**info, "volumes": _evaluate(model, targets, refs, names)}
+    if row == "upper":
+        model, secs, _ = _train(ModelConfig(**cfg_kw), ctx["upper_sources"], targets, TrainConfig(mode="source_only", **tkw))
+        return {"train_s": round(secs, 1), "volumes": _evaluate(model, targets, refs, names)}
+    method = "uuds"
+    mkw, tx = dict(cfg_kw), {}
+    if row == "uuds_no_domain_prompt":
+        mkw["use_domain_prompt"] = False
+    elif row == "uuds_no_seg_prompt":
+        mkw["use_seg_prompt"] = False
+    elif row == "uuds_no_uncertainty":
+        tx["use_uncertainty"] = False
+    elif row == "tcsa":
+        method = "tcsa"
+        mkw.update(use_domain_prompt=False, use_seg_prompt=False)
+    elif row == "uuds+tcsa":
+        method = "uuds+tcsa"
+    tcfg = TrainConfig(method=method, threshold=ctx["threshold"], text_encoder=ctx["text_encoder"], **tkw, **tx)
+    model, secs, last = _train(ModelConfig(**mkw), sources, targets, tcfg)
+    return {"train_s": round(secs, 1), "final_losses": {k: round(v, 4) for k, v in last.items()},
+            "volumes": _evaluate(model, targets, refs, names)}
+
+
+# -- summary ----------------------------------------------------------------------------------------
+def summarise(rows: dict) -> dict:
+    for name, r in rows.items():
+        runs = r["runs"]
+        dice = [v["dice"] for s in sorted(runs) for v in runs[s]["volumes"]]
+        assd = [v["assd_mm"] for s in sorted(runs) for v in runs[s]["volumes"]]
+        got = [a for a in assd if a is not None]
+        seed_means = [float(np.mean([v["dice"] for v in runs[s]["volumes"]])) for s in sorted(runs)]
+        r.update(seeds=[int(s) for s in sorted(runs)], dice=dice, assd_mm=assd,
+                 dice_mean=round(float(np.mean(dice)), 2), dice_sd=round(float(np.std(dice)), 2),
+                 dice_seed_means=[round(m, 2) for m in seed_means],
+                 assd_mean=round(float(np.mean(got)), 2) if got else None,
+                 assd_sd=round(float(np.std(got)), 2) if got else None,
+                 empty_predictions=sum(a is None for a in assd))
+    lo, up = rows.get("lower", {}).get("dice_mean"), rows.get("upper", {}).get("dice_mean")
+    for name, r in rows.items():
+        if lo is not None and up is not None and name not in ("lower", "upper"):
+            r["gap_closed"] = round((r["dice_mean"] - lo) / (up - lo), 3) if abs(up - lo) > 1e-6 else None
+    return rows
+
+
+def write_markdown() -> Path:
+    lines = ["# Quality benchmark (generated by `benchmarks/run.py` from the JSON files beside this one)", "",
+             "Dice % and ASSD mm per target volume, mean ± sd over volumes and seeds; gap closed = "
+             "(row − lower) / (upper − lower). An empty prediction has no ASSD: it is counted, not averaged.", ""]
+    for path in sorted(RESULTS.glob("quality_*.json")):
+        doc = json.loads(path.read_text())
+        lines += [f"## {doc['protocol']}: {doc['source']} → {doc['target']}", "",
+                  f"{doc['device']}, torch {doc['torch']}, commit {doc['commit']}, model {doc['model']} at "
+                  f"{doc['image_size']} px, {doc['steps']} steps × batch {doc['batch_size']}, "
+                  f"wall {doc['wall_s'] / 60:.0f} min. `{doc['command']}`", "",
+                  "| row | seeds | Dice % | ASSD mm | empty | gap closed |", "|---|---|---|---|---|---|"]
+        for name in ROWS:
+            r = doc["rows"].get(name)
+            if r is None:
+                continue
+            assd = "–" if r["assd_mean"] is None else f"{r['assd_mean']:.2f} ± {r['assd_sd']:.2f}"
+            gap = "" if r.get("gap_closed") is None else f"{100 * r['gap_closed']:.0f} %"
+            lines.append(f"| {name} | {len(r['seeds'])} | {r['dice_mean']:.1f} ± {r['dice_sd']:.1f} | {assd} | "
+                         f"{r['empty_predictions']}/{len(r['dice'])} | {gap} |")
+        lines.append("")
+    out = RESULTS / "quality.md"
+    atomic_write(out, lambda tmp: Path(tmp).write_text("\n".join(lines)))
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--protocol", choices=sorted(PROTOCOLS), required=True)
+    ap.add_argument("--data", default=str(ROOT.parent / "shared" / "data"), help="folder holding brats/ and cord/")
+    ap.add_argument("--rows", nargs="*", default=ROWS, choices=ROWS)
+    ap.add_argument("--seeds", nargs="*", type=int, default=[0, 1, 2], help="seeds of the main rows")
+    ap.add_argument("--other-seeds", nargs="*", type=int, default=None,
+                    help="seeds of the ablation and TCSA rows (default: the first main seed)")
+    ap.add_argument("--steps", type=int, default=200)
+    ap.add_argument("--pseudo-steps", type=int, default=None, help="fine-tuning steps of 'pseudo' (default: steps/2)")
+    ap.add_argument("--batch-size", type=int, default=8)
+    ap.add_argument("--lr", type=float, default=1e-4)
+    ap.add_argument("--model", choices=["tiny", "rn50"], default="tiny")
+    ap.add_argument("--image-size", type=int, default=None)
+    ap.add_argument("--threshold", type=float, default=0.5)
+    ap.add_argument("--text-encoder", default="auto", choices=["auto", "minilm", "clip"])
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--fresh", action="store_true", help="ignore results already in the JSON")
+    args = ap.parse_args(argv)
+
+    proto = PROTOCOLS[args.protocol]
+    data = Path(args.data)
+    if not (data / proto["set"]).is_dir():
+        print(f"benchmark: error: {data / proto['set']}: no such folder (give --data)", file=sys.stderr)
+        return 2
+    names = proto["classes"]
+    cfg = ModelConfig.for_arch(args.model, image_size=args.image_size, class_names=names,
+                               class_descriptions=[DESCRIPTIONS.get(n, n) for n in names],
+                               source_modality=proto["source"].upper())
+    model_kw = {k: getattr(cfg, k) for k in cfg.__dataclass_fields__}
+    device = resolve_device(args.device)
+    t0 = time.perf_counter()
+    ctx = {"model_kw": model_kw, "steps": args.steps, "batch_size": args.batch_size, "lr": args.lr,
+           "device": args.device, "threshold": args.threshold, "text_encoder": args.text_encoder,
+           "pseudo_steps": args.pseudo_steps or max(args.steps // 2, 1), "class_names": names, "lower_models": {},
+           "sources": _load(data, proto, proto["train"], proto["source"], cfg, True),
+           "targets": _load(data, proto, proto["test"], proto["target"], cfg, False),
+           "upper_sources": _load(data, proto, proto["train"], proto["target"], cfg, True),
+           "refs": _reference_labels(data, proto, cfg)}
+    out = RESULTS / f"quality_{args.protocol}.json"
+    settings = {"steps": args.steps, "batch_size": args.batch_size, "lr": args.lr, "model": cfg.arch,
+                "image_size": cfg.image_size, "threshold": args.threshold, "pseudo_steps": ctx["pseudo_steps"]}
+    doc = json.loads(out.read_text()) if out.exists() and not args.fresh else {}
+    if doc and any(doc.get(k) != v for k, v in settings.items()):
+        print(f"benchmark: settings differ from {out.name}: starting afresh", file=sys.stderr)
+        doc = {}
+    rows = doc.get("rows", {})
+    other = args.other_seeds if args.other_seeds is not None else args.seeds[:1]
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT).stdout.strip()
+    wall_before = doc.get("wall_s", 0.0)
+    for row in [r for r in ROWS if r in args.rows]:
+        for seed in (args.seeds if row in MAIN_ROWS else other):
+            if str(seed) in rows.get(row, {}).get("runs", {}):
+                continue
+            print(f"[{args.protocol}] {row} seed {seed}", flush=True)
+            res = run_row(row, seed, ctx)
+            print(f"    Dice {[v['dice'] for v in res['volumes']]}  ASSD {[v['assd_mm'] for v in res['volumes']]}",
+                  flush=True)
+            rows.setdefault(row, {"runs": {}})["runs"][str(seed)] = res
+            doc = {"protocol": args.protocol, "source": proto["source"], "target": proto["target"],
+                   "classes": names, "device": str(device) if device.type != "cpu" else
+                   f"cpu ({torch.get_num_threads()} threads, {platform.processor() or platform.machine()})",
+                   "torch": torch.__version__, "commit": commit,
+                   "command": "python benchmarks/run.py " + " ".join(sys.argv[1:] if argv is None else argv),
+                   "wall_s": round(wall_before + time.perf_counter() - t0, 1), **settings,
+                   "rows": summarise(rows)}
+            atomic_write(out, lambda tmp: Path(tmp).write_text(json.dumps(doc, indent=1)))
+            write_markdown()
+    print(f"wrote {out} and {RESULTS / 'quality.md'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
