@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
+import gc
+import threading
 import platform
 import subprocess
 import time
@@ -55,6 +56,29 @@ def main() -> None:
 
     w.status.events.running.connect(lambda r: marks.setdefault("train_start" if r else "train_end",
                                                                time.perf_counter() - t0))
+    # cyclic garbage collections hold the GIL: record the long ones (any thread) to explain gaps
+    gc_pauses: list[tuple[float, float, int, str]] = []  # (start since t0, seconds, generation, thread)
+    gc_start: dict[str, float] = {}
+
+    def on_gc(phase, info):
+        now = time.perf_counter()
+        if phase == "start":
+            gc_start["t"] = now
+        elif now - gc_start.get("t", now) > 0.02:
+            gc_pauses.append((gc_start["t"] - t0, now - gc_start["t"], info["generation"],
+                              threading.current_thread().name))
+
+    gc.callbacks.append(on_gc)
+    # what the main thread did: each dispatched training event and each paced refresh, with its duration
+    handled: list[tuple[float, float, str]] = []
+    for obj, name in ((w.ctl, "handle_event"), (w.ctl.pacer, "_next")):
+        def timed(*a, _f=getattr(obj, name), _n=name):
+            s0 = time.perf_counter()
+            r = _f(*a)
+            kind = a[0].kind if _n == "handle_event" else "paced refresh"
+            handled.append((s0 - t0, time.perf_counter() - s0, kind))
+            return r
+        setattr(obj, name, timed)
     timer = QTimer()
     timer.setInterval(10)
     timer.timeout.connect(tick)
@@ -71,6 +95,7 @@ def main() -> None:
             raise SystemExit("timed out")
     wall = time.perf_counter() - t0
     timer.stop()
+    gc.callbacks.remove(on_gc)
     arr = np.array(gaps)
     # phases: setup = click until the worker starts (output layers created, one per turn of the event loop);
     # training = worker start until the last step; after = final volume prediction and display.
@@ -107,6 +132,13 @@ def main() -> None:
         "after_training_max_gap_ms": round(float(after.max()), 1) if after.size else None,
         "whole_run": {"max_gap_ms": round(float(g.max()), 1), "gaps_over_100ms": int((g > 100).sum())},
         "goal_max_gap_ms": 100,
+        "gaps_over_100ms_at": [
+            {"t_s": round(t, 2), "gap_ms": round(gp * 1000, 1),
+             "gc_ms": round(sum(d for s0, d, _, _ in gc_pauses if t - gp - 0.01 <= s0 <= t) * 1000, 1),
+             "main_thread": [f"{k} {d * 1000:.0f} ms" for s0, d, k in handled if t - gp - 0.01 <= s0 <= t]}
+            for t, gp in gaps if gp > 0.1],
+        "gc_pauses_over_20ms": [{"t_s": round(s0, 2), "ms": round(d * 1000, 1), "generation": g, "thread": th}
+                                for s0, d, g, th in gc_pauses],
         "prompt_repredict_slice_s": [round(v, 3) for v in prompt_s], "goal_prompt_s": 1.0,
         "layers": [ly.name for ly in viewer.layers],
         "final_loss": w.status.losses[-1] if w.status.losses else None,

@@ -171,3 +171,37 @@ def test_unusable_out_fails_before_training(vols, tmp_path, capsys):
     assert "cannot create the output folder" in err and "\n" not in err
     assert _adapt(vols, tmp_path / "o", **{"--lr": "-1"}) == 2
     assert "--lr must be > 0" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("method", ["tcsa", "uuds+tcsa"])
+def test_multiclass_label_map_and_tcsa_method(vols, tmp_path, capsys, method):
+    """BraTS-like values {1, 2, 3, 4} mapped to three classes; per-class metrics; a TCSA method."""
+    lab = np.zeros((24, 24, 12), np.uint8)
+    lab[6:12, 6:12, 3:9], lab[12:18, 6:12, 3:9], lab[6:12, 12:18, 3:9], lab[12:18, 12:18, 3:9] = 1, 2, 3, 4
+    lp = _nii(vols["dir"] / "brats_like.nii.gz", lab)
+    out = tmp_path / "out"
+    argv = ["adapt", "--quiet", "--source", str(vols["img"]), "--source-label", str(lp), "--target", str(vols["tgt"]),
+            "--target-label", str(lp), "--out", str(out), "--steps", "2", "--batch-size", "2", "--image-size", "64",
+            "--label-map", "1:1,3:1,2:2,4:3", "--method", method, "--text-encoder", "clip",
+            "--class-name", "core", "--class-name", "oedema", "--class-name", "enhancing",
+            "--class-description", "necrotic core", "--class-description", "swollen tissue",
+            "--class-description", "bright rim", "--warmup-steps", "1"]
+    assert main(argv) == 0
+    m = json.loads((out / "metrics.json").read_text())
+    assert set(m["volumes"]["tgt"]["classes"]) == {"core", "oedema", "enhancing"}
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["model"]["class_descriptions"] == ["necrotic core", "swollen tissue", "bright rim"]
+    assert cfg["train"]["method"] == method
+    assert cfg["model"]["use_domain_prompt"] is (method == "uuds+tcsa")
+    seg = np.asarray(nib.load(str(out / "tgt_seg.nii.gz")).dataobj)
+    assert seg.max() <= 3
+
+
+def test_bad_label_map_and_descriptions(vols, tmp_path, capsys):
+    assert _adapt(vols, tmp_path / "o", **{"--label-map": "1-1"}) == 2
+    assert "--label-map: '1-1' is not VALUE:CLASS" in capsys.readouterr().err
+    assert _adapt(vols, tmp_path / "o", **{"--class-description": "a", "--class-name": "x"}) == 0
+    assert main(["adapt", "--quiet", "--source", str(vols["img"]), "--source-label", str(vols["lab"]), "--target",
+                 str(vols["tgt"]), "--out", str(tmp_path / "o2"), "--class-description", "a", "--class-description",
+                 "b", "--steps", "1", "--batch-size", "2", "--image-size", "64"]) == 2
+    assert "2 class description(s) for 1 class(es)" in capsys.readouterr().err

@@ -192,3 +192,43 @@ def test_repredicting_keeps_the_users_corrections(ready):
     assert "segmentation (edited 1)" in viewer.layers
     np.testing.assert_array_equal(viewer.layers["segmentation (edited 1)"].data, edited)
     np.testing.assert_array_equal(viewer.layers["segmentation"].data, w.ctl.prediction.seg)
+
+
+def test_method_choice_and_one_description_field_per_class(ready, monkeypatch):
+    viewer, w = ready
+    msgs = _errors(monkeypatch)
+    assert [f.label for f in w.descriptions] == [w.params.class_names()[0]]
+    w.class_name.value = "core, oedema, enhancing"
+    assert [f.label for f in w.descriptions] == ["core", "oedema", "enhancing"]
+    w.descriptions[1].value = "swollen white matter"
+    assert w.params.descriptions() == ["core", "swollen white matter", "enhancing"]
+    # the sample's cord labels hold one value: three classes are fine (values 1..3 allowed)...
+    w.method.value = "uuds+tcsa"
+    cfg, tcfg = w.ctl.model_config(), w.ctl.train_config()
+    assert cfg.class_names == ["core", "oedema", "enhancing"] and tcfg.method == "uuds+tcsa"
+    assert cfg.class_descriptions[1] == "swollen white matter" and cfg.use_domain_prompt
+    w.method.value = "tcsa"
+    assert not w.ctl.model_config().use_seg_prompt
+    # ...but labels with more values than names are refused with what to do
+    lab = np.array(viewer.layers["T2 cord labels"].data)
+    lab[lab > 0] = 5
+    viewer.add_labels(lab, name="five", scale=viewer.layers["T2 cord labels"].scale,
+                      metadata=viewer.layers["T2 cord labels"].metadata)
+    w.reset_choices()
+    w.source_labels.value = viewer.layers["five"]
+    assert w.start_training() is None
+    assert "hold values up to 5 but 3 class names" in msgs[-1]
+
+
+def test_tcsa_through_the_widget_controller(ready):
+    viewer, w = ready
+    w.steps.value = 2
+    w.method.value = "tcsa"
+    w.class_name.value = "spinal cord"
+    w.descriptions[0].value = "the spinal cord inside the canal"
+    seen = []
+    w.status.events.message.connect(seen.append)
+    pred = w.ctl.adapt_and_segment(w.source.value, w.source_labels.value, w.target.value)
+    assert pred.probs.shape[0] == 2 and "segmentation" in viewer.layers
+    assert any("training tcsa (adapt)" in m and "TCSA text relations from" in m for m in seen)
+    assert w.ctl.model.cfg.class_descriptions == ["the spinal cord inside the canal"]

@@ -19,6 +19,9 @@ from qtpy.QtCore import QTimer
 
 #: how long to wait for a frame that never comes (canvas hidden or minimised) before going on.
 FRAME_WAIT_MS = 250
+#: pause after a frame is drawn before the next refresh: a software rasteriser finishes the frame in
+#: its own threads after the draw call returns, and a texture upload before then waits for it.
+AFTER_FRAME_MS = 20
 
 
 def _draw_events(viewer):
@@ -87,8 +90,8 @@ class FramePacer:
 
     def _on_draw(self, _event=None) -> None:
         if self._waiting:
-            # called from inside the paint: continue on the next turn of the event loop
-            QTimer.singleShot(0, self._frame_drawn)
+            # called from inside the paint: continue a little later, on another turn of the event loop
+            QTimer.singleShot(AFTER_FRAME_MS, self._frame_drawn)
 
     def _frame_drawn(self) -> None:
         if not self._waiting:

@@ -2,6 +2,7 @@
 training in a ``thread_worker`` (the viewer never waits on the network)."""
 from __future__ import annotations
 
+import gc
 from pathlib import Path
 
 import napari
@@ -188,6 +189,11 @@ class UUDSWidget(Container):
 
     def _start_worker(self, worker) -> None:
         if self.worker is worker and not worker.is_running:  # not cancelled or closed meanwhile
+            # A full cyclic collection of napari's heap holds the GIL for ~0.4 s, and training allocates
+            # enough to trigger some. Objects alive now (viewer, layers, model) are exempted from cyclic
+            # collection (reference counting still frees them), so collections during training scan only
+            # what training makes.
+            gc.freeze()
             worker.start()
 
     def stop(self) -> None:
