@@ -9,7 +9,8 @@ Runs the protocols of ``shared/data/README.md`` with the engine's own API:
 Rows: ``lower`` (source only), ``histmatch`` (target histogram-matched to the source, lower model),
 ``pseudo`` (lower model fine-tuned on its entropy-filtered target pseudo-labels), ``uuds``, the three
 ablations of the paper's Table 3 (``uuds_no_domain_prompt``, ``uuds_no_seg_prompt``,
-``uuds_no_uncertainty``), ``tcsa``, ``uuds+tcsa`` and ``upper`` (supervised on the target contrast).
+``uuds_no_uncertainty``), ``tcsa``, ``uuds+tcsa``, ``tcsa_clip_text`` (TCSA with the model's CLIP text
+tower instead of the pretrained sentence encoder) and ``upper`` (supervised on the target contrast).
 Target labels are read for scoring only.
 
 Writes ``benchmarks/results/quality_<protocol>.json`` after every run (a crash keeps what was done;
@@ -59,7 +60,7 @@ PROTOCOLS = {
           "train": [""], "test": [""]},
 }
 ROWS = ["lower", "histmatch", "pseudo", "uuds", "uuds_no_domain_prompt", "uuds_no_seg_prompt",
-        "uuds_no_uncertainty", "tcsa", "uuds+tcsa", "upper"]
+        "uuds_no_uncertainty", "tcsa", "uuds+tcsa", "tcsa_clip_text", "upper"]
 MAIN_ROWS = {"lower", "histmatch", "pseudo", "uuds", "upper"}
 DESCRIPTIONS = {
     "tumour": "a brain tumour with surrounding oedema",
@@ -179,7 +180,11 @@ def run_row(row: str, seed: int, ctx: dict) -> dict:
         mkw.update(use_domain_prompt=False, use_seg_prompt=False)
     elif row == "uuds+tcsa":
         method = "uuds+tcsa"
-    tcfg = TrainConfig(method=method, threshold=ctx["threshold"], text_encoder=ctx["text_encoder"], **tkw, **tx)
+    elif row == "tcsa_clip_text":  # does the pretrained sentence encoder help? the same run with CLIP's text tower
+        method = "tcsa"
+        mkw.update(use_domain_prompt=False, use_seg_prompt=False)
+    encoder = "clip" if row == "tcsa_clip_text" else ctx["text_encoder"]
+    tcfg = TrainConfig(method=method, threshold=ctx["threshold"], text_encoder=encoder, **tkw, **tx)
     model, secs, last = _train(ModelConfig(**mkw), sources, targets, tcfg)
     return {"train_s": round(secs, 1), "final_losses": {k: round(v, 4) for k, v in last.items()},
             "volumes": _evaluate(model, targets, refs, names)}
