@@ -228,7 +228,7 @@ def write_markdown(results: Path) -> Path:
             if r is None:
                 continue
             assd = "–" if r["assd_mean"] is None else f"{r['assd_mean']:.2f} ± {r['assd_sd']:.2f}"
-            gap = "" if r.get("gap_closed") is None else f"{100 * r['gap_closed']:.0f} %"
+            gap = "" if r.get("gap_closed") is None else f"{100 * r['gap_closed'] + 0.0:.0f} %".replace("-0 %", "0 %")
             lines.append(f"| {name} | {len(r['seeds'])} | {r['dice_mean']:.1f} ± {r['dice_sd']:.1f} | {assd} | "
                          f"{r['empty_predictions']}/{len(r['dice'])} | {gap} |")
         lines.append("")
@@ -301,7 +301,7 @@ def main(argv: list[str] | None = None) -> int:
             rows.setdefault(row, {"runs": {}})["runs"][str(seed)] = res
             doc = {"protocol": args.protocol, "source": proto["source"], "target": proto["target"],
                    "classes": names, "device": str(device) if device.type != "cpu" else
-                   f"cpu ({torch.get_num_threads()} threads, {platform.processor() or platform.machine()})",
+                   f"cpu ({torch.get_num_threads()} thread(s), {platform.processor() or platform.machine()})",
                    "torch": torch.__version__, "commit": commit,
                    "command": "python benchmarks/run.py " + " ".join(sys.argv[1:] if argv is None else argv),
                    "wall_s": round(wall_before + time.perf_counter() - t0, 1), **settings,
