@@ -232,3 +232,24 @@ def test_tcsa_through_the_widget_controller(ready):
     assert pred.probs.shape[0] == 2 and "segmentation" in viewer.layers
     assert any("training tcsa (adapt)" in m and "TCSA text relations from" in m for m in seen)
     assert w.ctl.model.cfg.class_descriptions == ["the spinal cord inside the canal"]
+
+
+def test_load_weights_shows_the_checkpoints_settings(ready, tmp_path):
+    from napari_uuds.engine.checkpoint import save_checkpoint
+    from napari_uuds.engine.config import ModelConfig, TrainConfig, to_dict
+    from napari_uuds.engine.model import UUDS
+
+    viewer, w = ready
+    cfg = ModelConfig.for_arch("tiny", image_size=64, class_names=["core", "oedema"],
+                               class_descriptions=["the necrotic core", "swollen white matter"],
+                               source_modality="FLAIR")
+    save_checkpoint(UUDS(cfg), tmp_path / "w", {"train": to_dict(TrainConfig(threshold=0.3))})
+    w.descriptions[0].value = "typed before loading"
+    w.ctl.load_weights(tmp_path / "w")
+    assert w.class_name.value == "core, oedema" and w.modality.value == "FLAIR"
+    assert [f.label for f in w.descriptions] == ["core", "oedema"]
+    assert [f.value for f in w.descriptions] == ["the necrotic core", "swollen white matter"]
+    assert abs(w.threshold.value - 0.3) < 1e-6
+    # and the widgets still drive the parameters afterwards
+    w.descriptions[1].value = "oedema around the tumour"
+    assert w.params.descriptions() == ["the necrotic core", "oedema around the tumour"]

@@ -89,6 +89,13 @@ class UUDSWidget(Container):
         self._prompt_timer.setInterval(PROMPT_DEBOUNCE_MS)
         self._prompt_timer.timeout.connect(lambda: self._guard(self.ctl.set_prompt, self.prompt.value))
         self.prompt.changed.connect(lambda _v: self._prompt_timer.start())
+        # widgets <- parameters (Load weights sets the checkpoint's class names, descriptions, modality...)
+        ev = self.params.events
+        ev.class_name.connect(lambda v: _show(self.class_name, v))
+        ev.source_modality.connect(lambda v: _show(self.modality, v))
+        ev.arch.connect(lambda v: _show(self.arch, v))
+        ev.threshold.connect(lambda v: _show(self.threshold, v))
+        ev.class_descriptions.connect(self._show_descriptions)
         # status -> widgets
         self.status.events.message.connect(lambda m: setattr(self.info, "value", m))
         self.status.events.losses.connect(self.plot.set_values)
@@ -127,6 +134,10 @@ class UUDSWidget(Container):
             field.changed.connect(self._descriptions_changed)
             self.descriptions.append(field)
         self._descriptions_changed()
+
+    def _show_descriptions(self, values: list) -> None:
+        for w, v in zip(self.descriptions, list(values) + [""] * len(self.descriptions)):
+            _show(w, v)
 
     def _descriptions_changed(self, *_):
         self.params.class_descriptions = [w.value for w in self.descriptions]
@@ -282,3 +293,9 @@ class UUDSWidget(Container):
         out = self._guard(self.ctl.export, layer, path, overwrite)
         if out is not None:
             show_info(f"wrote {out}")
+
+
+def _show(widget, value) -> None:
+    """Show a parameter's new value in its widget (no change signal when it already shows it)."""
+    if widget.value != value:
+        widget.value = value
