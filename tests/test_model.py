@@ -48,6 +48,60 @@ def test_taps_shapes_and_dense_pool(tiny_model):
     torch.testing.assert_close(taps["global"], tiny_model.clip.visual.attnpool(taps["content"]), atol=1e-5, rtol=1e-4)
 
 
+def _grad_norm(params) -> float:
+    return float(sum(p.grad.abs().sum() for p in params if p.grad is not None))
+
+
+def test_judge_global_is_clips_embedding_with_gradient_to_the_input_only(tiny_model):
+    x = (torch.rand(2, 1, 64, 64) * 2 - 1).requires_grad_()
+    tiny_model.eval()
+    with torch.no_grad():
+        ref = tiny_model.taps(x)["global"]
+    tiny_model.train()
+    running = tiny_model.clip.visual.bn1.running_mean.clone()
+    g = tiny_model.judge_global(x)
+    torch.testing.assert_close(g, ref, atol=1e-5, rtol=1e-4)  # batch norm on running statistics
+    assert tiny_model.clip.visual.training  # mode restored
+    torch.testing.assert_close(tiny_model.clip.visual.bn1.running_mean, running)  # statistics untouched
+    g.sum().backward()
+    assert x.grad is not None and x.grad.abs().sum() > 0
+    assert _grad_norm(tiny_model.clip.visual.parameters()) == 0.0
+
+
+@pytest.mark.parametrize("flow", ["split", "shared"])
+def test_dd_flow_routes_the_gradients_of_eq1_and_eq2(tiny_model, flow):
+    from napari_uuds.engine.losses import loss_dd
+
+    tiny_model.train()
+    xs, xt = torch.rand(3, 1, 64, 64) * 2 - 1, torch.rand(3, 1, 64, 64) * 2 - 1
+    out = tiny_model(xs, xt, flow)
+    v = tiny_model.clip.visual
+    trunk = [p for n, p in v.named_parameters() if not n.startswith("attnpool")]
+    pool = list(v.attnpool.parameters())
+    text = list(tiny_model.clip.transformer.parameters())
+    gen = list(tiny_model.image_decoder.parameters()) + list(tiny_model.dam.parameters())
+    # Eq. 1: the domain head and T^d learn; under split the trunk the segmenter shares does not
+    loss_dd(out["xg_s"], out["xg_t"], out["t_d"]).backward(retain_graph=True)
+    assert _grad_norm(pool) > 0 and _grad_norm(text) > 0
+    assert (_grad_norm(trunk) > 0) == (flow == "shared")
+    assert _grad_norm(gen) == 0.0  # real images only: nothing generated is involved
+    tiny_model.zero_grad()
+    # Eq. 2: under split the judge (encoder, T^d, x_g^t) is fixed and every parameter gradient flows through
+    # the synthetic image x^{t->s}, i.e. into the translator (which includes the pass-1 encoder feeding it)
+    if flow == "split":
+        loss = loss_dd(out["xg_ts"], out["xg_t"].detach(), out["t_d"].detach())
+    else:
+        loss = loss_dd(out["xg_ts"], out["xg_t"], out["t_d"])
+    params = list(tiny_model.parameters())
+    (g_img,) = torch.autograd.grad(loss, out["syn_t"], retain_graph=True)
+    direct = torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True)
+    via_image = torch.autograd.grad(out["syn_t"], params, grad_outputs=g_img, allow_unused=True)
+    diff = sum(float(((a if a is not None else 0) - (b if b is not None else 0)).abs().sum())
+               for a, b in zip(direct, via_image) if a is not None or b is not None)
+    assert float(g_img.abs().sum()) > 0
+    assert (diff < 1e-6) == (flow == "split")
+
+
 def test_training_forward_shapes_and_gradients(tiny_model):
     tiny_model.train()
     xs, xt = torch.rand(3, 1, 64, 64) * 2 - 1, torch.rand(3, 1, 64, 64) * 2 - 1

@@ -173,6 +173,6 @@ def test_source_only_mode_has_no_target_terms(tiny_cfg, cord):
 
 
 def test_bad_method_mode_and_encoder():
-    for kw in ({"method": "cyclegan"}, {"mode": "target"}, {"text_encoder": "bert"}):
+    for kw in ({"method": "cyclegan"}, {"mode": "target"}, {"text_encoder": "bert"}, {"dd_flow": "detached"}):
         with pytest.raises(UUDSError, match="choose one of"):
             TrainConfig(**kw)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from .engine.config import DD_FLOWS, LossWeights
 from .engine.errors import UUDSError
 
 EXIT_USER_ERROR = 2
@@ -37,6 +38,13 @@ def _unit_float(s: str) -> float:
     v = float(s)
     if not 0.0 <= v <= 1.0:
         raise argparse.ArgumentTypeError(f"must lie in [0, 1], not {v}")
+    return v
+
+
+def _nonneg_float(s: str) -> float:
+    v = float(s)
+    if v < 0.0:
+        raise argparse.ArgumentTypeError(f"must be at least 0, not {v}")
     return v
 
 
@@ -102,6 +110,11 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--contrast-invert", type=_unit_float, default=0.0, metavar="P",
                    help="augmentation: invert the contrast of source slices with probability P (helps when the "
                         "target inverts tissue contrasts, e.g. CSF bright in T2, dark in T1)")
+    a.add_argument("--alpha", type=_nonneg_float, default=LossWeights().alpha, metavar="W",
+                   help="weight of L_DD, Eq. 1-2 (see docs/method.md, reading 5)")
+    a.add_argument("--dd-flow", choices=list(DD_FLOWS), default="split",
+                   help="L_DD's gradients: split (Eq. 1 trains the domain head and the prompt, Eq. 2 the translator "
+                        "against the frozen encoder) or shared (everything, the paper's letter)")
     a.add_argument("--no-domain-prompt", action="store_true", help="ablation: no domain prompt (and no L_DD)")
     a.add_argument("--no-seg-prompt", action="store_true", help="ablation: no segmentation prompt (no SAM, no L_BSCL)")
     a.add_argument("--no-uncertainty", action="store_true", help="ablation: no uncertainty-masked target loss (Eq. 8)")

