@@ -9,7 +9,7 @@ Runs the protocols of ``shared/data/README.md`` with the engine's own API:
 Rows: ``lower`` (source only), ``histmatch`` (target histogram-matched to the source, lower model),
 ``pseudo`` (lower model fine-tuned on its entropy-filtered target pseudo-labels), ``uuds``, the three
 ablations of the paper's Table 3 (``uuds_no_domain_prompt``, ``uuds_no_seg_prompt``,
-``uuds_no_uncertainty``), ``uuds_dd_shared`` (UUDS with L_DD's gradients everywhere, the earlier default;
+``uuds_no_uncertainty``), ``uuds_dd_split`` (UUDS with L_DD's gradients split, ``dd_flow="split"``;
 see docs/method.md, reading 5), ``tcsa``, ``uuds+tcsa``, ``tcsa_clip_text`` (TCSA with the model's CLIP text
 tower instead of the pretrained sentence encoder) and ``upper`` (supervised on the target contrast).
 Target labels are read for scoring only.
@@ -60,7 +60,7 @@ PROTOCOLS = {
     "C": {"set": "cord", "source": "t2", "target": "t1", "label": "{m}_seg", "classes": ["spinal cord"],
           "train": [""], "test": [""]},
 }
-ROWS = ["lower", "histmatch", "pseudo", "uuds", "uuds_dd_shared", "uuds_no_domain_prompt", "uuds_no_seg_prompt",
+ROWS = ["lower", "histmatch", "pseudo", "uuds", "uuds_dd_split", "uuds_no_domain_prompt", "uuds_no_seg_prompt",
         "uuds_no_uncertainty", "tcsa", "uuds+tcsa", "tcsa_clip_text", "upper"]
 MAIN_ROWS = {"lower", "histmatch", "pseudo", "uuds", "upper"}
 DESCRIPTIONS = {
@@ -176,8 +176,8 @@ def run_row(row: str, seed: int, ctx: dict) -> dict:
         mkw["use_seg_prompt"] = False
     elif row == "uuds_no_uncertainty":
         tx["use_uncertainty"] = False
-    elif row == "uuds_dd_shared":
-        tx["dd_flow"] = "shared"
+    elif row == "uuds_dd_split":
+        tx["dd_flow"] = "split"
     elif row == "tcsa":
         method = "tcsa"
         mkw.update(use_domain_prompt=False, use_seg_prompt=False)
@@ -227,22 +227,14 @@ def write_markdown(results: Path) -> Path:
                   f"{doc['image_size']} px, {doc['steps']} steps × batch {doc['batch_size']}, "
                   f"wall {doc['wall_s'] / 60:.0f} min. `{doc['command']}`", "",
                   "| row | seeds | Dice % | ASSD mm | empty | gap closed |", "|---|---|---|---|---|---|"]
-        legacy = False
         for name in ROWS:
             r = doc["rows"].get(name)
             if r is None:
                 continue
-            # rows with L_DD whose runs predate the split gradient flow (and are not the comparison row)
-            mark = ""
-            if name != "uuds_dd_shared" and any(v.get("dd_flow") == "shared" for v in r["runs"].values()):
-                mark, legacy = " †", True
             assd = "–" if r["assd_mean"] is None else f"{r['assd_mean']:.2f} ± {r['assd_sd']:.2f}"
             gap = "" if r.get("gap_closed") is None else f"{100 * r['gap_closed'] + 0.0:.0f} %".replace("-0 %", "0 %")
-            lines.append(f"| {name}{mark} | {len(r['seeds'])} | {r['dice_mean']:.1f} ± {r['dice_sd']:.1f} | {assd} | "
+            lines.append(f"| {name} | {len(r['seeds'])} | {r['dice_mean']:.1f} ± {r['dice_sd']:.1f} | {assd} | "
                          f"{r['empty_predictions']}/{len(r['dice'])} | {gap} |")
-        if legacy:
-            lines += ["", "† run before L_DD's gradients were split (`dd_flow=shared`, like the row uuds_dd_shared); "
-                      "not yet re-run with the current default."]
         lines.append("")
     out = results / "quality.md"
     atomic_write(out, lambda tmp: Path(tmp).write_text("\n".join(lines)))

@@ -48,9 +48,9 @@ from napari_uuds.engine.train import train  # noqa: E402
 #: variant -> (TrainConfig overrides, LossWeights overrides, ModelConfig overrides)
 VARIANTS: dict[str, tuple[dict, dict, dict]] = {
     "source_only": ({"mode": "source_only"}, {}, {}),
-    "uuds": ({}, {}, {}),  # L_DD gradients split (the default since the diagnosis below)
-    "uuds_dd_shared": ({"dd_flow": "shared"}, {}, {}),  # L_DD gradients everywhere (the earlier default)
-    "uuds_alpha_tau": ({}, {"alpha": 0.07}, {}),  # L_DD weighted by its temperature (gradient scale ~1)
+    "uuds": ({}, {}, {}),  # the default: L_DD's gradients everywhere (dd_flow shared)
+    "uuds_dd_split": ({"dd_flow": "split"}, {}, {}),  # L_DD's gradients split (docs/method.md, reading 5)
+    "uuds_dd_split_alpha_tau": ({"dd_flow": "split"}, {"alpha": 0.07}, {}),  # and weighted by its temperature
     "uuds_no_dd": ({}, {"alpha": 0.0}, {}),
     "uuds_no_useg": ({"use_uncertainty": False}, {}, {}),
     "uuds_no_dd_no_useg": ({"use_uncertainty": False}, {"alpha": 0.0}, {}),

@@ -209,9 +209,9 @@ def test_bad_label_map_and_descriptions(vols, tmp_path, capsys):
 
 def test_loss_weight_and_dd_flow_options_reach_the_run(vols, tmp_path, capsys):
     out = tmp_path / "out"
-    assert _adapt(vols, out, **{"--alpha": 0.25, "--dd-flow": "shared"}) == 0
+    assert _adapt(vols, out, **{"--alpha": 0.25, "--dd-flow": "split"}) == 0
     cfg = json.loads((out / "config.json").read_text())
-    assert cfg["loss_weights"]["alpha"] == 0.25 and cfg["train"]["dd_flow"] == "shared"
+    assert cfg["loss_weights"]["alpha"] == 0.25 and cfg["train"]["dd_flow"] == "split"
     with pytest.raises(SystemExit) as exc:  # argparse: usage line + one error line, exit 2
         _adapt(vols, tmp_path / "o2", **{"--alpha": -1})
     assert exc.value.code == 2 and "--alpha: must be at least 0" in capsys.readouterr().err

