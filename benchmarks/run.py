@@ -72,6 +72,11 @@ DESCRIPTIONS = {
 }
 
 
+def git_commit() -> str:
+    """Short hash of the checkout the benchmark runs from (recorded with every run)."""
+    return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT).stdout.strip()
+
+
 # -- data -----------------------------------------------------------------------------------------
 def _paths(data: Path, proto: dict, subject: str, modality: str) -> tuple[Path, Path]:
     folder = data / proto["set"] / subject
@@ -189,9 +194,8 @@ def run_row(row: str, seed: int, ctx: dict) -> dict:
     encoder = "clip" if row == "tcsa_clip_text" else ctx["text_encoder"]
     tcfg = TrainConfig(method=method, threshold=ctx["threshold"], text_encoder=encoder, **tkw, **tx)
     model, secs, last = _train(ModelConfig(**mkw), sources, targets, tcfg)
-    uses_dd = tcfg.uses_uuds and model.cfg.use_domain_prompt
     return {"train_s": round(secs, 1), "final_losses": {k: round(v, 4) for k, v in last.items()},
-            **({"dd_flow": tcfg.dd_flow} if uses_dd else {}), "volumes": _evaluate(model, targets, refs, names)}
+            **({"dd_flow": tcfg.dd_flow} if tcfg.uses_dd(model.cfg) else {}), "volumes": _evaluate(model, targets, refs, names)}
 
 
 # -- summary ----------------------------------------------------------------------------------------
@@ -292,7 +296,7 @@ def main(argv: list[str] | None = None) -> int:
         doc = {}
     rows = doc.get("rows", {})
     other = args.other_seeds if args.other_seeds is not None else args.seeds[:1]
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT).stdout.strip()
+    commit = git_commit()
     wall_before = doc.get("wall_s", 0.0)
     for row in [r for r in ROWS if r in args.rows]:
         for seed in (args.seeds if row in MAIN_ROWS else other):

@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import subprocess
 import sys
 import time
 from dataclasses import replace
@@ -83,10 +82,10 @@ def run_variant(name: str, seed: int, ctx: dict) -> dict:
     sv = score_classes(pred.seg, val.label_volume.data, val.volume.spacing, ctx["class_names"])
     fg_t, ent_t, w_syn, w_raw = [], [], [], []
     rng = np.random.default_rng(0)
-    src_vals = _sample(np.concatenate([_head(s.norm.apply(s.volume.data), s.volume.data) for s in ctx["train"]]), rng)
+    src_vals = _sample(np.concatenate([s.norm.apply(s.volume.data)[_head(s.volume.data)] for s in ctx["train"]]), rng)
     for tp in ctx["targets"]:
         p = predict_volume(model, tp.volume, norm=tp.norm)
-        head = tp.volume.data > tp.volume.data.min()
+        head = _head(tp.volume.data)
         fg_t.append(float((p.seg > 0).sum()))
         ent_t.append(float(p.entropy[head].mean()))
         w_syn.append(wasserstein_distance(_sample(p.synthetic[head], rng), src_vals))
@@ -100,9 +99,9 @@ def run_variant(name: str, seed: int, ctx: dict) -> dict:
             "dd_floor_step": dd_floor_step, "trace": trace}
 
 
-def _head(norm: np.ndarray, raw: np.ndarray) -> np.ndarray:
-    """Normalised intensities inside the head (BraTS background is the volume minimum)."""
-    return norm[raw > raw.min()]
+def _head(raw: np.ndarray) -> np.ndarray:
+    """Voxels inside the head (BraTS background is the volume minimum)."""
+    return raw > raw.min()
 
 
 def _sample(v: np.ndarray, rng: np.random.Generator, n: int = 200_000) -> np.ndarray:
@@ -139,8 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     if doc and any(doc.get(k) != v for k, v in settings.items()):
         doc = {}
     runs = doc.get("variants", {})
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                            cwd=bench.ROOT).stdout.strip()
+    commit = bench.git_commit()
     for name in args.variants:
         for seed in args.seeds:
             if str(seed) in runs.get(name, {}):

@@ -172,6 +172,10 @@ class TrainConfig:
     def uses_uuds(self) -> bool:
         return "uuds" in self.method
 
+    def uses_dd(self, model_cfg: "ModelConfig") -> bool:
+        """Whether L_DD (Eq. 1-2) is computed: UUDS terms, a domain prompt, and a target to adapt to."""
+        return self.uses_uuds and model_cfg.use_domain_prompt and self.mode == "adapt"
+
     @property
     def uses_tcsa(self) -> bool:
         return "tcsa" in self.method

@@ -19,7 +19,7 @@ import torch
 import torch.nn as nn
 
 from .attention import ProjectionHead, SegmentationAttentionModule
-from .backbone import ImageTaps, create_clip, dense_attnpool
+from .backbone import ImageTaps, create_clip
 from .config import ModelConfig
 from .dam import DomainAdaptationModule
 from .decoders import ImageDecoder, SegDecoder, stage_widths
@@ -144,7 +144,7 @@ class UUDS(nn.Module):
         if t_d is not None:
             out["t_d"] = t_d
             if dd_flow == "split":
-                glob, _ = dense_attnpool(self.clip.visual.attnpool, torch.cat([taps_s["content"], taps_t["content"]]).detach())
+                glob = self.clip.visual.attnpool(torch.cat([taps_s["content"], taps_t["content"]]).detach())
                 out["xg_s"], out["xg_t"] = glob[:n], glob[n:]
                 out["xg_ts"] = self.judge_global(syn.image)
             elif dd_flow not in ("shared", "none"):

@@ -146,6 +146,7 @@ def train(model: UUDS, source: SliceSampler, target: SliceSampler, cfg: TrainCon
     mcfg = model.cfg
     total = cfg.steps
     adapt = cfg.mode == "adapt"
+    dd_on = cfg.uses_dd(mcfg)
     text_rel, memory, note = None, None, ""
     if cfg.uses_tcsa:
         text_rel, encoder = class_text_relations(model, cfg.text_encoder)
@@ -174,7 +175,6 @@ def train(model: UUDS, source: SliceSampler, target: SliceSampler, cfg: TrainCon
             xs = xs.to(device, non_blocking=True).contiguous(memory_format=mf)
             xt = xt.to(device, non_blocking=True).contiguous(memory_format=mf)
             ys = ys.to(device, non_blocking=True)
-            dd_on = cfg.uses_uuds and mcfg.use_domain_prompt and adapt
             with amp:
                 out = model(xs, xt, cfg.dd_flow if dd_on else "none")
             with torch.autocast(device.type, enabled=False):  # losses in float32, outside bf16 autocast
@@ -190,10 +190,10 @@ def train(model: UUDS, source: SliceSampler, target: SliceSampler, cfg: TrainCon
                         terms["bscl"] = loss_bscl(out["z_s"], has_object(ys), weights.tau_bscl)
                     if dd_on:
                         terms["dd_s"] = loss_dd(out["xg_s"], out["xg_t"], out["t_d"], weights.tau_dd)
+                        ref_t, t_d = out["xg_t"], out["t_d"]
                         if cfg.dd_flow == "split":  # Eq. 2 moves the translator only: its references are fixed
-                            terms["dd_ts"] = loss_dd(out["xg_ts"], out["xg_t"].detach(), out["t_d"].detach(), weights.tau_dd)
-                        else:
-                            terms["dd_ts"] = loss_dd(out["xg_ts"], out["xg_t"], out["t_d"], weights.tau_dd)
+                            ref_t, t_d = ref_t.detach(), t_d.detach()
+                        terms["dd_ts"] = loss_dd(out["xg_ts"], ref_t, t_d, weights.tau_dd)
                     if cfg.use_uncertainty and warm and adapt:
                         terms["useg"] = loss_useg(probs, pl, mask)
                 if cfg.uses_tcsa:
