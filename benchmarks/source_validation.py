@@ -50,6 +50,9 @@ VARIANTS: dict[str, tuple[dict, dict, dict]] = {
     "uuds": ({}, {}, {}),  # the default: L_DD's gradients everywhere (dd_flow shared)
     "uuds_dd_split": ({"dd_flow": "split"}, {}, {}),  # L_DD's gradients split (docs/method.md, reading 5)
     "uuds_dd_split_alpha_tau": ({"dd_flow": "split"}, {"alpha": 0.07}, {}),  # and weighted by its temperature
+    "uuds_dd_warmup": ({"dd_warmup": True}, {}, {}),  # L_DD waits for the warm-up too: source training first
+    "uuds_alpha_tau": ({}, {"alpha": 0.07}, {}),  # L_DD weighted by its temperature (gradients of order 1)
+    "uuds_dd_warmup_alpha_tau": ({"dd_warmup": True}, {"alpha": 0.07}, {}),
     "uuds_no_dd": ({}, {"alpha": 0.0}, {}),
     "uuds_no_useg": ({"use_uncertainty": False}, {}, {}),
     "uuds_no_dd_no_useg": ({"use_uncertainty": False}, {"alpha": 0.0}, {}),

@@ -137,8 +137,10 @@ class TrainConfig:
     #: chi of Eq. 6/7, on entropy normalised by ln(C) so that it lies in [0, 1].
     threshold: float = 0.5
     use_uncertainty: bool = True
-    #: steps of source-only training (L_seg, L_id, L_BSCL, L_DD) before L_useg joins.
+    #: steps before the target terms join: L_useg always; L_DD too where ``dd_warmup``.
     warmup_steps: int = -1  # -1: a quarter of `steps`
+    #: hold L_DD (Eq. 1-2) back during the warm-up too, so that it is pure source training.
+    dd_warmup: bool = False
     #: fraction of source slices drawn from slices that contain the object.
     fg_fraction: float = 0.5
     #: bf16 autocast on CUDA.

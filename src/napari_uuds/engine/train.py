@@ -175,8 +175,10 @@ def train(model: UUDS, source: SliceSampler, target: SliceSampler, cfg: TrainCon
             xs = xs.to(device, non_blocking=True).contiguous(memory_format=mf)
             xt = xt.to(device, non_blocking=True).contiguous(memory_format=mf)
             ys = ys.to(device, non_blocking=True)
+            warm = step >= cfg.warmup
+            dd_now = dd_on and (warm or not cfg.dd_warmup)
             with amp:
-                out = model(xs, xt, cfg.dd_flow if dd_on else "none")
+                out = model(xs, xt, cfg.dd_flow if dd_now else "none")
             with torch.autocast(device.type, enabled=False):  # losses in float32, outside bf16 autocast
                 terms: dict[str, torch.Tensor] = {
                     "seg": loss_seg(out["logits_s"], ys),
@@ -184,11 +186,10 @@ def train(model: UUDS, source: SliceSampler, target: SliceSampler, cfg: TrainCon
                 }
                 probs = out["logits_ts"].float().softmax(1)
                 pl, mask = pseudo_label(probs.detach(), chi)
-                warm = step >= cfg.warmup
                 if cfg.uses_uuds:
                     if mcfg.use_seg_prompt:
                         terms["bscl"] = loss_bscl(out["z_s"], has_object(ys), weights.tau_bscl)
-                    if dd_on:
+                    if dd_now:
                         terms["dd_s"] = loss_dd(out["xg_s"], out["xg_t"], out["t_d"], weights.tau_dd)
                         ref_t, t_d = out["xg_t"], out["t_d"]
                         if cfg.dd_flow == "split":  # Eq. 2 moves the translator only: its references are fixed
