@@ -38,6 +38,14 @@ def test_events_and_losses(tiny_cfg, data):
     assert prev[0].preview["seg"].shape == (tiny_cfg.image_size, tiny_cfg.image_size)
 
 
+def test_dd_warmup_holds_domain_distillation_back(tiny_cfg, data):
+    _, events = _run(tiny_cfg, data, TrainConfig(steps=3, batch_size=2, warmup_steps=2, dd_warmup=True))
+    steps = [e for e in events if e.kind == "step"]
+    for e in steps[:2]:  # the warm-up is pure source training
+        assert {"seg", "id", "bscl"} <= set(e.losses) and not {"dd_s", "dd_ts", "useg"} & set(e.losses)
+    assert {"dd_s", "dd_ts", "useg"} <= set(steps[2].losses)
+
+
 def test_same_seed_same_losses(tiny_cfg, data):
     tc = TrainConfig(steps=2, batch_size=2, seed=3)
     a = [e.losses for e in _run(tiny_cfg, data, tc)[1] if e.kind == "step"]

@@ -64,8 +64,8 @@ def cmd_adapt(args) -> int:
                        seed=args.seed, device=args.device, threshold=args.threshold,
                        use_uncertainty=not args.no_uncertainty, warmup_steps=args.warmup_steps,
                        contrast_invert=args.contrast_invert, method=args.method, text_encoder=args.text_encoder,
-                       dd_flow=args.dd_flow)
-    loss_weights = LossWeights(alpha=args.alpha)
+                       dd_flow=args.dd_flow, dd_warmup=args.dd_warmup)
+    loss_weights = LossWeights(alpha=args.alpha, dd_scale=args.dd_scale)
     device = resolve_device(args.device)
 
     # every input is read and checked before anything is written
