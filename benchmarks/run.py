@@ -7,10 +7,11 @@ Runs the protocols of ``shared/data/README.md`` with the engine's own API:
 * C: spinal cord, T2 -> T1 (one subject; its upper bound is trained on the very T1 it is scored on).
 
 Rows: ``lower`` (source only), ``histmatch`` (target histogram-matched to the source, lower model),
-``pseudo`` (lower model fine-tuned on its entropy-filtered target pseudo-labels), ``uuds``, the three
-ablations of the paper's Table 3 (``uuds_no_domain_prompt``, ``uuds_no_seg_prompt``,
-``uuds_no_uncertainty``), ``uuds_dd_split`` (UUDS with L_DD's gradients split, ``dd_flow="split"``;
-see docs/method.md, reading 5), ``tcsa``, ``uuds+tcsa``, ``tcsa_clip_text`` (TCSA with the model's CLIP text
+``pseudo`` (lower model fine-tuned on its entropy-filtered target pseudo-labels), ``uuds`` (the engine's
+defaults), ``uuds_paper_letter`` (L_DD as printed, tau = 0.07, from step 0: the default until 1c8712f),
+``uuds_dd_split`` (that, with L_DD's gradients split, ``dd_flow="split"``; see docs/method.md, reading 5),
+the three ablations of the paper's Table 3 (``uuds_no_domain_prompt``, ``uuds_no_seg_prompt``,
+``uuds_no_uncertainty``), ``tcsa``, ``uuds+tcsa``, ``tcsa_clip_text`` (TCSA with the model's CLIP text
 tower instead of the pretrained sentence encoder) and ``upper`` (supervised on the target contrast).
 Target labels are read for scoring only.
 

@@ -44,18 +44,21 @@ from napari_uuds.engine.metrics import score_classes  # noqa: E402
 from napari_uuds.engine.model import UUDS  # noqa: E402
 from napari_uuds.engine.train import train  # noqa: E402
 
-#: variant -> (TrainConfig overrides, LossWeights overrides, ModelConfig overrides)
+#: variant -> (TrainConfig overrides, LossWeights overrides, ModelConfig overrides). ``PAPER``: L_DD as
+#: printed (tau = 0.07, weight alpha = 1) from step 0, the default until commit 1c8712f; ``uuds`` is today's
+#: default (L_DD scaled by tau, after the warm-up), which these runs chose.
+PAPER_T, PAPER_W = {"dd_warmup": False}, {"dd_scale": "one"}
 VARIANTS: dict[str, tuple[dict, dict, dict]] = {
     "source_only": ({"mode": "source_only"}, {}, {}),
-    "uuds": ({}, {}, {}),  # the default: L_DD's gradients everywhere (dd_flow shared)
-    "uuds_dd_split": ({"dd_flow": "split"}, {}, {}),  # L_DD's gradients split (docs/method.md, reading 5)
-    "uuds_dd_split_alpha_tau": ({"dd_flow": "split"}, {"alpha": 0.07}, {}),  # and weighted by its temperature
-    "uuds_dd_warmup": ({"dd_warmup": True}, {}, {}),  # L_DD waits for the warm-up too: source training first
-    "uuds_alpha_tau": ({}, {"alpha": 0.07}, {}),  # L_DD weighted by its temperature (gradients of order 1)
-    "uuds_dd_warmup_alpha_tau": ({"dd_warmup": True}, {"alpha": 0.07}, {}),
-    "uuds_no_dd": ({}, {"alpha": 0.0}, {}),
-    "uuds_no_useg": ({"use_uncertainty": False}, {}, {}),
-    "uuds_no_dd_no_useg": ({"use_uncertainty": False}, {"alpha": 0.0}, {}),
+    "uuds": ({}, {}, {}),
+    "uuds_paper_letter": (PAPER_T, PAPER_W, {}),  # L_DD's gradients everywhere (dd_flow shared)
+    "uuds_dd_split": ({**PAPER_T, "dd_flow": "split"}, PAPER_W, {}),  # docs/method.md, reading 5
+    "uuds_dd_split_alpha_tau": ({**PAPER_T, "dd_flow": "split"}, {**PAPER_W, "alpha": 0.07}, {}),
+    "uuds_dd_warmup": ({}, PAPER_W, {}),  # L_DD waits for the warm-up: source training first
+    "uuds_alpha_tau": (PAPER_T, {**PAPER_W, "alpha": 0.07}, {}),  # L_DD weighted by its temperature
+    "uuds_no_dd": (PAPER_T, {**PAPER_W, "alpha": 0.0}, {}),
+    "uuds_no_useg": ({**PAPER_T, "use_uncertainty": False}, PAPER_W, {}),
+    "uuds_no_dd_no_useg": ({**PAPER_T, "use_uncertainty": False}, {**PAPER_W, "alpha": 0.0}, {}),
     "tcsa": ({"method": "tcsa"}, {}, {"use_domain_prompt": False, "use_seg_prompt": False}),
 }
 

@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from napari_uuds.engine.config import LossWeights
+from napari_uuds.engine.errors import UUDSError
 from napari_uuds.engine.losses import (certain_mask, entropy_map, loss_bscl, loss_dd, loss_id, loss_seg,
                                        loss_useg, pseudo_label, total_loss)
 
@@ -107,11 +108,16 @@ def test_loss_id_eq9_by_hand():
 
 def test_total_loss_weights():
     t = {k: torch.tensor(v) for k, v in dict(dd_s=-1.0, dd_ts=-2.0, bscl=0.5, useg=0.25, seg=1.0, id=2.0).items()}
-    w = LossWeights(alpha=2.0, beta=3.0, gamma=0.5, lam=0.1)
+    w = LossWeights(alpha=2.0, beta=3.0, gamma=0.5, lam=0.1, dd_scale="one")
     # 2 * (-3) + 3 * .5 + .5 * (1.25) + .1 * 2 = -3.675
     assert total_loss(t, w).item() == pytest.approx(-3.675)
     # ablated terms count as zero
     assert total_loss({"seg": torch.tensor(1.0)}, w).item() == pytest.approx(0.5)
+    # dd_scale tau (the default) multiplies L_DD by its temperature: 2 * 0.05 * (-3) + 1.5 + 0.625 + 0.2
+    tw = LossWeights(alpha=2.0, beta=3.0, gamma=0.5, lam=0.1, tau_dd=0.05)
+    assert tw.dd_scale == "tau" and total_loss(t, tw).item() == pytest.approx(2.025)
+    with pytest.raises(UUDSError, match="unknown L_DD scale 'half'"):
+        LossWeights(dd_scale="half")
 
 
 def test_loss_bscl_single_category_batch_is_zero():

@@ -24,12 +24,13 @@ def _run(cfg, data, tcfg, control=None):
 
 
 def test_events_and_losses(tiny_cfg, data):
-    _, events = _run(tiny_cfg, data, TrainConfig(steps=4, batch_size=2, warmup_steps=2, preview_every=2))
+    _, events = _run(tiny_cfg, data, TrainConfig(steps=4, batch_size=2, warmup_steps=2, preview_every=2,
+                                                 dd_warmup=False))
     kinds = [e.kind for e in events]
     assert kinds[0] == "start" and kinds[-1] == "done"
     steps = [e for e in events if e.kind == "step"]
     assert [e.step for e in steps] == [1, 2, 3, 4]
-    assert {"seg", "id", "bscl", "dd_s", "dd_ts", "total"} <= set(steps[0].losses)
+    assert {"seg", "id", "bscl", "dd_s", "dd_ts", "total"} <= set(steps[0].losses)  # L_DD from step 0
     assert "useg" not in steps[1].losses and "useg" in steps[2].losses  # joins after the warm-up
     assert all(np.isfinite(v) for e in steps for v in e.losses.values())
     assert steps[-1].slices_per_s > 0
@@ -39,7 +40,7 @@ def test_events_and_losses(tiny_cfg, data):
 
 
 def test_dd_warmup_holds_domain_distillation_back(tiny_cfg, data):
-    _, events = _run(tiny_cfg, data, TrainConfig(steps=3, batch_size=2, warmup_steps=2, dd_warmup=True))
+    _, events = _run(tiny_cfg, data, TrainConfig(steps=3, batch_size=2, warmup_steps=2))  # dd_warmup by default
     steps = [e for e in events if e.kind == "step"]
     for e in steps[:2]:  # the warm-up is pure source training
         assert {"seg", "id", "bscl"} <= set(e.losses) and not {"dd_s", "dd_ts", "useg"} & set(e.losses)

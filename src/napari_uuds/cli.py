@@ -113,7 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="augmentation: invert the contrast of source slices with probability P (helps when the "
                         "target inverts tissue contrasts, e.g. CSF bright in T2, dark in T1)")
     a.add_argument("--alpha", type=_nonneg_float, default=LossWeights().alpha, metavar="W",
-                   help="weight of L_DD, Eq. 1-2 (see docs/method.md, reading 5)")
+                   help="weight of L_DD, Eq. 1-2, after --dd-scale (see docs/method.md, reading 5)")
     a.add_argument("--dd-scale", choices=list(DD_SCALES), default=LossWeights().dd_scale,
                    help="L_DD's scale before --alpha: tau multiplies it by its temperature (gradients of order 1, "
                         "like the other terms); one is the equation as printed (gradients 1/tau = 14 times larger)")
