@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 import torch
 
 from napari_uuds.engine.slices import SliceSampler, from_square, to_square
@@ -54,3 +55,48 @@ def test_contrast_inversion_keeps_background():
     x, _ = s.sample(8, augment=True)
     inside = x[:, :, 2:6, 2:6]
     assert (inside < 0).all() and (x[:, :, 0, 0] == -1).all()
+
+
+def _reference_augment(rng, x, y, invert_p):
+    """The per-slice augmentation the batched one replaced (same draws, same order)."""
+    x, y = x.clone(), y.clone()
+    for b in range(x.shape[0]):
+        k = int(rng.integers(4))
+        flip = bool(rng.integers(2))
+        xb = torch.rot90(x[b], k, dims=(-2, -1))
+        if flip:
+            xb = xb.flip(-1)
+        gamma = float(np.exp(rng.uniform(-0.3, 0.3)))
+        xb = ((xb + 1) / 2).clamp(0, 1).pow(gamma) * 2 - 1
+        if invert_p and rng.random() < invert_p:
+            xb = torch.where(xb > -0.98, -xb, xb)
+        x[b] = xb
+        yb = torch.rot90(y[b], k, dims=(-2, -1))
+        y[b] = yb.flip(-1) if flip else yb
+    return x, y
+
+
+@pytest.mark.parametrize("invert_p", [0.0, 0.5])
+def test_batched_augmentation_matches_the_per_slice_one(invert_p):
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(16, 1, 12, 12, generator=g) * 2 - 1
+    y = (torch.rand(16, 1, 12, 12, generator=g) > 0.7).to(torch.uint8)
+    s = SliceSampler([x], [y], seed=3, invert_p=invert_p)
+    ref = SliceSampler([x], [y], seed=3, invert_p=invert_p)
+    xa, ya = s._augment(x, y)
+    xr, yr = _reference_augment(ref.rng, x, y, invert_p)
+    assert torch.equal(ya, yr)
+    assert torch.allclose(xa, xr, atol=1e-6)
+    assert not torch.equal(xa, x)  # something happened
+    assert s.rng.random() == ref.rng.random()  # the same number of draws
+
+
+def test_sampler_to_device_keeps_the_draws():
+    img = torch.rand(6, 1, 8, 8) * 2 - 1
+    lab = (img > 0.5).to(torch.uint8)
+    a = SliceSampler([img], [lab], seed=1)
+    b = SliceSampler([img], [lab], seed=1).to("cpu")
+    assert b.images[0].device.type == "cpu"
+    xa, ya = a.sample(5, augment=True)
+    xb, yb = b.sample(5, augment=True)
+    assert torch.equal(xa, xb) and torch.equal(ya, yb)

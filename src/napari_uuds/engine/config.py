@@ -162,6 +162,11 @@ class TrainConfig:
     #: bf16 autocast on CUDA.
     amp: bool = True
     channels_last: bool = True
+    #: keep the training volumes on the training device and draw/augment batches there (no host-to-device
+    #: copy per step); off: batches are drawn on the host and copied every step.
+    data_on_device: bool = True
+    #: let cuDNN time its convolution algorithms once per input shape (the shapes of training are fixed).
+    cudnn_benchmark: bool = True
     #: yield preview tensors every N steps (0: never).
     preview_every: int = 0
     #: random intensity/flip augmentation of the 2D slices.

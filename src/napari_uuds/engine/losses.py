@@ -58,15 +58,13 @@ def loss_bscl(z: torch.Tensor, has_object: torch.Tensor, tau: float = 0.1) -> to
     sim = sim.masked_fill(self_mask, float("-inf"))
     log_prob = sim - torch.logsumexp(sim, dim=1, keepdim=True)
     lab = has_object.view(-1)
-    if bool((lab == lab[0]).all()):
-        return z.sum() * 0.0
     pos = (lab[:, None] == lab[None, :]) & ~self_mask
     n_pos = pos.sum(1)
-    valid = n_pos > 0
-    if not valid.any():
-        return z.sum() * 0.0
+    valid = (n_pos > 0).float()
+    # one category only, or no anchor with a positive: 0 (no host sync: the GPU queue keeps running)
+    mixed = (lab != lab[0]).any().float()
     per_anchor = -(log_prob.masked_fill(~pos, 0.0)).sum(1) / n_pos.clamp(min=1)
-    return per_anchor[valid].mean()
+    return mixed * (per_anchor * valid).sum() / valid.sum().clamp(min=1.0)
 
 
 def entropy_map(probs: torch.Tensor, normalise: bool = True, eps: float = EPS_ENTROPY) -> torch.Tensor:
@@ -130,11 +128,12 @@ def loss_seg(logits: torch.Tensor, target: torch.Tensor, smooth: float = 1.0) ->
     valid = target != IGNORE_LABEL
     probs = logits.float().softmax(1)
     onehot = F.one_hot(target.masked_fill(~valid, 0), logits.shape[1]).movedim(-1, 1).float()
-    weight = None if bool(valid.all()) else valid.unsqueeze(1).float()
-    if not bool(valid.any()):
-        return logits.sum() * 0.0
-    return _dice_terms(probs, onehot, weight, smooth).mean() + \
-        F.cross_entropy(logits.float(), target, ignore_index=IGNORE_LABEL)
+    weight = valid.unsqueeze(1).float()  # all ones when nothing is ignored: the same sums, no host sync
+    n_valid = valid.sum()
+    ce = F.cross_entropy(logits.float(), target.masked_fill(~valid, 0), reduction="none")
+    ce = (ce * weight[:, 0]).sum() / n_valid.clamp(min=1)
+    # every pixel ignored: 0, not 0/0
+    return (n_valid > 0).float() * (_dice_terms(probs, onehot, weight, smooth).mean() + ce)
 
 
 def has_object(labels: torch.Tensor) -> torch.Tensor:

@@ -101,6 +101,15 @@ class SliceSampler:
             out.append(pool[int(self.rng.integers(len(pool)))])
         return out
 
+    def to(self, device: torch.device | str) -> "SliceSampler":
+        """Keep the volumes on ``device`` (in place): batches are then drawn and augmented there, with no
+        host-to-device copy per step. The random draws stay on the host, so a seed gives the same batches
+        on every device."""
+        self.images = [t.to(device) for t in self.images]
+        if self.labels is not None:
+            self.labels = [t.to(device) for t in self.labels]
+        return self
+
     def sample(self, n: int, augment: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
         picks = self._pick(n)
         x = torch.stack([self.images[v][i] for v, i in picks])
@@ -111,21 +120,49 @@ class SliceSampler:
 
     def _augment(self, x: torch.Tensor, y: torch.Tensor | None):
         """Flips, 90-degree rotations, a mild random gamma and, with probability ``invert_p``, contrast
-        inversion of the anatomy (background stays at -1); the same geometry on labels."""
-        x = x.clone()
-        y = None if y is None else y.clone()
-        for b in range(x.shape[0]):
-            k = int(self.rng.integers(4))
-            flip = bool(self.rng.integers(2))
-            xb = torch.rot90(x[b], k, dims=(-2, -1))
-            if flip:
-                xb = xb.flip(-1)
-            gamma = float(np.exp(self.rng.uniform(-0.3, 0.3)))
-            xb = ((xb + 1) / 2).clamp(0, 1).pow(gamma) * 2 - 1
-            if self.invert_p and self.rng.random() < self.invert_p:
-                xb = torch.where(xb > -0.98, -xb, xb)
-            x[b] = xb
-            if y is not None:
-                yb = torch.rot90(y[b], k, dims=(-2, -1))
-                y[b] = yb.flip(-1) if flip else yb
+        inversion of the anatomy (background stays at -1); the same geometry on labels.
+
+        The draws are made per slice on the host, in a fixed order; the arithmetic runs batched on the
+        tensors' device (a handful of kernels whatever the batch size)."""
+        b = x.shape[0]
+        ks, flips, gammas, inverts = [], [], [], []
+        for _ in range(b):
+            ks.append(int(self.rng.integers(4)))
+            flips.append(bool(self.rng.integers(2)))
+            gammas.append(float(np.exp(self.rng.uniform(-0.3, 0.3))))
+            inverts.append(bool(self.invert_p) and bool(self.rng.random() < self.invert_p))
+        x = _rotate_flip(x, ks, flips)
+        y = None if y is None else _rotate_flip(y, ks, flips)
+        gamma = _host_to(torch.tensor(gammas, dtype=x.dtype), x.device).view(b, *([1] * (x.ndim - 1)))
+        x = ((x + 1) / 2).clamp(0, 1).pow(gamma) * 2 - 1
+        if any(inverts):
+            inv = _host_to(torch.tensor(inverts), x.device).view(b, *([1] * (x.ndim - 1)))
+            x = torch.where(inv & (x > -0.98), -x, x)
         return x, y
+
+
+def _host_to(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A small host tensor to ``device`` without stalling the GPU queue (from pinned memory, asynchronously)."""
+    if device.type != "cuda":
+        return t.to(device)
+    return t.pin_memory().to(device, non_blocking=True)
+
+
+def _rotate_flip(t: torch.Tensor, ks: list[int], flips: list[bool]) -> torch.Tensor:
+    """Per slice b of (B, ..., H, W): rotate by ks[b] quarter turns, then mirror the last axis where flips[b]
+    (square slices; one batched call per distinct (k, flip) pair)."""
+    out = torch.empty_like(t)
+    groups: dict[tuple[int, bool], list[int]] = {}
+    for b, key in enumerate(zip(ks, flips)):
+        groups.setdefault(key, []).append(b)
+    for (k, flip), idx in groups.items():
+        sel = _host_to(torch.tensor(idx), t.device) if len(idx) < t.shape[0] else None
+        part = t if sel is None else t.index_select(0, sel)
+        part = torch.rot90(part, k, dims=(-2, -1))
+        if flip:
+            part = part.flip(-1)
+        if sel is None:
+            out.copy_(part)
+        else:
+            out.index_copy_(0, sel, part)
+    return out

@@ -1,0 +1,359 @@
+"""Speed and memory of UUDS on a GPU (issue 4, part 2): figures printed and written as JSON.
+
+Sections (``--sections``, in this order; each one is saved as soon as it ends, and one that fails is
+recorded with its error while the others go on):
+
+* ``throughput``: training slice pairs/s of the engine's own loop (:func:`napari_uuds.engine.train.train`,
+  batches drawn by its samplers, every UUDS term on: no warm-up) at each ``--batches``, bf16 autocast and
+  channels_last, then fp32 at the middle batch size; peak GPU memory of each. A UUDS step runs the image
+  encoder on 4 x batch slices (two passes over source + target), so "encoder images/s" = 4 x pairs/s.
+* ``ceiling``: the reference the issue names, open_clip's RN50 image tower alone, forward + backward, batch
+  128 at 224 px, bf16 and fp32, on the same card: the goal is 40 % of it per encoder pass.
+* ``inference``: one 240 x 240 x 155 volume (BraTS pat0004), slices to segmentation, entropy and
+  synthetic source on the scan's grid, at two inference batch sizes.
+* ``profile``: torch.profiler over 5 training steps at the middle batch size: the top operators by device
+  time and the share of the wall time the GPU was busy.
+* ``plateau``: protocol A1 (T1c -> FLAIR) adapted until the total loss plateaus (criterion below) or the
+  time budget ends; the loss curve, the wall time to the plateau, then Dice on the three target volumes.
+* ``compile``: ``nn.Module.compile()`` (torch.compile) of the whole model, throughput at the middle batch.
+
+The CLIP weights are random (pretrained ones cannot be fetched here): speed does not depend on them.
+
+    python benchmarks/gpu_speed.py --data ../shared/data --out benchmarks/results/gpu_speed.json
+    python benchmarks/gpu_speed.py --smoke   # a tiny CPU run of every section (checks the script)
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+import traceback
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import run as qb  # noqa: E402  (the quality benchmark: protocols, loading, evaluation)
+
+from napari_uuds.engine.atomic import atomic_write  # noqa: E402
+from napari_uuds.engine.config import ModelConfig, TrainConfig  # noqa: E402
+from napari_uuds.engine.dataset import samplers  # noqa: E402
+from napari_uuds.engine.infer import predict_volume  # noqa: E402
+from napari_uuds.engine.model import UUDS  # noqa: E402
+from napari_uuds.engine.train import TrainControl, resolve_device, train  # noqa: E402
+
+SECTIONS = ["throughput", "ceiling", "inference", "profile", "plateau", "compile"]
+#: plateau: the mean total loss over a window of WINDOW steps improves by less than PLATEAU_REL on the mean
+#: over the next 2 windows (measured after the warm-up, whose end changes the loss)
+WINDOW, PLATEAU_REL = 50, 0.02
+
+
+def sync(dev: torch.device) -> None:
+    if dev.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def peak_mib(dev: torch.device) -> float | None:
+    return round(torch.cuda.max_memory_allocated() / 2**20, 1) if dev.type == "cuda" else None
+
+
+def reset_peak(dev: torch.device) -> None:
+    if dev.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+
+
+class Report:
+    def __init__(self, path: Path, doc: dict):
+        self.path, self.doc = path, doc
+
+    def save(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(self.path, lambda tmp: Path(tmp).write_text(json.dumps(self.doc, indent=1)))
+
+    def section(self, name: str, fn, *a, **kw) -> None:
+        t = time.perf_counter()
+        print(f"== {name}", flush=True)
+        try:
+            self.doc[name] = fn(*a, **kw)
+        except Exception as exc:  # record and go on: one failing section must not lose the others
+            self.doc.setdefault("errors", {})[name] = "".join(traceback.format_exception_only(type(exc), exc)).strip()
+            traceback.print_exc()
+        self.doc.setdefault("section_s", {})[name] = round(time.perf_counter() - t, 1)
+        self.save()
+        print(json.dumps({name: self.doc.get(name, self.doc.get("errors", {}).get(name))}), flush=True)
+
+
+def _train_kw(**kw) -> dict:
+    """TrainConfig keywords this checkout knows (the script also measures older checkouts)."""
+    known = TrainConfig.__dataclass_fields__
+    return {k: v for k, v in kw.items() if k in known}
+
+
+def _model(ctx: dict, seed: int = 0) -> UUDS:
+    torch.manual_seed(seed)
+    return UUDS(ModelConfig(**ctx["model_kw"]), clip_weights=None, seed=seed)
+
+
+def measure_training(ctx: dict, batch: int, *, amp: bool = True, channels_last: bool = True, warm: int = 10,
+                     steps: int = 30, log_every: int = 10, compiled: bool = False, cudnn_benchmark: bool = True) -> dict:
+    dev = ctx["device"]
+    model = _model(ctx)
+    if compiled:
+        model.compile()
+    src, tgt = samplers(ctx["sources"], ctx["targets"], 0.5, 0)
+    tcfg = TrainConfig(**_train_kw(steps=warm + steps, batch_size=batch, warmup_steps=0, amp=amp,
+                                   channels_last=channels_last, device=str(dev), cudnn_benchmark=cudnn_benchmark))
+    reset_peak(dev)
+    t_first = time.perf_counter()
+    t0 = first_s = None
+    for ev in train(model, src, tgt, tcfg, log_every=log_every):
+        if ev.kind == "step" and ev.step == warm:
+            sync(dev)
+            t0 = time.perf_counter()
+            first_s = t0 - t_first
+    sync(dev)
+    secs = time.perf_counter() - t0
+    pairs = batch * steps / secs
+    out = {"batch": batch, "amp_bf16": amp and dev.type == "cuda", "channels_last": channels_last,
+           "data_on_device": getattr(tcfg, "data_on_device", None), "log_every": log_every,
+           "cudnn_benchmark": getattr(tcfg, "cudnn_benchmark", None),
+           "timed_steps": steps, "step_ms": round(1000 * secs / steps, 2), "pairs_per_s": round(pairs, 1),
+           "encoder_images_per_s": round(4 * pairs, 1), "peak_mib": peak_mib(dev),
+           "first_steps_s": round(first_s, 1)}
+    del model
+    reset_peak(dev)
+    return out
+
+
+def section_throughput(ctx: dict, args) -> dict:
+    runs = [measure_training(ctx, b, log_every=args.log_every) for b in args.batches]
+    if not args.no_variants:  # at the middle batch: events every step, no cuDNN autotuning, no channels_last, fp32
+        mid = args.batches[len(args.batches) // 2]
+        runs.append(measure_training(ctx, mid, log_every=1))
+        runs.append(measure_training(ctx, mid, log_every=args.log_every, cudnn_benchmark=False))
+        runs.append(measure_training(ctx, mid, log_every=args.log_every, channels_last=False))
+        runs.append(measure_training(ctx, mid, amp=False, channels_last=False, log_every=args.log_every))
+    return {"runs": runs}
+
+
+def section_ceiling(ctx: dict, args) -> dict:
+    import open_clip
+
+    dev = ctx["device"]
+    name, size, batch = ("RN50", 224, 128) if not args.smoke else ("uuds-tiny", 128, 8)
+    visual = open_clip.create_model(name, pretrained=None).visual.to(dev)
+    visual.image_size = (size, size)
+    out = {"model": f"open_clip {name} image tower", "batch": batch, "size": size}
+    for prec in ("bf16", "fp32"):
+        cl = torch.channels_last if dev.type == "cuda" else torch.contiguous_format
+        visual.to(memory_format=cl)
+        x = torch.randn(batch, 3, size, size, device=dev).contiguous(memory_format=cl)
+        ac = torch.autocast("cuda", dtype=torch.bfloat16, enabled=prec == "bf16") if dev.type == "cuda" \
+            else torch.autocast("cpu", enabled=False)
+        reset_peak(dev)
+        n = args.ceiling_steps
+        for i in range(5 + n):
+            if i == 5:
+                sync(dev)
+                t0 = time.perf_counter()
+            with ac:
+                y = visual(x)
+            y.float().square().mean().backward()
+            visual.zero_grad(set_to_none=True)
+        sync(dev)
+        out[f"{prec}_images_per_s"] = round(batch * n / (time.perf_counter() - t0), 1)
+        out[f"{prec}_peak_mib"] = peak_mib(dev)
+    return out
+
+
+def section_inference(ctx: dict, args) -> dict:
+    dev = ctx["device"]
+    model = ctx.get("trained") or _model(ctx).to(dev)
+    if dev.type == "cuda":
+        model.to(memory_format=torch.channels_last)
+    vol = ctx["targets"][0].volume
+    out = {"volume": vol.name, "shape": list(vol.data.shape), "axis": model.cfg.axis, "runs": []}
+    for bs in args.infer_batches:
+        predict_volume(model, vol, batch_size=bs, norm=ctx["targets"][0].norm)  # warm
+        reset_peak(dev)
+        times = []
+        for _ in range(3):
+            sync(dev)
+            t = time.perf_counter()
+            predict_volume(model, vol, batch_size=bs, norm=ctx["targets"][0].norm)
+            sync(dev)
+            times.append(time.perf_counter() - t)
+        out["runs"].append({"batch": bs, "seconds": [round(s, 3) for s in times],
+                            "median_s": round(float(np.median(times)), 3), "peak_mib": peak_mib(dev)})
+    return out
+
+
+def section_profile(ctx: dict, args) -> dict:
+    from torch.profiler import ProfilerActivity, profile, schedule
+
+    dev = ctx["device"]
+    batch = args.batches[len(args.batches) // 2]
+    model = _model(ctx)
+    src, tgt = samplers(ctx["sources"], ctx["targets"], 0.5, 0)
+    tcfg = TrainConfig(**_train_kw(steps=12, batch_size=batch, warmup_steps=0, device=str(dev)))
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if dev.type == "cuda" else [])
+    active = 5
+    with profile(activities=acts, schedule=schedule(wait=2, warmup=3, active=active, repeat=1)) as prof:
+        t_active = None
+        for ev in train(model, src, tgt, tcfg, log_every=1):
+            if ev.kind == "step":
+                if ev.step == 5:
+                    sync(dev)
+                    t_active = time.perf_counter()
+                if ev.step == 5 + active:
+                    sync(dev)
+                    wall = time.perf_counter() - t_active
+                prof.step()
+    avg = prof.key_averages()
+
+    def dev_self(e) -> float:
+        return float(getattr(e, "self_device_time_total", getattr(e, "self_cuda_time_total", 0.0)) or 0.0)
+
+    key = dev_self if dev.type == "cuda" else (lambda e: float(e.self_cpu_time_total))
+    busy_us = sum(dev_self(e) for e in avg)
+    top = sorted(avg, key=key, reverse=True)[:15]
+    table = avg.table(sort_by="self_cuda_time_total" if dev.type == "cuda" else "self_cpu_time_total", row_limit=25)
+    if args.profile_table:
+        Path(args.profile_table).write_text(table)
+    return {"batch": batch, "steps": active, "wall_ms_per_step": round(1000 * wall / active, 2),
+            "gpu_busy_ms_per_step": round(busy_us / 1000 / active, 2) if dev.type == "cuda" else None,
+            "gpu_busy_fraction": round(busy_us / 1e6 / wall, 3) if dev.type == "cuda" else None,
+            "top": [{"op": e.key, "calls": int(e.count // active), "self_device_ms_per_step": round(dev_self(e) / 1000 / active, 3),
+                     "self_cpu_ms_per_step": round(e.self_cpu_time_total / 1000 / active, 3)} for e in top]}
+
+
+def plateau_step(curve: list[tuple[int, float]], start: int) -> int | None:
+    """First step (a window's end, after ``start``) after which the windowed mean loss improves by less than
+    PLATEAU_REL over the next two windows."""
+    pts = [(s, v) for s, v in curve if s > start]
+    # windows of WINDOW steps: the mean of the logged losses whose step falls in it
+    by_win: dict[int, list[float]] = {}
+    for s, v in pts:
+        by_win.setdefault((s - start - 1) // WINDOW, []).append(v)
+    wins = [(start + (k + 1) * WINDOW, float(np.mean(by_win[k]))) for k in sorted(by_win)]
+    for i in range(len(wins) - 2):
+        ahead = min(wins[i + 1][1], wins[i + 2][1])
+        if wins[i][1] - ahead < PLATEAU_REL * abs(wins[i][1]):
+            return wins[i][0]
+    return None
+
+
+def section_plateau(ctx: dict, args, budget_s: float) -> dict:
+    dev = ctx["device"]
+    model = _model(ctx)
+    src, tgt = samplers(ctx["sources"], ctx["targets"], 0.5, 0)
+    warmup = args.plateau_warmup
+    tcfg = TrainConfig(**_train_kw(steps=args.plateau_steps, batch_size=args.plateau_batch, warmup_steps=warmup,
+                                   device=str(dev)))
+    control = TrainControl(tcfg.threshold)
+    curve, t0, stop_at, reason = [], time.perf_counter(), None, "steps"
+    for ev in train(model, src, tgt, tcfg, control=control, log_every=args.log_every):
+        if ev.kind != "step":
+            continue
+        curve.append((ev.step, round(ev.losses["total"], 4), round(time.perf_counter() - t0, 2)))
+        p = plateau_step([(s, v) for s, v, _ in curve], warmup)
+        if p is not None and stop_at is None:
+            stop_at, reason = p, "plateau"
+            control.stop()
+        elif time.perf_counter() - t0 > budget_s and stop_at is None:
+            reason = "time budget"
+            control.stop()
+    wall = time.perf_counter() - t0
+    steps_done = curve[-1][0] if curve else 0
+    t_plateau = next((t for s, _, t in curve if s >= stop_at), None) if stop_at else None
+    model.eval()
+    ctx["trained"] = model
+    t = time.perf_counter()
+    vols = qb._evaluate(model, ctx["targets"], ctx["refs"], ctx["class_names"])
+    return {"protocol": ctx["protocol"], "batch": args.plateau_batch, "warmup_steps": warmup,
+            "criterion": f"mean total loss over {WINDOW}-step windows after the warm-up improves by < "
+                         f"{100 * PLATEAU_REL:.0f} % over the next two windows",
+            "ended_by": reason, "plateau_step": stop_at, "wall_to_plateau_s": t_plateau,
+            "steps_done": steps_done, "wall_s": round(wall, 1), "eval_s": round(time.perf_counter() - t, 1),
+            "dice": [v["dice"] for v in vols], "dice_mean": round(float(np.mean([v["dice"] for v in vols])), 2),
+            "assd_mm": [v["assd_mm"] for v in vols], "curve": curve}
+
+
+def section_compile(ctx: dict, args) -> dict:
+    mid = args.batches[len(args.batches) // 2]
+    t = time.perf_counter()
+    r = measure_training(ctx, mid, log_every=args.log_every, compiled=True, warm=args.compile_warm)
+    r["compile_and_warm_s"] = r.pop("first_steps_s")
+    r["section_s"] = round(time.perf_counter() - t, 1)
+    return r
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--data", default=str(qb.ROOT.parent / "shared" / "data"))
+    ap.add_argument("--protocol", default="A1", choices=["A1", "A2"])
+    ap.add_argument("--out", default=str(qb.RESULTS / "gpu_speed.json"))
+    ap.add_argument("--label", default="", help="a name for this checkout's figures (e.g. before)")
+    ap.add_argument("--sections", nargs="*", default=SECTIONS, choices=SECTIONS)
+    ap.add_argument("--batches", nargs="*", type=int, default=[16, 32, 64])
+    ap.add_argument("--infer-batches", nargs="*", type=int, default=[16, 64])
+    ap.add_argument("--log-every", type=int, default=10)
+    ap.add_argument("--ceiling-steps", type=int, default=20)
+    ap.add_argument("--plateau-batch", type=int, default=32)
+    ap.add_argument("--plateau-steps", type=int, default=4000)
+    ap.add_argument("--plateau-warmup", type=int, default=200)
+    ap.add_argument("--compile-warm", type=int, default=10)
+    ap.add_argument("--deadline", type=float, default=420.0, help="seconds for the whole script (plateau gets the rest)")
+    ap.add_argument("--reserve", type=float, default=150.0, help="seconds kept for the sections after plateau")
+    ap.add_argument("--profile-table", default=None, help="write torch.profiler's table to this text file")
+    ap.add_argument("--no-variants", action="store_true", help="throughput: the --batches runs only")
+    ap.add_argument("--commit", default=None, help="commit to record (default: this checkout's)")
+    ap.add_argument("--smoke", action="store_true", help="tiny model, small sizes, on the CPU")
+    args = ap.parse_args(argv)
+    t_start = time.perf_counter()
+    proto = qb.PROTOCOLS[args.protocol]
+    names = proto["classes"]
+    if args.smoke:
+        args.batches, args.infer_batches, args.ceiling_steps = [2, 4], [8], 2
+        args.plateau_steps, args.plateau_warmup, args.log_every, args.compile_warm = 8, 2, 2, 2
+        cfg = ModelConfig.for_arch("tiny", image_size=64, class_names=names, source_modality=proto["source"].upper())
+        device = torch.device("cpu")
+    else:
+        cfg = ModelConfig.for_arch("rn50", class_names=names, source_modality=proto["source"].upper())
+        device = resolve_device("auto")
+    data = Path(args.data)
+    subjects = proto["train"][:1] if args.smoke else proto["train"]
+    tests = proto["test"][:1] if args.smoke else proto["test"]
+    proto_used = {**proto, "train": subjects, "test": tests}
+    t = time.perf_counter()
+    ctx = {"model_kw": {k: getattr(cfg, k) for k in cfg.__dataclass_fields__}, "device": device,
+           "protocol": args.protocol, "class_names": names,
+           "sources": qb._load(data, proto_used, subjects, proto["source"], cfg, True),
+           "targets": qb._load(data, proto_used, tests, proto["target"], cfg, False),
+           "refs": qb._reference_labels(data, proto_used, cfg)}
+    load_s = time.perf_counter() - t
+    gpu = torch.cuda.get_device_name() if device.type == "cuda" else None
+    doc = {"label": args.label, "device": gpu or f"cpu ({torch.get_num_threads()} threads)",
+           "torch": torch.__version__, "python": platform.python_version(), "commit": args.commit or qb.git_commit() or None,
+           "command": "python benchmarks/gpu_speed.py " + " ".join(sys.argv[1:] if argv is None else argv),
+           "model": cfg.arch, "image_size": cfg.image_size, "clip_weights": "random (speed only)",
+           "data_load_s": round(load_s, 1)}
+    rep = Report(Path(args.out), doc)
+    rep.save()
+    for name in [s for s in SECTIONS if s in args.sections]:
+        if name == "plateau":
+            left = args.deadline - (time.perf_counter() - t_start) - args.reserve
+            rep.section(name, section_plateau, ctx, args, max(left, 10.0))
+        else:
+            rep.section(name, globals()[f"section_{name}"], ctx, args)
+    doc["wall_s"] = round(time.perf_counter() - t_start, 1)
+    rep.save()
+    return 1 if doc.get("errors") else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
