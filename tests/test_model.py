@@ -191,3 +191,18 @@ def test_clip_weights_from_a_local_file(tmp_path):
     bad.write_bytes(b"not a checkpoint")
     with pytest.raises(UUDSError, match="could not load CLIP weights"):
         UUDS(ModelConfig.for_arch("tiny"), clip_weights=str(bad))
+
+
+def test_decoder_group_norm_keeps_bf16_under_autocast():
+    from napari_uuds.engine.decoders import GroupNorm
+
+    torch.manual_seed(0)
+    gn = GroupNorm(4, 16)
+    ref = torch.nn.GroupNorm(4, 16)
+    ref.load_state_dict(gn.state_dict())  # the same parameters and state dict as nn.GroupNorm
+    x = torch.randn(2, 16, 8, 8)
+    assert torch.equal(gn(x), ref(x))  # float32: exactly nn.GroupNorm
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = gn(x.bfloat16())
+    assert y.dtype == torch.bfloat16  # autocast's float32 policy for group_norm is bypassed
+    assert torch.allclose(y.float(), ref(x), atol=0.05)

@@ -20,12 +20,28 @@ def _groups(c: int) -> int:
     return 1
 
 
+class GroupNorm(nn.GroupNorm):
+    """``nn.GroupNorm`` that keeps a bfloat16/float16 input in its dtype under autocast.
+
+    Autocast runs group_norm in float32, which turned every decoder activation after it into float32: a
+    cast before and after each layer and float32 upsampling (on an H200, a quarter of a training step's GPU
+    time; benchmarks/results/gpu_speed.json). The statistics are still accumulated in float32 by the kernel.
+    Same parameters and state dict as ``nn.GroupNorm``."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        dev = x.device.type
+        if x.dtype in (torch.bfloat16, torch.float16) and torch.is_autocast_enabled(dev):
+            with torch.autocast(dev, enabled=False):
+                return F.group_norm(x, self.num_groups, self.weight.to(x.dtype), self.bias.to(x.dtype), self.eps)
+        return super().forward(x)
+
+
 class ResBlock(nn.Module):
     def __init__(self, cin: int, cout: int):
         super().__init__()
         self.body = nn.Sequential(
-            nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.GroupNorm(_groups(cout), cout), nn.SiLU(inplace=True),
-            nn.Conv2d(cout, cout, 3, padding=1, bias=False), nn.GroupNorm(_groups(cout), cout))
+            nn.Conv2d(cin, cout, 3, padding=1, bias=False), GroupNorm(_groups(cout), cout), nn.SiLU(inplace=True),
+            nn.Conv2d(cout, cout, 3, padding=1, bias=False), GroupNorm(_groups(cout), cout))
         self.skip = nn.Identity() if cin == cout else nn.Conv2d(cin, cout, 1, bias=False)
         self.act = nn.SiLU(inplace=True)
 
