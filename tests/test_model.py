@@ -193,7 +193,9 @@ def test_clip_weights_from_a_local_file(tmp_path):
         UUDS(ModelConfig.for_arch("tiny"), clip_weights=str(bad))
 
 
-def test_decoder_group_norm_keeps_bf16_under_autocast():
+def test_decoder_group_norm_keeps_bf16_under_autocast(monkeypatch):
+    import torch.nn.functional as F
+
     from napari_uuds.engine.decoders import GroupNorm
 
     torch.manual_seed(0)
@@ -202,7 +204,19 @@ def test_decoder_group_norm_keeps_bf16_under_autocast():
     ref.load_state_dict(gn.state_dict())  # the same parameters and state dict as nn.GroupNorm
     x = torch.randn(2, 16, 8, 8)
     assert torch.equal(gn(x), ref(x))  # float32: exactly nn.GroupNorm
+    calls = []
+    real = F.group_norm
+
+    def spy(inp, *a, **kw):
+        calls.append((inp.dtype, torch.is_autocast_enabled("cpu")))
+        return real(inp, *a, **kw)
+
+    monkeypatch.setattr(F, "group_norm", spy)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         y = gn(x.bfloat16())
-    assert y.dtype == torch.bfloat16  # autocast's float32 policy for group_norm is bypassed
+        ref(x.bfloat16())
+    # ours runs the kernel on the bf16 input with autocast off (CUDA autocast would cast group_norm to
+    # float32); nn.GroupNorm leaves it to autocast's policy
+    assert calls == [(torch.bfloat16, False), (torch.bfloat16, True)]
+    assert y.dtype == torch.bfloat16
     assert torch.allclose(y.float(), ref(x), atol=0.05)

@@ -1,0 +1,27 @@
+"""The GPU benchmark's plateau criterion (benchmarks/gpu_speed.py), on made-up loss curves."""
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+gpu_speed = pytest.importorskip("gpu_speed")
+
+
+def test_plateau_found_where_the_loss_stops_falling():
+    curve = [(s, 10.0 * 0.5 ** (s / 100)) for s in range(10, 401, 10)]  # halves every 100 steps
+    curve += [(s, 0.625) for s in range(410, 801, 10)]  # flat from step 400
+    # windows of 50 after step 0: the one ending at 400 still falls (mean 0.71, then 0.625); the first
+    # flat window, 401-450, is followed by two equal ones
+    assert gpu_speed.plateau_step(curve, 0, window=50, rel=0.02) == 450
+
+
+def test_no_plateau_from_a_partial_window_or_a_falling_loss():
+    falling = [(s, 10.0 - 0.01 * s) for s in range(10, 501, 10)]
+    assert gpu_speed.plateau_step(falling, 0, window=50, rel=0.02) is None
+    # two complete windows then one logged point of a third: not enough to judge
+    short = [(s, 1.0) for s in range(10, 111, 10)]
+    assert gpu_speed.plateau_step(short, 0, window=50, rel=0.02) is None
+    # the steps up to `start` (the warm-up) are not looked at
+    warm = [(s, 5.0) for s in range(10, 201, 10)] + [(s, 5.0 - 0.004 * (s - 200)) for s in range(210, 501, 10)]
+    assert gpu_speed.plateau_step(warm, 200, window=50, rel=0.02) is None
