@@ -8,8 +8,9 @@ Runs the protocols of ``shared/data/README.md`` with the engine's own API:
 
 Rows: ``lower`` (source only), ``histmatch`` (target histogram-matched to the source, lower model),
 ``pseudo`` (lower model fine-tuned on its entropy-filtered target pseudo-labels), ``uuds`` (the engine's
-defaults), ``uuds_paper_letter`` (L_DD as printed, tau = 0.07, from step 0: the default until 1c8712f),
-``uuds_dd_split`` (that, with L_DD's gradients split, ``dd_flow="split"``; see docs/method.md, reading 5),
+defaults: L_DD as printed, tau = 0.07, from step 0), ``uuds_dd_tau_warmup`` (L_DD scaled by tau and held back
+during the warm-up, the default for a while; see docs/method.md, reading 5), ``uuds_dd_split`` (the
+default with L_DD's gradients split, ``dd_flow="split"``),
 the three ablations of the paper's Table 3 (``uuds_no_domain_prompt``, ``uuds_no_seg_prompt``,
 ``uuds_no_uncertainty``), ``tcsa``, ``uuds+tcsa``, ``tcsa_clip_text`` (TCSA with the model's CLIP text
 tower instead of the pretrained sentence encoder) and ``upper`` (supervised on the target contrast).
@@ -61,7 +62,7 @@ PROTOCOLS = {
     "C": {"set": "cord", "source": "t2", "target": "t1", "label": "{m}_seg", "classes": ["spinal cord"],
           "train": [""], "test": [""]},
 }
-ROWS = ["lower", "histmatch", "pseudo", "uuds", "uuds_paper_letter", "uuds_dd_split", "uuds_no_domain_prompt",
+ROWS = ["lower", "histmatch", "pseudo", "uuds", "uuds_dd_tau_warmup", "uuds_dd_split", "uuds_no_domain_prompt",
         "uuds_no_seg_prompt",
         "uuds_no_uncertainty", "tcsa", "uuds+tcsa", "tcsa_clip_text", "upper"]
 MAIN_ROWS = {"lower", "histmatch", "pseudo", "uuds", "upper"}
@@ -184,8 +185,8 @@ def run_row(row: str, seed: int, ctx: dict) -> dict:
         mkw["use_seg_prompt"] = False
     elif row == "uuds_no_uncertainty":
         tx["use_uncertainty"] = False
-    elif row == "uuds_paper_letter":  # Eq. 1-2 as printed (tau = 0.07), from step 0: the default until 1c8712f
-        tx["dd_warmup"], wx["dd_scale"] = False, "one"
+    elif row == "uuds_dd_tau_warmup":  # L_DD x tau, after the warm-up: the default from 1148c9e to the commit after 9cfe80e
+        tx["dd_warmup"], wx["dd_scale"] = True, "tau"
     elif row == "uuds_dd_split":  # as measured in session 3: split flow on top of the paper's letter
         tx.update(dd_flow="split", dd_warmup=False)
         wx["dd_scale"] = "one"

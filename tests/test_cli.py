@@ -212,13 +212,13 @@ def test_loss_weight_and_dd_flow_options_reach_the_run(vols, tmp_path, capsys):
     assert _adapt(vols, out, **{"--alpha": 0.25, "--dd-flow": "split"}) == 0
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["loss_weights"]["alpha"] == 0.25 and cfg["train"]["dd_flow"] == "split"
-    assert cfg["train"]["dd_warmup"] is True and cfg["loss_weights"]["dd_scale"] == "tau"
-    argv = ["adapt", "--quiet", "--no-dd-warmup", "--dd-scale", "one", "--source", vols["img"], "--source-label", vols["lab"],
+    assert cfg["train"]["dd_warmup"] is False and cfg["loss_weights"]["dd_scale"] == "one"  # the defaults
+    argv = ["adapt", "--quiet", "--dd-warmup", "--dd-scale", "tau", "--source", vols["img"], "--source-label", vols["lab"],
             "--target", vols["tgt"], "--out", str(tmp_path / "o3"), "--steps", "1", "--batch-size", "2",
             "--image-size", "64"]
     assert main([str(a) for a in argv]) == 0
     cfg = json.loads((tmp_path / "o3" / "config.json").read_text())
-    assert cfg["train"]["dd_warmup"] is False and cfg["loss_weights"]["dd_scale"] == "one"
+    assert cfg["train"]["dd_warmup"] is True and cfg["loss_weights"]["dd_scale"] == "tau"
     with pytest.raises(SystemExit) as exc:  # argparse: usage line + one error line, exit 2
         _adapt(vols, tmp_path / "o2", **{"--alpha": -1})
     assert exc.value.code == 2 and "--alpha: must be at least 0" in capsys.readouterr().err

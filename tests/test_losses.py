@@ -108,14 +108,15 @@ def test_loss_id_eq9_by_hand():
 
 def test_total_loss_weights():
     t = {k: torch.tensor(v) for k, v in dict(dd_s=-1.0, dd_ts=-2.0, bscl=0.5, useg=0.25, seg=1.0, id=2.0).items()}
-    w = LossWeights(alpha=2.0, beta=3.0, gamma=0.5, lam=0.1, dd_scale="one")
+    w = LossWeights(alpha=2.0, beta=3.0, gamma=0.5, lam=0.1)
+    assert w.dd_scale == "one"  # the default: Eq. 1-2 as printed
     # 2 * (-3) + 3 * .5 + .5 * (1.25) + .1 * 2 = -3.675
     assert total_loss(t, w).item() == pytest.approx(-3.675)
     # ablated terms count as zero
     assert total_loss({"seg": torch.tensor(1.0)}, w).item() == pytest.approx(0.5)
-    # dd_scale tau (the default) multiplies L_DD by its temperature: 2 * 0.05 * (-3) + 1.5 + 0.625 + 0.2
-    tw = LossWeights(alpha=2.0, beta=3.0, gamma=0.5, lam=0.1, tau_dd=0.05)
-    assert tw.dd_scale == "tau" and total_loss(t, tw).item() == pytest.approx(2.025)
+    # dd_scale tau multiplies L_DD by its temperature: 2 * 0.05 * (-3) + 1.5 + 0.625 + 0.2
+    tw = LossWeights(alpha=2.0, beta=3.0, gamma=0.5, lam=0.1, tau_dd=0.05, dd_scale="tau")
+    assert total_loss(t, tw).item() == pytest.approx(2.025)
     with pytest.raises(UUDSError, match="unknown L_DD scale 'half'"):
         LossWeights(dd_scale="half")
 

@@ -149,12 +149,13 @@ def test_training_with_tcsa_terms_multiclass(method):
     torch.manual_seed(0)
     model = UUDS(cfg)
     src, tgt = _data(cfg, 3)
-    tcfg = TrainConfig(steps=3, batch_size=4, warmup_steps=1, method=method, text_encoder="clip", threshold=1.0)
+    tcfg = TrainConfig(steps=3, batch_size=4, warmup_steps=1, method=method, text_encoder="clip", threshold=1.0,
+                       dd_warmup=True)
     events = list(train(model, src, tgt, tcfg))
     steps = [e for e in events if e.kind == "step"]
     assert {"cov_s", "proto_s"} <= set(steps[0].losses) and "cov_t" not in steps[0].losses
     assert {"cov_t", "proto_t", "ent"} <= set(steps[1].losses)  # target terms after the warm-up
-    assert "dd_s" not in steps[0].losses  # L_DD waits for the warm-up (dd_warmup, the default)
+    assert "dd_s" not in steps[0].losses  # L_DD waits for the warm-up (dd_warmup)
     assert ("dd_s" in steps[1].losses) == (method == "uuds+tcsa")
     assert all(np.isfinite(v) for e in steps for v in e.losses.values())
     assert model(torch.zeros(2, 1, 64, 64), torch.zeros(2, 1, 64, 64))["logits_s"].shape[1] == 4

@@ -40,7 +40,7 @@ def test_events_and_losses(tiny_cfg, data):
 
 
 def test_dd_warmup_holds_domain_distillation_back(tiny_cfg, data):
-    _, events = _run(tiny_cfg, data, TrainConfig(steps=3, batch_size=2, warmup_steps=2))  # dd_warmup by default
+    _, events = _run(tiny_cfg, data, TrainConfig(steps=3, batch_size=2, warmup_steps=2, dd_warmup=True))
     steps = [e for e in events if e.kind == "step"]
     for e in steps[:2]:  # the warm-up is pure source training
         assert {"seg", "id", "bscl"} <= set(e.losses) and not {"dd_s", "dd_ts", "useg"} & set(e.losses)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .engine.config import DD_FLOWS, DD_SCALES, LossWeights
+from .engine.config import DD_FLOWS, DD_SCALES, LossWeights, TrainConfig
 from .engine.errors import UUDSError
 
 EXIT_USER_ERROR = 2
@@ -107,7 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="slicing axis in canonical RAS orientation: 0 sagittal, 1 coronal, 2 axial")
     a.add_argument("--image-size", type=int, default=None, help="slice side in pixels (default: 224 rn50, 128 tiny)")
     a.add_argument("--warmup-steps", type=int, default=-1, help="steps before the uncertainty loss joins (-1: steps/4)")
-    a.add_argument("--dd-warmup", action=argparse.BooleanOptionalAction, default=True,
+    a.add_argument("--dd-warmup", action=argparse.BooleanOptionalAction, default=TrainConfig().dd_warmup,
                    help="hold L_DD (Eq. 1-2) back during the warm-up too, so that the warm-up is pure source training")
     a.add_argument("--contrast-invert", type=_unit_float, default=0.0, metavar="P",
                    help="augmentation: invert the contrast of source slices with probability P (helps when the "
@@ -115,8 +115,8 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--alpha", type=_nonneg_float, default=LossWeights().alpha, metavar="W",
                    help="weight of L_DD, Eq. 1-2, after --dd-scale (see docs/method.md, reading 5)")
     a.add_argument("--dd-scale", choices=list(DD_SCALES), default=LossWeights().dd_scale,
-                   help="L_DD's scale before --alpha: tau multiplies it by its temperature (gradients of order 1, "
-                        "like the other terms); one is the equation as printed (gradients 1/tau = 14 times larger)")
+                   help="L_DD's scale before --alpha: one (default) is the equation as printed (gradients 1/tau = 14 times "
+                        "larger than the other terms'); tau multiplies it by its temperature (gradients of order 1)")
     a.add_argument("--dd-flow", choices=list(DD_FLOWS), default="shared",
                    help="L_DD's gradients: shared (everything, the paper's letter) or split (Eq. 1 trains the domain "
                         "head and the prompt, Eq. 2 the translator against the frozen encoder; keeps the synthetic "

