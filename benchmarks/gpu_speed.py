@@ -112,10 +112,11 @@ def measure_training(ctx: dict, batch: int, *, amp: bool = True, channels_last: 
     t_first = time.perf_counter()
     t0 = first_s = None
     for ev in train(model, src, tgt, tcfg, log_every=log_every):
-        if ev.kind == "step" and ev.step == warm:
+        if ev.kind == "step" and ev.step >= warm and t0 is None:  # the first logged step after the warm steps
             sync(dev)
             t0 = time.perf_counter()
             first_s = t0 - t_first
+            steps = warm + steps - ev.step  # the steps left to time
     sync(dev)
     secs = time.perf_counter() - t0
     pairs = batch * steps / secs
@@ -130,10 +131,15 @@ def measure_training(ctx: dict, batch: int, *, amp: bool = True, channels_last: 
     return out
 
 
+def _mid_batch(args) -> int:
+    """The middle of ``--batches``: the batch size of the variants, the profile and torch.compile."""
+    return args.batches[len(args.batches) // 2]
+
+
 def section_throughput(ctx: dict, args) -> dict:
     runs = [measure_training(ctx, b, log_every=args.log_every) for b in args.batches]
     if not args.no_variants:  # at the middle batch: events every step, cuDNN autotuning, no channels_last, fp32
-        mid = args.batches[len(args.batches) // 2]
+        mid = _mid_batch(args)
         runs.append(measure_training(ctx, mid, log_every=1))
         runs.append(measure_training(ctx, mid, log_every=args.log_every, cudnn_benchmark=True))
         runs.append(measure_training(ctx, mid, log_every=args.log_every, channels_last=False))
@@ -194,10 +200,11 @@ def section_inference(ctx: dict, args) -> dict:
 
 
 def section_profile(ctx: dict, args) -> dict:
+    from torch.autograd import DeviceType
     from torch.profiler import ProfilerActivity, profile, schedule
 
     dev = ctx["device"]
-    batch = args.batches[len(args.batches) // 2]
+    batch = _mid_batch(args)
     model = _model(ctx)
     src, tgt = samplers(ctx["sources"], ctx["targets"], 0.5, 0)
     tcfg = TrainConfig(**_train_kw(steps=12, batch_size=batch, warmup_steps=0, device=str(dev)))
@@ -220,18 +227,15 @@ def section_profile(ctx: dict, args) -> dict:
         return float(getattr(e, "self_device_time_total", getattr(e, "self_cuda_time_total", 0.0)) or 0.0)
 
     key = dev_self if dev.type == "cuda" else (lambda e: float(e.self_cpu_time_total))
-    from torch.autograd import DeviceType
-
     # GPU busy time: the kernel rows' own time, as the profiler's "Self CUDA time total" counts it (operator
     # rows and the step's GPU-side annotation would count the same time again)
-    busy_us = sum(float(e.self_device_time_total) for e in avg
-                  if e.device_type == DeviceType.CUDA and not e.key.startswith("ProfilerStep"))
+    busy_us = sum(dev_self(e) for e in avg if e.device_type == DeviceType.CUDA and not e.key.startswith("ProfilerStep"))
     top = sorted((e for e in avg if not e.key.startswith("ProfilerStep")), key=key, reverse=True)[:15]
     table = avg.table(sort_by="self_cuda_time_total" if dev.type == "cuda" else "self_cpu_time_total", row_limit=25)
     if args.profile_table:
         Path(args.profile_table).write_text(table)
     return {"batch": batch, "steps": active, "wall_ms_per_step": round(1000 * wall / active, 2),
-            "gpu_busy_ms_per_step": round(busy_us / 1000 / active, 2) if dev.type == "cuda" else None,
+            "kernel_ms_per_step": round(busy_us / 1000 / active, 2) if dev.type == "cuda" else None,
             "gpu_busy_fraction": round(busy_us / 1e6 / wall, 3) if dev.type == "cuda" else None,
             "top": [{"op": e.key, "calls": int(e.count // active), "self_device_ms_per_step": round(dev_self(e) / 1000 / active, 3),
                      "self_cpu_ms_per_step": round(e.self_cpu_time_total / 1000 / active, 3)} for e in top]}
@@ -293,9 +297,8 @@ def section_plateau(ctx: dict, args, budget_s: float) -> dict:
 
 
 def section_compile(ctx: dict, args) -> dict:
-    mid = args.batches[len(args.batches) // 2]
     t = time.perf_counter()
-    r = measure_training(ctx, mid, log_every=args.log_every, compiled=True, warm=args.compile_warm)
+    r = measure_training(ctx, _mid_batch(args), log_every=args.log_every, compiled=True, warm=args.compile_warm)
     r["compile_and_warm_s"] = r.pop("first_steps_s")
     r["section_s"] = round(time.perf_counter() - t, 1)
     return r

@@ -185,7 +185,7 @@ def run_row(row: str, seed: int, ctx: dict) -> dict:
         mkw["use_seg_prompt"] = False
     elif row == "uuds_no_uncertainty":
         tx["use_uncertainty"] = False
-    elif row == "uuds_dd_tau_warmup":  # L_DD x tau, after the warm-up: the default from 1148c9e to the commit after 9cfe80e
+    elif row == "uuds_dd_tau_warmup":  # L_DD x tau, after the warm-up: the default from 1148c9e until 3b4c6ea
         tx["dd_warmup"], wx["dd_scale"] = True, "tau"
     elif row == "uuds_dd_split":  # as measured in session 3: split flow on top of the paper's letter
         tx.update(dd_flow="split", dd_warmup=False)
