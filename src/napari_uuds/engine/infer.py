@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from .body import body_mask
 from .losses import certain_mask, entropy_map
 from .model import UUDS
 from .slices import SliceGeometry, from_square, to_square
@@ -65,12 +66,19 @@ def predict_volume(model: UUDS, volume: Volume, batch_size: int = 16, domain_pro
     data = norm.apply(volume.data) if norm is not None else normalise(volume.data)[0]
     slices, geom = to_square(data, cfg.axis, cfg.image_size, fill=-1.0, mode="bilinear")
     syn, probs = predict_slices(model, slices, batch_size, domain_prompt, progress)
-    return assemble(syn, probs, geom)
+    return assemble(syn, probs, geom, body_mask(data, cfg.axis) if cfg.body_mask else None)
 
 
-def assemble(syn: torch.Tensor, probs: torch.Tensor, geom: SliceGeometry) -> VolumePrediction:
-    """Model-resolution slices -> volume outputs: probabilities resampled, then argmax and entropy."""
+def assemble(syn: torch.Tensor, probs: torch.Tensor, geom: SliceGeometry, body: np.ndarray | None = None
+             ) -> VolumePrediction:
+    """Model-resolution slices -> volume outputs: probabilities resampled, then argmax and entropy.
+
+    ``body`` (bool, the volume's grid): outside it every voxel is background with certainty."""
     p = from_square(probs, geom, "bilinear").clamp_(0, 1)
+    if body is not None:
+        outside = torch.from_numpy(~np.asarray(body, dtype=bool))
+        p[:, outside] = 0.0
+        p[0, outside] = 1.0
     p = p / p.sum(0, keepdim=True).clamp_min(1e-8)
     s = from_square(syn, geom, "bilinear")[0]
     ent = entropy_map(p.unsqueeze(0))[0]

@@ -27,17 +27,29 @@ EPS_ENTROPY = 1e-9  # epsilon of Eq. 5
 IGNORE_LABEL = 255
 
 
-def loss_dd(xg_a: torch.Tensor, xg_t: torch.Tensor, t_d: torch.Tensor, tau: float = 0.07) -> torch.Tensor:
+def loss_dd(xg_a: torch.Tensor, xg_t: torch.Tensor, t_d: torch.Tensor, tau: float = 0.07,
+            form: str = "printed") -> torch.Tensor:
     """Domain distillation L_DD, Eq. 1 (``xg_a`` = x_g^s) and Eq. 2 (``xg_a`` = x_g^{t->s}).
 
+    ``form="printed"`` (the paper's letter):
     L = log( exp((1 - sim(a, T^d)) / tau) / (exp((1 - sim(a, T^d)) / tau) + exp((1 - sim(t, T^d)) / tau)) ),
     averaged over the batch (a_i paired with t_i). Minimising it raises sim(a, T^d) and lowers
-    sim(t, T^d). It is a log-probability, so it is negative, bounded below by log sigmoid(-2 / tau).
+    sim(t, T^d). It is a log-probability, so it is negative, bounded below by log sigmoid(-2 / tau), and
+    its gradient never fades: it tends to 1/tau as the two domains separate.
+
+    ``form="infonce"`` (the contrastive form, the engine's default recipe):
+    L = -log( exp(sim(a, T^d) / tau) / (exp(sim(a, T^d) / tau) + exp(sim(t, T^d) / tau)) ),
+    the same ordering of the two domains, but positive, bounded below by 0, and its gradient fades once
+    ``a`` is clearly closer to T^d than ``t`` (docs/method.md, reading 5).
     """
     t_d = t_d.float().expand_as(xg_a)
-    da = 1.0 - F.cosine_similarity(xg_a.float(), t_d, dim=-1)
-    dt = 1.0 - F.cosine_similarity(xg_t.float(), t_d, dim=-1)
-    logits = torch.stack([da, dt], dim=-1) / tau
+    sa = F.cosine_similarity(xg_a.float(), t_d, dim=-1)
+    st = F.cosine_similarity(xg_t.float(), t_d, dim=-1)
+    if form == "infonce":
+        return -torch.log_softmax(torch.stack([sa, st], dim=-1) / tau, dim=-1)[..., 0].mean()
+    if form != "printed":
+        raise ValueError(f"L_DD form must be printed or infonce, not {form!r}")
+    logits = torch.stack([1.0 - sa, 1.0 - st], dim=-1) / tau
     return torch.log_softmax(logits, dim=-1)[..., 0].mean()
 
 

@@ -18,6 +18,7 @@ import torch
 from .config import LossWeights, TrainConfig
 from .losses import has_object, loss_bscl, loss_dd, loss_id, loss_seg, loss_useg, pseudo_label, total_loss
 from .model import TCSA_DECODER_STAGE, UUDS
+from .randomise import BACKGROUND, gin
 from .tcsa import PrototypeMemory, tcsa_terms
 from .text_embed import class_text_relations
 from .slices import SliceSampler
@@ -181,10 +182,12 @@ def train(model: UUDS, source: SliceSampler, target: SliceSampler, cfg: TrainCon
             xs = xs.to(device, non_blocking=True).contiguous(memory_format=mf)
             xt = xt.to(device, non_blocking=True).contiguous(memory_format=mf)
             ys = ys.to(device, non_blocking=True)
+            # source randomisation: the translator reads the randomised slice, L_id asks for the clean one
+            xs_in = gin(xs, source.rng, cfg.randomise_p) if cfg.randomise == "gin" else xs
             warm = step >= cfg.warmup
             dd_now = dd_on and (warm or not cfg.dd_warmup)
             with amp:
-                out = model(xs, xt, cfg.dd_flow if dd_now else "none")
+                out = model(xs_in, xt, cfg.dd_flow if dd_now else "none")
             with torch.autocast(device.type, enabled=False):  # losses in float32, outside bf16 autocast
                 terms: dict[str, torch.Tensor] = {
                     "seg": loss_seg(out["logits_s"], ys),
@@ -192,15 +195,19 @@ def train(model: UUDS, source: SliceSampler, target: SliceSampler, cfg: TrainCon
                 }
                 probs = out["logits_ts"].float().softmax(1)
                 pl, mask = pseudo_label(probs.detach(), chi)
+                if mcfg.body_mask:  # nothing outside the body: background there, and certain
+                    outside = (xt[:, 0] <= BACKGROUND)
+                    pl = pl.masked_fill(outside, 0)
+                    mask = mask.masked_fill(outside, 1.0)
                 if cfg.uses_uuds:
                     if mcfg.use_seg_prompt:
                         terms["bscl"] = loss_bscl(out["z_s"], has_object(ys), weights.tau_bscl)
                     if dd_now:
-                        terms["dd_s"] = loss_dd(out["xg_s"], out["xg_t"], out["t_d"], weights.tau_dd)
+                        terms["dd_s"] = loss_dd(out["xg_s"], out["xg_t"], out["t_d"], weights.tau_dd, weights.dd_form)
                         ref_t, t_d = out["xg_t"], out["t_d"]
                         if cfg.dd_flow == "split":  # Eq. 2 moves the translator only: its references are fixed
                             ref_t, t_d = ref_t.detach(), t_d.detach()
-                        terms["dd_ts"] = loss_dd(out["xg_ts"], ref_t, t_d, weights.tau_dd)
+                        terms["dd_ts"] = loss_dd(out["xg_ts"], ref_t, t_d, weights.tau_dd, weights.dd_form)
                     if cfg.use_uncertainty and warm and adapt:
                         terms["useg"] = loss_useg(probs, pl, mask)
                 if cfg.uses_tcsa:
