@@ -189,6 +189,9 @@ class TrainConfig:
     augment: bool = True
     #: probability of inverting a source slice's contrast (augmentation for contrast-inverting shifts).
     contrast_invert: float = 0.0
+    #: collapse and drift guards (engine/guards.py): hold the target terms back while the predicted target object
+    #: volume or the synthetic source's grey values leave their bands
+    guard: bool = True
     #: source randomisation (see RANDOMISERS) and the fraction of source slices it is applied to
     randomise: str = "gin"
     randomise_p: float = 0.8
@@ -236,11 +239,11 @@ class TrainConfig:
 
 
 #: Named bundles of settings: ``uuds`` = the engine's defaults (the dataclass defaults above); ``paper`` = the
-#: paper's letter (L_DD as printed, no source randomisation, predictions anywhere in the frame). Each maps to
+#: paper's letter (L_DD as printed, no source randomisation, no guard, predictions anywhere in the frame). Each maps to
 #: overrides of (ModelConfig, TrainConfig, LossWeights).
 RECIPES: dict[str, tuple[dict[str, Any], dict[str, Any], dict[str, Any]]] = {
     "uuds": ({}, {}, {}),
-    "paper": ({"body_mask": False}, {"randomise": "none"}, {"dd_form": "printed"}),
+    "paper": ({"body_mask": False}, {"randomise": "none", "guard": False}, {"dd_form": "printed"}),
 }
 
 

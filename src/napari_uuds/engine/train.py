@@ -18,6 +18,7 @@ import torch
 from .config import LossWeights, TrainConfig
 from .losses import has_object, loss_bscl, loss_dd, loss_id, loss_seg, loss_useg, pseudo_label, total_loss
 from .model import TCSA_DECODER_STAGE, UUDS
+from .guards import AdaptationGuard, batch_statistics, object_fraction
 from .randomise import BACKGROUND, gin
 from .tcsa import PrototypeMemory, tcsa_terms
 from .text_embed import class_text_relations
@@ -160,6 +161,9 @@ def train(model: UUDS, source: SliceSampler, target: SliceSampler, cfg: TrainCon
         memory = PrototypeMemory(mcfg.n_classes, model.seg_decoder.widths[TCSA_DECODER_STAGE],
                                  weights.proto_momentum, device)
         note = f"; TCSA text relations from {encoder}"
+    guard = AdaptationGuard(object_fraction(source.labels, source.images)) \
+        if (adapt and cfg.guard and source.labels is not None) else None
+    model.guard_report = None
     yield TrainEvent("start", start_step, total, message=f"training {cfg.method} ({cfg.mode}) on {device}{note}")
     t0 = time.perf_counter()
     seen = 0
@@ -185,7 +189,8 @@ def train(model: UUDS, source: SliceSampler, target: SliceSampler, cfg: TrainCon
             # source randomisation: the translator reads the randomised slice, L_id asks for the clean one
             xs_in = gin(xs, source.rng, cfg.randomise_p) if cfg.randomise == "gin" else xs
             warm = step >= cfg.warmup
-            dd_now = dd_on and (warm or not cfg.dd_warmup)
+            held = guard is not None and guard.held  # the guard holds every target term back
+            dd_now = dd_on and (warm or not cfg.dd_warmup) and not held
             with amp:
                 out = model(xs_in, xt, cfg.dd_flow if dd_now else "none")
             with torch.autocast(device.type, enabled=False):  # losses in float32, outside bf16 autocast
@@ -208,12 +213,14 @@ def train(model: UUDS, source: SliceSampler, target: SliceSampler, cfg: TrainCon
                         if cfg.dd_flow == "split":  # Eq. 2 moves the translator only: its references are fixed
                             ref_t, t_d = ref_t.detach(), t_d.detach()
                         terms["dd_ts"] = loss_dd(out["xg_ts"], ref_t, t_d, weights.tau_dd, weights.dd_form)
-                    if cfg.use_uncertainty and warm and adapt:
+                    if cfg.use_uncertainty and warm and adapt and not held:
                         terms["useg"] = loss_useg(probs, pl, mask)
                 if cfg.uses_tcsa:
                     terms.update(tcsa_terms(out, ys, probs, pl, mask, memory, text_rel, weights.tau_proto,
-                                            target_terms=adapt and warm))
+                                            target_terms=adapt and warm and not held))
                 loss = total_loss(terms, weights)
+                check = guard is not None and warm
+                stats = batch_statistics(pl, xt, out["syn_t"], xs) if check else None
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -223,11 +230,19 @@ def train(model: UUDS, source: SliceSampler, target: SliceSampler, cfg: TrainCon
                 el = time.perf_counter() - t0
                 rate = seen / el if el > 0 else 0.0
                 names = [*terms, "total", "certain"]
-                values = torch.stack([*(v.detach().float() for v in terms.values()), loss.detach().float(),
-                                      mask.mean().float()]).tolist()  # one host sync per logged step
+                parts = [*(v.detach().float() for v in terms.values()), loss.detach().float(), mask.mean().float()]
+                if stats is not None:
+                    names += ["target_fraction", "drift_w1", "raw_w1"]
+                    parts += list(stats)
+                values = torch.stack(parts).tolist()  # one host sync per logged step
                 losses = dict(zip(names, values))
+                msg = ""
+                if stats is not None:
+                    msg = guard.update(step, losses["target_fraction"], losses["drift_w1"], losses["raw_w1"])
+                    losses["target_source_ratio"] = guard.ratio
+                    model.guard_report = guard.report()
                 yield TrainEvent("step", step, total, losses, rate, el,
-                                 (total - step) * el / max(step - start_step, 1))
+                                 (total - step) * el / max(step - start_step, 1), message=msg)
             if cfg.preview_every and step % cfg.preview_every == 0:
                 preview = _preview(model, control, xt[:1], chi)
                 control._preview_sent()
