@@ -222,3 +222,23 @@ def test_loss_weight_and_dd_flow_options_reach_the_run(vols, tmp_path, capsys):
     with pytest.raises(SystemExit) as exc:  # argparse: usage line + one error line, exit 2
         _adapt(vols, tmp_path / "o2", **{"--alpha": -1})
     assert exc.value.code == 2 and "--alpha: must be at least 0" in capsys.readouterr().err
+
+
+def test_recipe_and_lever_options_reach_the_run(vols, tmp_path):
+    out = tmp_path / "paper"
+    assert _adapt(vols, out, **{"--recipe": "paper"}) == 0
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["train"]["recipe"] == "paper" and cfg["train"]["randomise"] == "none" and not cfg["train"]["guard"]
+    assert cfg["loss_weights"]["dd_form"] == "printed" and cfg["model"]["body_mask"] is False
+    out = tmp_path / "default"
+    assert _adapt(vols, out, **{"--randomise-p": 0.5}) == 0
+    cfg = json.loads((out / "config.json").read_text())
+    assert (cfg["train"]["recipe"], cfg["train"]["randomise"], cfg["train"]["randomise_p"]) == ("uuds", "gin", 0.5)
+    assert cfg["loss_weights"]["dd_form"] == "infonce" and cfg["model"]["body_mask"] is True and cfg["train"]["guard"]
+    argv = ["adapt", "--quiet", "--recipe", "paper", "--randomise", "gin", "--dd-form", "infonce", "--body-mask",
+            "--source", vols["img"], "--source-label", vols["lab"], "--target", vols["tgt"], "--out",
+            str(tmp_path / "mixed"), "--steps", "1", "--batch-size", "2", "--image-size", "64"]
+    assert main([str(a) for a in argv]) == 0  # an explicit option wins over the recipe
+    cfg = json.loads((tmp_path / "mixed" / "config.json").read_text())
+    assert cfg["train"]["randomise"] == "gin" and cfg["loss_weights"]["dd_form"] == "infonce"
+    assert cfg["model"]["body_mask"] is True and cfg["train"]["guard"] is False

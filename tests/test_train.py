@@ -83,3 +83,30 @@ def test_threshold_and_prompt_read_while_running(tiny_cfg, data):
             control.domain_prompt = "A scan of a {source} spine"
     assert certain[0] > 0.99 and certain[1:] == [0.0, 0.0, 0.0]
     assert model.domain_prompt.text == "A scan of a T2 spine"
+
+
+def test_guard_holds_the_target_terms_back_and_says_so(tiny_cfg, data, monkeypatch):
+    """A guard that trips (here: a band no ratio fits) drops L_DD and L_useg from the next step on, with one
+    warning event; source terms go on."""
+    import napari_uuds.engine.train as tr
+    from napari_uuds.engine.guards import AdaptationGuard, GuardLimits
+
+    monkeypatch.setattr(tr, "AdaptationGuard",
+                        lambda frac: AdaptationGuard(frac, GuardLimits(ratio_low=1e9, ratio_high=2e9)))
+    model, events = _run(tiny_cfg, data, TrainConfig(steps=4, batch_size=2, warmup_steps=1))
+    steps = [e for e in events if e.kind == "step"]
+    assert "dd_s" in steps[0].losses and "useg" in steps[1].losses  # before the guard's first look
+    assert steps[1].message.startswith("warning at step 2")
+    for e in steps[2:]:
+        assert not {"dd_s", "dd_ts", "useg"} & set(e.losses) and {"seg", "id"} <= set(e.losses)
+        assert e.message == ""  # said once
+    assert model.guard_report["trips"] == 1 and model.guard_report["held_steps"] == 3
+
+
+def test_no_guard_and_no_randomisation_in_the_paper_recipe(tiny_cfg, data):
+    from napari_uuds.engine.config import recipe_overrides
+
+    _, t, _ = recipe_overrides("paper")
+    model, events = _run(tiny_cfg, data, TrainConfig(steps=3, batch_size=2, warmup_steps=1, **t))
+    steps = [e for e in events if e.kind == "step"]
+    assert model.guard_report is None and not any("target_fraction" in e.losses for e in steps)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .engine.config import DD_FLOWS, DD_SCALES, LossWeights, TrainConfig
+from .engine.config import DD_FLOWS, DD_FORMS, DD_SCALES, RANDOMISERS, RECIPES, LossWeights, TrainConfig
 from .engine.errors import UUDSError
 
 EXIT_USER_ERROR = 2
@@ -121,6 +121,23 @@ def build_parser() -> argparse.ArgumentParser:
                    help="L_DD's gradients: shared (everything, the paper's letter) or split (Eq. 1 trains the domain "
                         "head and the prompt, Eq. 2 the translator against the frozen encoder; keeps the synthetic "
                         "source's grey values near the source's)")
+    a.add_argument("--recipe", choices=list(RECIPES), default="uuds",
+                   help="uuds: the engine's defaults (source randomisation, L_DD in its contrastive form, nothing "
+                        "outside the body, collapse and drift guards); paper: the paper's letter (none of these). "
+                        "The four options below override single settings of the recipe")
+    a.add_argument("--randomise", choices=list(RANDOMISERS), default=None,
+                   help="source randomisation: gin (random shallow conv nets scramble the source's contrast on the "
+                        "translator's input; the clean slice is L_id's target) or none (default: the recipe's)")
+    a.add_argument("--randomise-p", type=_unit_float, default=TrainConfig().randomise_p, metavar="P",
+                   help="fraction of source slices that are randomised")
+    a.add_argument("--dd-form", choices=list(DD_FORMS), default=None,
+                   help="L_DD (Eq. 1-2): infonce (-log softmax of the similarities; fades once the domains are apart) "
+                        "or printed (the paper's letter; never fades) (default: the recipe's)")
+    a.add_argument("--body-mask", action=argparse.BooleanOptionalAction, default=None,
+                   help="never call the scan's background (air) foreground (default: the recipe's)")
+    a.add_argument("--guard", action=argparse.BooleanOptionalAction, default=None,
+                   help="hold the target terms back, with a warning, while the predicted target object volume "
+                        "leaves 0.25-4 times the source's or the synthetic source drifts (default: the recipe's)")
     a.add_argument("--no-domain-prompt", action="store_true", help="ablation: no domain prompt (and no L_DD)")
     a.add_argument("--no-seg-prompt", action="store_true", help="ablation: no segmentation prompt (no SAM, no L_BSCL)")
     a.add_argument("--no-uncertainty", action="store_true", help="ablation: no uncertainty-masked target loss (Eq. 8)")

@@ -11,7 +11,7 @@ from tqdm.auto import tqdm
 
 from .engine import checkpoint as ckpt
 from .engine.atomic import atomic_write
-from .engine.config import DEFAULT_DOMAIN_PROMPT, LossWeights, ModelConfig, TrainConfig, to_dict
+from .engine.config import DEFAULT_DOMAIN_PROMPT, LossWeights, ModelConfig, TrainConfig, recipe_overrides, to_dict
 from .engine.dataset import load_source_pairs, load_targets, samplers
 from .cli import EXIT_INTERRUPTED, parse_label_map
 from .engine.errors import UUDSError
@@ -49,6 +49,11 @@ def cmd_adapt(args) -> int:
         raise UUDSError(f"--lr must be > 0 and --weight-decay >= 0 (got {args.lr}, {args.weight_decay})")
 
     resume_meta = ckpt.read_config(args.resume) if args.resume else None
+    m_over, t_over, w_over = recipe_overrides(args.recipe)
+    for store, key, value in ((m_over, "body_mask", args.body_mask), (t_over, "randomise", args.randomise),
+                              (t_over, "guard", args.guard), (w_over, "dd_form", args.dd_form)):
+        if value is not None:  # an explicit option wins over the recipe
+            store[key] = value
     if resume_meta:
         mcfg = ModelConfig(**resume_meta["model"])
     else:
@@ -59,13 +64,13 @@ def cmd_adapt(args) -> int:
             domain_prompt=args.domain_prompt or DEFAULT_DOMAIN_PROMPT,
             # TCSA alone has no prompts: its text enters through the class-description relations only
             use_domain_prompt=not args.no_domain_prompt and args.method != "tcsa",
-            use_seg_prompt=not args.no_seg_prompt and args.method != "tcsa")
+            use_seg_prompt=not args.no_seg_prompt and args.method != "tcsa", **m_over)
     tcfg = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
                        seed=args.seed, device=args.device, threshold=args.threshold,
                        use_uncertainty=not args.no_uncertainty, warmup_steps=args.warmup_steps,
                        contrast_invert=args.contrast_invert, method=args.method, text_encoder=args.text_encoder,
-                       dd_flow=args.dd_flow, dd_warmup=args.dd_warmup)
-    loss_weights = LossWeights(alpha=args.alpha, dd_scale=args.dd_scale)
+                       dd_flow=args.dd_flow, dd_warmup=args.dd_warmup, randomise_p=args.randomise_p, **t_over)
+    loss_weights = LossWeights(alpha=args.alpha, dd_scale=args.dd_scale, **w_over)
     device = resolve_device(args.device)
 
     # every input is read and checked before anything is written
@@ -107,6 +112,8 @@ def cmd_adapt(args) -> int:
     gen = train(model, src_s, tgt_s, tcfg, loss_weights, control, start_step=start, optimizer_state=opt_state)
     try:
         for ev in gen:
+            if ev.message and ev.kind == "step":  # the guards' warnings and recoveries
+                bar.write(f"napari-uuds adapt: {ev.message}", file=sys.stderr)
             if ev.kind == "step":
                 bar.update(ev.step - bar.n)
                 bar.set_postfix_str(f"{_fmt_losses(ev.losses)} {ev.slices_per_s:.1f} slices/s")
@@ -117,6 +124,7 @@ def cmd_adapt(args) -> int:
     bar.close()
     train_s = time.perf_counter() - t_start
     extra = {"train": to_dict(tcfg), "loss_weights": to_dict(loss_weights), "final_losses": last,
+             "guard": getattr(model, "guard_report", None),
              "sources": [str(p) for p in args.source], "targets": [str(p) for p in args.target],
              "interrupted": interrupted,
              "normalisation": {"scheme": "per-volume percentile clip to [-1, 1] (background excluded)",

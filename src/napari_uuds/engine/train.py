@@ -188,6 +188,7 @@ def train(model: UUDS, source: SliceSampler, target: SliceSampler, cfg: TrainCon
             ys = ys.to(device, non_blocking=True)
             # source randomisation: the translator reads the randomised slice, L_id asks for the clean one
             xs_in = gin(xs, source.rng, cfg.randomise_p) if cfg.randomise == "gin" else xs
+            id_target = xs_in if cfg.randomise_into == "segmenter" else xs
             warm = step >= cfg.warmup
             held = guard is not None and guard.held  # the guard holds every target term back
             dd_now = dd_on and (warm or not cfg.dd_warmup) and not held
@@ -196,12 +197,15 @@ def train(model: UUDS, source: SliceSampler, target: SliceSampler, cfg: TrainCon
             with torch.autocast(device.type, enabled=False):  # losses in float32, outside bf16 autocast
                 terms: dict[str, torch.Tensor] = {
                     "seg": loss_seg(out["logits_s"], ys),
-                    "id": loss_id(out["rec_s"], xs),
+                    "id": loss_id(out["rec_s"], id_target),
                 }
                 probs = out["logits_ts"].float().softmax(1)
                 pl, mask = pseudo_label(probs.detach(), chi)
+                certain = mask.mean()
                 if mcfg.body_mask:  # nothing outside the body: background there, and certain
                     outside = (xt[:, 0] <= BACKGROUND)
+                    inside = (~outside).float()
+                    certain = (mask * inside).sum() / inside.sum().clamp(min=1.0)  # logged: of the body's pixels
                     pl = pl.masked_fill(outside, 0)
                     mask = mask.masked_fill(outside, 1.0)
                 if cfg.uses_uuds:
@@ -230,7 +234,7 @@ def train(model: UUDS, source: SliceSampler, target: SliceSampler, cfg: TrainCon
                 el = time.perf_counter() - t0
                 rate = seen / el if el > 0 else 0.0
                 names = [*terms, "total", "certain"]
-                parts = [*(v.detach().float() for v in terms.values()), loss.detach().float(), mask.mean().float()]
+                parts = [*(v.detach().float() for v in terms.values()), loss.detach().float(), certain.float()]
                 if stats is not None:
                     names += ["target_fraction", "drift_w1", "raw_w1"]
                     parts += list(stats)

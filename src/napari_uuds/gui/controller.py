@@ -116,12 +116,13 @@ class UUDSController:
         torch.manual_seed(self.params.seed)
         self.model = UUDS(cfg, clip_weights=weights, seed=self.params.seed)
         self.status.message = note
+        self.status.weights_note = weights_note(weights)
 
     def train_config(self) -> TrainConfig:
         p = self.params
         return TrainConfig(steps=p.steps, batch_size=p.batch_size, lr=p.lr, seed=p.seed, device=p.device,
                            threshold=p.threshold, preview_every=p.preview_every, method=p.method,
-                           text_encoder=p.text_encoder)
+                           text_encoder=p.text_encoder, randomise=p.randomise)
 
     def training_events(self) -> Iterator[TrainEvent]:
         """The engine's training generator (runs in the worker thread); prepare() first."""
@@ -142,12 +143,14 @@ class UUDSController:
         """Main-thread dispatcher of training events: status, loss history, preview layers."""
         s = self.status
         if ev.kind == "start":
-            s.running, s.total, s.message = True, ev.total, ev.message
+            s.running, s.total, s.message, s.guard_note = True, ev.total, ev.message, ""
         elif ev.kind == "step":
             s.losses = s.losses + [ev.losses.get("total", float("nan"))]
             s.step = ev.step
             s.message = f"step {ev.step}/{ev.total}  loss {ev.losses.get('total', 0):.3f}  " \
                         f"{ev.slices_per_s:.1f} slices/s  ETA {ev.eta_s:.0f} s"
+            if ev.message:  # a guard tripped or cleared: it stays on screen until the next change
+                s.guard_note = ev.message if ev.message.startswith("warning") else ""
         elif ev.kind == "preview" and ev.preview is not None:
             layers = self._show_preview(ev.preview)
             control = self.control
@@ -381,6 +384,7 @@ class UUDSController:
         self.params.source_modality = m.source_modality
         self.params.threshold = float(meta.get("train", {}).get("threshold", self.params.threshold))
         self.status.message = f"loaded {folder} ({self.model.trained_steps} steps)"
+        self.status.weights_note = ""  # trained weights: the note on random CLIP weights no longer applies
 
     def export(self, layer, path: str | Path, overwrite: bool = False) -> Path:
         """Write a layer as NIfTI on its scan's grid (atomic); never replaces a file without ``overwrite``."""
@@ -414,3 +418,12 @@ def release_memory() -> None:
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         gc.collect()
         torch.cuda.empty_cache()
+
+
+def weights_note(weights: str | None) -> str:
+    """What the CLIP weights mean for quality, for a note that stays on screen (empty for pretrained ones)."""
+    if weights:
+        return ""
+    return ("CLIP weights are random (no pretrained weights for this model, or none to be had here): the model "
+            "learns from these scans alone. Masks from a short CPU run are rough: check them, correct them, or "
+            "train longer; pretrained RN50 weights (model rn50, CLIP weights openai) help where they can be had.")

@@ -23,6 +23,8 @@ class Params:
     #: one free-text description per class (TCSA's text relations); empty entries: the class name
     class_descriptions: list = field(default_factory=list)
     method: str = "uuds"  # uuds | tcsa | uuds+tcsa
+    #: source randomisation: gin | none (engine/randomise.py)
+    randomise: str = "gin"
     text_encoder: str = "auto"
     source_modality: str = "source"
     domain_prompt: str = DEFAULT_DOMAIN_PROMPT
@@ -48,3 +50,7 @@ class Status:
     total: int = 0
     message: str = ""
     losses: list = field(default_factory=list)  # total loss per step, for the plot
+    #: persistent notes that stay on screen until their cause goes away (unlike ``message``, rewritten every
+    #: step): what the CLIP weights are and what that means for quality; the guards' last warning.
+    weights_note: str = ""
+    guard_note: str = ""

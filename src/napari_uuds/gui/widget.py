@@ -47,6 +47,10 @@ class UUDSWidget(Container):
         self.method.tooltip = ("uuds: dual prompts + uncertainty (the paper); tcsa: TCSA-UDA's vision-language "
                                "covariance and prototype alignment; uuds+tcsa: both")
         self.modality = LineEdit(value=self.params.source_modality, label="source modality")
+        self.randomise = ComboBox(choices=["gin", "none"], value=self.params.randomise, label="source randomisation")
+        self.randomise.tooltip = ("gin: the source's contrast is scrambled by random shallow conv nets while the model "
+                                  "learns, so that it does not rely on one contrast (helps when the target inverts "
+                                  "tissue contrasts, as T1 against T2); none: the source as it is")
         self.arch = ComboBox(choices=["tiny", "rn50"], value=self.params.arch, label="model")
         self.weights = ComboBox(choices=["auto", "openai", "none"], value="auto", label="CLIP weights")
         self.device = ComboBox(choices=["auto", "cuda", "mps", "cpu"], value="auto", label="device")
@@ -65,17 +69,21 @@ class UUDSWidget(Container):
         self.export_btn = PushButton(text="Export segmentation…")
         self.progress = ProgressBar(value=0, min=0, max=1, label="progress")
         self.info = Label(value="")
+        self.notice = Label(value="")  # persistent: random CLIP weights, guard warnings
+        self.notice.native.setWordWrap(True)
+        self.notice.native.setStyleSheet("color: #e0a030")
         self.plot = LossPlot()
         self.extend([self.source, self.source_labels, self.target, self.class_name, self.descriptions, self.modality,
-                     self.method, self.arch,
+                     self.method, self.randomise, self.arch,
                      self.weights, self.device, self.steps, self.batch, self.lr, self.adapt_btn, self.train_btn,
-                     self.stop_btn, self.progress, self.info, self.prompt, self.threshold, self.predict_btn,
+                     self.stop_btn, self.progress, self.info, self.notice, self.prompt, self.threshold, self.predict_btn,
                      self.save_btn, self.load_btn, self.export_btn])
         self.native.layout().addWidget(self.plot)
 
         # parameters <- widgets
         self.class_name.changed.connect(self._class_names_changed)
         self.method.changed.connect(lambda v: setattr(self.params, "method", v))
+        self.randomise.changed.connect(lambda v: setattr(self.params, "randomise", v))
         self.modality.changed.connect(lambda v: setattr(self.params, "source_modality", v))
         self.arch.changed.connect(lambda v: setattr(self.params, "arch", v))
         self.weights.changed.connect(lambda v: setattr(self.params, "clip_weights", v))
@@ -98,6 +106,8 @@ class UUDSWidget(Container):
         ev.class_descriptions.connect(self._show_descriptions)
         # status -> widgets
         self.status.events.message.connect(lambda m: setattr(self.info, "value", m))
+        self.status.events.weights_note.connect(self._show_notice)
+        self.status.events.guard_note.connect(self._show_notice)
         self.status.events.losses.connect(self.plot.set_values)
         self.status.events.step.connect(lambda s: setattr(self.progress, "value", s))
         self.status.events.total.connect(lambda t: setattr(self.progress, "max", max(int(t), 1)))
@@ -138,6 +148,9 @@ class UUDSWidget(Container):
     def _show_descriptions(self, values: list) -> None:
         for w, v in zip(self.descriptions, list(values) + [""] * len(self.descriptions)):
             _show(w, v)
+
+    def _show_notice(self, *_):
+        self.notice.value = "\n".join(n for n in (self.status.guard_note, self.status.weights_note) if n)
 
     def _descriptions_changed(self, *_):
         self.params.class_descriptions = [w.value for w in self.descriptions]

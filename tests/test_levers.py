@@ -1,0 +1,135 @@
+"""The adaptation levers of the default recipe: GIN source randomisation, L_DD's InfoNCE form, the body mask,
+the collapse and drift guards, and the recipes that bundle them (docs/method.md)."""
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from napari_uuds.engine.body import body_mask
+from napari_uuds.engine.config import RECIPES, LossWeights, ModelConfig, TrainConfig, recipe_overrides
+from napari_uuds.engine.errors import UUDSError
+from napari_uuds.engine.guards import AdaptationGuard, GuardLimits, batch_statistics, object_fraction
+from napari_uuds.engine.losses import loss_dd
+from napari_uuds.engine.randomise import gin
+
+
+def _slices(b=6, s=32):
+    yy, xx = np.mgrid[:s, :s]
+    x = np.full((b, 1, s, s), -1.0, np.float32)
+    body = ((yy - s / 2) / (s / 2.5)) ** 2 + ((xx - s / 2) / (s / 3)) ** 2 < 1
+    disc = (yy - s / 2) ** 2 + (xx - s / 2) ** 2 < (s / 8) ** 2
+    x[:, 0][:, body] = -0.2
+    x[:, 0][:, disc] = 0.9
+    return torch.from_numpy(x), body, disc
+
+
+# -- GIN ------------------------------------------------------------------------------------------------
+def test_gin_keeps_background_and_range_and_changes_contrast():
+    x, body, disc = _slices()
+    out = gin(x, np.random.default_rng(0), p=1.0)
+    assert out.shape == x.shape and out.dtype == x.dtype
+    assert torch.all(out[:, 0][:, torch.from_numpy(~body)] == -1.0)  # air stays air
+    inside = out[:, 0][:, torch.from_numpy(body)]
+    assert inside.min() >= -0.95 - 1e-5 and inside.max() <= 1.0 + 1e-5  # anatomy stays above the background
+    assert not torch.allclose(out, x)
+    # the disc-minus-tissue contrast takes both signs across draws: inversions happen
+    contrast = [float(o[0][torch.from_numpy(disc)].mean() - o[0][torch.from_numpy(body & ~disc)].mean())
+                for o in gin(x.repeat(8, 1, 1, 1), np.random.default_rng(1), p=1.0)]
+    assert min(contrast) < 0 < max(contrast)
+
+
+def test_gin_is_reproducible_and_p_zero_is_identity():
+    x, _, _ = _slices()
+    a = gin(x, np.random.default_rng(5), p=0.5)
+    b = gin(x, np.random.default_rng(5), p=0.5)
+    assert torch.equal(a, b)
+    changed = [not torch.equal(a[i], x[i]) for i in range(x.shape[0])]
+    assert 0 < sum(changed) < x.shape[0] or x.shape[0] < 3  # p = 0.5: some slices drawn, some not
+    assert torch.equal(gin(x, np.random.default_rng(5), p=0.0), x)
+
+
+# -- L_DD forms --------------------------------------------------------------------------------------------
+def test_loss_dd_infonce_by_hand_and_fades():
+    # sim(s, T) = 1, sim(t, T) = 0, tau = 1: -log(e^1 / (e^1 + e^0)) = log(1 + e^-1) = 0.313262
+    s, t, td = torch.tensor([[1.0, 0.0]]), torch.tensor([[0.0, 1.0]]), torch.tensor([[2.0, 0.0]])
+    assert loss_dd(s, t, td, tau=1.0, form="infonce").item() == pytest.approx(math.log(1 + math.exp(-1)), abs=1e-6)
+    # the gradient with respect to sim(s, T) fades once the domains are apart, where the printed form's does not
+    grads = {}
+    for form in ("infonce", "printed"):
+        a = torch.tensor([[1.0, 0.3]], requires_grad=True)
+        loss_dd(a, torch.tensor([[-1.0, 0.0]]), torch.tensor([[1.0, 0.0]]), 0.07, form).backward()
+        grads[form] = a.grad.abs().sum().item()
+    assert grads["infonce"] < 1e-6 < grads["printed"]
+    with pytest.raises(ValueError):
+        loss_dd(s, t, td, form="other")
+
+
+# -- body mask --------------------------------------------------------------------------------------------
+def test_body_mask_fills_enclosed_dark_tissue():
+    vol = np.full((20, 20, 3), -1.0, np.float32)
+    vol[4:16, 4:16, :] = 0.5
+    vol[8:12, 8:12, :] = -1.0  # dark fluid enclosed by anatomy: inside the body
+    m = body_mask(vol, axis=2)
+    assert m[10, 10, 1] and m[5, 5, 1] and not m[1, 1, 1]
+
+
+def test_prediction_is_background_outside_the_body(tiny_model):
+    from napari_uuds.engine.infer import assemble
+
+    geom_vol = np.full((16, 16, 4), -1.0, np.float32)
+    geom_vol[4:12, 4:12] = 0.3
+    from napari_uuds.engine.slices import to_square
+
+    sl, geom = to_square(geom_vol, 2, 64, fill=-1.0, mode="bilinear")
+    probs = torch.zeros(4, 2, 64, 64)
+    probs[:, 1] = 1.0  # a model that calls everything foreground
+    pred = assemble(sl, probs, geom, body_mask(geom_vol, 2))
+    assert pred.seg[0, 0, 0] == 0 and pred.seg[8, 8, 2] == 1
+    assert pred.entropy[0, 0, 0] == pytest.approx(0.0, abs=1e-6)
+
+
+# -- guards ----------------------------------------------------------------------------------------------------
+def test_guard_trips_on_collapse_and_clears():
+    g = AdaptationGuard(source_fraction=0.1, limits=GuardLimits(momentum=0.0))
+    assert g.update(1, 0.1, 0.05, 0.05) == "" and not g.held
+    msg = g.update(2, 0.001, 0.05, 0.05)  # the target's object shrinks to 1 % of the source's
+    assert g.held and msg.startswith("warning at step 2") and "0.01 times the source's" in msg
+    assert g.update(3, 0.002, 0.05, 0.05) == ""  # still held, said once
+    assert "resume" in g.update(4, 0.12, 0.05, 0.05) and not g.held
+    assert g.update(5, 0.9, 0.05, 0.05).startswith("warning")  # a blob 9 times the source's
+    rep = g.report()
+    assert rep["trips"] == 2 and rep["held_steps"] == 3
+
+
+def test_guard_drift_limit_is_the_untranslated_targets_distance():
+    g = AdaptationGuard(source_fraction=0.1, limits=GuardLimits(momentum=0.0))
+    assert g.update(1, 0.1, 0.5, 0.6) == ""  # far, but closer than the raw target: no drift
+    assert "drifts" in g.update(2, 0.1, 0.5, 0.1)  # further than the raw target and than 0.3
+
+
+def test_batch_statistics_and_source_fraction():
+    x, body, disc = _slices(b=2)
+    seg = torch.from_numpy(np.stack([disc, disc])).long()
+    stats = batch_statistics(seg, x, x, x)
+    assert stats[0].item() == pytest.approx(disc.sum() / body.sum(), rel=1e-6)
+    assert stats[1].item() == pytest.approx(0.0, abs=1e-6) and stats[2].item() == pytest.approx(0.0, abs=1e-6)
+    lab = seg[:, None].to(torch.uint8)
+    assert object_fraction([lab], [x]) == pytest.approx(disc.sum() / body.sum(), rel=1e-6)
+
+
+# -- recipes --------------------------------------------------------------------------------------------------
+def test_recipes_paper_is_the_letter_and_uuds_the_defaults():
+    m, t, w = recipe_overrides("paper")
+    assert ModelConfig(**m).body_mask is False
+    tc, lw = TrainConfig(**t), LossWeights(**w)
+    assert (tc.randomise, tc.guard, tc.recipe, lw.dd_form) == ("none", False, "paper", "printed")
+    d = (ModelConfig(), TrainConfig(), LossWeights())
+    assert (d[0].body_mask, d[1].randomise, d[1].guard, d[2].dd_form) == (True, "gin", True, "infonce")
+    assert set(RECIPES) == {"uuds", "paper"}
+    with pytest.raises(UUDSError):
+        recipe_overrides("magic")
+    with pytest.raises(UUDSError):
+        TrainConfig(randomise="curves")
+    with pytest.raises(UUDSError):
+        LossWeights(dd_form="other")
