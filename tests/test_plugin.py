@@ -253,3 +253,24 @@ def test_load_weights_shows_the_checkpoints_settings(ready, tmp_path):
     # and the widgets still drive the parameters afterwards
     w.descriptions[1].value = "oedema around the tumour"
     assert w.params.descriptions() == ["the necrotic core", "oedema around the tumour"]
+
+
+def test_random_weights_note_stays_and_guard_warning_shows(ready, qtbot):
+    """Random CLIP weights are said plainly and stay said (not a status line the next step rewrites); a guard's
+    warning joins the note, and the randomisation control reaches the training config."""
+    from napari_uuds.engine.train import TrainEvent
+
+    viewer, w = ready
+    w.randomise.value = "none"
+    assert w.ctl.train_config().randomise == "none"
+    w.ctl.prepare(w.source.value, w.source_labels.value, w.target.value)
+    w.ctl.build_model()
+    assert "CLIP weights are random" in w.notice.value
+    w.ctl.handle_event(TrainEvent("start", 0, 4, message="training"))
+    for step in (1, 2):  # steps rewrite the status line, never the note
+        w.ctl.handle_event(TrainEvent("step", step, 4, {"total": 1.0}))
+    assert "CLIP weights are random" in w.notice.value and "step 2/4" in w.info.value
+    w.ctl.handle_event(TrainEvent("step", 3, 4, {"total": 1.0}, message="warning at step 3: collapse"))
+    assert w.notice.value.startswith("warning at step 3") and "CLIP weights are random" in w.notice.value
+    w.ctl.handle_event(TrainEvent("step", 4, 4, {"total": 1.0}, message="step 4: back within the guard's limits"))
+    assert "warning" not in w.notice.value
