@@ -39,7 +39,7 @@ import torch
 from napari_uuds.engine.atomic import atomic_write
 from napari_uuds.engine.baselines import histogram_match, pseudo_labels
 from napari_uuds.engine.config import RECIPES, LossWeights, ModelConfig, TrainConfig
-from napari_uuds.engine.dataset import PreparedVolume, prepare_volume, samplers
+from napari_uuds.engine.dataset import PreparedVolume, choose_mm_per_pixel, prepare_volume, reslice, samplers
 from napari_uuds.engine.infer import predict_volume
 from napari_uuds.engine.metrics import score_classes
 from napari_uuds.engine.model import UUDS
@@ -73,6 +73,8 @@ ADAPT_ROWS: dict[str, tuple[str, dict, dict, dict]] = {
     "uuds_dd_printed": ("uuds", {}, {}, {"dd_form": "printed"}),
     "uuds_no_body_mask": ("uuds", {"body_mask": False}, {}, {}),
     "uuds_no_guard": ("uuds", {}, {"guard": False}, {}),
+    # the default plus physical scale (one mm per pixel for every volume, chosen as --mm-per-pixel auto does)
+    "uuds_mm": ("uuds", {"mm_per_pixel": "auto"}, {}, {}),
     "uuds_no_domain_prompt": ("uuds", {"use_domain_prompt": False}, {}, {}),
     "uuds_no_seg_prompt": ("uuds", {"use_seg_prompt": False}, {}, {}),
     "uuds_no_uncertainty": ("uuds", {}, {"use_uncertainty": False}, {}),
@@ -82,7 +84,7 @@ ADAPT_ROWS: dict[str, tuple[str, dict, dict, dict]] = {
 #: rows trained on labelled volumes only (no target term); ``gin_only`` is source randomisation alone
 SOURCE_ROWS = {"lower": {"randomise": "none"}, "gin_only": {"randomise": "gin"}}
 ROWS = ["lower", "histmatch", "pseudo", "gin_only", "uuds_paper", "uuds", "uuds_no_gin", "uuds_dd_printed",
-        "uuds_no_body_mask", "uuds_no_guard", "uuds_no_domain_prompt", "uuds_no_seg_prompt", "uuds_no_uncertainty", "tcsa",
+        "uuds_no_body_mask", "uuds_no_guard", "uuds_mm", "uuds_no_domain_prompt", "uuds_no_seg_prompt", "uuds_no_uncertainty", "tcsa",
         "uuds+tcsa", "upper"]
 MAIN_ROWS = {"lower", "histmatch", "pseudo", "gin_only", "uuds_paper", "uuds", "upper"}
 DESCRIPTIONS = {
@@ -206,6 +208,10 @@ def run_row(row: str, seed: int, ctx: dict) -> dict:
                                 TrainConfig(mode="source_only", randomise="none", **tkw))
         return {"train_s": round(secs, 1), "volumes": _evaluate(model, targets, refs, names)}
     method, mx, tx, wx = ADAPT_ROWS[row]
+    if mx.get("mm_per_pixel") == "auto":  # physical scale: every volume sliced again at one mm per pixel
+        mm = choose_mm_per_pixel(sources + targets, cfg_kw["axis"], cfg_kw["image_size"])
+        sources, targets = (reslice(v, cfg_kw["axis"], cfg_kw["image_size"], mm) for v in (sources, targets))
+        mx = {**mx, "mm_per_pixel": mm}
     tcfg = TrainConfig(method=method, threshold=ctx["threshold"], text_encoder=ctx["text_encoder"], **tkw, **tx)
     weights = LossWeights(**wx)
     model, secs, last = _train(ModelConfig(**{**cfg_kw, **mx}), sources, targets, tcfg, weights=weights)

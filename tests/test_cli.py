@@ -242,3 +242,15 @@ def test_recipe_and_lever_options_reach_the_run(vols, tmp_path):
     cfg = json.loads((tmp_path / "mixed" / "config.json").read_text())
     assert cfg["train"]["randomise"] == "gin" and cfg["loss_weights"]["dd_form"] == "infonce"
     assert cfg["model"]["body_mask"] is True and cfg["train"]["guard"] is False
+
+
+def test_mm_per_pixel_auto_is_recorded_and_outputs_stay_on_the_grid(vols, tmp_path):
+    out = tmp_path / "mm"
+    assert _adapt(vols, out, **{"--mm-per-pixel": "auto"}) == 0
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["model"]["mm_per_pixel"] > 0
+    seg = nib.load(str(out / "tgt_seg.nii.gz"))
+    assert seg.shape == (24, 24, 12)
+    np.testing.assert_allclose(seg.affine, nib.load(str(vols["tgt"])).affine)
+    rc = main(["predict", "--quiet", "--weights", str(out), "--image", str(vols["img"]), "--out", str(tmp_path / "p")])
+    assert rc == 0 and nib.load(str(tmp_path / "p" / "img_seg.nii.gz")).shape == (24, 24, 12)

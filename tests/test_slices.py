@@ -100,3 +100,36 @@ def test_sampler_to_device_keeps_the_draws():
     xa, ya = a.sample(5, augment=True)
     xb, yb = b.sample(5, augment=True)
     assert torch.equal(xa, xb) and torch.equal(ya, yb)
+
+
+def test_physical_geometry_pads_crops_and_comes_back():
+    from napari_uuds.engine.slices import physical_geometry
+
+    vol = np.random.default_rng(1).random((30, 12, 5)).astype(np.float32)
+    # 1 mm voxels, a 16 x 16 frame at 1 mm per pixel: axis 0 (30 voxels) is cropped, axis 1 (12) padded
+    geom = physical_geometry(vol.shape, (1.0, 1.0, 2.0), 2, 16, 1.0)
+    sl, g = to_square(vol, 2, 16, fill=-1.0, mode="bilinear", geom=geom)
+    assert sl.shape == (5, 1, 16, 16) and g.frame == (16, 16)
+    back = from_square(sl, g, fill=-7.0)[0].numpy()
+    inside = np.zeros(vol.shape, bool)
+    inside[7:23] = True  # the 16 central rows of 30 are in the frame
+    np.testing.assert_allclose(back[inside], vol[inside], atol=1e-6)
+    assert (back[~inside] == -7.0).all()  # cropped voxels get the fill value
+    assert (sl[:, 0, :, :2] == -1.0).all()  # the padded columns hold the background
+
+
+def test_auto_scale_gives_the_cord_the_same_size_in_both_contrasts(cord):
+    from napari_uuds.engine.dataset import choose_mm_per_pixel, load_source_pairs, load_targets, reslice
+
+    src = load_source_pairs([cord["t2"]], [cord["t2_seg"]], 1, 2, 128)
+    tgt = load_source_pairs([cord["t1"]], [cord["t1_seg"]], 1, 2, 128)
+    mm = choose_mm_per_pixel(src + tgt, 2, 128)
+    assert 0.3 < mm < 1.0
+    per_pixel = {}
+    for name, prep in (("fit", src + tgt), ("mm", reslice(src + tgt, 2, 128, mm))):
+        # cord area per slice holding cord, in model pixels: T2 / T1
+        areas = [float(p.label.float().sum() / (p.label.flatten(1).amax(1) > 0).sum()) for p in prep]
+        per_pixel[name] = areas[0] / areas[1]
+    # the mm-per-voxel spacing is 1 in both, so at a common scale the cord's pixel area matches its mm^2 area
+    assert abs(per_pixel["mm"] - 1) < abs(per_pixel["fit"] - 1)
+    assert load_targets([cord["t1"]], 2, 128)[0].geom.frame is None  # the default stays fitted

@@ -48,6 +48,15 @@ def _nonneg_float(s: str) -> float:
     return v
 
 
+def _mm_per_pixel(s: str) -> float | str:
+    if s == "auto":
+        return s
+    v = float(s)
+    if v < 0.0:
+        raise argparse.ArgumentTypeError(f"must be auto, 0 or a positive number of mm, not {v}")
+    return v
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="napari-uuds",
@@ -138,6 +147,10 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--guard", action=argparse.BooleanOptionalAction, default=None,
                    help="hold the target terms back, with a warning, while the predicted target object volume "
                         "leaves 0.25-4 times the source's or the synthetic source drifts (default: the recipe's)")
+    a.add_argument("--mm-per-pixel", type=_mm_per_pixel, default=0.0, metavar="auto|0|MM",
+                   help="physical scale: slice every volume at MM mm per pixel, centred on the body, so that an "
+                        "object has the same size in pixels in source and target; auto: the scale at which every "
+                        "body of the run fits; 0: fit each slice to the frame")
     a.add_argument("--no-domain-prompt", action="store_true", help="ablation: no domain prompt (and no L_DD)")
     a.add_argument("--no-seg-prompt", action="store_true", help="ablation: no segmentation prompt (no SAM, no L_BSCL)")
     a.add_argument("--no-uncertainty", action="store_true", help="ablation: no uncertainty-masked target loss (Eq. 8)")

@@ -12,7 +12,7 @@ from tqdm.auto import tqdm
 from .engine import checkpoint as ckpt
 from .engine.atomic import atomic_write
 from .engine.config import DEFAULT_DOMAIN_PROMPT, LossWeights, ModelConfig, TrainConfig, recipe_overrides, to_dict
-from .engine.dataset import load_source_pairs, load_targets, samplers
+from .engine.dataset import choose_mm_per_pixel, load_source_pairs, load_targets, reslice, samplers
 from .cli import EXIT_INTERRUPTED, parse_label_map
 from .engine.errors import UUDSError
 from .engine.infer import predict_volume
@@ -64,7 +64,8 @@ def cmd_adapt(args) -> int:
             domain_prompt=args.domain_prompt or DEFAULT_DOMAIN_PROMPT,
             # TCSA alone has no prompts: its text enters through the class-description relations only
             use_domain_prompt=not args.no_domain_prompt and args.method != "tcsa",
-            use_seg_prompt=not args.no_seg_prompt and args.method != "tcsa", **m_over)
+            use_seg_prompt=not args.no_seg_prompt and args.method != "tcsa",
+            mm_per_pixel=0.0 if args.mm_per_pixel == "auto" else args.mm_per_pixel, **m_over)
     tcfg = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
                        seed=args.seed, device=args.device, threshold=args.threshold,
                        use_uncertainty=not args.no_uncertainty, warmup_steps=args.warmup_steps,
@@ -78,6 +79,10 @@ def cmd_adapt(args) -> int:
     sources = load_source_pairs(args.source, args.source_label, len(mcfg.class_names), mcfg.axis, mcfg.image_size,
                                 binarize=args.binarize_labels, label_map=label_map)
     targets = load_targets(args.target, mcfg.axis, mcfg.image_size)
+    if args.mm_per_pixel == "auto" and not resume_meta:  # one scale at which every body of the run fits
+        mcfg.mm_per_pixel = choose_mm_per_pixel(sources + targets, mcfg.axis, mcfg.image_size)
+    if mcfg.mm_per_pixel > 0:
+        sources, targets = (reslice(v, mcfg.axis, mcfg.image_size, mcfg.mm_per_pixel) for v in (sources, targets))
     tlabels = []
     for tp, lp in zip(targets, args.target_label or []):
         lab = load_label(lp, None, like=tp.volume, allow_empty=True, label_map=label_map,
@@ -94,7 +99,9 @@ def cmd_adapt(args) -> int:
     _say(f"model {mcfg.arch} ({sum(p.numel() for p in model.parameters()) / 1e6:.1f} M parameters), "
          f"{mcfg.image_size} px slices along axis {mcfg.axis}, device {device}, "
          f"{len(sources)} source / {len(targets)} target volume(s)", args.quiet)
-    _say(f"domain prompt: \"{model.domain_prompt.text}\"; classes: {', '.join(mcfg.class_names)}", args.quiet)
+    _say(f"domain prompt: \"{model.domain_prompt.text}\"; classes: {', '.join(mcfg.class_names)}; slices "
+         + (f"at {model.cfg.mm_per_pixel:g} mm per pixel" if model.cfg.mm_per_pixel > 0 else "fitted to the frame"),
+         args.quiet)
 
     src_s, tgt_s = samplers(sources, targets, tcfg.fg_fraction, tcfg.seed, tcfg.contrast_invert)
     control = TrainControl(tcfg.threshold)

@@ -80,6 +80,9 @@ class ModelConfig:
     #: nothing outside the body: voxels of the scan's background (air) are never foreground, in the
     #: predictions and in the target pseudo labels (engine/body.py).
     body_mask: bool = True
+    #: physical scale: slices at this many mm per pixel, centred on the body (0: each slice fitted to the frame).
+    #: ``--mm-per-pixel auto`` picks one scale at which every body of the run fits (slices.auto_mm_per_pixel).
+    mm_per_pixel: float = 0.0
 
     def __post_init__(self) -> None:
         if self.arch not in ARCHS:
@@ -91,6 +94,8 @@ class ModelConfig:
         if self.class_descriptions and len(self.class_descriptions) != len(self.class_names):
             raise UUDSError(f"{len(self.class_descriptions)} class description(s) for {len(self.class_names)} "
                             "class(es): give one description per class")
+        if not self.mm_per_pixel >= 0:
+            raise UUDSError(f"mm per pixel must be 0 (fit each slice to the frame) or positive, not {self.mm_per_pixel}")
         if self.image_size % 32 or self.image_size < 64:
             raise UUDSError(f"image size must be a multiple of 32 and at least 64, not {self.image_size}")
 

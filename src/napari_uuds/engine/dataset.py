@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from .errors import UUDSError
-from .slices import SliceGeometry, SliceSampler, to_square
+from .slices import SliceGeometry, SliceSampler, auto_mm_per_pixel, plan_geometry, to_square
 from .volumes import NormParams, Volume, load_label, load_volume, normalise
 
 
@@ -23,14 +23,27 @@ class PreparedVolume:
     extra: dict = field(default_factory=dict)
 
 
-def prepare_volume(vol: Volume, axis: int, size: int, label: Volume | None = None) -> PreparedVolume:
+def prepare_volume(vol: Volume, axis: int, size: int, label: Volume | None = None,
+                   mm_per_pixel: float = 0.0) -> PreparedVolume:
+    """Normalise and slice a volume (and its labels): fitted to the frame, or at ``mm_per_pixel`` > 0."""
     norm_data, params = normalise(vol.data)
-    img, geom = to_square(norm_data, axis, size, fill=-1.0, mode="bilinear")
+    plan = plan_geometry(norm_data, vol.spacing, axis, size, mm_per_pixel)
+    img, geom = to_square(norm_data, axis, size, fill=-1.0, mode="bilinear", geom=plan)
     lab = None
     if label is not None:
-        lab, _ = to_square(label.data.astype(np.float32), axis, size, fill=0.0, mode="nearest")
+        lab, _ = to_square(label.data.astype(np.float32), axis, size, fill=0.0, mode="nearest", geom=plan)
         lab = lab.to(torch.uint8)
     return PreparedVolume(vol, params, img, geom, lab, label)
+
+
+def reslice(prepared: list[PreparedVolume], axis: int, size: int, mm_per_pixel: float) -> list[PreparedVolume]:
+    """The same volumes sliced again at ``mm_per_pixel`` (after :func:`choose_mm_per_pixel` saw them all)."""
+    return [prepare_volume(p.volume, axis, size, p.label_volume, mm_per_pixel) for p in prepared]
+
+
+def choose_mm_per_pixel(prepared: list[PreparedVolume], axis: int, size: int) -> float:
+    """``--mm-per-pixel auto``: one scale at which every body of the run fits the frame."""
+    return auto_mm_per_pixel([(p.norm.apply(p.volume.data), p.volume.spacing) for p in prepared], axis, size)
 
 
 def load_source_pairs(images: list[str | Path], labels: list[str | Path], n_classes: int, axis: int, size: int,

@@ -13,7 +13,7 @@ import torch
 from .body import body_mask
 from .losses import certain_mask, entropy_map
 from .model import UUDS
-from .slices import SliceGeometry, from_square, to_square
+from .slices import SliceGeometry, from_square, plan_geometry, to_square
 from .volumes import NormParams, Volume, normalise
 
 
@@ -64,7 +64,8 @@ def predict_volume(model: UUDS, volume: Volume, batch_size: int = 16, domain_pro
                    progress=None, norm: NormParams | None = None) -> VolumePrediction:
     cfg = model.cfg
     data = norm.apply(volume.data) if norm is not None else normalise(volume.data)[0]
-    slices, geom = to_square(data, cfg.axis, cfg.image_size, fill=-1.0, mode="bilinear")
+    plan = plan_geometry(data, volume.spacing, cfg.axis, cfg.image_size, cfg.mm_per_pixel)
+    slices, geom = to_square(data, cfg.axis, cfg.image_size, fill=-1.0, mode="bilinear", geom=plan)
     syn, probs = predict_slices(model, slices, batch_size, domain_prompt, progress)
     return assemble(syn, probs, geom, body_mask(data, cfg.axis) if cfg.body_mask else None)
 
@@ -74,13 +75,13 @@ def assemble(syn: torch.Tensor, probs: torch.Tensor, geom: SliceGeometry, body: 
     """Model-resolution slices -> volume outputs: probabilities resampled, then argmax and entropy.
 
     ``body`` (bool, the volume's grid): outside it every voxel is background with certainty."""
-    p = from_square(probs, geom, "bilinear").clamp_(0, 1)
+    p = from_square(probs, geom, "bilinear", fill=[1.0] + [0.0] * (probs.shape[1] - 1)).clamp_(0, 1)
     if body is not None:
         outside = torch.from_numpy(~np.asarray(body, dtype=bool))
         p[:, outside] = 0.0
         p[0, outside] = 1.0
     p = p / p.sum(0, keepdim=True).clamp_min(1e-8)
-    s = from_square(syn, geom, "bilinear")[0]
+    s = from_square(syn, geom, "bilinear", fill=-1.0)[0]
     ent = entropy_map(p.unsqueeze(0))[0]
     return VolumePrediction(s.numpy().astype(np.float32), p.numpy().astype(np.float32),
                             p.argmax(0).numpy().astype(np.uint8), ent.numpy().astype(np.float32))

@@ -14,9 +14,20 @@ import torch.nn.functional as F
 
 @dataclass(frozen=True)
 class SliceGeometry:
+    """How the slices of a volume map to the model's square input.
+
+    Each slice (plane ``h`` x ``w`` voxels) is placed in a frame of ``frame`` = (fh, fw) voxels, its first voxel
+    at ``offset`` = (top, left) in the frame (negative: the slice is cropped there), and the frame is resized to
+    ``size`` x ``size``. Without ``frame`` the frame is the square of side max(h, w) with the slice centred:
+    slices fitted to the frame. With a frame of size * mm_per_pixel / spacing voxels per axis
+    (:func:`physical_geometry`) every volume is sliced at the same millimetres per pixel.
+    """
+
     axis: int
     shape: tuple[int, int, int]  # canonical volume shape
     size: int
+    frame: tuple[int, int] | None = None
+    offset: tuple[int, int] | None = None
 
     @property
     def plane(self) -> tuple[int, int]:
@@ -27,42 +38,110 @@ class SliceGeometry:
         return max(self.plane)
 
     @property
+    def frame_shape(self) -> tuple[int, int]:
+        return self.frame if self.frame is not None else (self.side, self.side)
+
+    @property
+    def frame_offset(self) -> tuple[int, int]:
+        if self.offset is not None:
+            return self.offset
+        top, _, left, _ = self.pads
+        return top, left
+
+    @property
     def pads(self) -> tuple[int, int, int, int]:
-        """(top, bottom, left, right) padding that centres the slice in a square."""
+        """(top, bottom, left, right) padding that centres the slice in a square (the fitted frame)."""
         h, w = self.plane
         s = self.side
         return ((s - h) // 2, s - h - (s - h) // 2, (s - w) // 2, s - w - (s - w) // 2)
 
-
-def to_square(vol: np.ndarray | torch.Tensor, axis: int, size: int, *, fill: float, mode: str) -> tuple[torch.Tensor, SliceGeometry]:
-    """(X, Y, Z) volume -> (n_slices, 1, size, size) float32 tensor of slices along ``axis``."""
-    t = torch.as_tensor(np.ascontiguousarray(vol) if isinstance(vol, np.ndarray) else vol).float()
-    geom = SliceGeometry(axis, tuple(t.shape), size)  # type: ignore[arg-type]
-    t = t.movedim(axis, 0)[:, None]  # (n, 1, h, w)
-    top, bottom, left, right = geom.pads
-    t = F.pad(t, (left, right, top, bottom), value=fill)
-    if t.shape[-1] != size:
-        if mode == "nearest":
-            t = F.interpolate(t, size=(size, size), mode="nearest-exact")
-        else:
-            t = F.interpolate(t, size=(size, size), mode="bilinear", align_corners=False,
-                              antialias=t.shape[-1] > size)
-    return t.contiguous(), geom
+    def _overlap(self) -> tuple[slice, slice, slice, slice]:
+        """(plane rows, plane cols, frame rows, frame cols) that the slice and the frame share."""
+        (h, w), (fh, fw), (top, left) = self.plane, self.frame_shape, self.frame_offset
+        r0, r1 = max(0, -top), min(h, fh - top)
+        c0, c1 = max(0, -left), min(w, fw - left)
+        return slice(r0, r1), slice(c0, c1), slice(r0 + top, r1 + top), slice(c0 + left, c1 + left)
 
 
-def from_square(pred: torch.Tensor, geom: SliceGeometry, mode: str = "bilinear") -> torch.Tensor:
-    """(n_slices, C, size, size) -> (C, X, Y, Z) on the canonical volume grid."""
-    s = geom.side
-    t = pred.float()
-    if t.shape[-1] != s:
-        if mode == "nearest":
-            t = F.interpolate(t, size=(s, s), mode="nearest-exact")
-        else:
-            t = F.interpolate(t, size=(s, s), mode="bilinear", align_corners=False)
-    top, bottom, left, right = geom.pads
+def physical_geometry(shape: tuple[int, int, int], spacing: tuple[float, float, float], axis: int, size: int,
+                      mm_per_pixel: float, centre: tuple[float, float] | None = None) -> SliceGeometry:
+    """Slices at ``mm_per_pixel`` (the frame covers size * mm_per_pixel mm along both in-plane axes), centred
+    on ``centre`` (plane voxel coordinates, e.g. the body's bounding-box centre; default the plane's centre)."""
+    geom = SliceGeometry(axis, tuple(shape), size)  # type: ignore[arg-type]
+    sp = [s for i, s in enumerate(spacing) if i != axis]
+    fh, fw = (max(1, int(round(size * mm_per_pixel / v))) for v in sp)
     h, w = geom.plane
-    t = t[:, :, top:top + h, left:left + w]  # (n, C, h, w)
-    return t.movedim(0, geom.axis + 1).contiguous()  # (C, ...) with slices back on their axis
+    cy, cx = centre if centre is not None else ((h - 1) / 2, (w - 1) / 2)
+    top, left = int(round((fh - 1) / 2 - cy)), int(round((fw - 1) / 2 - cx))
+    return SliceGeometry(axis, tuple(shape), size, (fh, fw), (top, left))  # type: ignore[arg-type]
+
+
+def body_centre_and_extent(norm: np.ndarray, spacing: tuple[float, float, float], axis: int,
+                           background: float = -0.98) -> tuple[tuple[float, float], float]:
+    """Centre (plane voxel coordinates) of the body's bounding box over all slices, and its larger in-plane
+    extent in mm. ``norm`` is a normalised volume (background -1)."""
+    m = np.moveaxis(np.asarray(norm) > background, axis, 0).any(0)
+    if not m.any():
+        m = np.ones_like(m)
+    rows, cols = np.nonzero(m.any(1))[0], np.nonzero(m.any(0))[0]
+    sp = [v for i, v in enumerate(spacing) if i != axis]
+    centre = ((rows[0] + rows[-1]) / 2, (cols[0] + cols[-1]) / 2)
+    return centre, max((rows[-1] - rows[0] + 1) * sp[0], (cols[-1] - cols[0] + 1) * sp[1])
+
+
+def auto_mm_per_pixel(volumes: list[tuple[np.ndarray, tuple[float, float, float]]], axis: int, size: int,
+                      margin: float = 1.1) -> float:
+    """One scale for every volume of a run: the largest in-plane body extent (mm) among ``volumes`` (normalised
+    data, spacing) times ``margin``, over ``size`` pixels, so that every body fits its frame."""
+    extent = max(body_centre_and_extent(v, sp, axis)[1] for v, sp in volumes)
+    return round(float(extent * margin / size), 4)
+
+
+def plan_geometry(norm: np.ndarray, spacing: tuple[float, float, float], axis: int, size: int,
+                  mm_per_pixel: float) -> SliceGeometry | None:
+    """The geometry a volume is sliced with: None (fitted to the frame) for ``mm_per_pixel`` <= 0, else the
+    physical frame centred on the body."""
+    if mm_per_pixel <= 0:
+        return None
+    centre, _ = body_centre_and_extent(norm, spacing, axis)
+    return physical_geometry(tuple(np.shape(norm)), spacing, axis, size, mm_per_pixel, centre)
+
+
+def _resize(t: torch.Tensor, shape: tuple[int, int], mode: str) -> torch.Tensor:
+    if tuple(t.shape[-2:]) == tuple(shape):
+        return t
+    if mode == "nearest":
+        return F.interpolate(t, size=shape, mode="nearest-exact")
+    return F.interpolate(t, size=shape, mode="bilinear", align_corners=False,
+                         antialias=t.shape[-1] > shape[-1] or t.shape[-2] > shape[-2])
+
+
+def to_square(vol: np.ndarray | torch.Tensor, axis: int, size: int, *, fill: float, mode: str,
+              geom: SliceGeometry | None = None) -> tuple[torch.Tensor, SliceGeometry]:
+    """(X, Y, Z) volume -> (n_slices, 1, size, size) float32 tensor of slices along ``axis``.
+
+    ``geom`` (e.g. from :func:`physical_geometry`) places the slices in its frame; default: fitted to the frame."""
+    t = torch.as_tensor(np.ascontiguousarray(vol) if isinstance(vol, np.ndarray) else vol).float()
+    geom = geom or SliceGeometry(axis, tuple(t.shape), size)  # type: ignore[arg-type]
+    t = t.movedim(geom.axis, 0)[:, None]  # (n, 1, h, w)
+    pr, pc, fr, fc = geom._overlap()
+    frame = t.new_full((t.shape[0], 1, *geom.frame_shape), fill)
+    frame[:, :, fr, fc] = t[:, :, pr, pc]
+    return _resize(frame, (geom.size, geom.size), mode).contiguous(), geom
+
+
+def from_square(pred: torch.Tensor, geom: SliceGeometry, mode: str = "bilinear",
+                fill: float | list[float] = 0.0) -> torch.Tensor:
+    """(n_slices, C, size, size) -> (C, X, Y, Z) on the canonical volume grid.
+
+    Voxels of the volume that lie outside the frame (cropped) get ``fill`` (one value, or one per channel)."""
+    t = _resize(pred.float(), geom.frame_shape, mode)
+    pr, pc, fr, fc = geom._overlap()
+    h, w = geom.plane
+    out = t.new_empty((t.shape[0], t.shape[1], h, w))
+    out[:] = torch.as_tensor(fill, dtype=t.dtype).view(1, -1, 1, 1) if not isinstance(fill, float) else fill
+    out[:, :, pr, pc] = t[:, :, fr, fc]
+    return out.movedim(0, geom.axis + 1).contiguous()  # (C, ...) with slices back on their axis
 
 
 class SliceSampler:

@@ -6,6 +6,8 @@ the engine's generator; :meth:`training_events` is what the widget's ``thread_wo
 """
 from __future__ import annotations
 
+import dataclasses
+
 import gc
 from pathlib import Path
 from typing import Any, Iterator
@@ -94,7 +96,8 @@ class UUDSController:
             self.model = None  # another task or method: a fresh model
         size = self.model.cfg.image_size if self.model is not None else cfg.image_size
         axis = self.model.cfg.axis if self.model is not None else cfg.axis
-        self._data = ([prepare_volume(src, axis, size, lab)], [prepare_volume(tgt, axis, size)])
+        mm = self.model.cfg.mm_per_pixel if self.model is not None else cfg.mm_per_pixel
+        self._data = ([prepare_volume(src, axis, size, lab, mm)], [prepare_volume(tgt, axis, size, mm_per_pixel=mm)])
         self.target = self._data[1][0]
         self.target_layer = target
 
@@ -103,7 +106,8 @@ class UUDSController:
         if self.model is None:
             raise UUDSError("no model yet: train, or load weights")
         tgt = self._volume_of(target, "target image")
-        self.target = prepare_volume(tgt, self.model.cfg.axis, self.model.cfg.image_size)
+        self.target = prepare_volume(tgt, self.model.cfg.axis, self.model.cfg.image_size,
+                                     mm_per_pixel=self.model.cfg.mm_per_pixel)
         self.target_layer = target
 
     # -- model ---------------------------------------------------------------------------------
@@ -270,7 +274,7 @@ class UUDSController:
         g = self.target.geom
         shape = list(g.shape)
         shape[g.axis] = 1
-        return SliceGeometry(g.axis, tuple(shape), g.size)
+        return dataclasses.replace(g, shape=tuple(shape))
 
     def _show_preview(self, prev: dict[str, np.ndarray]) -> list:
         """Training preview (model resolution) -> the current slice of the output layers' data.
@@ -283,7 +287,7 @@ class UUDSController:
         syn = torch.from_numpy(prev["synthetic"])[None, None]
         seg = torch.from_numpy(prev["seg"].astype(np.float32))[None, None]
         ent = torch.from_numpy(prev["entropy"])[None, None]
-        vals = {"synthetic": from_square(syn, one)[0].numpy(), "seg": from_square(seg, one, "nearest")[0].numpy(),
+        vals = {"synthetic": from_square(syn, one, fill=-1.0)[0].numpy(), "seg": from_square(seg, one, "nearest")[0].numpy(),
                 "entropy": from_square(ent, one)[0].numpy()}
         vals["certain"] = vals["entropy"] < self.params.threshold
         shape = self.target.volume.data.shape
