@@ -107,13 +107,14 @@ def plan_geometry(norm: np.ndarray, spacing: tuple[float, float, float], axis: i
     return physical_geometry(tuple(np.shape(norm)), spacing, axis, size, mm_per_pixel, centre)
 
 
-def _resize(t: torch.Tensor, shape: tuple[int, int], mode: str) -> torch.Tensor:
+def _resize(t: torch.Tensor, shape: tuple[int, int], mode: str, antialias: bool = True) -> torch.Tensor:
+    """Bilinear (antialiased when shrinking, if ``antialias``) or nearest resize of the last two axes."""
     if tuple(t.shape[-2:]) == tuple(shape):
         return t
     if mode == "nearest":
         return F.interpolate(t, size=shape, mode="nearest-exact")
     return F.interpolate(t, size=shape, mode="bilinear", align_corners=False,
-                         antialias=t.shape[-1] > shape[-1] or t.shape[-2] > shape[-2])
+                         antialias=antialias and (t.shape[-1] > shape[-1] or t.shape[-2] > shape[-2]))
 
 
 def to_square(vol: np.ndarray | torch.Tensor, axis: int, size: int, *, fill: float, mode: str,
@@ -135,7 +136,7 @@ def from_square(pred: torch.Tensor, geom: SliceGeometry, mode: str = "bilinear",
     """(n_slices, C, size, size) -> (C, X, Y, Z) on the canonical volume grid.
 
     Voxels of the volume that lie outside the frame (cropped) get ``fill`` (one value, or one per channel)."""
-    t = _resize(pred.float(), geom.frame_shape, mode)
+    t = _resize(pred.float(), geom.frame_shape, mode, antialias=False)  # probabilities: plain bilinear
     pr, pc, fr, fc = geom._overlap()
     h, w = geom.plane
     out = t.new_empty((t.shape[0], t.shape[1], h, w))
