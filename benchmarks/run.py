@@ -73,6 +73,8 @@ ADAPT_ROWS: dict[str, tuple[str, dict, dict, dict]] = {
     "uuds_dd_printed": ("uuds", {}, {}, {"dd_form": "printed"}),
     "uuds_no_body_mask": ("uuds", {"body_mask": False}, {}, {}),
     "uuds_no_guard": ("uuds", {}, {"guard": False}, {}),
+    # GIN only where the raw target's grey values lie far from the source's (docs/method.md, selection amendment)
+    "uuds_auto": ("uuds", {}, {"randomise": "auto"}, {}),
     # the default plus physical scale (one mm per pixel for every volume, chosen as --mm-per-pixel auto does)
     "uuds_mm": ("uuds", {"mm_per_pixel": "auto"}, {}, {}),
     "uuds_no_domain_prompt": ("uuds", {"use_domain_prompt": False}, {}, {}),
@@ -83,7 +85,7 @@ ADAPT_ROWS: dict[str, tuple[str, dict, dict, dict]] = {
 }
 #: rows trained on labelled volumes only (no target term); ``gin_only`` is source randomisation alone
 SOURCE_ROWS = {"lower": {"randomise": "none"}, "gin_only": {"randomise": "gin"}}
-ROWS = ["lower", "histmatch", "pseudo", "gin_only", "uuds_paper", "uuds", "uuds_no_gin", "uuds_dd_printed",
+ROWS = ["lower", "histmatch", "pseudo", "gin_only", "uuds_paper", "uuds", "uuds_auto", "uuds_no_gin", "uuds_dd_printed",
         "uuds_no_body_mask", "uuds_no_guard", "uuds_mm", "uuds_no_domain_prompt", "uuds_no_seg_prompt", "uuds_no_uncertainty", "tcsa",
         "uuds+tcsa", "upper"]
 MAIN_ROWS = {"lower", "histmatch", "pseudo", "gin_only", "uuds_paper", "uuds", "upper"}
@@ -218,7 +220,8 @@ def run_row(row: str, seed: int, ctx: dict) -> dict:
     dd = {"dd_flow": tcfg.dd_flow, "dd_warmup": tcfg.dd_warmup, "dd_scale": weights.dd_scale,
           "dd_form": weights.dd_form} if tcfg.uses_dd(model.cfg) else {}
     return {"train_s": round(secs, 1), "final_losses": {k: round(v, 4) for k, v in last.items()},
-            "guard": getattr(model, "guard_report", None), **dd, "volumes": _evaluate(model, targets, refs, names)}
+            "guard": getattr(model, "guard_report", None), "randomise_used": getattr(model, "randomise_used", None),
+            **dd, "volumes": _evaluate(model, targets, refs, names)}
 
 
 # -- summary ----------------------------------------------------------------------------------------

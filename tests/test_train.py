@@ -110,3 +110,19 @@ def test_no_guard_and_no_randomisation_in_the_paper_recipe(tiny_cfg, data):
     model, events = _run(tiny_cfg, data, TrainConfig(steps=3, batch_size=2, warmup_steps=1, **t))
     steps = [e for e in events if e.kind == "step"]
     assert model.guard_report is None and not any("target_fraction" in e.losses for e in steps)
+
+
+def test_auto_randomisation_is_gin_or_none_exactly(tiny_cfg, data, cord):
+    """randomise="auto" decides once, without a label or a random draw: on the cord (T2 -> T1, grey values
+    far apart) it trains exactly as gin, with the T2 as its own target exactly as none."""
+    def losses(d, mode):
+        model, events = _run(tiny_cfg, d, TrainConfig(steps=3, batch_size=2, randomise=mode))
+        return [e.losses for e in events if e.kind == "step"], model.randomise_used
+
+    auto, used = losses(data, "auto")
+    assert used["randomise"] == "gin" and used["raw_w1"] > 0.3
+    assert auto == losses(data, "gin")[0]
+    same = (data[0], load_targets([cord["t2"]], tiny_cfg.axis, tiny_cfg.image_size))
+    auto, used = losses(same, "auto")
+    assert used["randomise"] == "none" and used["raw_w1"] < 0.05
+    assert auto == losses(same, "none")[0]

@@ -136,7 +136,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "The four options below override single settings of the recipe")
     a.add_argument("--randomise", choices=list(RANDOMISERS), default=None,
                    help="source randomisation: gin (random shallow conv nets scramble the source's contrast on the "
-                        "translator's input; the clean slice is L_id's target) or none (default: the recipe's)")
+                        "translator's input; the clean slice is L_id's target), auto (gin only where the target's "
+                        "grey values lie far from the source's, W1 > 0.3) or none (default: the recipe's)")
     a.add_argument("--randomise-p", type=_unit_float, default=TrainConfig().randomise_p, metavar="P",
                    help="fraction of source slices that are randomised")
     a.add_argument("--dd-form", choices=list(DD_FORMS), default=None,

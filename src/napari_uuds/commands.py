@@ -131,7 +131,7 @@ def cmd_adapt(args) -> int:
     bar.close()
     train_s = time.perf_counter() - t_start
     extra = {"train": to_dict(tcfg), "loss_weights": to_dict(loss_weights), "final_losses": last,
-             "guard": getattr(model, "guard_report", None),
+             "guard": getattr(model, "guard_report", None), "randomise_used": getattr(model, "randomise_used", None),
              "sources": [str(p) for p in args.source], "targets": [str(p) for p in args.target],
              "interrupted": interrupted,
              "normalisation": {"scheme": "per-volume percentile clip to [-1, 1] (background excluded)",

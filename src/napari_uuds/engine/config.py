@@ -31,8 +31,9 @@ DD_SCALES = ("one", "tau")
 #: domains are apart). docs/method.md, reading 5.
 DD_FORMS = ("printed", "infonce")
 #: Source randomisation (engine/randomise.py): ``gin`` = random shallow conv nets scramble the source's contrast;
-#: ``none`` = the source as it is.
-RANDOMISERS = ("none", "gin")
+#: ``none`` = the source as it is; ``auto`` = gin where the raw target's grey values lie far from the source's (W1 >
+#: randomise.AUTO_W1, label-free, measured before training), else none (docs/method.md, reading 16).
+RANDOMISERS = ("none", "gin", "auto")
 #: Where the randomised slice enters: ``translator`` = it is the translator's input and L_id asks for the clean
 #: slice back (the translator learns "any contrast -> the source's"); ``segmenter`` = L_id asks for the randomised
 #: slice itself, so the segmenter reads randomised contrasts (docs/method.md, reading 16).

@@ -22,6 +22,32 @@ import torch.nn.functional as F
 
 #: normalised intensities at or below this are background (background is -1 after normalisation)
 BACKGROUND = -0.98
+#: ``randomise="auto"`` switches GIN on where the raw target's grey values lie further than this (W1, in
+#: normalised units, range 2) from the source's: the guards' drift floor (guards.GuardLimits.drift_high)
+AUTO_W1 = 0.3
+
+
+def grey_value_distance(a: list[torch.Tensor], b: list[torch.Tensor], levels: int = 64) -> float:
+    """W1 (mean |quantile difference| at ``levels`` levels) between the body voxels of two sets of normalised
+    slice stacks: how far apart two contrasts' grey-value distributions lie, without any label."""
+    q = torch.linspace(0.0, 1.0, levels)
+
+    def quantiles(stacks: list[torch.Tensor]) -> torch.Tensor:
+        v = torch.cat([t.detach().float().cpu().flatten() for t in stacks])
+        v = v[v > BACKGROUND]
+        v = v[:: max(1, v.numel() // 1_000_000)]
+        return torch.quantile(v, q) if v.numel() else torch.zeros_like(q)
+
+    return float((quantiles(a) - quantiles(b)).abs().mean())
+
+
+def resolve_randomise(mode: str, source: list[torch.Tensor], target: list[torch.Tensor]) -> tuple[str, float | None]:
+    """``auto`` -> ``gin`` where the target's grey values lie further than :data:`AUTO_W1` from the source's,
+    else ``none``; other modes unchanged. Returns (mode, the distance or None)."""
+    if mode != "auto":
+        return mode, None
+    d = grey_value_distance(source, target)
+    return ("gin" if d > AUTO_W1 else "none"), d
 
 
 def gin(x: torch.Tensor, rng: np.random.Generator, p: float = 0.8, layers: int = 4, width: int = 2,

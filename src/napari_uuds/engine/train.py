@@ -19,7 +19,7 @@ from .config import LossWeights, TrainConfig
 from .losses import has_object, loss_bscl, loss_dd, loss_id, loss_seg, loss_useg, pseudo_label, total_loss
 from .model import TCSA_DECODER_STAGE, UUDS
 from .guards import AdaptationGuard, batch_statistics, object_fraction
-from .randomise import BACKGROUND, gin
+from .randomise import AUTO_W1, BACKGROUND, gin, resolve_randomise
 from .tcsa import PrototypeMemory, tcsa_terms
 from .text_embed import class_text_relations
 from .slices import SliceSampler
@@ -161,6 +161,12 @@ def train(model: UUDS, source: SliceSampler, target: SliceSampler, cfg: TrainCon
         memory = PrototypeMemory(mcfg.n_classes, model.seg_decoder.widths[TCSA_DECODER_STAGE],
                                  weights.proto_momentum, device)
         note = f"; TCSA text relations from {encoder}"
+    # randomise="auto": decided once, from the grey values of the two domains (no label, no random draw)
+    randomise, w1 = resolve_randomise(cfg.randomise, source.images, target.images) if adapt else \
+        (("none", None) if cfg.randomise == "auto" else (cfg.randomise, None))
+    model.randomise_used = {"randomise": randomise, **({"raw_w1": round(w1, 4)} if w1 is not None else {})}
+    if w1 is not None:
+        note += f"; source randomisation {randomise} (target-source grey-value W1 {w1:.2f}, GIN above {AUTO_W1})"
     guard = AdaptationGuard(object_fraction(source.labels, source.images)) \
         if (adapt and cfg.guard and source.labels is not None) else None
     model.guard_report = None
@@ -187,7 +193,7 @@ def train(model: UUDS, source: SliceSampler, target: SliceSampler, cfg: TrainCon
             xt = xt.to(device, non_blocking=True).contiguous(memory_format=mf)
             ys = ys.to(device, non_blocking=True)
             # source randomisation: the translator reads the randomised slice, L_id asks for the clean one
-            xs_in = gin(xs, source.rng, cfg.randomise_p) if cfg.randomise == "gin" else xs
+            xs_in = gin(xs, source.rng, cfg.randomise_p) if randomise == "gin" else xs
             id_target = xs_in if cfg.randomise_into == "segmenter" else xs
             warm = step >= cfg.warmup
             held = guard is not None and guard.held  # the guard holds every target term back

@@ -47,10 +47,12 @@ class UUDSWidget(Container):
         self.method.tooltip = ("uuds: dual prompts + uncertainty (the paper); tcsa: TCSA-UDA's vision-language "
                                "covariance and prototype alignment; uuds+tcsa: both")
         self.modality = LineEdit(value=self.params.source_modality, label="source modality")
-        self.randomise = ComboBox(choices=["gin", "none"], value=self.params.randomise, label="source randomisation")
+        self.randomise = ComboBox(choices=["gin", "auto", "none"], value=self.params.randomise,
+                                  label="source randomisation")
         self.randomise.tooltip = ("gin: the source's contrast is scrambled by random shallow conv nets while the model "
                                   "learns, so that it does not rely on one contrast (helps when the target inverts "
-                                  "tissue contrasts, as T1 against T2); none: the source as it is")
+                                  "tissue contrasts, as T1 against T2); auto: gin only where the target's grey values lie far "
+                                  "from the source's; none: the source as it is")
         self.arch = ComboBox(choices=["tiny", "rn50"], value=self.params.arch, label="model")
         self.weights = ComboBox(choices=["auto", "openai", "none"], value="auto", label="CLIP weights")
         self.device = ComboBox(choices=["auto", "cuda", "mps", "cpu"], value="auto", label="device")
