@@ -162,8 +162,8 @@ def train(model: UUDS, source: SliceSampler, target: SliceSampler, cfg: TrainCon
                                  weights.proto_momentum, device)
         note = f"; TCSA text relations from {encoder}"
     # randomise="auto": decided once, from the grey values of the two domains (no label, no random draw)
-    randomise, w1 = resolve_randomise(cfg.randomise, source.images, target.images) if adapt else \
-        (("none", None) if cfg.randomise == "auto" else (cfg.randomise, None))
+    mode = cfg.randomise if (adapt or cfg.randomise != "auto") else "none"  # source only: no target to compare
+    randomise, w1 = resolve_randomise(mode, source.images, target.images)
     model.randomise_used = {"randomise": randomise, **({"raw_w1": round(w1, 4)} if w1 is not None else {})}
     if w1 is not None:
         note += f"; source randomisation {randomise} (target-source grey-value W1 {w1:.2f}, GIN above {AUTO_W1})"
@@ -229,8 +229,6 @@ def train(model: UUDS, source: SliceSampler, target: SliceSampler, cfg: TrainCon
                     terms.update(tcsa_terms(out, ys, probs, pl, mask, memory, text_rel, weights.tau_proto,
                                             target_terms=adapt and warm and not held))
                 loss = total_loss(terms, weights)
-                check = guard is not None and warm
-                stats = batch_statistics(pl, xt, out["syn_t"], xs) if check else None
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -241,6 +239,8 @@ def train(model: UUDS, source: SliceSampler, target: SliceSampler, cfg: TrainCon
                 rate = seen / el if el > 0 else 0.0
                 names = [*terms, "total", "certain"]
                 parts = [*(v.detach().float() for v in terms.values()), loss.detach().float(), certain.float()]
+                # the guards look from the warm-up on, at the logged steps (their figures ride the same host sync)
+                stats = batch_statistics(pl, xt, out["syn_t"], xs) if (guard is not None and warm) else None
                 if stats is not None:
                     names += ["target_fraction", "drift_w1", "raw_w1"]
                     parts += list(stats)
