@@ -143,6 +143,8 @@ class LossWeights:
     cov: float = 1.0  # vision-language covariance cosine loss, source + target
     proto: float = 1.0  # prototype alignment, source + target
     ent: float = 0.1  # target entropy minimisation
+    #: object-size prior on the target (losses.loss_size; not in the paper): 0 = off
+    size: float = 0.0
     tau_proto: float = 0.1  # temperature of the prototype InfoNCE
     proto_momentum: float = 0.9  # EMA of the semantic prototype memory
 

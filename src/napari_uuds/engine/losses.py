@@ -9,6 +9,7 @@ Eq. 5              :func:`entropy_map`          per-pixel predictive entropy
 Eq. 6, Eq. 7       :func:`pseudo_label`         pseudo label and certain mask for chi
 Eq. 8              :func:`loss_useg`            Dice on certain pixels of x^{t->s}
 L_seg (Sec. 3.2)   :func:`loss_seg`             Dice + cross-entropy on the source
+(not in the paper) :func:`loss_size`            object-size prior on the target
 Eq. 9              :func:`loss_id`              L1 identity of the source reconstruction
 Sec. 3.3           :func:`total_loss`           alpha, beta, gamma, lambda (+ TCSA terms)
 =================  ===========================  =========================================
@@ -159,6 +160,19 @@ def loss_id(rec: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return (rec.float() - x.float()).abs().mean()
 
 
+def loss_size(probs: torch.Tensor, body: torch.Tensor, source_fraction: float, low: float = 0.5,
+              high: float = 2.0) -> torch.Tensor:
+    """Object-size prior on the target (not in the paper; a class-ratio prior as in size-constrained
+    segmentation): the soft fraction of the target batch's body predicted as object, over the source's labelled
+    fraction, is pushed into [low, high]: relu(r - high)^2 + relu(low - r)^2. Zero inside the band.
+
+    probs (B, C, H, W) softmax; body (B, H, W) bool."""
+    body = body.float()
+    frac = ((1.0 - probs[:, 0]) * body).sum() / body.sum().clamp(min=1.0)
+    r = frac / max(source_fraction, 1e-8)
+    return F.relu(r - high) ** 2 + F.relu(low - r) ** 2
+
+
 def total_loss(terms: dict[str, torch.Tensor], w: LossWeights) -> torch.Tensor:
     """L_total = alpha (L_DD1 + L_DD2) + beta L_BSCL + gamma (L_useg + L_seg) + lambda L_id (Sec. 3.3).
 
@@ -171,4 +185,4 @@ def total_loss(terms: dict[str, torch.Tensor], w: LossWeights) -> torch.Tensor:
             + w.gamma * (g("useg", z) + g("seg", z)) + w.lam * g("id", z)
             # TCSA-UDA terms (engine/tcsa.py), zero unless the method includes tcsa
             + w.cov * (g("cov_s", z) + g("cov_t", z)) + w.proto * (g("proto_s", z) + g("proto_t", z))
-            + w.ent * g("ent", z))
+            + w.ent * g("ent", z) + w.size * g("size", z))

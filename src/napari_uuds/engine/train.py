@@ -16,7 +16,8 @@ import numpy as np
 import torch
 
 from .config import LossWeights, TrainConfig
-from .losses import has_object, loss_bscl, loss_dd, loss_id, loss_seg, loss_useg, pseudo_label, total_loss
+from .losses import (has_object, loss_bscl, loss_dd, loss_id, loss_seg, loss_size, loss_useg, pseudo_label,
+                     total_loss)
 from .model import TCSA_DECODER_STAGE, UUDS
 from .guards import AdaptationGuard, batch_statistics, object_fraction
 from .randomise import AUTO_W1, BACKGROUND, gin, resolve_randomise
@@ -167,8 +168,8 @@ def train(model: UUDS, source: SliceSampler, target: SliceSampler, cfg: TrainCon
     model.randomise_used = {"randomise": randomise, **({"raw_w1": round(w1, 4)} if w1 is not None else {})}
     if w1 is not None:
         note += f"; source randomisation {randomise} (target-source grey-value W1 {w1:.2f}, GIN above {AUTO_W1})"
-    guard = AdaptationGuard(object_fraction(source.labels, source.images)) \
-        if (adapt and cfg.guard and source.labels is not None) else None
+    source_fraction = object_fraction(source.labels, source.images) if source.labels is not None else 0.0
+    guard = AdaptationGuard(source_fraction) if (adapt and cfg.guard and source.labels is not None) else None
     model.guard_report = None
     yield TrainEvent("start", start_step, total, message=f"training {cfg.method} ({cfg.mode}) on {device}{note}")
     t0 = time.perf_counter()
@@ -225,6 +226,8 @@ def train(model: UUDS, source: SliceSampler, target: SliceSampler, cfg: TrainCon
                         terms["dd_ts"] = loss_dd(out["xg_ts"], ref_t, t_d, weights.tau_dd, weights.dd_form)
                     if cfg.use_uncertainty and warm and adapt and not held:
                         terms["useg"] = loss_useg(probs, pl, mask)
+                    if weights.size > 0 and warm and adapt and not held and source_fraction > 0:
+                        terms["size"] = loss_size(probs, xt[:, 0] > BACKGROUND, source_fraction)
                 if cfg.uses_tcsa:
                     terms.update(tcsa_terms(out, ys, probs, pl, mask, memory, text_rel, weights.tau_proto,
                                             target_terms=adapt and warm and not held))
