@@ -75,8 +75,9 @@ ADAPT_ROWS: dict[str, tuple[str, dict, dict, dict]] = {
     "uuds_no_guard": ("uuds", {}, {"guard": False}, {}),
     # GIN only where the raw target's grey values lie far from the source's (docs/method.md, selection amendment)
     "uuds_auto": ("uuds", {}, {"randomise": "auto"}, {}),
-    # the default plus an object-size prior on the target (exploratory, not a candidate this round)
-    "uuds_size": ("uuds", {}, {}, {"size": 1.0}),
+    # the default plus an object-size prior on the target, log-ratio form (exploratory, not a candidate this round;
+    # the linear form, row uuds_size of commit 6cdfed2, emptied every C prediction: kept as superseded)
+    "uuds_size_log": ("uuds", {}, {}, {"size": 1.0}),
     # the default plus physical scale (one mm per pixel for every volume, chosen as --mm-per-pixel auto does)
     "uuds_mm": ("uuds", {"mm_per_pixel": "auto"}, {}, {}),
     "uuds_no_domain_prompt": ("uuds", {"use_domain_prompt": False}, {}, {}),
@@ -88,7 +89,7 @@ ADAPT_ROWS: dict[str, tuple[str, dict, dict, dict]] = {
 #: rows trained on labelled volumes only (no target term); ``gin_only`` is source randomisation alone
 SOURCE_ROWS = {"lower": {"randomise": "none"}, "gin_only": {"randomise": "gin"}}
 ROWS = ["lower", "histmatch", "pseudo", "gin_only", "uuds_paper", "uuds", "uuds_auto", "uuds_no_gin", "uuds_dd_printed",
-        "uuds_no_body_mask", "uuds_no_guard", "uuds_mm", "uuds_size", "uuds_no_domain_prompt", "uuds_no_seg_prompt", "uuds_no_uncertainty", "tcsa",
+        "uuds_no_body_mask", "uuds_no_guard", "uuds_mm", "uuds_size_log", "uuds_no_domain_prompt", "uuds_no_seg_prompt", "uuds_no_uncertainty", "tcsa",
         "uuds+tcsa", "upper"]
 MAIN_ROWS = {"lower", "histmatch", "pseudo", "gin_only", "uuds_paper", "uuds", "upper"}
 DESCRIPTIONS = {
@@ -279,8 +280,7 @@ def write_markdown(results: Path) -> Path:
             lines += ["", f"Superseded: {doc['superseded']['note']}.", "",
                       "| row | seeds | Dice % | ASSD mm | empty | gap closed | target / source volume, per seed | Dice per seed |",
                       "|---|---|---|---|---|---|---|---|"]
-            lines += [_row_line(name, doc["superseded"]["rows"][name]) for name in ROWS
-                      if name in doc["superseded"]["rows"]]
+            lines += [_row_line(name, row) for name, row in doc["superseded"]["rows"].items()]
         lines.append("")
     out = results / "quality.md"
     atomic_write(out, lambda tmp: Path(tmp).write_text("\n".join(lines)))

@@ -143,8 +143,8 @@ def test_size_prior_is_zero_in_the_band_and_pulls_back_outside():
     probs[:, 0] = 1.0
     probs[0, :, :2, :5] = torch.tensor([0.0, 1.0]).view(2, 1, 1)  # 10 % of the body is object
     assert loss_size(probs, body, 0.1).item() == 0.0  # ratio 1
-    assert loss_size(probs, body, 0.025).item() == pytest.approx((4 - 2) ** 2)  # 4 times the source's
-    assert loss_size(probs, body, 0.4).item() == pytest.approx((0.5 - 0.25) ** 2)  # a quarter of it
+    assert loss_size(probs, body, 0.025).item() == pytest.approx(math.log(4 / 2) ** 2, rel=1e-5)  # 4 times
+    assert loss_size(probs, body, 0.4).item() == pytest.approx(math.log(0.5 / 0.25) ** 2, rel=1e-5)  # a quarter
     p = probs.clone().requires_grad_(True)
     loss_size(p, body, 0.025).backward()
     assert p.grad[0, 0, 0, 0] < 0  # more background where object was predicted
