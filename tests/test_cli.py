@@ -233,7 +233,7 @@ def test_recipe_and_lever_options_reach_the_run(vols, tmp_path):
     out = tmp_path / "default"
     assert _adapt(vols, out, **{"--randomise-p": 0.5}) == 0
     cfg = json.loads((out / "config.json").read_text())
-    assert (cfg["train"]["recipe"], cfg["train"]["randomise"], cfg["train"]["randomise_p"]) == ("uuds", "gin", 0.5)
+    assert (cfg["train"]["recipe"], cfg["train"]["randomise"], cfg["train"]["randomise_p"]) == ("uuds", "none", 0.5)
     assert cfg["loss_weights"]["dd_form"] == "infonce" and cfg["model"]["body_mask"] is True and cfg["train"]["guard"]
     argv = ["adapt", "--quiet", "--recipe", "paper", "--randomise", "gin", "--dd-form", "infonce", "--body-mask",
             "--source", vols["img"], "--source-label", vols["lab"], "--target", vols["tgt"], "--out",

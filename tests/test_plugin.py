@@ -261,8 +261,9 @@ def test_random_weights_note_stays_and_guard_warning_shows(ready, qtbot):
     from napari_uuds.engine.train import TrainEvent
 
     viewer, w = ready
-    w.randomise.value = "none"
-    assert w.ctl.train_config().randomise == "none"
+    assert w.randomise.value == "none"  # the default recipe's
+    w.randomise.value = "auto"
+    assert w.ctl.train_config().randomise == "auto"
     w.ctl.prepare(w.source.value, w.source_labels.value, w.target.value)
     w.ctl.build_model()
     assert "CLIP weights are random" in w.notice.value

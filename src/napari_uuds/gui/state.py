@@ -24,7 +24,7 @@ class Params:
     class_descriptions: list = field(default_factory=list)
     method: str = "uuds"  # uuds | tcsa | uuds+tcsa
     #: source randomisation: gin | none (engine/randomise.py)
-    randomise: str = "gin"
+    randomise: str = "none"
     text_encoder: str = "auto"
     source_modality: str = "source"
     domain_prompt: str = DEFAULT_DOMAIN_PROMPT

@@ -47,7 +47,7 @@ class UUDSWidget(Container):
         self.method.tooltip = ("uuds: dual prompts + uncertainty (the paper); tcsa: TCSA-UDA's vision-language "
                                "covariance and prototype alignment; uuds+tcsa: both")
         self.modality = LineEdit(value=self.params.source_modality, label="source modality")
-        self.randomise = ComboBox(choices=["gin", "auto", "none"], value=self.params.randomise,
+        self.randomise = ComboBox(choices=["none", "auto", "gin"], value=self.params.randomise,
                                   label="source randomisation")
         self.randomise.tooltip = ("gin: the source's contrast is scrambled by random shallow conv nets while the model "
                                   "learns, so that it does not rely on one contrast (helps when the target inverts "
