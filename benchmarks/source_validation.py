@@ -48,8 +48,8 @@ from napari_uuds.engine.train import train  # noqa: E402
 VARIANTS: dict[str, tuple[str, dict, dict, dict]] = {
     "source_only": ("uuds", {}, {"mode": "source_only", "randomise": "none"}, {}),
     "gin_only": ("uuds", {}, {"mode": "source_only", "randomise": "gin"}, {}),
-    # uuds_mm re-slices the volumes (run.py does it); neither it nor uuds_size is a candidate this round
-    **{k: v for k, v in bench.ADAPT_ROWS.items() if k not in ("uuds_mm", "uuds_size_log")},
+    # uuds_gin_mm re-slices the volumes (run.py does it); neither it nor the size prior was a candidate
+    **{k: v for k, v in bench.ADAPT_ROWS.items() if k not in ("uuds_gin_mm", "uuds_gin_size_log")},
 }
 
 
