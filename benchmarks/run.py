@@ -7,13 +7,12 @@ Runs the protocols of ``shared/data/README.md`` with the engine's own API:
 * C: spinal cord, T2 -> T1 (one subject; its upper bound is trained on the very T1 it is scored on).
 
 Rows: ``lower`` (source only), ``histmatch`` (target histogram-matched to the source, lower model),
-``pseudo`` (lower model fine-tuned on its entropy-filtered target pseudo-labels), ``uuds`` (the engine's
-defaults: L_DD as printed, tau = 0.07, from step 0), ``uuds_dd_tau_warmup`` (L_DD scaled by tau and held back
-during the warm-up, the default for a while; see docs/method.md, reading 5), ``uuds_dd_split`` (the
-default with L_DD's gradients split, ``dd_flow="split"``),
-the three ablations of the paper's Table 3 (``uuds_no_domain_prompt``, ``uuds_no_seg_prompt``,
-``uuds_no_uncertainty``), ``tcsa``, ``uuds+tcsa``, ``tcsa_clip_text`` (TCSA with the model's CLIP text
-tower instead of the pretrained sentence encoder) and ``upper`` (supervised on the target contrast).
+``pseudo`` (lower model fine-tuned on its entropy-filtered target pseudo-labels), ``gin_only`` (source
+randomisation alone, no target term), ``uuds_paper`` (the paper's letter), ``uuds`` (the engine's default recipe,
+whatever it is), ``uuds_auto`` / ``uuds_gin`` (with source randomisation) and the ``uuds_gin_*`` / ``uuds_no_*``
+rows that change one lever (``ADAPT_ROWS``), the paper's Table-3 ablations, ``tcsa``, ``uuds+tcsa`` and
+``upper`` (supervised on the target contrast). The mapping of every row to its settings is ``ADAPT_ROWS`` and
+``SOURCE_ROWS`` below; docs/method.md says why each exists.
 Target labels are read for scoring only.
 
 Writes ``benchmarks/results/quality_<protocol>.json`` after every run (a crash keeps what was done;
