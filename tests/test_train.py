@@ -126,3 +126,13 @@ def test_auto_randomisation_is_gin_or_none_exactly(tiny_cfg, data, cord):
     auto, used = losses(same, "auto")
     assert used["randomise"] == "none" and used["raw_w1"] < 0.05
     assert auto == losses(same, "none")[0]
+
+
+def test_randomised_slice_into_the_segmenter_changes_what_l_id_asks_for(tiny_cfg, data):
+    """randomise_into="segmenter": L_id asks for the randomised slice (the translator passes it through); the
+    default asks for the clean one. Same draws, so the first step's other terms agree and L_id differs."""
+    a = [e.losses for e in _run(tiny_cfg, data, TrainConfig(steps=1, batch_size=2, randomise="gin",
+                                                               randomise_p=1.0))[1] if e.kind == "step"][0]
+    b = [e.losses for e in _run(tiny_cfg, data, TrainConfig(steps=1, batch_size=2, randomise="gin", randomise_p=1.0,
+                                                               randomise_into="segmenter"))[1] if e.kind == "step"][0]
+    assert a["seg"] == b["seg"] and a["id"] != b["id"]
