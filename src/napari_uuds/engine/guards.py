@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .randomise import BACKGROUND
+from .randomise import BACKGROUND, subsampled_quantiles
 
 #: quantile levels at which the two grey-value distributions are compared (W1 ~ mean |q_a - q_b|)
 _LEVELS = 64
@@ -60,12 +60,8 @@ def batch_statistics(seg_t: torch.Tensor, xt: torch.Tensor, syn_t: torch.Tensor,
     b = xs.detach().float()[xs > BACKGROUND]
     if a.numel() == 0 or b.numel() == 0:
         return torch.stack([frac, torch.zeros_like(frac), torch.zeros_like(frac)])
-    qb = _quantiles(b, q)
-    return torch.stack([frac, (_quantiles(a, q) - qb).abs().mean(), (_quantiles(r, q) - qb).abs().mean()])
-
-
-def _quantiles(v: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
-    return torch.quantile(v[:: max(1, v.numel() // 16384)], q)
+    qa, qr, qb = (subsampled_quantiles(v, q, 16384) for v in (a, r, b))
+    return torch.stack([frac, (qa - qb).abs().mean(), (qr - qb).abs().mean()])
 
 
 @dataclass
