@@ -65,18 +65,22 @@ def run_variant(name: str, seed: int, ctx: dict) -> dict:
     # the floor of Eq. 1: log sigmoid(-2 / tau) as printed, 0 in the InfoNCE form ("within 1 %": under 0.01)
     printed = weights.dd_form == "printed"
     floor = math.log(1.0 / (1.0 + math.exp(2.0 / weights.tau_dd))) if printed else 0.0
-    dd_floor_step, trace = None, []
+    dd_floor_step, trace, curve = None, [], {}
+    val = ctx["val"]
     t0 = time.perf_counter()
     for ev in train(model, src, tgt, tcfg, weights):
         if ev.kind != "step":
             continue
+        if ev.step in ctx.get("eval_at", ()) and ev.step < ctx["steps"]:  # the learning curve, label-free
+            p = predict_volume(model, val.volume, norm=val.norm)
+            curve[str(ev.step)] = round(score_classes(p.seg, val.label_volume.data, val.volume.spacing,
+                                                      ctx["class_names"])["dice"], 2)
         dd = ev.losses.get("dd_s")
         if dd is not None and dd_floor_step is None and (dd <= 0.99 * floor if printed else dd < 0.01):
             dd_floor_step = ev.step
         if ev.step % 25 == 0:
             trace.append({"step": ev.step, **{k: round(v, 4) for k, v in ev.losses.items()}})
     secs = time.perf_counter() - t0
-    val = ctx["val"]
     pred = predict_volume(model, val.volume, norm=val.norm)
     sv = score_classes(pred.seg, val.label_volume.data, val.volume.spacing, ctx["class_names"])
     fg_t, ent_t, w_syn, w_raw = [], [], [], []
@@ -95,7 +99,8 @@ def run_variant(name: str, seed: int, ctx: dict) -> dict:
             "target_fg_ratio": round(float(np.mean(fg_t)) / src_fg, 3),
             "target_entropy": round(float(np.mean(ent_t)), 4),
             "synthetic_w1": round(float(np.mean(w_syn)), 4), "raw_target_w1": round(float(np.mean(w_raw)), 4),
-            "dd_floor_step": dd_floor_step, "trace": trace}
+            "dd_floor_step": dd_floor_step, "trace": trace,
+            **({"source_val_curve": {**curve, str(ctx["steps"]): round(sv["dice"], 2)}} if curve else {})}
 
 
 def _head(raw: np.ndarray) -> np.ndarray:
@@ -117,6 +122,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--steps", type=int, default=200)
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--lr", type=float, default=1e-4)
+    ap.add_argument("--eval-at", nargs="*", type=int, default=[],
+                    help="also score the held-out source at these steps (a label-free learning curve)")
     ap.add_argument("--results", default=str(bench.RESULTS))
     args = ap.parse_args(argv)
 
@@ -128,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
                                source_modality=proto["source"].upper())
     sources = bench._load(data, proto, proto["train"], proto["source"], cfg, True)
     ctx = {"model_kw": {k: getattr(cfg, k) for k in cfg.__dataclass_fields__}, "steps": args.steps,
-           "batch_size": args.batch_size, "lr": args.lr, "class_names": names,
+           "batch_size": args.batch_size, "lr": args.lr, "class_names": names, "eval_at": set(args.eval_at),
            "train": sources[:-1], "val": sources[-1],
            "targets": bench._load(data, proto, proto["test"], proto["target"], cfg, False)}
     out = Path(args.results) / f"source_validation_{args.protocol}.json"
