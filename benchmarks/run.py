@@ -9,7 +9,8 @@ Runs the protocols of ``shared/data/README.md`` with the engine's own API:
 Rows: ``lower`` (source only), ``histmatch`` (target histogram-matched to the source, lower model),
 ``pseudo`` (lower model fine-tuned on its entropy-filtered target pseudo-labels), ``gin_only`` (source
 randomisation alone, no target term), ``uuds_paper`` (the paper's letter), ``uuds`` (the engine's default recipe,
-whatever it is), ``uuds_auto`` / ``uuds_gin`` (with source randomisation) and the ``uuds_gin_*`` / ``uuds_no_*``
+whatever it is), ``uuds_no_gin`` / ``uuds_gin`` (source randomisation off / always on) and the ``uuds_gin_*`` /
+``uuds_no_*``
 rows that change one lever (``ADAPT_ROWS``), the paper's Table-3 ablations, ``tcsa``, ``uuds+tcsa`` and
 ``upper`` (supervised on the target contrast). The mapping of every row to its settings is ``ADAPT_ROWS`` and
 ``SOURCE_ROWS`` below; docs/method.md says why each exists.
@@ -68,9 +69,10 @@ _PM, _PT, _PW = RECIPES["paper"]
 ADAPT_ROWS: dict[str, tuple[str, dict, dict, dict]] = {
     "uuds": ("uuds", {}, {}, {}),
     "uuds_paper": ("uuds", _PM, {**_PT, "recipe": "paper"}, _PW),
-    # GIN only where the raw target's grey values lie far from the source's (docs/method.md, selection amendment)
-    "uuds_auto": ("uuds", {}, {"randomise": "auto"}, {}),
-    # the default with GIN always on: the default of commits 1b768c5..f5ceee8, whose lever rows follow
+    # the default without source randomisation: the default of round 1 (on A1 and A2 the same run as uuds, where
+    # randomise=auto leaves GIN off)
+    "uuds_no_gin": ("uuds", {}, {"randomise": "none"}, {}),
+    # GIN always on: the default of commits 1b768c5..f5ceee8, whose lever rows follow (on C the same run as uuds)
     "uuds_gin": ("uuds", {}, {"randomise": "gin"}, {}),
     "uuds_gin_dd_printed": ("uuds", {}, {"randomise": "gin"}, {"dd_form": "printed"}),
     "uuds_gin_no_body_mask": ("uuds", {"body_mask": False}, {"randomise": "gin"}, {}),
@@ -92,7 +94,7 @@ ADAPT_ROWS: dict[str, tuple[str, dict, dict, dict]] = {
 }
 #: rows trained on labelled volumes only (no target term); ``gin_only`` is source randomisation alone
 SOURCE_ROWS = {"lower": {"randomise": "none"}, "gin_only": {"randomise": "gin"}}
-ROWS = ["lower", "histmatch", "pseudo", "gin_only", "uuds_paper", "uuds", "uuds_auto", "uuds_gin",
+ROWS = ["lower", "histmatch", "pseudo", "gin_only", "uuds_paper", "uuds", "uuds_no_gin", "uuds_gin",
         "uuds_gin_dd_printed", "uuds_gin_no_body_mask", "uuds_gin_no_guard", "uuds_gin_mm", "uuds_gin_size_log",
         "uuds_dd_printed", "uuds_no_body_mask", "uuds_no_guard", "uuds_no_domain_prompt", "uuds_no_seg_prompt",
         "uuds_no_uncertainty", "tcsa", "uuds+tcsa", "upper"]
@@ -277,8 +279,9 @@ def write_markdown(results: Path) -> Path:
              "Rows: `lower` source only; `histmatch` the target histogram-matched to the source, lower model; "
              "`pseudo` the lower model fine-tuned on its entropy-filtered target pseudo labels; `gin_only` source "
              "randomisation alone, no target term; `uuds_paper` the paper's letter; `uuds` the engine's default "
-             "recipe; `uuds_auto` the default with `--randomise auto`; `uuds_gin` the default with GIN always on "
-             "(round 1's candidate) and `uuds_gin_*` one lever of it changed; `uuds_no_*` one lever of the default "
+             "recipe (since round 2, `--randomise auto`: GIN where the contrasts lie far apart, here C only); "
+             "`uuds_no_gin` the default without source randomisation (round 1's default); `uuds_gin` the default with "
+             "GIN always on (round 1's candidate) and `uuds_gin_*` one lever of it changed; `uuds_no_*` one lever of the default "
              "off; `upper` supervised on the target contrast. docs/method.md has the details.", ""]
     for path in sorted(results.glob("quality_*.json")):
         doc = json.loads(path.read_text())

@@ -33,7 +33,9 @@ def _adapt(v, out, **over):
     args.update(over)
     argv = ["adapt", "--quiet"]
     for k, val in args.items():
-        if val is not None:
+        if val is True:  # a flag
+            argv.append(k)
+        elif val is not None:
             argv += [k, str(val)]
     return main(argv)
 
@@ -169,8 +171,9 @@ def test_unusable_out_fails_before_training(vols, tmp_path, capsys):
     assert _adapt(vols, blocker / "out") == 2
     err = capsys.readouterr().err.strip()
     assert "cannot create the output folder" in err and "\n" not in err
-    assert _adapt(vols, tmp_path / "o", **{"--lr": "-1"}) == 2
-    assert "--lr must be > 0" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:
+        _adapt(vols, tmp_path / "o", **{"--lr": "-1"})
+    assert exc.value.code == 2 and "--lr: must be a finite number > 0" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("method", ["tcsa", "uuds+tcsa"])
@@ -221,7 +224,7 @@ def test_loss_weight_and_dd_flow_options_reach_the_run(vols, tmp_path, capsys):
     assert cfg["train"]["dd_warmup"] is True and cfg["loss_weights"]["dd_scale"] == "tau"
     with pytest.raises(SystemExit) as exc:  # argparse: usage line + one error line, exit 2
         _adapt(vols, tmp_path / "o2", **{"--alpha": -1})
-    assert exc.value.code == 2 and "--alpha: must be at least 0" in capsys.readouterr().err
+    assert exc.value.code == 2 and "--alpha: must be a finite number >= 0" in capsys.readouterr().err
 
 
 def test_recipe_and_lever_options_reach_the_run(vols, tmp_path):
@@ -233,7 +236,7 @@ def test_recipe_and_lever_options_reach_the_run(vols, tmp_path):
     out = tmp_path / "default"
     assert _adapt(vols, out, **{"--randomise-p": 0.5}) == 0
     cfg = json.loads((out / "config.json").read_text())
-    assert (cfg["train"]["recipe"], cfg["train"]["randomise"], cfg["train"]["randomise_p"]) == ("uuds", "none", 0.5)
+    assert (cfg["train"]["recipe"], cfg["train"]["randomise"], cfg["train"]["randomise_p"]) == ("uuds", "auto", 0.5)
     assert cfg["loss_weights"]["dd_form"] == "infonce" and cfg["model"]["body_mask"] is True and cfg["train"]["guard"]
     argv = ["adapt", "--quiet", "--recipe", "paper", "--randomise", "gin", "--dd-form", "infonce", "--body-mask",
             "--source", vols["img"], "--source-label", vols["lab"], "--target", vols["tgt"], "--out",

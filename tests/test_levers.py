@@ -125,7 +125,7 @@ def test_recipes_paper_is_the_letter_and_uuds_the_defaults():
     tc, lw = TrainConfig(**t), LossWeights(**w)
     assert (tc.randomise, tc.guard, tc.recipe, lw.dd_form) == ("none", False, "paper", "printed")
     d = (ModelConfig(), TrainConfig(), LossWeights())
-    assert (d[0].body_mask, d[1].randomise, d[1].guard, d[2].dd_form) == (True, "none", True, "infonce")
+    assert (d[0].body_mask, d[1].randomise, d[1].guard, d[2].dd_form) == (True, "auto", True, "infonce")
     assert set(RECIPES) == {"uuds", "paper"}
     with pytest.raises(UUDSError):
         recipe_overrides("magic")

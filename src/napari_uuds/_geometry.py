@@ -16,14 +16,24 @@ from .engine.volumes import Volume
 KEY = "nifti"
 
 
-def canonical_origin(vol: Volume) -> tuple[float, float, float]:
-    """World position (mm) of canonical voxel (0, 0, 0): the layer ``translate`` that overlays scans."""
+def layer_placement(vol: Volume) -> dict[str, Any]:
+    """napari ``scale`` / ``translate`` (and, for an oblique scan, ``affine``) placing canonical voxels in world mm.
+
+    A scan whose axes lie along R, A, S needs only scale and translate. An oblique one (a rotated field of view)
+    also gets its rotation as the layer's ``affine`` (world = rotation . (scale . voxel) + origin), so it is shown
+    where it lies, as its file says; scale stays the voxel size."""
     from nibabel.orientations import inv_ornt_aff
 
     if vol.data.ndim != 3:
-        return (0.0, 0.0, 0.0)
+        return {"scale": vol.spacing, "translate": (0.0, 0.0, 0.0)}
     canon = np.asarray(vol.affine, dtype=float) @ inv_ornt_aff(vol.ornt, vol.file_shape())
-    return tuple(float(v) for v in canon[:3, 3])
+    zooms = np.linalg.norm(canon[:3, :3], axis=0)
+    rot = canon[:3, :3] / zooms
+    if np.allclose(rot, np.eye(3), atol=1e-4):
+        return {"scale": tuple(float(z) for z in zooms), "translate": tuple(float(v) for v in canon[:3, 3])}
+    aff = np.eye(4)
+    aff[:3, :3], aff[:3, 3] = rot, canon[:3, 3]
+    return {"scale": tuple(float(z) for z in zooms), "translate": (0.0, 0.0, 0.0), "affine": aff}
 
 
 def layer_metadata(vol: Volume) -> dict[str, Any]:

@@ -1,7 +1,8 @@
 """napari reader for NIfTI (.nii, .nii.gz): images become Image layers, label volumes Labels layers.
 
 Volumes are shown in canonical RAS voxel order (so scans of different orientations overlay) with the
-voxel size as layer scale; the file's affine and header ride along in the layer metadata.
+voxel size as layer scale, the origin as translate and, for an oblique scan, its rotation as the layer's affine
+(``_geometry.layer_placement``); the file's affine and header ride along in the layer metadata.
 """
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ._geometry import canonical_origin, layer_metadata
+from ._geometry import layer_metadata, layer_placement
 from .engine.volumes import NIFTI_SUFFIXES, load_volume
 
 MAX_LABEL_VALUES = 16
@@ -43,8 +44,7 @@ def read_nifti(path):
     layers = []
     for p in paths:
         vol = load_volume(p, check_constant=False)
-        kwargs = {"name": vol.name, "scale": vol.spacing, "translate": canonical_origin(vol),
-                  "metadata": layer_metadata(vol)}
+        kwargs = {"name": vol.name, **layer_placement(vol), "metadata": layer_metadata(vol)}
         if looks_like_labels(vol.data):
             layers.append((np.rint(vol.data).astype(np.uint8), kwargs, "labels"))
         else:

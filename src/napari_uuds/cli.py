@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import argparse
+import math
 import sys
+import warnings
 
 from .engine.config import DD_FLOWS, DD_FORMS, DD_SCALES, RANDOMISERS, RECIPES, LossWeights, TrainConfig
 from .engine.errors import UUDSError
@@ -43,8 +45,22 @@ def _unit_float(s: str) -> float:
 
 def _nonneg_float(s: str) -> float:
     v = float(s)
-    if v < 0.0:
-        raise argparse.ArgumentTypeError(f"must be at least 0, not {v}")
+    if not (math.isfinite(v) and v >= 0.0):
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, not {v}")
+    return v
+
+
+def _positive_float(s: str) -> float:
+    v = float(s)
+    if not (math.isfinite(v) and v > 0.0):
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, not {v}")
+    return v
+
+
+def _seed(s: str) -> int:
+    v = int(s)
+    if not 0 <= v < 2 ** 32:
+        raise argparse.ArgumentTypeError(f"must lie in 0 .. 4294967295, not {v}")
     return v
 
 
@@ -52,7 +68,7 @@ def _mm_per_pixel(s: str) -> float | str:
     if s == "auto":
         return s
     v = float(s)
-    if v < 0.0:
+    if not (math.isfinite(v) and v >= 0.0):
         raise argparse.ArgumentTypeError(f"must be auto, 0 or a positive number of mm, not {v}")
     return v
 
@@ -85,10 +101,10 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--steps", type=_positive_int, default=200,
                    help="training steps (200 suit the tiny model on the sample; use thousands for rn50 on a GPU)")
     a.add_argument("--batch-size", type=_positive_int, default=8, help="slice pairs per step")
-    a.add_argument("--lr", type=float, default=1e-4, help="Adam learning rate")
-    a.add_argument("--weight-decay", type=float, default=0.01, help="Adam weight decay")
+    a.add_argument("--lr", type=_positive_float, default=1e-4, help="Adam learning rate")
+    a.add_argument("--weight-decay", type=_nonneg_float, default=0.01, help="Adam weight decay")
     a.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], default="auto", help="where to train")
-    a.add_argument("--seed", type=int, default=0, help="random seed (runs are reproducible on the same device)")
+    a.add_argument("--seed", type=_seed, default=0, help="random seed (runs are reproducible on the same device)")
     a.add_argument("--threshold", type=_unit_float, default=0.5,
                    help="chi of Eq. 6/7: entropy (normalised to [0, 1]) below which a pixel counts as certain")
     a.add_argument("--domain-prompt", default=None, metavar="TEXT",
@@ -131,13 +147,15 @@ def build_parser() -> argparse.ArgumentParser:
                         "head and the prompt, Eq. 2 the translator against the frozen encoder; keeps the synthetic "
                         "source's grey values near the source's)")
     a.add_argument("--recipe", choices=list(RECIPES), default="uuds",
-                   help="uuds: the engine's defaults (source randomisation, L_DD in its contrastive form, nothing "
+                   help="uuds: the engine's defaults (source randomisation where the contrasts differ, L_DD in its "
+                        "contrastive form, nothing "
                         "outside the body, collapse and drift guards); paper: the paper's letter (none of these). "
                         "The four options below override single settings of the recipe")
     a.add_argument("--randomise", choices=list(RANDOMISERS), default=None,
-                   help="source randomisation: gin (random shallow conv nets scramble the source's contrast on the "
-                        "translator's input; the clean slice is L_id's target), auto (gin only where the target's "
-                        "grey values lie far from the source's, W1 > 0.3) or none (default: the recipe's)")
+                   help="source randomisation: auto (the uuds recipe's: gin only where the target's grey values lie "
+                        "far from the source's, W1 > 0.3, e.g. T2 -> T1), gin (random shallow conv nets scramble the "
+                        "source's contrast on the translator's input; the clean slice is L_id's target) or none "
+                        "(default: the recipe's)")
     a.add_argument("--randomise-p", type=_unit_float, default=TrainConfig().randomise_p, metavar="P",
                    help="fraction of source slices that are randomised")
     a.add_argument("--dd-form", choices=list(DD_FORMS), default=None,
@@ -201,8 +219,15 @@ def cmd_gui(args) -> int:
     return 0
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """Warnings as one line each, like the errors (``napari-uuds: warning: FILE: what``)."""
+    print(f"napari-uuds: warning: {message}", file=sys.stderr, flush=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    shown = warnings.showwarning
+    warnings.showwarning = _show_warning
     try:
         if args.command == "adapt":
             from .commands import cmd_adapt
@@ -221,8 +246,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"napari-uuds: error: {exc}", file=sys.stderr)
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
-        print("napari-uuds: interrupted", file=sys.stderr)
+        print("napari-uuds: interrupted (every file already written is complete; none is half-written)", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except OSError as exc:  # the last resort: one line, not a traceback
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"napari-uuds: error: {where}{exc.strerror or exc}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    finally:
+        warnings.showwarning = shown
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -11,12 +11,15 @@ from tqdm.auto import tqdm
 
 from .engine import checkpoint as ckpt
 from .engine.atomic import atomic_write
-from .engine.config import DEFAULT_DOMAIN_PROMPT, LossWeights, ModelConfig, TrainConfig, recipe_overrides, to_dict
+from .engine.config import (DEFAULT_DOMAIN_PROMPT, LossWeights, ModelConfig, TrainConfig, from_dict, recipe_overrides,
+                            to_dict)
 from .engine.dataset import choose_mm_per_pixel, load_source_pairs, load_targets, reslice, samplers
 from .cli import EXIT_INTERRUPTED, parse_label_map
 from .engine.errors import UUDSError
-from .engine.infer import predict_volume
+from .engine.infer import predict_volume, release_host_memory
 from .engine.metrics import score, score_classes
+from .engine.outfolder import OutputLock, check_free_space, check_inputs_kept, sweep_stale_temps
+from .engine.signals import deferred, terminate_as_interrupt
 from .engine.pipeline import (check_outputs_free, check_writable, planned_outputs, unique_names, write_metrics,
                               write_prediction)
 from .engine.volumes import check_same_grid, load_label, load_volume, volume_name
@@ -33,6 +36,32 @@ def _fmt_losses(losses: dict[str, float]) -> str:
     return " ".join(f"{k}={losses[k]:.3f}" for k in keys if k in losses)
 
 
+def _previous_outputs(out: Path) -> list[str]:
+    """The prediction files the run that last saved in ``out`` listed (removed when an --overwrite run ends)."""
+    try:
+        return list(json.loads((out / ckpt.CONFIG).read_text()).get("outputs", []))
+    except (OSError, ValueError, AttributeError):
+        return []
+
+
+def _save_run(model, out: Path, extra: dict) -> None:
+    """Write the checkpoint set; where ``out`` cannot take it (disk full, quota), rescue it to a temp folder."""
+    import tempfile
+
+    try:
+        ckpt.save_checkpoint(model, out, extra, overwrite=True, optimizer_state=getattr(model, "optimizer_state", None))
+    except OSError as exc:
+        why = exc.strerror or str(exc)
+        try:
+            rescue = Path(tempfile.mkdtemp(prefix="napari-uuds-rescued-"))
+            ckpt.save_checkpoint(model, rescue, extra, overwrite=True,
+                                 optimizer_state=getattr(model, "optimizer_state", None))
+            where = f"the weights were saved to {rescue} instead"
+        except OSError:
+            where = "nor anywhere else: the weights of this run are lost"
+        raise UUDSError(f"could not write the weights ({why}); {where}", out) from None
+
+
 def cmd_adapt(args) -> int:
     from .engine.backbone import resolve_weights
     from .engine.model import UUDS
@@ -43,7 +72,13 @@ def cmd_adapt(args) -> int:
     names = unique_names(args.target)
     if args.target_label is not None and len(args.target_label) != len(args.target):
         raise UUDSError(f"{len(args.target)} target(s) but {len(args.target_label)} --target-label(s); give one per target")
-    check_outputs_free(planned_outputs(out, names, True, bool(args.target_label)), args.overwrite)
+    planned = planned_outputs(out, names, True, bool(args.target_label))
+    check_inputs_kept(planned, {"--source": args.source, "--source-label": args.source_label, "--target": args.target,
+                                "--target-label": args.target_label})
+    # resuming into the folder it resumes from: its checkpoint is this run's own, replaced when it is saved again
+    into_resume = bool(args.resume) and Path(args.resume).resolve() == out.resolve()
+    own = {ckpt.WEIGHTS, ckpt.CONFIG, ckpt.OPTIMIZER} if into_resume else set()
+    check_outputs_free([p for p in planned if p.name not in own], args.overwrite)
     check_writable(out)
     if not (args.lr > 0 and args.weight_decay >= 0):
         raise UUDSError(f"--lr must be > 0 and --weight-decay >= 0 (got {args.lr}, {args.weight_decay})")
@@ -55,7 +90,7 @@ def cmd_adapt(args) -> int:
         if value is not None:  # an explicit option wins over the recipe
             store[key] = value
     if resume_meta:
-        mcfg = ModelConfig(**resume_meta["model"])
+        mcfg = from_dict(ModelConfig, resume_meta["model"])  # keys a newer version wrote are ignored
     else:
         mcfg = ModelConfig.for_arch(
             args.model, image_size=args.image_size, axis=args.axis,
@@ -88,80 +123,112 @@ def cmd_adapt(args) -> int:
         lab = load_label(lp, None, like=tp.volume, allow_empty=True, label_map=label_map,
                          binarize=args.binarize_labels)
         tlabels.append(lab)
+    opt_state = None
     if resume_meta:
         model, _ = ckpt.load_checkpoint(args.resume, "cpu")
+        opt_state = ckpt.load_optimizer_state(args.resume, resume_meta)
         clip_note = (f"resuming from {args.resume} at step {model.trained_steps}; the model options "
                      "(--model, --class-name, --axis, --image-size, ablations) come from its config.json")
     else:
         weights, clip_note = resolve_weights(mcfg.arch, args.clip_weights)
         model = UUDS(mcfg, clip_weights=weights, seed=args.seed)
-    _say(f"napari-uuds adapt: {clip_note}", args.quiet)
-    _say(f"model {mcfg.arch} ({sum(p.numel() for p in model.parameters()) / 1e6:.1f} M parameters), "
-         f"{mcfg.image_size} px slices along axis {mcfg.axis}, device {device}, "
-         f"{len(sources)} source / {len(targets)} target volume(s)", args.quiet)
-    _say(f"domain prompt: \"{model.domain_prompt.text}\"; classes: {', '.join(mcfg.class_names)}; slices "
-         + (f"at {model.cfg.mm_per_pixel:g} mm per pixel" if model.cfg.mm_per_pixel > 0 else "fitted to the frame"),
-         args.quiet)
+    n_params = sum(p.numel() for p in model.parameters())
+    # weights + Adam's two moments, and the four outputs of each target (about 5 bytes a voxel once compressed)
+    need = n_params * 4 * 3 + sum(5 * t.volume.data.size for t in targets) + 2 ** 20
 
-    src_s, tgt_s = samplers(sources, targets, tcfg.fg_fraction, tcfg.seed, tcfg.contrast_invert)
-    control = TrainControl(tcfg.threshold)
-    start = getattr(model, "trained_steps", 0) if resume_meta else 0
-    opt_state = None
-    if resume_meta and (Path(args.resume) / "optimizer.pt").exists():
+    with OutputLock(out), terminate_as_interrupt():
+        stale = sweep_stale_temps(out)
+        if stale:
+            _say(f"napari-uuds adapt: removed {len(stale)} temporary file(s) an interrupted run left in {out}",
+                 args.quiet)
+        check_free_space(out, need, largest_file=max(n_params * 4, max(4 * t.volume.data.size for t in targets)))
+        previous = _previous_outputs(out) if args.overwrite else []
+        _say(f"napari-uuds adapt: {clip_note}", args.quiet)
+        _say(f"model {mcfg.arch} ({n_params / 1e6:.1f} M parameters), "
+             f"{mcfg.image_size} px slices along axis {mcfg.axis}, device {device}, "
+             f"{len(sources)} source / {len(targets)} target volume(s)", args.quiet)
+        _say(f"domain prompt: \"{model.domain_prompt.text}\"; classes: {', '.join(mcfg.class_names)}; slices "
+             + (f"at {model.cfg.mm_per_pixel:g} mm per pixel" if model.cfg.mm_per_pixel > 0 else "fitted to the frame"),
+             args.quiet)
+
+        src_s, tgt_s = samplers(sources, targets, tcfg.fg_fraction, tcfg.seed, tcfg.contrast_invert)
+        control = TrainControl(tcfg.threshold)
+        start = getattr(model, "trained_steps", 0) if resume_meta else 0
+        bar = tqdm(total=tcfg.steps, initial=start, desc="training", unit="step", disable=args.quiet,
+                   file=sys.stderr, dynamic_ncols=True)
+        last: dict = {}
+        interrupted, diverged = False, ""
+        gen = train(model, src_s, tgt_s, tcfg, loss_weights, control, start_step=start, optimizer_state=opt_state)
         try:
-            opt_state = torch.load(Path(args.resume) / "optimizer.pt", map_location="cpu", weights_only=True)
-        except Exception as exc:
-            raise UUDSError(f"unreadable optimizer state ({type(exc).__name__})", Path(args.resume) / "optimizer.pt") from None
-    bar = tqdm(total=tcfg.steps, initial=start, desc="training", unit="step", disable=args.quiet, file=sys.stderr,
-               dynamic_ncols=True)
-    last = {}
-    interrupted = False
-    gen = train(model, src_s, tgt_s, tcfg, loss_weights, control, start_step=start, optimizer_state=opt_state)
-    try:
-        for ev in gen:
-            if ev.message and ev.kind == "step":  # the guards' warnings and recoveries
-                bar.write(f"napari-uuds adapt: {ev.message}", file=sys.stderr)
-            if ev.kind == "step":
-                bar.update(ev.step - bar.n)
-                bar.set_postfix_str(f"{_fmt_losses(ev.losses)} {ev.slices_per_s:.1f} slices/s")
-                last = ev.losses
-    except KeyboardInterrupt:
-        interrupted = True
-        gen.close()
-    bar.close()
-    train_s = time.perf_counter() - t_start
-    extra = {"train": to_dict(tcfg), "loss_weights": to_dict(loss_weights), "final_losses": last,
-             "guard": getattr(model, "guard_report", None), "randomise_used": getattr(model, "randomise_used", None),
-             "sources": [str(p) for p in args.source], "targets": [str(p) for p in args.target],
-             "interrupted": interrupted,
-             "normalisation": {"scheme": "per-volume percentile clip to [-1, 1] (background excluded)",
-                               "low_percentile": 0.5, "high_percentile": 99.5,
-                               "sources": {p.volume.name: [p.norm.lo, p.norm.hi] for p in sources}}}
-    out.mkdir(parents=True, exist_ok=True)
-    ckpt.save_checkpoint(model, out, extra, overwrite=True)
-    atomic_write(out / "optimizer.pt", lambda tmp: torch.save(model.optimizer_state, tmp))
-    if interrupted:
-        _say(f"interrupted at step {model.trained_steps}: weights saved to {out} (resume with --resume {out})")
-        return EXIT_INTERRUPTED
+            for ev in gen:
+                if ev.message and ev.kind == "step":  # the guards' warnings and recoveries
+                    bar.write(f"napari-uuds adapt: {ev.message}", file=sys.stderr)
+                if ev.kind == "step":
+                    bar.update(ev.step - bar.n)
+                    bar.set_postfix_str(f"{_fmt_losses(ev.losses)} {ev.slices_per_s:.1f} slices/s")
+                    last = ev.losses
+                if ev.kind == "diverged":
+                    diverged = ev.message
+        except KeyboardInterrupt:
+            interrupted = True
+        try:
+            with deferred():  # a second Ctrl-C or a SIGTERM waits until the weights are written
+                gen.close()
+                bar.close()
+                train_s = time.perf_counter() - t_start
+                outputs = [p.name for p in planned_outputs(out, names, False, bool(args.target_label))]
+                extra = {"train": to_dict(tcfg), "loss_weights": to_dict(loss_weights), "final_losses": last,
+                         "guard": getattr(model, "guard_report", None),
+                         "randomise_used": getattr(model, "randomise_used", None),
+                         "sources": [str(p) for p in args.source], "targets": [str(p) for p in args.target],
+                         "interrupted": interrupted, "diverged": diverged or None,
+                         "outputs": [] if (interrupted or diverged) else outputs,
+                         "normalisation": {"scheme": "per-volume percentile clip to [-1, 1] (background excluded)",
+                                           "low_percentile": 0.5, "high_percentile": 99.5,
+                                           "sources": {p.volume.name: [p.norm.lo, p.norm.hi] for p in sources}}}
+                _save_run(model, out, extra)
+        except KeyboardInterrupt:
+            interrupted = True  # it came while the weights were written; they are
+        resume = f"--resume {out} --out {out}"
+        if diverged:
+            raise UUDSError(f"{diverged}; saved to {out}, no prediction written (resume with a lower --lr: {resume})")
+        if interrupted:
+            _say(f"interrupted at step {model.trained_steps}: weights saved to {out} (resume with the same options "
+                 f"and {resume})")
+            return EXIT_INTERRUPTED
 
-    rows = {}
-    pbar = tqdm(total=sum(t.image.shape[0] for t in targets), desc="segmenting", unit="slice",
-                disable=args.quiet, file=sys.stderr, dynamic_ncols=True)
-    for i, (tp, name) in enumerate(zip(targets, names)):
-        pred = predict_volume(model, tp.volume, progress=pbar.update, norm=tp.norm)
-        write_prediction(pred, tp.volume, out, name, tcfg.threshold)
-        if tlabels:
-            rows[name] = score_classes(pred.seg, tlabels[i].data, tp.volume.spacing, mcfg.class_names)
-    pbar.close()
-    wall = time.perf_counter() - t_start
-    if rows:
-        doc = write_metrics(out / "metrics.json", rows, {"wall_s": wall, "train_s": train_s, "device": str(device)})
-        for name, r in rows.items():
-            assd = "n/a (empty prediction)" if r["assd_mm"] is None else f"{r['assd_mm']:.2f} mm"
-            print(f"{name}: Dice {r['dice']:.1f} %  ASSD {assd}")
-        m = doc["mean"]
-        massd = "n/a" if m["assd_mm_mean"] is None else f"{m['assd_mm_mean']:.2f} mm"
-        print(f"mean: Dice {m['dice_mean']:.1f} %  ASSD {massd}")
+        del src_s, tgt_s, gen  # what only training needed; its buffers go back to the system before segmenting
+        model.optimizer_state = None
+        release_host_memory()
+        rows = {}
+        pbar = tqdm(total=sum(t.image.shape[0] for t in targets), desc="segmenting", unit="slice",
+                    disable=args.quiet, file=sys.stderr, dynamic_ncols=True)
+        try:
+            for i, (tp, name) in enumerate(zip(targets, names)):
+                pred = predict_volume(model, tp.volume, progress=pbar.update, norm=tp.norm)
+                write_prediction(pred, tp.volume, out, name, tcfg.threshold)
+                if tlabels:
+                    rows[name] = score_classes(pred.seg, tlabels[i].data, tp.volume.spacing, mcfg.class_names)
+        except KeyboardInterrupt:
+            pbar.close()
+            _say(f"interrupted while segmenting: the weights are saved in {out}; segment with napari-uuds predict "
+                 f"--weights {out}")
+            return EXIT_INTERRUPTED
+        except OSError as exc:
+            raise UUDSError(f"could not write the predictions ({exc.strerror or exc}); the weights are saved in {out}: "
+                            f"segment elsewhere with napari-uuds predict --weights {out}", exc.filename or out) from None
+        pbar.close()
+        wall = time.perf_counter() - t_start
+        if rows:
+            doc = write_metrics(out / "metrics.json", rows, {"wall_s": wall, "train_s": train_s, "device": str(device)})
+            for name, r in rows.items():
+                assd = "n/a (empty prediction)" if r["assd_mm"] is None else f"{r['assd_mm']:.2f} mm"
+                print(f"{name}: Dice {r['dice']:.1f} %  ASSD {assd}")
+            m = doc["mean"]
+            massd = "n/a" if m["assd_mm_mean"] is None else f"{m['assd_mm_mean']:.2f} mm"
+            print(f"mean: Dice {m['dice_mean']:.1f} %  ASSD {massd}")
+        for name in set(previous) - set(outputs):  # the replaced run's predictions that this run did not write
+            (out / name).unlink(missing_ok=True)
     print(f"wrote {out} in {wall:.0f} s (training {train_s:.0f} s)")
     return 0
 
@@ -172,19 +239,28 @@ def cmd_predict(args) -> int:
     out = Path(args.out)
     meta = ckpt.read_config(args.weights)
     names = unique_names(args.image)
-    check_outputs_free(planned_outputs(out, names, False, False), args.overwrite)
+    planned = planned_outputs(out, names, False, False)
+    w = Path(args.weights)
+    check_inputs_kept(planned, {"--image": args.image, "--weights": [w / ckpt.WEIGHTS, w / ckpt.CONFIG]})
+    check_outputs_free(planned, args.overwrite)
     check_writable(out)
     device = resolve_device(args.device)
     vols = [load_volume(p) for p in args.image]
     model, meta = ckpt.load_checkpoint(args.weights, device)
     chi = args.threshold if args.threshold is not None else meta.get("train", {}).get("threshold", 0.5)
-    out.mkdir(parents=True, exist_ok=True)
-    for vol, name in zip(vols, names):
-        n = vol.data.shape[model.cfg.axis]
-        with tqdm(total=n, desc=name, unit="slice", disable=args.quiet, file=sys.stderr) as bar:
-            pred = predict_volume(model, vol, args.batch_size, args.domain_prompt, progress=bar.update)
-        write_prediction(pred, vol, out, name, chi)
-        print(f"{name}: {int((pred.seg > 0).sum())} foreground voxels, mean entropy {pred.entropy.mean():.3f}")
+    with OutputLock(out), terminate_as_interrupt():
+        sweep_stale_temps(out)
+        check_free_space(out, sum(5 * v.data.size for v in vols) + 2 ** 20,
+                         largest_file=max(4 * v.data.size for v in vols))
+        for vol, name in zip(vols, names):
+            n = vol.data.shape[model.cfg.axis]
+            with tqdm(total=n, desc=name, unit="slice", disable=args.quiet, file=sys.stderr) as bar:
+                pred = predict_volume(model, vol, args.batch_size, args.domain_prompt, progress=bar.update)
+            try:
+                write_prediction(pred, vol, out, name, chi)
+            except OSError as exc:
+                raise UUDSError(f"could not write the predictions ({exc.strerror or exc})", exc.filename or out) from None
+            print(f"{name}: {int((pred.seg > 0).sum())} foreground voxels, mean entropy {pred.entropy.mean():.3f}")
     print(f"wrote {out}")
     return 0
 
@@ -193,6 +269,9 @@ def cmd_evaluate(args) -> int:
     pred = load_label(args.pred, None, allow_empty=True)
     lab = load_label(args.label, None, allow_empty=True)
     check_same_grid(lab, pred, args.pred)
+    if args.json:
+        check_inputs_kept([Path(args.json)], {"--pred": [args.pred], "--label": [args.label]})
+        check_writable(Path(args.json).parent)
     r = score(pred.data, lab.data, lab.spacing)
     assd = "n/a (empty prediction)" if r["empty_prediction"] else (
         "n/a (empty reference)" if r["assd_mm"] is None else f"{r['assd_mm']:.3f} mm")
@@ -200,5 +279,8 @@ def cmd_evaluate(args) -> int:
     print(f"Dice {r['dice']:.2f} %  ASSD {assd}  HD95 {hd}")
     if args.json:
         r.update(pred=str(args.pred), label=str(args.label))
-        atomic_write(Path(args.json), lambda tmp: Path(tmp).write_text(json.dumps(r, indent=2)))
+        try:
+            atomic_write(Path(args.json), lambda tmp: Path(tmp).write_text(json.dumps(r, indent=2)))
+        except OSError as exc:
+            raise UUDSError(f"could not write the metrics ({exc.strerror or exc})", args.json) from None
     return 0

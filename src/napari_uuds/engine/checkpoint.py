@@ -1,26 +1,36 @@
 """Checkpoints: weights in safetensors plus a JSON config, written atomically; compatibility check.
 
 A checkpoint folder holds ``model.safetensors`` and ``config.json`` (model config, training config,
-loss weights, normalisation of the source, package versions). Each file is written to a temporary
-name in the same folder, then renamed, so an interrupted save never leaves a half-written file.
+loss weights, normalisation of the source, package versions), and after a CLI run ``optimizer.pt``. Each file
+is written to a temporary name in the same folder, then renamed, so an interrupted save never leaves a
+half-written file. The three are one set: each save draws a ``save_id`` that all of them carry, and the
+weights also carry a copy of the config. A save interrupted between two renames is therefore detected and
+resolved on reading: the weights and their own copy of the config are used (never new weights under an old
+config), and an ``optimizer.pt`` of another save is refused for resuming. Non-finite weights are never saved
+nor loaded. The whole save runs with Ctrl-C and SIGTERM held back (``signals.deferred``).
 """
 from __future__ import annotations
 
 import json
+import uuid
+import warnings
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors import SafetensorError
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from .atomic import atomic_write
 from .config import ModelConfig, from_dict, to_dict
 from .errors import UUDSError
 from .model import UUDS
+from .signals import deferred
 
 WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
+OPTIMIZER = "optimizer.pt"
 FORMAT_VERSION = 1
 
 
@@ -48,21 +58,67 @@ def state_dict_for_save(model: UUDS) -> dict[str, torch.Tensor]:
     return out
 
 
+def nonfinite(tensors: dict[str, torch.Tensor]) -> list[str]:
+    """Names of the floating-point tensors that hold a NaN or an Inf."""
+    return [k for k, v in tensors.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+
+
 def save_checkpoint(model: UUDS, folder: str | Path, extra: dict[str, Any] | None = None,
-                    overwrite: bool = False) -> Path:
+                    overwrite: bool = False, optimizer_state: dict | None = None) -> Path:
+    """Write weights, config and (when given) the optimizer state as one set (see the module's docstring).
+
+    Without ``optimizer_state`` an ``optimizer.pt`` left in the folder by an earlier save is removed: it belongs
+    to other weights. Ctrl-C and SIGTERM wait until the set is written."""
     folder = Path(folder)
-    wpath, cpath = folder / WEIGHTS, folder / CONFIG
+    wpath, cpath, opath = folder / WEIGHTS, folder / CONFIG, folder / OPTIMIZER
     if not overwrite:
-        for p in (wpath, cpath):
+        for p in (wpath, cpath, opath):
             if p.exists():
                 raise UUDSError("already exists; pass --overwrite (or choose another folder)", p)
-    meta = {"format": FORMAT_VERSION, "model": to_dict(model.cfg), "versions": versions(),
+    tensors = state_dict_for_save(model)
+    bad = nonfinite(tensors)
+    if bad:
+        raise UUDSError(f"the weights hold NaN or Inf values ({len(bad)} tensors, e.g. {bad[0]}); not saved", folder)
+    save_id = uuid.uuid4().hex
+    meta = {"format": FORMAT_VERSION, "save_id": save_id, "model": to_dict(model.cfg), "versions": versions(),
             "trained_steps": int(getattr(model, "trained_steps", 0)), "domain_prompt_text": model.domain_prompt.text}
     meta.update(extra or {})
-    tensors = state_dict_for_save(model)
-    atomic_write(wpath, lambda tmp: save_file(tensors, tmp, metadata={"format": "napari-uuds"}))
-    atomic_write(cpath, lambda tmp: Path(tmp).write_text(json.dumps(meta, indent=2)))
+    text = json.dumps(meta, indent=2)
+    folder.mkdir(parents=True, exist_ok=True)
+    with deferred():
+        if optimizer_state is not None:
+            atomic_write(opath, lambda tmp: torch.save({"save_id": save_id, "optimizer": optimizer_state}, tmp))
+        elif opath.exists():
+            opath.unlink()
+        atomic_write(wpath, lambda tmp: save_file(tensors, tmp, metadata={"format": "napari-uuds", "save_id": save_id,
+                                                                          "config": text}))
+        atomic_write(cpath, lambda tmp: Path(tmp).write_text(text))
     return folder
+
+
+def _weights_metadata(wpath: Path) -> dict[str, str]:
+    try:
+        with safe_open(str(wpath), "pt") as f:
+            return dict(f.metadata() or {})
+    except (SafetensorError, OSError, ValueError):
+        return {}  # unreadable: load_checkpoint says so
+
+
+def load_optimizer_state(folder: str | Path, meta: dict[str, Any]) -> dict | None:
+    """The optimizer state saved with these weights (None when there is none); refused when from another save."""
+    opath = Path(folder) / OPTIMIZER
+    if not opath.exists():
+        return None
+    try:
+        doc = torch.load(opath, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise UUDSError(f"unreadable optimizer state ({type(exc).__name__})", opath) from None
+    if isinstance(doc, dict) and "optimizer" in doc and "save_id" in doc:
+        if meta.get("save_id") and doc["save_id"] != meta["save_id"]:
+            raise UUDSError("comes from another save than the weights (an interrupted save?); delete it to resume "
+                            "with a fresh optimizer", opath)
+        return doc["optimizer"]
+    return doc  # written before save ids
 
 
 def read_config(folder: str | Path) -> dict[str, Any]:
@@ -72,8 +128,14 @@ def read_config(folder: str | Path) -> dict[str, Any]:
         raise UUDSError("weights folder not found", folder)
     if not cpath.exists():
         raise UUDSError(f"no {CONFIG} here: not a napari-uuds weights folder", folder)
+    wmeta = _weights_metadata(folder / WEIGHTS) if (folder / WEIGHTS).is_file() else {}
     try:
         meta = json.loads(cpath.read_text())
+        if wmeta.get("config") and wmeta.get("save_id") != meta.get("save_id"):
+            # a save interrupted between its renames: the weights are newer than config.json; their own copy wins
+            warnings.warn(f"{cpath}: from another save than {WEIGHTS} (an interrupted save?); using the copy of the "
+                          "config stored with the weights", stacklevel=2)
+            meta = json.loads(wmeta["config"])
         from_dict(ModelConfig, meta["model"])
     except (ValueError, KeyError, TypeError, OSError) as exc:  # JSON, encoding, folder-named-config, ...
         raise UUDSError(f"unreadable config ({type(exc).__name__}: {exc})", cpath) from None
@@ -99,6 +161,9 @@ def load_checkpoint(folder: str | Path, device: str | torch.device = "cpu", expe
         tensors = load_file(str(wpath))
     except (SafetensorError, OSError, ValueError) as exc:
         raise UUDSError(f"unreadable weights ({exc})", wpath) from None
+    bad = nonfinite(tensors)
+    if bad:
+        raise UUDSError(f"{len(bad)} tensors hold NaN or Inf values (e.g. {bad[0]}): damaged weights", wpath)
     model = UUDS(cfg, clip_weights=None)
     own = model.state_dict()
     missing = [k for k in own if k not in tensors and not _is_alias(model, k, tensors)]

@@ -7,10 +7,19 @@ model was trained and are saved too, for the record.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import UUDSError
+
+
+def _check_numbers(obj: Any, names: tuple[str, ...], what: str) -> None:
+    """Every named field a finite number, >= 0: a NaN or Inf weight or rate would train NaN weights to the end."""
+    for name in names:
+        v = getattr(obj, name)
+        if not math.isfinite(v) or v < 0:
+            raise UUDSError(f"{what} {name.replace('_', ' ')} must be a finite number >= 0, not {v}")
 
 #: Training methods: UUDS (the paper), TCSA-UDA's terms on the same network, or both together.
 METHODS = ("uuds", "tcsa", "uuds+tcsa")
@@ -149,6 +158,11 @@ class LossWeights:
     proto_momentum: float = 0.9  # EMA of the semantic prototype memory
 
     def __post_init__(self) -> None:
+        _check_numbers(self, ("alpha", "beta", "gamma", "lam", "cov", "proto", "ent", "size", "proto_momentum"),
+                       "loss weight")
+        for name in ("tau_dd", "tau_bscl", "tau_proto"):
+            if not (math.isfinite(getattr(self, name)) and getattr(self, name) > 0):
+                raise UUDSError(f"temperature {name} must be a finite number > 0, not {getattr(self, name)}")
         if self.dd_scale not in DD_SCALES:
             raise UUDSError(f"unknown L_DD scale '{self.dd_scale}', choose one of {', '.join(DD_SCALES)}")
         if self.dd_form not in DD_FORMS:
@@ -195,6 +209,9 @@ class TrainConfig:
     #: let cuDNN time its convolution algorithms per input shape. Off by default: on an H200 it gained nothing
     #: (194 vs 196 ms a step at batch 32) and cost 10-30 s of autotuning at the start.
     cudnn_benchmark: bool = False
+    #: copy the weights every N steps while they are finite; a run that diverges (a non-finite loss) goes back to
+    #: the last copy and stops, saying so (train.LastFiniteWeights).
+    snapshot_every: int = 25
     #: yield preview tensors every N steps (0: never).
     preview_every: int = 0
     #: random intensity/flip augmentation of the 2D slices.
@@ -205,7 +222,7 @@ class TrainConfig:
     #: volume or the synthetic source's grey values leave their bands
     guard: bool = True
     #: source randomisation (see RANDOMISERS) and the fraction of source slices it is applied to
-    randomise: str = "none"
+    randomise: str = "auto"
     randomise_p: float = 0.8
     #: where the randomised slice enters (see RANDOMISE_INTO)
     randomise_into: str = "translator"
@@ -218,6 +235,11 @@ class TrainConfig:
             raise UUDSError(f"steps must be at least 1, not {self.steps}")
         if self.batch_size < 2:
             raise UUDSError(f"batch size must be at least 2 (contrastive losses), not {self.batch_size}")
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise UUDSError(f"learning rate must be a finite number > 0, not {self.lr}")
+        _check_numbers(self, ("weight_decay",), "the")
+        if not 0 <= self.seed < 2 ** 32:
+            raise UUDSError(f"seed must lie in 0 .. 2**32 - 1, not {self.seed}")
         if not 0.0 <= self.threshold <= 1.0:
             raise UUDSError(f"threshold must lie in [0, 1], not {self.threshold}")
         if self.method not in METHODS:
@@ -256,7 +278,8 @@ class TrainConfig:
 
 
 #: Named bundles of settings: ``uuds`` = the engine's defaults (the dataclass defaults above: L_DD in its InfoNCE
-#: form, nothing outside the body, the guards; source randomisation off, chosen by the rule of docs/method.md);
+#: form, nothing outside the body, the guards, source randomisation ``auto``, chosen by round 2 of the rule of
+#: docs/method.md);
 #: ``paper`` = the paper's letter (L_DD as printed, no guard, predictions anywhere in the frame). Each maps to
 #: overrides of (ModelConfig, TrainConfig, LossWeights).
 RECIPES: dict[str, tuple[dict[str, Any], dict[str, Any], dict[str, Any]]] = {

@@ -1,6 +1,7 @@
 """From files (or arrays) to the slice stacks the trainer samples: load, validate, normalise, slice."""
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -8,8 +9,9 @@ import numpy as np
 import torch
 
 from .errors import UUDSError
+from .randomise import BACKGROUND
 from .slices import SliceGeometry, SliceSampler, auto_mm_per_pixel, plan_geometry, to_square
-from .volumes import NormParams, Volume, load_label, load_volume, normalise
+from .volumes import NormParams, Volume, load_label, load_volume, normalisation_params
 
 
 @dataclass
@@ -23,15 +25,54 @@ class PreparedVolume:
     extra: dict = field(default_factory=dict)
 
 
+#: slices normalised and resized at a time: a large scan is never copied whole (0.3 GB for 512 x 512 x 300)
+CHUNK_SLICES = 32
+
+
+def slabs(shape: tuple[int, ...], axis: int, chunk: int = CHUNK_SLICES):
+    """Index tuples of consecutive slabs of ``chunk`` slices along ``axis``."""
+    for i in range(0, shape[axis], chunk):
+        idx = [slice(None)] * 3
+        idx[axis] = slice(i, min(i + chunk, shape[axis]))
+        yield tuple(idx)
+
+
+def plan_for(raw: np.ndarray, norm: NormParams, spacing: tuple[float, float, float], axis: int, size: int,
+             mm_per_pixel: float) -> SliceGeometry | None:
+    """:func:`~.slices.plan_geometry` of the normalised volume, without normalising it whole: in physical mode the
+    frame is centred on the body, found a slab at a time (1 inside, -1 outside)."""
+    if mm_per_pixel <= 0:
+        return None
+    inside = np.empty(raw.shape, np.int8)
+    for idx in slabs(raw.shape, axis):
+        inside[idx] = np.where(norm.apply(raw[idx]) > BACKGROUND, 1, -1)
+    return plan_geometry(inside, spacing, axis, size, mm_per_pixel)
+
+
+def square_slices(get, shape: tuple[int, int, int], axis: int, size: int, plan: SliceGeometry | None, *,
+                  fill: float, mode: str) -> tuple[torch.Tensor, SliceGeometry]:
+    """:func:`~.slices.to_square` a slab at a time: ``get(idx)`` gives the (normalised) slab at ``idx``."""
+    full = dataclasses.replace(plan, shape=tuple(shape)) if plan is not None else SliceGeometry(axis, tuple(shape), size)
+    parts = []
+    for idx in slabs(shape, axis):
+        sub = list(shape)
+        sub[axis] = idx[axis].stop - idx[axis].start
+        t, _ = to_square(get(idx), axis, size, fill=fill, mode=mode, geom=dataclasses.replace(full, shape=tuple(sub)))
+        parts.append(t)
+    return torch.cat(parts), full
+
+
 def prepare_volume(vol: Volume, axis: int, size: int, label: Volume | None = None,
                    mm_per_pixel: float = 0.0) -> PreparedVolume:
     """Normalise and slice a volume (and its labels): fitted to the frame, or at ``mm_per_pixel`` > 0."""
-    norm_data, params = normalise(vol.data)
-    plan = plan_geometry(norm_data, vol.spacing, axis, size, mm_per_pixel)
-    img, geom = to_square(norm_data, axis, size, fill=-1.0, mode="bilinear", geom=plan)
+    params = normalisation_params(vol.data)
+    plan = plan_for(vol.data, params, vol.spacing, axis, size, mm_per_pixel)
+    img, geom = square_slices(lambda idx: params.apply(vol.data[idx]), vol.data.shape, axis, size, plan,
+                              fill=-1.0, mode="bilinear")
     lab = None
     if label is not None:
-        lab, _ = to_square(label.data.astype(np.float32), axis, size, fill=0.0, mode="nearest", geom=plan)
+        lab, _ = square_slices(lambda idx: label.data[idx].astype(np.float32), vol.data.shape, axis, size, plan,
+                               fill=0.0, mode="nearest")
         lab = lab.to(torch.uint8)
     return PreparedVolume(vol, params, img, geom, lab, label)
 
@@ -51,10 +92,16 @@ def load_source_pairs(images: list[str | Path], labels: list[str | Path], n_clas
     if len(images) != len(labels):
         raise UUDSError(f"{len(images)} source image(s) but {len(labels)} source label(s); give one --source-label per --source")
     out = []
+    present: set[int] = set()
     for ip, lp in zip(images, labels):
         vol = load_volume(ip)
         lab = load_label(lp, n_classes, binarize=binarize, like=vol, label_map=label_map)
+        present |= {int(v) for v in np.unique(lab.data) if v > 0}
         out.append(prepare_volume(vol, axis, size, lab))
+    absent = [k for k in range(1, n_classes + 1) if k not in present]
+    if absent:  # a class no source voxel shows cannot be learnt: the names and the labels disagree
+        raise UUDSError(f"{n_classes} class names but no source label holds the value(s) {absent}: give one "
+                        "--class-name per label value present", labels[0])
     return out
 
 

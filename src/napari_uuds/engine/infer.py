@@ -5,16 +5,22 @@ comparison against it and never runs the network again.
 """
 from __future__ import annotations
 
+import ctypes
+import dataclasses
+import functools
+import gc
+import sys
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from .body import body_mask
+from .dataset import plan_for, slabs
 from .losses import certain_mask, entropy_map
 from .model import UUDS
-from .slices import SliceGeometry, from_square, plan_geometry, to_square
-from .volumes import NormParams, Volume, normalise
+from .slices import SliceGeometry, from_square, to_square
+from .volumes import NormParams, Volume, normalisation_params
 
 
 @dataclass
@@ -22,13 +28,36 @@ class VolumePrediction:
     """All outputs in canonical voxel order (use ``Volume.to_file_order`` or ``save_like`` to go back)."""
 
     synthetic: np.ndarray  # float32, [-1, 1] (normalised source-like intensities)
-    probs: np.ndarray  # float32 (C, X, Y, Z)
+    probs: np.ndarray | None  # float32 (C, X, Y, Z), or None where not kept (predict_volume's keep_probs)
     seg: np.ndarray  # uint8 labels
     entropy: np.ndarray  # float32 in [0, 1] (Eq. 5, normalised by ln C)
 
     def certain(self, chi: float) -> np.ndarray:
         """Eq. 7 for threshold chi, from the cached entropy."""
         return certain_mask(torch.from_numpy(self.entropy), chi).numpy()
+
+
+@functools.lru_cache(maxsize=1)
+def _malloc_trim():
+    """glibc's malloc_trim, or None (not Linux/glibc)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        return ctypes.CDLL("libc.so.6").malloc_trim
+    except (OSError, AttributeError):  # musl and others: nothing to trim
+        return None
+
+
+def release_host_memory(collect: bool = True) -> None:
+    """Hand freed heap memory back to the system. glibc keeps freed pages in its (per-thread) arenas: after
+    training, the autograd buffers' pages, and during a large prediction, each batch's temporaries; a 512 x 512 x
+    300 scan's outputs would be allocated on top of them (0.6 GiB more peak). Linux/glibc only; elsewhere it only
+    collects garbage."""
+    if collect:
+        gc.collect()
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
 
 
 def _autocast(device: torch.device):
@@ -61,17 +90,39 @@ def predict_slices(model: UUDS, slices: torch.Tensor, batch_size: int = 16, doma
 
 
 def predict_volume(model: UUDS, volume: Volume, batch_size: int = 16, domain_prompt: str | None = None,
-                   progress=None, norm: NormParams | None = None) -> VolumePrediction:
+                   progress=None, norm: NormParams | None = None, keep_probs: bool = False) -> VolumePrediction:
+    """Segment a whole volume, ``batch_size`` slices at a time: normalised, sliced, segmented and put back on the
+    grid batch by batch (memory: the scan and the three outputs; the class probabilities on the scan's grid only with
+    ``keep_probs``). ``norm``: the volume's normalisation (default: computed from it)."""
     cfg = model.cfg
-    data = norm.apply(volume.data) if norm is not None else normalise(volume.data)[0]
-    plan = plan_geometry(data, volume.spacing, cfg.axis, cfg.image_size, cfg.mm_per_pixel)
-    slices, geom = to_square(data, cfg.axis, cfg.image_size, fill=-1.0, mode="bilinear", geom=plan)
-    syn, probs = predict_slices(model, slices, batch_size, domain_prompt, progress)
-    return assemble(syn, probs, geom, body_mask(data, cfg.axis) if cfg.body_mask else None)
+    raw = volume.data
+    norm = norm if norm is not None else normalisation_params(raw)
+    axis, shape = cfg.axis, raw.shape
+
+    plan = plan_for(raw, norm, volume.spacing, axis, cfg.image_size, cfg.mm_per_pixel)
+    full = dataclasses.replace(plan, shape=tuple(shape)) if plan is not None else SliceGeometry(axis, shape, cfg.image_size)
+    seg, ent, syn = np.empty(shape, np.uint8), np.empty(shape, np.float32), np.empty(shape, np.float32)
+    probs = np.empty((cfg.n_classes, *shape), np.float32) if keep_probs else None
+    if domain_prompt is not None:
+        model.domain_prompt.set_text(cfg.domain_text(domain_prompt))
+    for idx in slabs(shape, axis, batch_size):  # one batch of slices at a time, all the way to the grid
+        part = norm.apply(raw[idx])
+        sub = list(shape)
+        sub[axis] = idx[axis].stop - idx[axis].start
+        slices, geom = to_square(part, axis, cfg.image_size, fill=-1.0, mode="bilinear",
+                                 geom=dataclasses.replace(full, shape=tuple(sub)))
+        s, p = predict_slices(model, slices, batch_size, None, progress)
+        out = assemble(s, p, geom, body_mask(part, axis) if cfg.body_mask else None, keep_probs)
+        seg[idx], ent[idx], syn[idx] = out.seg, out.entropy, out.synthetic
+        if probs is not None:
+            probs[(slice(None), *idx)] = out.probs
+        del out, s, p, part, slices
+        release_host_memory(collect=False)  # this batch's temporaries: back to the system (a few ms)
+    return VolumePrediction(syn, probs, seg, ent)
 
 
-def assemble(syn: torch.Tensor, probs: torch.Tensor, geom: SliceGeometry, body: np.ndarray | None = None
-             ) -> VolumePrediction:
+def assemble(syn: torch.Tensor, probs: torch.Tensor, geom: SliceGeometry, body: np.ndarray | None = None,
+             keep_probs: bool = True) -> VolumePrediction:
     """Model-resolution slices -> volume outputs: probabilities resampled, then argmax and entropy.
 
     ``body`` (bool, the volume's grid): outside it every voxel is background with certainty."""
@@ -83,5 +134,5 @@ def assemble(syn: torch.Tensor, probs: torch.Tensor, geom: SliceGeometry, body: 
     p = p / p.sum(0, keepdim=True).clamp_min(1e-8)
     s = from_square(syn, geom, "bilinear", fill=-1.0)[0]
     ent = entropy_map(p.unsqueeze(0))[0]
-    return VolumePrediction(s.numpy().astype(np.float32), p.numpy().astype(np.float32),
-                            p.argmax(0).numpy().astype(np.uint8), ent.numpy().astype(np.float32))
+    seg = p.argmax(0).to(torch.uint8).numpy()
+    return VolumePrediction(s.numpy(), p.numpy() if keep_probs else None, seg, ent.numpy())

@@ -84,6 +84,8 @@ def check_writable(out: str | Path) -> None:
 def write_prediction(pred: VolumePrediction, ref: Volume, out: str | Path, name: str, chi: float) -> dict[str, Path]:
     """Write seg, entropy, synthetic and certain mask on ``ref``'s grid, each atomically."""
     paths = prediction_paths(Path(out), name)
+    if not (np.isfinite(pred.entropy).all() and np.isfinite(pred.synthetic).all()):
+        raise UUDSError(f"the model's outputs for {name} are not finite numbers (damaged weights?); nothing written", out)
     save_like(pred.seg, ref, paths["seg"], dtype=np.uint8)
     save_like(pred.entropy, ref, paths["entropy"], dtype=np.float32)
     save_like(pred.synthetic, ref, paths["synthetic"], dtype=np.float32)

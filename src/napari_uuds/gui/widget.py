@@ -220,6 +220,7 @@ class UUDSWidget(Container):
             # collection (reference counting still frees them), so collections during training scan only
             # what training makes.
             gc.freeze()
+            self._frozen = True
             worker.start()
 
     def stop(self) -> None:
@@ -230,7 +231,14 @@ class UUDSWidget(Container):
             self._set_running(False)
             self.status.message = "cancelled before training began"
 
+    def _unfreeze(self) -> None:
+        """Give the objects frozen for training back to the cyclic collector: the process is napari's, not ours."""
+        if getattr(self, "_frozen", False):
+            gc.unfreeze()
+            self._frozen = False
+
     def _training_done(self, predict_after: bool) -> None:
+        self._unfreeze()
         self.worker = None
         self.ctl.pacer.flush()
         self.ctl.training_finished()
@@ -266,6 +274,7 @@ class UUDSWidget(Container):
             self.worker = None
         if self.ctl.pacer is not None:
             self.ctl.pacer.close()
+        self._unfreeze()
         self.ctl.release()
 
     # -- dialogs (the synchronous paths are ctl.save_weights / load_weights / export) -----------------
