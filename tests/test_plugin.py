@@ -40,6 +40,29 @@ def test_sample_opens_and_widget_builds(make_napari_viewer):
     assert w.source_labels.value.name == "T2 cord labels" and w.modality.value == "T2"
 
 
+def test_the_readmes_gui_command_opens_a_ready_widget(qtbot, monkeypatch):
+    """`napari-uuds gui` (the README's first command): the sample's layers are picked and one click trains."""
+    from napari_uuds import cli
+
+    shown = {}
+    monkeypatch.setattr(napari, "run", lambda *a, **k: shown.setdefault("ran", True))
+    real_build = cli.build_gui
+    monkeypatch.setattr(cli, "build_gui", lambda args: shown.setdefault("gui", real_build(args)))
+    assert cli.main(["gui"]) == 0 and shown["ran"]
+    viewer, w = shown["gui"]
+    try:
+        assert (w.source.value.name, w.source_labels.value.name, w.target.value.name) == \
+            ("T2 (source)", "T2 cord labels", "T1 (target)")
+        w.params.image_size, w.params.batch_size = 64, 2
+        w.steps.value = 1
+        worker = w.start_training(predict_after=False)  # the click
+        assert worker is not None
+        qtbot.waitUntil(lambda: w.worker is None, timeout=120_000)
+        assert w.status.step == 1
+    finally:
+        viewer.close()
+
+
 @pytest.fixture()
 def ready(make_napari_viewer):
     viewer = make_napari_viewer()
@@ -77,8 +100,8 @@ def test_training_through_the_worker_gives_four_layers(ready, qtbot):
     import threading
 
     viewer, w = ready
-    threads = set()
-    w.status.events.message.connect(lambda _: threads.add(threading.current_thread().name))
+    threads, messages = set(), []
+    w.status.events.message.connect(lambda m: (threads.add(threading.current_thread().name), messages.append(m)))
     worker = w.start_training(predict_after=True)
     assert worker is not None and not w.adapt_btn.enabled and w.stop_btn.enabled
     qtbot.waitUntil(lambda: w.worker is None and OUTPUT_LAYERS["seg"] in viewer.layers
@@ -93,6 +116,8 @@ def test_training_through_the_worker_gives_four_layers(ready, qtbot):
     # the plugin leaves napari's process as it found it: the status (Qt labels) is touched from the main thread
     # only, no object stays frozen out of the cyclic collector, Triton is not hidden from other plugins
     assert threads == {threading.main_thread().name}
+    # the whole-volume segmentation after training says how far it is, not only that it runs
+    assert any(m.startswith("segmenting the target volume: ") and m.endswith(" slices") for m in messages), messages
     assert gc.get_freeze_count() == 0
     assert sys.modules.get("triton", "absent") is not None
 
@@ -155,6 +180,38 @@ def test_export_writes_nifti_on_the_target_grid(ready, cord, tmp_path):
         w.ctl.export(seg, out)
     w.ctl.export(viewer.layers["entropy"], tmp_path / "entropy")
     assert (tmp_path / "entropy.nii.gz").exists()
+
+
+def test_an_edited_segmentation_exports_as_integers_both_ways(ready, cord, tmp_path):
+    """The user's corrected layer is what Export writes (not the network's), as integers with the T1's affine;
+    and napari's own File > Save Selected Layers, with the UUDS writer chosen under "Files of type", too."""
+    from napari._qt.qt_viewer import _npe2_decode_selected_filter
+    from napari.plugins import _npe2
+
+    viewer, w = ready
+    w.steps.value = 1
+    w.ctl.adapt_and_segment(w.source.value, w.source_labels.value, w.target.value)
+    seg = viewer.layers["segmentation"]
+    edited = np.asarray(seg.data).copy()
+    edited[10:12, 20:25, 30:40] = 1
+    seg.data = edited
+    w.ctl.predict()  # a re-prediction keeps the edit in its own, renamed layer
+    mine = viewer.layers["segmentation (edited 1)"]
+    viewer.layers.selection.active = mine
+    assert w.export_layer() is mine
+    t1 = nib.load(str(cord["t1"]))
+    out = w.ctl.export(w.export_layer(), tmp_path / "mine.nii.gz")
+    ext_str, writers = _npe2.file_extensions_string_for_layers([mine])
+    ours = next(f for f in ext_str.split(";;") if f.startswith("UUDS") and "labels" in f)
+    writer = _npe2_decode_selected_filter(ext_str, ours, writers)
+    viewer.layers.selection = {mine}
+    [saved] = viewer.layers.save(str(tmp_path / "menu.nii.gz"), selected=True, _writer=writer)
+    for path in (out, saved):
+        back = nib.load(str(path))
+        assert np.issubdtype(back.get_data_dtype(), np.integer)
+        np.testing.assert_allclose(back.affine, t1.affine)
+        np.testing.assert_array_equal(np.asarray(back.dataobj), np.asarray(nib.load(str(out)).dataobj))
+        assert np.asarray(back.dataobj)[10:12, 20:25, 30:40].min() == 1
 
 
 def test_bad_inputs_become_notifications(ready, tmp_path, monkeypatch, make_napari_viewer):

@@ -204,7 +204,8 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def cmd_gui(args) -> int:
+def build_gui(args):
+    """The viewer and the docked widget ``napari-uuds gui`` shows (before napari's event loop runs)."""
     try:
         import napari
     except ImportError:
@@ -214,7 +215,14 @@ def cmd_gui(args) -> int:
         viewer.open_sample("napari-uuds", "cord")
     for path in args.images:
         viewer.open(path, plugin="napari-uuds")
-    viewer.window.add_plugin_dock_widget("napari-uuds", "UUDS adapt & segment")
+    _, widget = viewer.window.add_plugin_dock_widget("napari-uuds", "UUDS adapt & segment")
+    return viewer, widget
+
+
+def cmd_gui(args) -> int:
+    import napari
+
+    build_gui(args)
     napari.run()
     return 0
 

@@ -11,6 +11,7 @@ import functools
 import gc
 import sys
 from dataclasses import dataclass
+from typing import Iterator
 
 import numpy as np
 import torch
@@ -91,9 +92,22 @@ def predict_slices(model: UUDS, slices: torch.Tensor, batch_size: int = 16, doma
 
 def predict_volume(model: UUDS, volume: Volume, batch_size: int = 16, domain_prompt: str | None = None,
                    progress=None, norm: NormParams | None = None, keep_probs: bool = False) -> VolumePrediction:
+    """Segment a whole volume (see :func:`iter_predict_volume`, which yields its progress)."""
+    steps = iter_predict_volume(model, volume, batch_size, domain_prompt, progress, norm, keep_probs)
+    while True:
+        try:
+            next(steps)
+        except StopIteration as done:
+            return done.value
+
+
+def iter_predict_volume(model: UUDS, volume: Volume, batch_size: int = 16, domain_prompt: str | None = None,
+                        progress=None, norm: NormParams | None = None, keep_probs: bool = False
+                        ) -> Iterator[tuple[int, int]]:
     """Segment a whole volume, ``batch_size`` slices at a time: normalised, sliced, segmented and put back on the
     grid batch by batch (memory: the scan and the three outputs; the class probabilities on the scan's grid only with
-    ``keep_probs``). ``norm``: the volume's normalisation (default: computed from it)."""
+    ``keep_probs``). ``norm``: the volume's normalisation (default: computed from it). A generator: it yields
+    (slices done, slices in all) after each batch and returns the :class:`VolumePrediction`."""
     cfg = model.cfg
     raw = volume.data
     norm = norm if norm is not None else normalisation_params(raw)
@@ -118,6 +132,7 @@ def predict_volume(model: UUDS, volume: Volume, batch_size: int = 16, domain_pro
             probs[(slice(None), *idx)] = out.probs
         del out, s, p, part, slices
         release_host_memory(collect=False)  # this batch's temporaries: back to the system (a few ms)
+        yield idx[axis].stop, shape[axis]
     return VolumePrediction(syn, probs, seg, ent)
 
 

@@ -22,7 +22,7 @@ from ..engine.body import body_mask
 from ..engine.config import ModelConfig, TrainConfig
 from ..engine.dataset import PreparedVolume, prepare_volume, samplers
 from ..engine.errors import UUDSError
-from ..engine.infer import VolumePrediction, assemble, predict_volume
+from ..engine.infer import VolumePrediction, assemble, iter_predict_volume
 from ..engine.slices import SliceGeometry, from_square
 from ..engine.train import TrainControl, TrainEvent, resolve_device, train
 from ..engine.volumes import Volume
@@ -210,11 +210,21 @@ class UUDSController:
 
     def compute_prediction(self) -> VolumePrediction:
         """The network part of :meth:`predict`: touches no layer, so it may run in a worker thread."""
+        steps = self.prediction_steps()
+        while True:
+            try:
+                next(steps)
+            except StopIteration as done:
+                return done.value
+
+    def prediction_steps(self) -> Iterator[tuple[int, int]]:
+        """:meth:`compute_prediction` as a generator of (slices done, slices in all), returning the prediction:
+        what the widget's worker iterates, so that the progress bar moves while the volume is segmented."""
         if self.model is None or self.target is None:
             raise UUDSError("no model or target yet: train (or load weights) and choose a target image")
         self.model.to(resolve_device(self.params.device))
-        return predict_volume(self.model, self.target.volume, domain_prompt=self.params.domain_prompt,
-                              norm=self.target.norm)
+        return (yield from iter_predict_volume(self.model, self.target.volume, domain_prompt=self.params.domain_prompt,
+                                               norm=self.target.norm))
 
     def show_prediction(self, pred: VolumePrediction) -> VolumePrediction:
         """Main thread: cache the prediction (its entropy serves every later threshold) and update the layers."""

@@ -6,6 +6,7 @@ import gc
 from pathlib import Path
 
 import napari
+import numpy as np
 from magicgui.widgets import (ComboBox, Container, FloatSlider, FloatSpinBox, Label, LineEdit, ProgressBar,
                               PushButton, SpinBox, create_widget)
 from napari.qt.threading import create_worker
@@ -27,6 +28,10 @@ DISPLAY_TIMEOUT_S = 2.0
 class UUDSWidget(Container):
     def __init__(self, napari_viewer: napari.Viewer):
         super().__init__(labels=True)
+        # napari hands plugins a PublicOnlyProxy of the viewer, whose layers are fresh proxies at every access: a
+        # proxy set as a field's value matches none of the layer choices and the field stays empty (the README's
+        # `napari-uuds gui` opened with "-----" everywhere). The widget works on the viewer itself.
+        napari_viewer = getattr(napari_viewer, "__wrapped__", napari_viewer)
         self.viewer = napari_viewer
         self.params, self.status = Params(), Status()
         self.ctl = UUDSController(napari_viewer, self.params, self.status)
@@ -34,12 +39,14 @@ class UUDSWidget(Container):
         self.ctl.display_timeout = DISPLAY_TIMEOUT_S
         self.worker = None
 
+        # the layer lists come from this viewer, not from the dock the widget may not sit in yet (napari's own
+        # lookup finds no viewer before docking, so the sample's layers could not be picked at construction)
         self.source = create_widget(annotation=napari.layers.Image, label="source image",
-                                    options={"nullable": True})
+                                    options={"nullable": True, "choices": self._layers(napari.layers.Image)})
         self.source_labels = create_widget(annotation=napari.layers.Labels, label="source labels",
-                                           options={"nullable": True})
+                                           options={"nullable": True, "choices": self._layers(napari.layers.Labels)})
         self.target = create_widget(annotation=napari.layers.Image, label="target image",
-                                    options={"nullable": True})
+                                    options={"nullable": True, "choices": self._layers(napari.layers.Image)})
         self.class_name = LineEdit(value=self.params.class_name, label="class name(s)")
         self.class_name.tooltip = "comma-separated for a multi-class labels layer: label value k is the k-th name"
         self.descriptions = Container(labels=True, label="class descriptions")  # one text field per class
@@ -122,6 +129,9 @@ class UUDSWidget(Container):
         self.load_btn.clicked.connect(self._load_dialog)
         self.export_btn.clicked.connect(self._export_dialog)
         self.native.destroyed.connect(lambda *_: self.close_down())
+        for e in (napari_viewer.layers.events.inserted, napari_viewer.layers.events.removed):
+            e.connect(self._layers_changed)
+        self.reset_choices()
         self._autofill()
         self._rebuild_descriptions()
         # Heavy imports (open_clip -> torchvision) load C extensions while holding the GIL; done here, once,
@@ -165,15 +175,29 @@ class UUDSWidget(Container):
             show_error(str(exc))
         return None
 
-    def _autofill(self) -> None:
+    def _layers(self, kind):
+        """Choices of a layer field: this viewer's layers of ``kind``, in order."""
+        return lambda _widget=None: [ly for ly in self.viewer.layers if isinstance(ly, kind)]
+
+    def _layers_changed(self, *_):
+        """Layers opened or closed: refresh the lists and fill what is still empty (a scan opened after the widget)."""
+        self.reset_choices()
+        if self.source.value is None or self.target.value is None or self.source_labels.value is None:
+            self._autofill(only_empty=True)
+
+    def _autofill(self, only_empty: bool = False) -> None:
         """Pick the sample's layers by name when present (one click on the sample data)."""
         names = [ly.name for ly in self.viewer.layers]
         for widget, key in ((self.source, "source"), (self.target, "target")):
+            if only_empty and widget.value is not None:
+                continue
             for n in names:
                 if key in n.lower() and n in self.viewer.layers and \
                         type(self.viewer.layers[n]).__name__ == "Image":
                     widget.value = self.viewer.layers[n]
         for n in names:
+            if only_empty and self.source_labels.value is not None:
+                break
             if "label" in n.lower() and type(self.viewer.layers[n]).__name__ == "Labels" \
                     and n not in OUTPUT_LAYERS.values():
                 self.source_labels.value = self.viewer.layers[n]
@@ -255,7 +279,8 @@ class UUDSWidget(Container):
             show_error("no model or target yet: train (or load weights) and choose a target image")
             return None
         self.status.message = "segmenting the target volume…"
-        worker = create_worker(self.ctl.compute_prediction, _start_thread=False)
+        worker = create_worker(self.ctl.prediction_steps, _start_thread=False)
+        worker.yielded.connect(self._show_prediction_progress)
         worker.returned.connect(self.ctl.show_prediction)
         worker.returned.connect(lambda _p: setattr(self.status, "message", "segmentation, entropy, certain mask "
                                                                            "and synthetic source updated"))
@@ -265,6 +290,11 @@ class UUDSWidget(Container):
         self.stop_btn.enabled = False
         worker.start()
         return worker
+
+    def _show_prediction_progress(self, done_total) -> None:
+        done, total = done_total
+        self.progress.max, self.progress.value = max(int(total), 1), int(done)
+        self.status.message = f"segmenting the target volume: {done}/{total} slices"
 
     def close_down(self) -> None:
         """Closing the widget or napari: stop the worker cleanly and free the model's memory."""
@@ -296,10 +326,16 @@ class UUDSWidget(Container):
         if folder:
             self._guard(self.ctl.load_weights, folder)
 
-    def _export_dialog(self) -> None:
+    def export_layer(self):
+        """The layer Export writes: the selected Image or Labels layer (an edited segmentation, renamed
+        "segmentation (edited N)", included: it is what the user made), else the segmentation."""
         layer = self.viewer.layers.selection.active
-        if layer is None or layer.name not in OUTPUT_LAYERS.values():
-            layer = self.viewer.layers[OUTPUT_LAYERS["seg"]] if OUTPUT_LAYERS["seg"] in self.viewer.layers else None
+        if layer is not None and type(layer).__name__ in ("Labels", "Image") and np.asarray(layer.data).ndim == 3:
+            return layer
+        return self.viewer.layers[OUTPUT_LAYERS["seg"]] if OUTPUT_LAYERS["seg"] in self.viewer.layers else None
+
+    def _export_dialog(self) -> None:
+        layer = self.export_layer()
         if layer is None:
             show_error("nothing to export yet: run Adapt & segment first")
             return
