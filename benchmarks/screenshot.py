@@ -26,7 +26,7 @@ def main(argv: list[str] | None = None) -> int:
     import numpy as np
 
     from napari_uuds.gui.controller import OUTPUT_LAYERS
-    from napari_uuds.gui.widget import UUDSWidget
+    from napari_uuds.gui.widget import UUDSWidget, radiological_view
 
     viewer = napari.Viewer(show=True)
     viewer.window._qt_window.resize(1500, 900)
@@ -36,19 +36,19 @@ def main(argv: list[str] | None = None) -> int:
     w.ctl.load_weights(args.weights)
     w.ctl.prepare_target(w.target.value)
     w.ctl.show_prediction(w.ctl.compute_prediction())  # Re-predict volume, synchronously
-    w.status.message = "segmentation, entropy, certain mask and synthetic source updated"
+    w.status.message = "segmentation, entropy, uncertain region and synthetic source updated"
     t1 = viewer.layers["T1 (target)"]
     [truth] = viewer.open(str(ROOT / "sample_data" / "cord" / "t1_seg.nii.gz"), plugin="napari-uuds",
                           name="true cord (t1_seg)")
     truth.contour, truth.colormap = 1, napari.utils.colormaps.label_colormap(num_colors=49, seed=0.9)
     seg = viewer.layers[OUTPUT_LAYERS["seg"]]
     seg.contour = 1
-    for name in ("T2 (source)", "T2 cord labels", OUTPUT_LAYERS["certain"], OUTPUT_LAYERS["synthetic"],
+    for name in ("T2 (source)", "T2 cord labels", OUTPUT_LAYERS["uncertain"], OUTPUT_LAYERS["synthetic"],
                  OUTPUT_LAYERS["entropy"]):
         if name in viewer.layers:
             viewer.layers[name].visible = False
     axis = w.ctl.model.cfg.axis
-    viewer.dims.order = (axis,) + tuple(a for a in range(3) if a != axis)
+    radiological_view(viewer, axis)
     zs = np.nonzero(np.moveaxis(np.asarray(truth.data) > 0, axis, 0).any((1, 2)))[0]
     viewer.dims.set_current_step(axis, args.slice if args.slice is not None else int(zs[len(zs) // 2]))
     viewer.layers.selection.active = seg

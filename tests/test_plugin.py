@@ -48,11 +48,19 @@ def test_the_readmes_gui_command_opens_a_ready_widget(qtbot, monkeypatch):
     monkeypatch.setattr(napari, "run", lambda *a, **k: shown.setdefault("ran", True))
     real_build = cli.build_gui
     monkeypatch.setattr(cli, "build_gui", lambda args: shown.setdefault("gui", real_build(args)))
+    from napari.settings import get_settings
+
+    get_settings().plugins.extension2reader = {}
     assert cli.main(["gui"]) == 0 and shown["ran"]
     viewer, w = shown["gui"]
+    # NIfTI dropped on the viewer opens without a "choose reader" dialog
+    assert get_settings().plugins.extension2reader == {"*.nii": "napari-uuds", "*.nii.gz": "napari-uuds"}
     try:
         assert (w.source.value.name, w.source_labels.value.name, w.target.value.name) == \
             ("T2 (source)", "T2 cord labels", "T1 (target)")
+        # axial slices as radiologists read them: A up, the patient's right on the screen's left (camera only)
+        assert tuple(viewer.dims.order) == (2, 1, 0)
+        assert tuple(map(str, viewer.camera.orientation2d)) == ("up", "left")
         w.params.image_size, w.params.batch_size = 64, 2
         w.steps.value = 1
         worker = w.start_training(predict_after=False)  # the click
@@ -61,6 +69,7 @@ def test_the_readmes_gui_command_opens_a_ready_widget(qtbot, monkeypatch):
         assert w.status.step == 1
     finally:
         viewer.close()
+        get_settings().plugins.extension2reader = {}
 
 
 @pytest.fixture()
@@ -113,6 +122,10 @@ def test_training_through_the_worker_gives_four_layers(ready, qtbot):
     assert type(viewer.layers["segmentation"]).__name__ == "Labels"
     assert viewer.layers["entropy"].colormap.name == "inferno"
     assert w.status.step == 3 and len(w.status.losses) == 3 and w.adapt_btn.enabled
+    from napari_uuds.gui.loss_plot import curves
+
+    drawn = curves(w.plot.history)  # the plot has one curve per term, by step
+    assert {"seg", "identity"} <= set(drawn) and [s for s, _ in drawn["seg"]] == [1, 2, 3]
     # the plugin leaves napari's process as it found it: the status (Qt labels) is touched from the main thread
     # only, no object stays frozen out of the cyclic collector, Triton is not hidden from other plugins
     assert threads == {threading.main_thread().name}
@@ -134,7 +147,7 @@ def test_threshold_updates_certain_mask_without_the_network(ready, qtbot, monkey
     monkeypatch.setattr(w.ctl.model, "forward", boom)
     for chi in (0.05, 0.95):
         w.threshold.value = chi
-        np.testing.assert_array_equal(viewer.layers["certain mask"].data, w.ctl.prediction.entropy < chi)
+        np.testing.assert_array_equal(viewer.layers["uncertain region"].data, w.ctl.prediction.entropy >= chi)
     assert w.ctl.params.threshold == pytest.approx(0.95)
 
 
@@ -357,3 +370,60 @@ def test_random_weights_note_stays_and_guard_warning_shows(ready, qtbot):
     assert w.notice.value.startswith("warning at step 3") and "CLIP weights are random" in w.notice.value
     w.ctl.handle_event(TrainEvent("step", 4, 4, {"total": 1.0}, message="step 4: back within the guard's limits"))
     assert "warning" not in w.notice.value
+
+
+def test_live_controls_keep_no_stale_state(ready, qtbot):
+    """A closed target is forgotten; a second click starts a new model unless asked to continue; a prompt edit says
+    what it changed; the uncertain region has its own colour; the synthetic source hides until it holds a volume."""
+    viewer, w = ready
+    w.ctl.prepare(w.source.value, w.source_labels.value, w.target.value)
+    w.ctl.ensure_output_layers()
+    assert viewer.layers["synthetic source"].visible is False  # no opaque grey block before a prediction
+    w.steps.value = 1
+    w.ctl.adapt_and_segment(w.source.value, w.source_labels.value, w.target.value)
+    assert viewer.layers["synthetic source"].visible is True
+    colour = viewer.layers["uncertain region"].colormap.map(np.array([1]))[0]
+    np.testing.assert_allclose(colour[:3], (1.0, 212 / 255, 0.0), atol=0.01)
+    w.ctl.set_prompt("A scan of a {source}")
+    assert "of its pixels changed class" in w.status.message and "A scan of a T2" in w.status.message
+    # a second click: a new model, unless the box says continue
+    w._offer_continue()
+    first = w.ctl.model
+    assert w.continue_model.enabled and not w.continue_model.value
+    w.start_training(predict_after=False)
+    qtbot.waitUntil(lambda: w.worker is None, timeout=120_000)
+    assert w.ctl.model is not first and w.ctl.model.trained_steps == 1
+    w.continue_model.value = True
+    second = w.ctl.model
+    w.start_training(predict_after=False)
+    qtbot.waitUntil(lambda: w.worker is None, timeout=120_000)
+    assert w.ctl.model is second and w.ctl.model.trained_steps == 2
+    assert "(2 steps)" in w.continue_model.text
+    # the target closed: editing the prompt re-creates nothing from it
+    for name in ("T1 (target)", "segmentation", "entropy", "uncertain region", "synthetic source"):
+        viewer.layers.remove(name)
+    assert w.ctl.target is None and "target layer was closed" in w.status.message
+    w.ctl.set_prompt("A photo of a {source} scan")
+    assert not {"segmentation", "entropy", "uncertain region", "synthetic source"} & {ly.name for ly in viewer.layers}
+
+
+def test_every_control_explains_itself(ready):
+    from magicgui.widgets import Container
+
+    _, w = ready
+    controls = [c for c in w if not isinstance(c, Container) and type(c).__name__ not in ("Label", "ProgressBar")]
+    missing = [c.label or c.text for c in controls if not (c.tooltip or "").strip()]
+    assert not missing, missing
+    assert "{source}" in w.prompt.tooltip
+
+
+def test_merged_label_values_are_said(ready):
+    viewer, w = ready
+    lab = viewer.layers["T2 cord labels"]
+    data = np.asarray(lab.data).copy()
+    ys, xs, zs = np.nonzero(data)
+    data[ys[::3], xs[::3], zs[::3]] = 2
+    data[ys[1::3], xs[1::3], zs[1::3]] = 4
+    lab.data = data
+    w.ctl.prepare(w.source.value, lab, w.target.value)
+    assert "values 1, 2, 4 merged into the one class" in w.status.message

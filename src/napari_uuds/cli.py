@@ -204,18 +204,41 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+NIFTI_PATTERNS = ("*.nii", "*.nii.gz")
+
+
+def _prefer_our_reader() -> None:
+    """napari's builtin reader also claims NIfTI (through imageio), so napari asks "choose reader" for every file
+    dropped on it. Where the user has chosen no reader for NIfTI yet, ``napari-uuds gui`` records this plugin as the
+    reader for ``*.nii`` / ``*.nii.gz`` (napari's own preference, Preferences > Plugins, where it can be changed),
+    and says so."""
+    from napari.settings import get_settings
+
+    prefs = get_settings().plugins.extension2reader
+    missing = [p for p in NIFTI_PATTERNS if p not in prefs]
+    if missing:
+        get_settings().plugins.extension2reader = {**prefs, **{p: "napari-uuds" for p in missing}}
+        print(f"napari-uuds gui: NIfTI files ({', '.join(missing)}) now open with the napari-uuds reader "
+              "(napari Preferences > Plugins to change)", file=sys.stderr)
+
+
 def build_gui(args):
     """The viewer and the docked widget ``napari-uuds gui`` shows (before napari's event loop runs)."""
     try:
         import napari
     except ImportError:
         raise UUDSError('the GUI needs napari and a Qt binding: pip install "napari-uuds[napari]"') from None
+    _prefer_our_reader()
     viewer = napari.Viewer(title="napari-uuds")
     if not args.no_sample:
         viewer.open_sample("napari-uuds", "cord")
     for path in args.images:
         viewer.open(path, plugin="napari-uuds")
     _, widget = viewer.window.add_plugin_dock_widget("napari-uuds", "UUDS adapt & segment")
+    if viewer.dims.ndim == 3:
+        from .gui.widget import radiological_view
+
+        radiological_view(viewer, widget.params.axis)
     return viewer, widget
 
 

@@ -29,7 +29,9 @@ from ..engine.volumes import Volume
 from .state import Params, Status
 
 OUTPUT_LAYERS = {"synthetic": "synthetic source", "seg": "segmentation", "entropy": "entropy",
-                 "certain": "certain mask"}
+                 "uncertain": "uncertain region"}
+#: colour of the uncertain region (what a reviewer looks at), apart from the segmentation's label colours
+UNCERTAIN_COLOUR = "#ffd400"
 
 
 class UUDSController:
@@ -44,6 +46,7 @@ class UUDSController:
         self.target_layer = None
         self._data: tuple[list[PreparedVolume], list[PreparedVolume]] | None = None
         self._clip_weights: str | None = None
+        self._synthetic_filled = False
         #: spreads preview refreshes over frames (the widget installs a :class:`~.pacing.FramePacer`);
         #: None refreshes at once, as the synchronous path and tests do.
         self.pacer = None
@@ -90,8 +93,11 @@ class UUDSController:
             raise UUDSError(f"source labels '{source_labels.name}' are empty: paint the object first")
         cfg = self.model_config()
         n = len(cfg.class_names)
-        if n == 1 and lab.data.max() > 1:  # one class named: every non-zero value is it
+        if n == 1 and lab.data.max() > 1:  # one class named: every non-zero value is it, and the user is told
+            values = ", ".join(str(int(v)) for v in np.unique(lab.data) if v > 0)
             lab.data = (lab.data > 0).astype(np.uint8)
+            self.status.message = (f"source labels '{source_labels.name}': values {values} merged into the one class "
+                                   f"'{cfg.class_names[0]}' (name one class per value, comma-separated, to keep them apart)")
         elif lab.data.max() > n:
             raise UUDSError(f"source labels '{source_labels.name}' hold values up to {int(lab.data.max())} but "
                             f"{n} class names are given: name one class per label value (comma-separated)")
@@ -162,6 +168,7 @@ class UUDSController:
             s.running, s.total, s.message, s.guard_note = True, ev.total, ev.message, ""
         elif ev.kind == "step":
             s.losses = s.losses + [ev.losses.get("total", float("nan"))]
+            s.history = s.history + [{"step": ev.step, **ev.losses}]
             s.step = ev.step
             s.message = f"step {ev.step}/{ev.total}  loss {ev.losses.get('total', 0):.3f}  " \
                         f"{ev.slices_per_s:.1f} slices/s  ETA {ev.eta_s:.0f} s"
@@ -241,12 +248,13 @@ class UUDSController:
         return self.predict()
 
     def set_threshold(self, chi: float) -> None:
-        """Re-threshold the cached entropy into the certain mask: no network call. Live during training."""
+        """Re-threshold the cached entropy into the uncertain region (entropy >= chi: the voxels Eq. 7 leaves out):
+        no network call. Live during training."""
         self.params.threshold = float(chi)
         if self.control is not None:
             self.control.threshold = float(chi)
         if self.prediction is not None:
-            self._layer("certain").data = self.prediction.certain(chi).astype(np.uint8)
+            self._layer("uncertain").data = self.uncertain(chi)
 
     def set_prompt(self, text: str) -> None:
         """New domain prompt: used from the next training step, and the current slice is re-predicted."""
@@ -254,7 +262,18 @@ class UUDSController:
         if self.control is not None:
             self.control.domain_prompt = text
         if self.model is not None and self.target is not None and not self.status.running:
+            if self.prediction is None:
+                self.predict_current_slice()
+                return
+            axis = self.model.cfg.axis
+            i = self.current_index()
+            before_seg = np.array(self.prediction.seg[_slab(axis, i)], copy=True)
+            before_syn = np.array(self.prediction.synthetic[_slab(axis, i)], copy=True)
             self.predict_current_slice()
+            flipped = float((self.prediction.seg[_slab(axis, i)] != before_seg).mean())
+            change = float(np.abs(self.prediction.synthetic[_slab(axis, i)] - before_syn).mean())
+            self.status.message = (f"prompt \"{self.model.cfg.domain_text(text)}\" on slice {i}: {flipped:.1%} of its "
+                                   f"pixels changed class; the synthetic source moved by {change / 2:.1%} of its range")
 
     def current_index(self) -> int:
         axis = self.model.cfg.axis if self.model is not None else self.params.axis
@@ -317,11 +336,11 @@ class UUDSController:
         ent = torch.from_numpy(prev["entropy"])[None, None]
         vals = {"synthetic": from_square(syn, one, fill=-1.0)[0].numpy(), "seg": from_square(seg, one, "nearest")[0].numpy(),
                 "entropy": from_square(ent, one)[0].numpy()}
-        vals["certain"] = vals["entropy"] < self.params.threshold
+        vals["uncertain"] = vals["entropy"] >= self.params.threshold
         shape = self.target.volume.data.shape
         self._keep_user_edits()
         layers = []
-        for key in ("seg", "synthetic", "certain", "entropy"):  # what the eye looks for first
+        for key in ("seg", "synthetic", "uncertain", "entropy"):  # what the eye looks for first
             layer = self._layer(key, create_shape=shape)
             layer.data[_slab(one.axis, i)] = vals[key].astype(layer.data.dtype)  # in place: only the slice changes
             layers.append(layer)
@@ -364,23 +383,29 @@ class UUDSController:
         if self.target_layer is not None:  # placed as the scan is, rotation (an oblique scan) included
             kw.update(scale=tuple(self.target_layer.scale), translate=tuple(self.target_layer.translate),
                       affine=np.asarray(self.target_layer.affine.affine_matrix))
-        if key in ("seg", "certain"):
+        if key in ("seg", "uncertain"):
             layer = self.viewer.add_labels(np.zeros(shape, np.uint8), **kw)
-            if key == "certain":
-                layer.opacity = 0.3
+            if key == "uncertain":  # its own colour: not one of the segmentation's label colours
+                from napari.utils.colormaps import DirectLabelColormap
+
+                layer.colormap = DirectLabelColormap(color_dict={None: "transparent", 1: UNCERTAIN_COLOUR})
+                layer.opacity = 0.45
         elif key == "entropy":
             layer = self.viewer.add_image(np.zeros(shape, np.float32), colormap="inferno", contrast_limits=(0, 1),
                                           blending="additive", opacity=0.6, **kw)
             layer.visible = False
-        else:
-            layer = self.viewer.add_image(np.zeros(shape, np.float32), colormap="gray", contrast_limits=(-1, 1), **kw)
+        else:  # hidden until a whole-volume prediction fills it: an empty one is an opaque block over the scan
+            layer = self.viewer.add_image(np.full(shape, -1.0, np.float32), colormap="gray", contrast_limits=(-1, 1),
+                                          **kw)
+            layer.visible = False
+            self._synthetic_filled = False
         return layer
 
     def _show_prediction(self) -> None:
         p = self.prediction
         self._keep_user_edits()
-        values = {"synthetic": p.synthetic, "entropy": p.entropy,
-                  "certain": p.certain(self.params.threshold).astype(np.uint8), "seg": p.seg}
+        values = {"synthetic": p.synthetic, "entropy": p.entropy, "uncertain": self.uncertain(self.params.threshold),
+                  "seg": p.seg}
         stale = []
         for key, v in values.items():
             layer = self._layer(key, create_shape=v.shape)
@@ -391,6 +416,19 @@ class UUDSController:
                 layer.data = v
         self._refresh(stale)
         self._shown_seg = np.array(self._layer("seg").data, copy=True)
+        if not self._synthetic_filled:  # the synthetic source is worth showing once it holds a volume
+            self._layer("synthetic").visible = True
+            self._synthetic_filled = True
+
+    def uncertain(self, chi: float) -> np.ndarray:
+        """The uncertain region for threshold chi: entropy >= chi (outside the body the entropy is 0)."""
+        return (~self.prediction.certain(chi)).astype(np.uint8)
+
+    def forget_target(self) -> None:
+        """The target layer was closed: nothing may be drawn from it again (its output layers stay)."""
+        self.target = self.target_layer = self.prediction = None
+        self._data = None
+        self._synthetic_filled = False
 
     def _keep_user_edits(self) -> None:
         """A corrected segmentation is the user's work: keep it (renamed) instead of predicting over it."""

@@ -49,7 +49,8 @@ class Status:
     step: int = 0
     total: int = 0
     message: str = ""
-    losses: list = field(default_factory=list)  # total loss per step, for the plot
+    losses: list = field(default_factory=list)  # total loss per step
+    history: list = field(default_factory=list)  # every term's loss per step (dicts with "step"), for the plot
     #: persistent notes that stay on screen until their cause goes away (unlike ``message``, rewritten every
     #: step): what the CLIP weights are and what that means for quality; the guards' last warning.
     weights_note: str = ""

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import napari
 import numpy as np
-from magicgui.widgets import (ComboBox, Container, FloatSlider, FloatSpinBox, Label, LineEdit, ProgressBar,
+from magicgui.widgets import (CheckBox, ComboBox, Container, FloatSlider, FloatSpinBox, Label, LineEdit, ProgressBar,
                               PushButton, SpinBox, create_widget)
 from napari.qt.threading import create_worker
 from napari.utils.notifications import show_error, show_info
@@ -69,22 +69,55 @@ class UUDSWidget(Container):
         self.lr.native.setDecimals(6)
         self.prompt = LineEdit(value=self.params.domain_prompt, label="domain prompt")
         self.threshold = FloatSlider(value=self.params.threshold, min=0.0, max=1.0, step=0.01, label="uncertainty χ")
+        # a trained (or loaded) model is continued only when asked: a second click must not silently go on from it
+        self.continue_model = CheckBox(value=False, text="continue the current model", enabled=False)
+        self.continue_model.tooltip = ("on: training goes on from the model trained or loaded before (its steps add "
+                                       "up); off: every Adapt & segment or Train starts a new model")
         self.adapt_btn = PushButton(text="Adapt && segment")
         self.train_btn = PushButton(text="Train")
         self.stop_btn = PushButton(text="Stop", enabled=False)
         self.predict_btn = PushButton(text="Re-predict volume")
         self.save_btn = PushButton(text="Save weights…")
         self.load_btn = PushButton(text="Load weights…")
-        self.export_btn = PushButton(text="Export segmentation…")
+        self.export_btn = PushButton(text="Export selected layer…")
         self.progress = ProgressBar(value=0, min=0, max=1, label="progress")
         self.info = Label(value="")
         self.notice = Label(value="")  # persistent: random CLIP weights, guard warnings
         self.notice.native.setWordWrap(True)
+        self.info.native.setWordWrap(True)  # a long status line wraps; it must not widen the dock over the canvas
         self.notice.native.setStyleSheet("color: #e0a030")
+        tips = {
+            self.source: "the labelled scan (Image layer) the model learns from",
+            self.source_labels: "the labels of the source image (Labels layer, same shape)",
+            self.target: "the scan to segment, in another contrast; its labels are never used",
+            self.modality: "the source contrast's name, e.g. T2: it fills {source} in the domain prompt",
+            self.arch: "tiny: 5.7 M parameters at 128 px, for a CPU; rn50: the paper's CLIP ResNet-50 at 224 px, wants a GPU",
+            self.weights: ("auto: OpenAI CLIP weights when cached or reachable, else random; openai: error if "
+                           "unavailable; none: random initialisation"),
+            self.device: "where to train: auto picks a CUDA or Apple GPU when there is one, else the CPU",
+            self.steps: "training steps (200 suit the tiny model on a CPU, about 1.5 minutes on the sample)",
+            self.batch: "slice pairs (source + target) per step",
+            self.lr: "Adam learning rate (1e-4: higher rates collapsed the tumour protocols in our runs)",
+            self.prompt: ("the hard domain prompt steering the target-to-source translation; {source} stands for the "
+                          "source modality field. Edited after training, the current slice is re-predicted and the "
+                          "status line says how much changed"),
+            self.threshold: ("χ of Eq. 6/7: voxels whose normalised entropy is at least χ form the uncertain region "
+                             "(yellow), left out of the target loss; moving it re-thresholds at once, no network run"),
+            self.adapt_btn: "train (source labels + unlabelled target), then segment the whole target",
+            self.train_btn: "train only; Re-predict volume segments afterwards",
+            self.stop_btn: "stop within one step; the weights learnt so far are kept",
+            self.predict_btn: "segment the whole target volume again with the current model and prompt",
+            self.save_btn: "write model.safetensors + config.json to a folder (the command line reads it too)",
+            self.load_btn: "load weights saved here or by napari-uuds adapt",
+            self.export_btn: "write the selected layer (e.g. your corrected segmentation) as NIfTI on the scan's grid",
+        }
+        for widget, tip in tips.items():
+            widget.tooltip = tip
         self.plot = LossPlot()
         self.extend([self.source, self.source_labels, self.target, self.class_name, self.descriptions, self.modality,
                      self.method, self.randomise, self.arch,
-                     self.weights, self.device, self.steps, self.batch, self.lr, self.adapt_btn, self.train_btn,
+                     self.weights, self.device, self.steps, self.batch, self.lr, self.continue_model, self.adapt_btn,
+                     self.train_btn,
                      self.stop_btn, self.progress, self.info, self.notice, self.prompt, self.threshold, self.predict_btn,
                      self.save_btn, self.load_btn, self.export_btn])
         self.native.layout().addWidget(self.plot)
@@ -117,7 +150,7 @@ class UUDSWidget(Container):
         self.status.events.message.connect(lambda m: setattr(self.info, "value", m))
         self.status.events.weights_note.connect(self._show_notice)
         self.status.events.guard_note.connect(self._show_notice)
-        self.status.events.losses.connect(self.plot.set_values)
+        self.status.events.history.connect(self.plot.set_values)
         self.status.events.step.connect(lambda s: setattr(self.progress, "value", s))
         self.status.events.total.connect(lambda t: setattr(self.progress, "max", max(int(t), 1)))
         # actions
@@ -180,7 +213,11 @@ class UUDSWidget(Container):
         return lambda _widget=None: [ly for ly in self.viewer.layers if isinstance(ly, kind)]
 
     def _layers_changed(self, *_):
-        """Layers opened or closed: refresh the lists and fill what is still empty (a scan opened after the widget)."""
+        """Layers opened or closed: refresh the lists and fill what is still empty (a scan opened after the widget).
+        A closed target is forgotten, so that no control re-creates output layers from it."""
+        if self.ctl.target_layer is not None and self.ctl.target_layer not in self.viewer.layers:
+            self.ctl.forget_target()
+            self.status.message = "the target layer was closed: choose a target image to segment again"
         self.reset_choices()
         if self.source.value is None or self.target.value is None or self.source_labels.value is None:
             self._autofill(only_empty=True)
@@ -215,15 +252,17 @@ class UUDSWidget(Container):
         if self.worker is not None:
             show_info("training is already running")
             return None
+        if not self.continue_model.value:
+            self.ctl.model = None  # a new model, as the box says
         try:
             self.ctl.prepare(self.source.value, self.source_labels.value, self.target.value)
         except UUDSError as exc:
             show_error(str(exc))
             return None
-        self.status.losses = []
+        self.status.losses, self.status.history = [], []
         axis = self.ctl.model.cfg.axis if self.ctl.model is not None else self.params.axis
         if self.viewer.dims.ndim == 3:  # show the plane the model works in; the slider walks its slices
-            self.viewer.dims.order = (axis,) + tuple(a for a in range(3) if a != axis)
+            radiological_view(self.viewer, axis)
         worker = create_worker(self.ctl.training_events, _start_thread=False)
         worker.yielded.connect(self.ctl.handle_event)
         worker.errored.connect(lambda exc: show_error(f"training failed: {exc}"))
@@ -264,6 +303,7 @@ class UUDSWidget(Container):
     def _training_done(self, predict_after: bool) -> None:
         self._unfreeze()
         self.worker = None
+        self._offer_continue()
         self.ctl.pacer.flush()
         self.ctl.training_finished()
         self._set_running(False)
@@ -282,7 +322,7 @@ class UUDSWidget(Container):
         worker = create_worker(self.ctl.prediction_steps, _start_thread=False)
         worker.yielded.connect(self._show_prediction_progress)
         worker.returned.connect(self.ctl.show_prediction)
-        worker.returned.connect(lambda _p: setattr(self.status, "message", "segmentation, entropy, certain mask "
+        worker.returned.connect(lambda _p: setattr(self.status, "message", "segmentation, entropy, uncertain region "
                                                                            "and synthetic source updated"))
         worker.errored.connect(lambda exc: show_error(f"prediction failed: {exc}"))
         worker.finished.connect(lambda: self._set_running(False))
@@ -325,6 +365,17 @@ class UUDSWidget(Container):
         folder = QFileDialog.getExistingDirectory(self.native, "Weights folder (model.safetensors + config.json)")
         if folder:
             self._guard(self.ctl.load_weights, folder)
+            self._offer_continue()
+            self.continue_model.value = self.ctl.model is not None  # loaded to be used: Train continues it
+
+    def _offer_continue(self) -> None:
+        """A model exists (trained or loaded): the box may continue it; loaded weights are continued by default."""
+        model = self.ctl.model
+        self.continue_model.enabled = model is not None
+        if model is None:
+            self.continue_model.value = False
+            return
+        self.continue_model.text = f"continue the current model ({getattr(model, 'trained_steps', 0)} steps)"
 
     def export_layer(self):
         """The layer Export writes: the selected Image or Labels layer (an edited segmentation, renamed
@@ -353,6 +404,21 @@ class UUDSWidget(Container):
         out = self._guard(self.ctl.export, layer, path, overwrite)
         if out is not None:
             show_info(f"wrote {out}")
+
+
+#: displayed (vertical, horizontal) canonical RAS axes of each slicing axis, as radiologists look at them: axial and
+#: coronal with the patient's right on the screen's left and anterior / superior up; sagittal with superior up and
+#: anterior on the left
+_VIEW = {2: (1, 0), 1: (2, 0), 0: (2, 1)}
+
+
+def radiological_view(viewer, axis: int) -> None:
+    """Show the plane of ``axis`` the way radiologists read it, by the camera alone: the data and their
+    geometry are untouched (canonical RAS arrays would otherwise show axial slices on their side)."""
+    vertical, horizontal = _VIEW[axis]
+    viewer.dims.order = (axis, vertical, horizontal)
+    viewer.camera.orientation2d = ("up", "left")
+    viewer.reset_view()
 
 
 def _show(widget, value) -> None:
