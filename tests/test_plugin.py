@@ -38,6 +38,7 @@ def test_sample_opens_and_widget_builds(make_napari_viewer):
     viewer.window.add_dock_widget(w)
     assert w.source.value.name == "T2 (source)" and w.target.value.name == "T1 (target)"
     assert w.source_labels.value.name == "T2 cord labels" and w.modality.value == "T2"
+    assert w.class_name.value == "spinal cord"  # the sample's labels say what they are
 
 
 def test_the_readmes_gui_command_opens_a_ready_widget(qtbot, monkeypatch):
@@ -63,10 +64,16 @@ def test_the_readmes_gui_command_opens_a_ready_widget(qtbot, monkeypatch):
         assert tuple(map(str, viewer.camera.orientation2d)) == ("up", "left")
         w.params.image_size, w.params.batch_size = 64, 2
         w.steps.value = 1
-        worker = w.start_training(predict_after=False)  # the click
+        viewer.window._qt_window.resize(1400, 900)
+        qtbot.wait(200)
+        width = w.native.width()
+        worker = w.start_training(predict_after=True)  # the click
         assert worker is not None
-        qtbot.waitUntil(lambda: w.worker is None, timeout=120_000)
+        qtbot.waitUntil(lambda: w.worker is None and w.ctl.prediction is not None, timeout=120_000)
+        qtbot.wait(200)
         assert w.status.step == 1
+        # long status lines and notes wrap: the dock does not grow over the canvas
+        assert w.native.width() <= width * 1.1, (width, w.native.width())
     finally:
         viewer.close()
         get_settings().plugins.extension2reader = {}

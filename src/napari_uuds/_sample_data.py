@@ -13,4 +13,5 @@ def make_cord_sample():
     names = ["T2 (source)", "T2 cord labels", "T1 (target)"]
     for (_, kwargs, _), name in zip(layers, names):
         kwargs["name"] = name
+    layers[1][1]["metadata"]["class_names"] = ["spinal cord"]  # what the labels are: the widget fills it in
     return layers

@@ -46,7 +46,7 @@ class UUDSController:
         self.target_layer = None
         self._data: tuple[list[PreparedVolume], list[PreparedVolume]] | None = None
         self._clip_weights: str | None = None
-        self._synthetic_filled = False
+        self._volume_shown = False
         #: spreads preview refreshes over frames (the widget installs a :class:`~.pacing.FramePacer`);
         #: None refreshes at once, as the synchronous path and tests do.
         self.pacer = None
@@ -390,6 +390,8 @@ class UUDSController:
 
                 layer.colormap = DirectLabelColormap(color_dict={None: "transparent", 1: UNCERTAIN_COLOUR})
                 layer.opacity = 0.45
+                layer.visible = False  # during training nearly everything is uncertain: shown with the volume's
+                self._volume_shown = False
         elif key == "entropy":
             layer = self.viewer.add_image(np.zeros(shape, np.float32), colormap="inferno", contrast_limits=(0, 1),
                                           blending="additive", opacity=0.6, **kw)
@@ -398,7 +400,7 @@ class UUDSController:
             layer = self.viewer.add_image(np.full(shape, -1.0, np.float32), colormap="gray", contrast_limits=(-1, 1),
                                           **kw)
             layer.visible = False
-            self._synthetic_filled = False
+            self._volume_shown = False
         return layer
 
     def _show_prediction(self) -> None:
@@ -416,9 +418,10 @@ class UUDSController:
                 layer.data = v
         self._refresh(stale)
         self._shown_seg = np.array(self._layer("seg").data, copy=True)
-        if not self._synthetic_filled:  # the synthetic source is worth showing once it holds a volume
+        if not self._volume_shown:  # synthetic source and uncertain region: worth showing once they hold a volume
             self._layer("synthetic").visible = True
-            self._synthetic_filled = True
+            self._layer("uncertain").visible = True
+            self._volume_shown = True
 
     def uncertain(self, chi: float) -> np.ndarray:
         """The uncertain region for threshold chi: entropy >= chi (outside the body the entropy is 0)."""
@@ -428,7 +431,7 @@ class UUDSController:
         """The target layer was closed: nothing may be drawn from it again (its output layers stay)."""
         self.target = self.target_layer = self.prediction = None
         self._data = None
-        self._synthetic_filled = False
+        self._volume_shown = False
 
     def _keep_user_edits(self) -> None:
         """A corrected segmentation is the user's work: keep it (renamed) instead of predicting over it."""

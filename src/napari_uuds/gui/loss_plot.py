@@ -54,7 +54,7 @@ class LossPlot(QWidget):
         lo, hi = min(min(pts_all), 0.0), max(pts_all)
         span = (hi - lo) or 1.0
         s0, s1 = min(steps), max(steps)
-        left, right, top, bottom = 44, 6, 18, 16
+        left, right, top, bottom = 44, 30, 18, 16
         w, h = self.width() - left - right, self.height() - top - bottom
         fx = lambda s: left + w * (s - s0) / max(s1 - s0, 1)  # noqa: E731
         fy = lambda v: top + h * (hi - v) / span  # noqa: E731

@@ -12,7 +12,7 @@ from magicgui.widgets import (CheckBox, ComboBox, Container, FloatSlider, FloatS
 from napari.qt.threading import create_worker
 from napari.utils.notifications import show_error, show_info
 from qtpy.QtCore import QTimer
-from qtpy.QtWidgets import QFileDialog, QMessageBox
+from qtpy.QtWidgets import QFileDialog, QMessageBox, QSizePolicy
 
 from ..engine.errors import UUDSError
 from .controller import OUTPUT_LAYERS, UUDSController
@@ -84,7 +84,10 @@ class UUDSWidget(Container):
         self.info = Label(value="")
         self.notice = Label(value="")  # persistent: random CLIP weights, guard warnings
         self.notice.native.setWordWrap(True)
-        self.info.native.setWordWrap(True)  # a long status line wraps; it must not widen the dock over the canvas
+        for label in (self.info, self.notice):  # long lines wrap in the width the dock has: they never widen it
+            label.native.setWordWrap(True)
+            label.native.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
+            label.native.setMinimumWidth(0)
         self.notice.native.setStyleSheet("color: #e0a030")
         tips = {
             self.source: "the labelled scan (Image layer) the model learns from",
@@ -240,6 +243,10 @@ class UUDSWidget(Container):
                 self.source_labels.value = self.viewer.layers[n]
         if any("t2" in n.lower() for n in names) and self.modality.value == "source":
             self.modality.value = "T2"
+        lab = self.source_labels.value  # labels that say what they are (the sample's do): their class names
+        named = (lab.metadata or {}).get("class_names") if lab is not None else None
+        if named and self.class_name.value == "object":
+            self.class_name.value = ", ".join(named)
 
     def _set_running(self, running: bool) -> None:
         for w in (self.adapt_btn, self.train_btn, self.predict_btn, self.load_btn, self.save_btn):

@@ -1,0 +1,103 @@
+"""The widget as a new user meets it, in four screenshots (run under Xvfb: ``xvfb-run -a``).
+
+1. ``1-first-screen.png``: what ``napari-uuds gui`` opens (the README's first command): the sample loaded, its
+   layers picked in the widget, axial slices shown as radiologists read them.
+2. ``2-training.png``: during a short training in the widget's worker: progress, the loss curves, previews.
+3. ``3-result.png``: the segmentation of weights trained by the README's job (``--weights``), its outline over
+   the T1 beside the true contour of ``t1_seg``.
+4. ``4-review.png``: the uncertain region (entropy >= chi, yellow) over the T1 with the segmentation's outline:
+   where to look when correcting.
+
+    xvfb-run -a .venv/bin/python benchmarks/screenshots.py --weights runs/cord
+"""
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _settle(app, seconds: float = 0.5) -> None:
+    end = time.time() + seconds
+    while time.time() < end:
+        app.processEvents()
+        time.sleep(0.02)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--weights", required=True, help="folder with model.safetensors + config.json (the README's job)")
+    ap.add_argument("--out", default=str(ROOT / "docs" / "screens"))
+    ap.add_argument("--training-steps", type=int, default=40, help="steps of the training shown in shot 2")
+    args = ap.parse_args(argv)
+
+    import napari
+    import numpy as np
+
+    from napari_uuds.cli import build_gui, build_parser
+    from napari_uuds.gui.controller import OUTPUT_LAYERS
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    app = napari.qt.get_qapp()
+    viewer, w = build_gui(build_parser().parse_args(["gui"]))
+    viewer.window._qt_window.resize(1500, 950)
+    viewer.window._qt_window.show()
+    _settle(app, 1.0)
+    viewer.screenshot(str(out / "1-first-screen.png"), canvas_only=False, flash=False)
+
+    # 2: training in the worker, previews every 10 steps
+    w.params.preview_every = 10
+    w.steps.value = args.training_steps
+    w.start_training(predict_after=False)
+    while w.worker is not None and w.status.step < args.training_steps * 3 // 4:
+        _settle(app, 0.2)
+    _settle(app, 0.5)
+    viewer.screenshot(str(out / "2-training.png"), canvas_only=False, flash=False)
+    w.stop()
+    while w.worker is not None:
+        _settle(app, 0.2)
+
+    # 3: the README job's weights, the whole volume, the outline beside the true contour
+    w.ctl.load_weights(args.weights)
+    w._offer_continue()
+    w.ctl.prepare_target(w.target.value)
+    w.ctl.show_prediction(w.ctl.compute_prediction())
+    [truth] = viewer.open(str(ROOT / "sample_data" / "cord" / "t1_seg.nii.gz"), plugin="napari-uuds",
+                          name="true cord (t1_seg)")
+    truth.contour, truth.colormap = 1, napari.utils.colormaps.label_colormap(num_colors=49, seed=0.9)
+    seg = viewer.layers[OUTPUT_LAYERS["seg"]]
+    seg.contour = 1
+    for name in ("T2 (source)", "T2 cord labels", OUTPUT_LAYERS["uncertain"], OUTPUT_LAYERS["synthetic"],
+                 OUTPUT_LAYERS["entropy"]):
+        viewer.layers[name].visible = False
+    axis = w.ctl.model.cfg.axis
+    zs = np.nonzero(np.moveaxis(np.asarray(truth.data) > 0, axis, 0).any((1, 2)))[0]
+    viewer.dims.set_current_step(axis, int(zs[len(zs) // 2]))
+    viewer.layers.selection.active = seg
+    viewer.reset_view()
+    viewer.camera.zoom *= 1.5
+    w.status.message = "segmentation (outline) and the true cord (t1_seg, outline) on the T1"
+    _settle(app, 0.5)
+    viewer.screenshot(str(out / "3-result.png"), canvas_only=False, flash=False)
+    pred, ref = np.asarray(seg.data) > 0, np.asarray(truth.data) > 0
+    dice = 200.0 * (pred & ref).sum() / max(pred.sum() + ref.sum(), 1)
+
+    # 4: review: the uncertain region over the T1, the segmentation's outline on top
+    truth.visible = False
+    unc = viewer.layers[OUTPUT_LAYERS["uncertain"]]
+    unc.visible = True
+    viewer.layers.selection.active = unc
+    w.status.message = (f"uncertain region (entropy >= {w.params.threshold:.2f}, yellow): "
+                        f"{int(np.asarray(unc.data).sum())} voxels to review")
+    _settle(app, 0.5)
+    viewer.screenshot(str(out / "4-review.png"), canvas_only=False, flash=False)
+    print(f"wrote 4 screenshots to {out}: predicted {int(pred.sum())} voxels, true {int(ref.sum())}, Dice {dice:.1f} %")
+    viewer.close()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
