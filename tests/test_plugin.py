@@ -74,6 +74,11 @@ def test_the_readmes_gui_command_opens_a_ready_widget(qtbot, monkeypatch):
         assert w.status.step == 1
         # long status lines and notes wrap: the dock does not grow over the canvas
         assert w.native.width() <= width * 1.1, (width, w.native.width())
+        from qtpy.QtWidgets import QLabel
+
+        cut = [lb.text() for lb in w.native.findChildren(QLabel)  # no control's label is cut ("class descriptio")
+               if lb.isVisible() and lb.text() and not lb.wordWrap() and lb.width() < lb.sizeHint().width()]
+        assert not cut, cut
     finally:
         viewer.close()
         get_settings().plugins.extension2reader = {}
