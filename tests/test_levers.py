@@ -148,3 +148,35 @@ def test_size_prior_is_zero_in_the_band_and_pulls_back_outside():
     p = probs.clone().requires_grad_(True)
     loss_size(p, body, 0.025).backward()
     assert p.grad[0, 0, 0, 0] < 0  # more background where object was predicted
+
+
+# -- pass-specific batch-norm statistics (round 4's candidate) ---------------------------------------------------
+def test_pass_bn_keeps_a_second_set_of_statistics_and_survives_a_checkpoint(tmp_path):
+    from napari_uuds.engine import checkpoint as ckpt
+    from napari_uuds.engine.model import UUDS
+    from napari_uuds.engine.passnorm import PassBatchNorm2d
+
+    torch.manual_seed(0)
+    cfg = ModelConfig.for_arch("tiny", image_size=64, class_names=["disc"], pass_bn=True)
+    model = UUDS(cfg)
+    bns = [m for m in model.clip.visual.modules() if isinstance(m, PassBatchNorm2d)]
+    assert bns and all(torch.equal(m.running_mean, m.running_mean_translated) for m in bns)
+    model.train()
+    xs, xt = torch.rand(4, 1, 64, 64) * 2 - 1, torch.rand(4, 1, 64, 64) - 1
+    model(xs, xt)  # pass 1 on raw slices, pass 2 on translated ones
+    assert any(not torch.allclose(m.running_mean, m.running_mean_translated) for m in bns)
+    model.eval()
+    with torch.no_grad():
+        syn, logits = model.infer(xt)
+    ckpt.save_checkpoint(model, tmp_path / "w")
+    back, _ = ckpt.load_checkpoint(tmp_path / "w")
+    with torch.no_grad():
+        syn2, logits2 = back.infer(xt)
+    torch.testing.assert_close(logits2, logits)  # the translated statistics are saved and used again
+    for m in bns:  # inference's pass 2 reads the translated set: changing it changes the segmentation
+        m.running_mean_translated.add_(1.0)
+    with torch.no_grad():
+        assert not torch.allclose(model.infer(xt)[1], logits)
+        torch.testing.assert_close(model.infer(xt)[0], syn)  # pass 1 (the translation) reads the raw set only
+    off = UUDS(ModelConfig.for_arch("tiny", image_size=64, class_names=["disc"]))
+    assert not any(isinstance(m, PassBatchNorm2d) for m in off.modules())  # off by default

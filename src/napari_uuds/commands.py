@@ -100,7 +100,7 @@ def cmd_adapt(args) -> int:
             # TCSA alone has no prompts: its text enters through the class-description relations only
             use_domain_prompt=not args.no_domain_prompt and args.method != "tcsa",
             use_seg_prompt=not args.no_seg_prompt and args.method != "tcsa",
-            mm_per_pixel=0.0 if args.mm_per_pixel == "auto" else args.mm_per_pixel, **m_over)
+            mm_per_pixel=0.0 if args.mm_per_pixel == "auto" else args.mm_per_pixel, pass_bn=args.pass_bn, **m_over)
     tcfg = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
                        seed=args.seed, device=args.device, threshold=args.threshold,
                        use_uncertainty=not args.no_uncertainty, warmup_steps=args.warmup_steps,

@@ -93,6 +93,9 @@ class ModelConfig:
     #: physical scale: slices at this many mm per pixel, centred on the body (0: each slice fitted to the frame).
     #: ``--mm-per-pixel auto`` picks one scale at which every body of the run fits (slices.auto_mm_per_pixel).
     mm_per_pixel: float = 0.0
+    #: the image encoder keeps separate batch-norm running statistics for raw slices (pass 1) and translated ones
+    #: (pass 2) (engine/passnorm.py; round 4 of docs/method.md's rule, off until it is decided)
+    pass_bn: bool = False
 
     def __post_init__(self) -> None:
         if self.arch not in ARCHS:

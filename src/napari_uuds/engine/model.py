@@ -23,6 +23,7 @@ from .backbone import ImageTaps, create_clip
 from .config import ModelConfig
 from .dam import DomainAdaptationModule
 from .decoders import ImageDecoder, SegDecoder, stage_widths
+from . import passnorm
 from .prompts import DomainPrompt, SegPrompt
 
 
@@ -43,6 +44,8 @@ class UUDS(nn.Module):
 
         self.cfg = cfg
         self.clip = create_clip(cfg.arch, clip_weights, cfg.image_size)
+        if cfg.pass_bn:  # one set of running statistics for raw slices, one for translated ones
+            passnorm.convert(self.clip.visual)
         self.tokenizer = open_clip.get_tokenizer("RN50" if cfg.arch == "rn50" else "uuds-tiny")
         self.taps = ImageTaps(self.clip.visual)
         ch = self.taps.channels
@@ -109,7 +112,8 @@ class UUDS(nn.Module):
         was = v.training
         v.eval()
         try:
-            return torch.func.functional_call(v, params, (self.taps.adapt_input(x),))
+            with passnorm.route(v, passnorm.TRANSLATED):  # x is a translated image
+                return torch.func.functional_call(v, params, (self.taps.adapt_input(x),))
         finally:
             v.train(was)
 
@@ -129,7 +133,8 @@ class UUDS(nn.Module):
         z_s = self.embed(taps_s, t_s)
         # pass 2: both translations. The source is segmented through exactly the path a target takes
         # (translate, re-encode, segment with the generator's features), so L_seg trains the inference path.
-        taps_rs, taps_ts = _split(self.taps(torch.cat([rec.image, syn.image])), n)
+        with passnorm.route(self.clip.visual, passnorm.TRANSLATED):
+            taps_rs, taps_ts = _split(self.taps(torch.cat([rec.image, syn.image])), n)
         dec_s: list[torch.Tensor] = []
         dec_ts: list[torch.Tensor] = []
         logits_s = self.segment(taps_rs, rec.gen, rec.image, t_s, dec_s)
@@ -160,7 +165,9 @@ class UUDS(nn.Module):
         if t_s is None:
             t_s = self.encode_seg_prompt()
         syn = self.translate(self.taps(xt), t_d)
-        logits = self.segment(self.taps(syn.image), syn.gen, syn.image, t_s)
+        with passnorm.route(self.clip.visual, passnorm.TRANSLATED):
+            taps = self.taps(syn.image)
+        logits = self.segment(taps, syn.gen, syn.image, t_s)
         return syn.image, logits
 
 
