@@ -1,5 +1,6 @@
 """The adaptation levers of the default recipe: GIN source randomisation, L_DD's InfoNCE form, the body mask,
 the collapse and drift guards, and the recipes that bundle them (docs/method.md)."""
+import json
 import math
 
 import numpy as np
@@ -178,5 +179,13 @@ def test_pass_bn_keeps_a_second_set_of_statistics_and_survives_a_checkpoint(tmp_
     with torch.no_grad():
         assert not torch.allclose(model.infer(xt)[1], logits)
         torch.testing.assert_close(model.infer(xt)[0], syn)  # pass 1 (the translation) reads the raw set only
-    off = UUDS(ModelConfig.for_arch("tiny", image_size=64, class_names=["disc"]))
-    assert not any(isinstance(m, PassBatchNorm2d) for m in off.modules())  # off by default
+    assert ModelConfig().pass_bn and not ModelConfig(**recipe_overrides("paper")[0]).pass_bn  # default; not the letter's
+    # a checkpoint written before the option existed (no key in config.json) is read as it was trained: off
+    off = UUDS(ModelConfig.for_arch("tiny", image_size=64, class_names=["disc"], pass_bn=False))
+    assert not any(isinstance(m, PassBatchNorm2d) for m in off.modules())
+    ckpt.save_checkpoint(off, tmp_path / "old")
+    meta = json.loads((tmp_path / "old" / "config.json").read_text())
+    del meta["model"]["pass_bn"]
+    (tmp_path / "old" / "config.json").write_text(json.dumps(meta))
+    old_model, _ = ckpt.load_checkpoint(tmp_path / "old")
+    assert old_model.cfg.pass_bn is False

@@ -166,9 +166,9 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--guard", action=argparse.BooleanOptionalAction, default=None,
                    help="hold the target terms back, with a warning, while the predicted target object volume "
                         "leaves 0.25-4 times the source's or the synthetic source drifts (default: the recipe's)")
-    a.add_argument("--pass-bn", action=argparse.BooleanOptionalAction, default=False,
+    a.add_argument("--pass-bn", action=argparse.BooleanOptionalAction, default=None,
                    help="keep separate batch-norm statistics for raw and translated slices in the image encoder "
-                        "(round 4 of docs/method.md's rule; off until it is decided)")
+                        "(default: the recipe's; on in uuds, chosen by round 4 of docs/method.md's rule)")
     a.add_argument("--mm-per-pixel", type=_mm_per_pixel, default=0.0, metavar="auto|0|MM",
                    help="physical scale: slice every volume at MM mm per pixel, centred on the body, so that an "
                         "object has the same size in pixels in source and target; auto: the scale at which every "

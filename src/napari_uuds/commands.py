@@ -85,7 +85,8 @@ def cmd_adapt(args) -> int:
 
     resume_meta = ckpt.read_config(args.resume) if args.resume else None
     m_over, t_over, w_over = recipe_overrides(args.recipe)
-    for store, key, value in ((m_over, "body_mask", args.body_mask), (t_over, "randomise", args.randomise),
+    for store, key, value in ((m_over, "body_mask", args.body_mask), (m_over, "pass_bn", args.pass_bn),
+                              (t_over, "randomise", args.randomise),
                               (t_over, "guard", args.guard), (w_over, "dd_form", args.dd_form)):
         if value is not None:  # an explicit option wins over the recipe
             store[key] = value
@@ -100,7 +101,7 @@ def cmd_adapt(args) -> int:
             # TCSA alone has no prompts: its text enters through the class-description relations only
             use_domain_prompt=not args.no_domain_prompt and args.method != "tcsa",
             use_seg_prompt=not args.no_seg_prompt and args.method != "tcsa",
-            mm_per_pixel=0.0 if args.mm_per_pixel == "auto" else args.mm_per_pixel, pass_bn=args.pass_bn, **m_over)
+            mm_per_pixel=0.0 if args.mm_per_pixel == "auto" else args.mm_per_pixel, **m_over)
     tcfg = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
                        seed=args.seed, device=args.device, threshold=args.threshold,
                        use_uncertainty=not args.no_uncertainty, warmup_steps=args.warmup_steps,

@@ -136,6 +136,7 @@ def read_config(folder: str | Path) -> dict[str, Any]:
             warnings.warn(f"{cpath}: from another save than {WEIGHTS} (an interrupted save?); using the copy of the "
                           "config stored with the weights", stacklevel=2)
             meta = json.loads(wmeta["config"])
+        meta["model"].setdefault("pass_bn", False)  # written before pass-specific statistics existed
         from_dict(ModelConfig, meta["model"])
     except (ValueError, KeyError, TypeError, OSError) as exc:  # JSON, encoding, folder-named-config, ...
         raise UUDSError(f"unreadable config ({type(exc).__name__}: {exc})", cpath) from None

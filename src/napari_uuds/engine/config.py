@@ -94,8 +94,9 @@ class ModelConfig:
     #: ``--mm-per-pixel auto`` picks one scale at which every body of the run fits (slices.auto_mm_per_pixel).
     mm_per_pixel: float = 0.0
     #: the image encoder keeps separate batch-norm running statistics for raw slices (pass 1) and translated ones
-    #: (pass 2) (engine/passnorm.py; round 4 of docs/method.md's rule, off until it is decided)
-    pass_bn: bool = False
+    #: (pass 2) (engine/passnorm.py; chosen by round 4 of docs/method.md's rule). A config.json without the key
+    #: (written before it existed) reads as False (checkpoint.read_config).
+    pass_bn: bool = True
 
     def __post_init__(self) -> None:
         if self.arch not in ARCHS:
@@ -287,7 +288,7 @@ class TrainConfig:
 #: overrides of (ModelConfig, TrainConfig, LossWeights).
 RECIPES: dict[str, tuple[dict[str, Any], dict[str, Any], dict[str, Any]]] = {
     "uuds": ({}, {}, {}),
-    "paper": ({"body_mask": False}, {"randomise": "none", "guard": False}, {"dd_form": "printed"}),
+    "paper": ({"body_mask": False, "pass_bn": False}, {"randomise": "none", "guard": False}, {"dd_form": "printed"}),
 }
 
 

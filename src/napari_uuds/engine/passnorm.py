@@ -1,4 +1,4 @@
-"""Pass-specific batch-norm statistics (``ModelConfig.pass_bn``; round 4 of docs/method.md, off by default).
+"""Pass-specific batch-norm statistics (``ModelConfig.pass_bn``; round 4 of docs/method.md: the default).
 
 The image encoder runs twice a step: pass 1 on raw slices (source and target), pass 2 on translated ones
 (the reconstruction and the synthetic source). With one set of running statistics, inference normalises each
