@@ -439,3 +439,24 @@ def test_merged_label_values_are_said(ready):
     lab.data = data
     w.ctl.prepare(w.source.value, lab, w.target.value)
     assert "values 1, 2, 4 merged into the one class" in w.status.message
+
+
+def test_file_menu_saves_the_selected_layer_as_nifti(ready, cord, tmp_path, monkeypatch):
+    """napari's File menu has "Save selected layer as NIfTI…" (napari's Save Selected Layers preselects its TIFF
+    writer); it writes labels as integers on the scan's grid, and the menu item runs it through napari's app."""
+    from napari._app_model import get_app_model
+    from qtpy.QtWidgets import QFileDialog
+
+    viewer, _ = ready
+    target = tmp_path / "saved.nii.gz"
+    monkeypatch.setattr(QFileDialog, "getSaveFileName", staticmethod(lambda *a, **k: (str(target), "")))
+    viewer.layers.selection.active = viewer.layers["T2 cord labels"]
+    app = get_app_model()
+    items = [getattr(i, "command", None) for i in app.menus.get_menu("napari/file/io_utilities")]
+    assert "napari-uuds.save_nifti" in [c.id for c in items if c is not None]
+    assert napari.current_viewer() is viewer, napari.current_viewer()
+    app.commands.execute_command("napari-uuds.save_nifti").result()
+    back, src = nib.load(str(target)), nib.load(str(cord["t2_seg"]))
+    assert np.issubdtype(back.get_data_dtype(), np.integer)
+    np.testing.assert_allclose(back.affine, src.affine)
+    np.testing.assert_array_equal(np.asarray(back.dataobj), np.asarray(src.dataobj).round())
