@@ -13,10 +13,13 @@
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from screenshot import show_result  # noqa: E402  (the README screenshot's result view, shared)
 
 
 def _settle(app, seconds: float = 0.5) -> None:
@@ -61,29 +64,12 @@ def main(argv: list[str] | None = None) -> int:
         _settle(app, 0.2)
 
     # 3: the README job's weights, the whole volume, the outline beside the true contour
-    w.ctl.load_weights(args.weights)
+    seg, truth, dice = show_result(viewer, w, args.weights)
     w._offer_continue()
-    w.ctl.prepare_target(w.target.value)
-    w.ctl.show_prediction(w.ctl.compute_prediction())
-    [truth] = viewer.open(str(ROOT / "sample_data" / "cord" / "t1_seg.nii.gz"), plugin="napari-uuds",
-                          name="true cord (t1_seg)")
-    truth.contour, truth.colormap = 1, napari.utils.colormaps.label_colormap(num_colors=49, seed=0.9)
-    seg = viewer.layers[OUTPUT_LAYERS["seg"]]
-    seg.contour = 1
-    for name in ("T2 (source)", "T2 cord labels", OUTPUT_LAYERS["uncertain"], OUTPUT_LAYERS["synthetic"],
-                 OUTPUT_LAYERS["entropy"]):
-        viewer.layers[name].visible = False
-    axis = w.ctl.model.cfg.axis
-    zs = np.nonzero(np.moveaxis(np.asarray(truth.data) > 0, axis, 0).any((1, 2)))[0]
-    viewer.dims.set_current_step(axis, int(zs[len(zs) // 2]))
-    viewer.layers.selection.active = seg
-    viewer.reset_view()
-    viewer.camera.zoom *= 1.5
     w.status.message = "segmentation (outline) and the true cord (t1_seg, outline) on the T1"
     _settle(app, 0.5)
     viewer.screenshot(str(out / "3-result.png"), canvas_only=False, flash=False)
     pred, ref = np.asarray(seg.data) > 0, np.asarray(truth.data) > 0
-    dice = 200.0 * (pred & ref).sum() / max(pred.sum() + ref.sum(), 1)
 
     # 4: review: the uncertain region over the T1, the segmentation's outline on top
     truth.visible = False

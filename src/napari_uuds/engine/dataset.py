@@ -1,7 +1,6 @@
 """From files (or arrays) to the slice stacks the trainer samples: load, validate, normalise, slice."""
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -38,41 +37,37 @@ def slabs(shape: tuple[int, ...], axis: int, chunk: int = CHUNK_SLICES):
 
 
 def plan_for(raw: np.ndarray, norm: NormParams, spacing: tuple[float, float, float], axis: int, size: int,
-             mm_per_pixel: float) -> SliceGeometry | None:
-    """:func:`~.slices.plan_geometry` of the normalised volume, without normalising it whole: in physical mode the
-    frame is centred on the body, found a slab at a time (1 inside, -1 outside)."""
+             mm_per_pixel: float) -> SliceGeometry:
+    """The geometry a volume is sliced with (:func:`~.slices.plan_geometry`), without normalising it whole: in
+    physical mode the frame is centred on the body, found a slab at a time (1 inside, -1 outside); in fit mode
+    each slice is fitted to the frame."""
     if mm_per_pixel <= 0:
-        return None
+        return SliceGeometry(axis, tuple(raw.shape), size)
     inside = np.empty(raw.shape, np.int8)
     for idx in slabs(raw.shape, axis):
         inside[idx] = np.where(norm.apply(raw[idx]) > BACKGROUND, 1, -1)
     return plan_geometry(inside, spacing, axis, size, mm_per_pixel)
 
 
-def square_slices(get, shape: tuple[int, int, int], axis: int, size: int, plan: SliceGeometry | None, *,
-                  fill: float, mode: str) -> tuple[torch.Tensor, SliceGeometry]:
+def square_slices(get, geom: SliceGeometry, *, fill: float, mode: str) -> torch.Tensor:
     """:func:`~.slices.to_square` a slab at a time: ``get(idx)`` gives the (normalised) slab at ``idx``."""
-    full = dataclasses.replace(plan, shape=tuple(shape)) if plan is not None else SliceGeometry(axis, tuple(shape), size)
     parts = []
-    for idx in slabs(shape, axis):
-        sub = list(shape)
-        sub[axis] = idx[axis].stop - idx[axis].start
-        t, _ = to_square(get(idx), axis, size, fill=fill, mode=mode, geom=dataclasses.replace(full, shape=tuple(sub)))
-        parts.append(t)
-    return torch.cat(parts), full
+    for idx in slabs(geom.shape, geom.axis):
+        part = get(idx)
+        parts.append(to_square(part, geom.axis, geom.size, fill=fill, mode=mode,
+                               geom=geom.with_slices(part.shape[geom.axis]))[0])
+    return torch.cat(parts)
 
 
 def prepare_volume(vol: Volume, axis: int, size: int, label: Volume | None = None,
                    mm_per_pixel: float = 0.0) -> PreparedVolume:
     """Normalise and slice a volume (and its labels): fitted to the frame, or at ``mm_per_pixel`` > 0."""
     params = normalisation_params(vol.data)
-    plan = plan_for(vol.data, params, vol.spacing, axis, size, mm_per_pixel)
-    img, geom = square_slices(lambda idx: params.apply(vol.data[idx]), vol.data.shape, axis, size, plan,
-                              fill=-1.0, mode="bilinear")
+    geom = plan_for(vol.data, params, vol.spacing, axis, size, mm_per_pixel)
+    img = square_slices(lambda idx: params.apply(vol.data[idx]), geom, fill=-1.0, mode="bilinear")
     lab = None
     if label is not None:
-        lab, _ = square_slices(lambda idx: label.data[idx].astype(np.float32), vol.data.shape, axis, size, plan,
-                               fill=0.0, mode="nearest")
+        lab = square_slices(lambda idx: label.data[idx].astype(np.float32), geom, fill=0.0, mode="nearest")
         lab = lab.to(torch.uint8)
     return PreparedVolume(vol, params, img, geom, lab, label)
 

@@ -6,7 +6,6 @@ comparison against it and never runs the network again.
 from __future__ import annotations
 
 import ctypes
-import dataclasses
 import functools
 import gc
 import sys
@@ -93,7 +92,11 @@ def predict_slices(model: UUDS, slices: torch.Tensor, batch_size: int = 16, doma
 def predict_volume(model: UUDS, volume: Volume, batch_size: int = 16, domain_prompt: str | None = None,
                    progress=None, norm: NormParams | None = None, keep_probs: bool = False) -> VolumePrediction:
     """Segment a whole volume (see :func:`iter_predict_volume`, which yields its progress)."""
-    steps = iter_predict_volume(model, volume, batch_size, domain_prompt, progress, norm, keep_probs)
+    return run_to_end(iter_predict_volume(model, volume, batch_size, domain_prompt, progress, norm, keep_probs))
+
+
+def run_to_end(steps: Iterator):
+    """Run a generator of progress to the end and return what it returns."""
     while True:
         try:
             next(steps)
@@ -113,18 +116,15 @@ def iter_predict_volume(model: UUDS, volume: Volume, batch_size: int = 16, domai
     norm = norm if norm is not None else normalisation_params(raw)
     axis, shape = cfg.axis, raw.shape
 
-    plan = plan_for(raw, norm, volume.spacing, axis, cfg.image_size, cfg.mm_per_pixel)
-    full = dataclasses.replace(plan, shape=tuple(shape)) if plan is not None else SliceGeometry(axis, shape, cfg.image_size)
+    full = plan_for(raw, norm, volume.spacing, axis, cfg.image_size, cfg.mm_per_pixel)
     seg, ent, syn = np.empty(shape, np.uint8), np.empty(shape, np.float32), np.empty(shape, np.float32)
     probs = np.empty((cfg.n_classes, *shape), np.float32) if keep_probs else None
     if domain_prompt is not None:
         model.domain_prompt.set_text(cfg.domain_text(domain_prompt))
     for idx in slabs(shape, axis, batch_size):  # one batch of slices at a time, all the way to the grid
         part = norm.apply(raw[idx])
-        sub = list(shape)
-        sub[axis] = idx[axis].stop - idx[axis].start
         slices, geom = to_square(part, axis, cfg.image_size, fill=-1.0, mode="bilinear",
-                                 geom=dataclasses.replace(full, shape=tuple(sub)))
+                                 geom=full.with_slices(part.shape[axis]))
         s, p = predict_slices(model, slices, batch_size, None, progress)
         out = assemble(s, p, geom, body_mask(part, axis) if cfg.body_mask else None, keep_probs)
         seg[idx], ent[idx], syn[idx] = out.seg, out.entropy, out.synthetic

@@ -5,6 +5,8 @@ A slice of any shape is padded to a square (background value) and resized to ``s
 """
 from __future__ import annotations
 
+import dataclasses
+
 from dataclasses import dataclass
 
 import numpy as np
@@ -36,6 +38,12 @@ class SliceGeometry:
     @property
     def side(self) -> int:
         return max(self.plane)
+
+    def with_slices(self, n: int) -> "SliceGeometry":
+        """The same frame for a slab of ``n`` slices along the axis (a batch of slices, or one)."""
+        shape = list(self.shape)
+        shape[self.axis] = n
+        return dataclasses.replace(self, shape=tuple(shape))
 
     @property
     def frame_shape(self) -> tuple[int, int]:

@@ -6,7 +6,6 @@ the engine's generator; :meth:`training_events` is what the widget's ``thread_wo
 """
 from __future__ import annotations
 
-import dataclasses
 
 import gc
 from pathlib import Path
@@ -22,7 +21,7 @@ from ..engine.body import body_mask
 from ..engine.config import ModelConfig, TrainConfig
 from ..engine.dataset import PreparedVolume, prepare_volume, samplers
 from ..engine.errors import UUDSError
-from ..engine.infer import VolumePrediction, assemble, iter_predict_volume
+from ..engine.infer import VolumePrediction, assemble, iter_predict_volume, run_to_end
 from ..engine.slices import SliceGeometry, from_square
 from ..engine.train import TrainControl, TrainEvent, resolve_device, train
 from ..engine.volumes import Volume
@@ -217,12 +216,7 @@ class UUDSController:
 
     def compute_prediction(self) -> VolumePrediction:
         """The network part of :meth:`predict`: touches no layer, so it may run in a worker thread."""
-        steps = self.prediction_steps()
-        while True:
-            try:
-                next(steps)
-            except StopIteration as done:
-                return done.value
+        return run_to_end(self.prediction_steps())
 
     def prediction_steps(self) -> Iterator[tuple[int, int]]:
         """:meth:`compute_prediction` as a generator of (slices done, slices in all), returning the prediction:
@@ -318,10 +312,7 @@ class UUDSController:
         return i
 
     def _slice_geometry(self) -> SliceGeometry:
-        g = self.target.geom
-        shape = list(g.shape)
-        shape[g.axis] = 1
-        return dataclasses.replace(g, shape=tuple(shape))
+        return self.target.geom.with_slices(1)
 
     def _show_preview(self, prev: dict[str, np.ndarray]) -> list:
         """Training preview (model resolution) -> the current slice of the output layers' data.
