@@ -82,6 +82,9 @@ ADAPT_ROWS: dict[str, tuple[str, dict, dict, dict]] = {
     # an object-size prior on the target, log-ratio form (exploratory; the linear form, row uuds_size of commit
     # 6cdfed2, emptied every C prediction: kept as superseded)
     "uuds_gin_size_log": ("uuds", {}, {"randomise": "gin"}, {"size": 1.0}),
+    # round 5: GIN read by the segmenter (L_id asks for the randomised slice); where auto leaves GIN off (A1, A2)
+    # the same run as uuds
+    "uuds_gin_into_segmenter": ("uuds", {}, {"randomise_into": "segmenter"}, {}),
     # the default without pass-specific batch-norm statistics: round 3's default, whose one-lever-off rows follow
     "uuds_no_pass_bn": ("uuds", {"pass_bn": False}, {}, {}),
     # one lever of the default off
@@ -98,6 +101,7 @@ ADAPT_ROWS: dict[str, tuple[str, dict, dict, dict]] = {
 SOURCE_ROWS = {"lower": {"randomise": "none"}, "gin_only": {"randomise": "gin"}}
 ROWS = ["lower", "histmatch", "pseudo", "gin_only", "uuds_paper", "uuds", "uuds_no_gin", "uuds_gin",
         "uuds_gin_dd_printed", "uuds_gin_no_body_mask", "uuds_gin_no_guard", "uuds_gin_mm", "uuds_gin_size_log",
+        "uuds_gin_into_segmenter",
         "uuds_no_pass_bn", "uuds_dd_printed", "uuds_no_body_mask", "uuds_no_guard", "uuds_no_domain_prompt",
         "uuds_no_seg_prompt",
         "uuds_no_uncertainty", "tcsa", "uuds+tcsa", "upper"]
