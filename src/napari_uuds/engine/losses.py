@@ -179,12 +179,13 @@ def total_loss(terms: dict[str, torch.Tensor], w: LossWeights) -> torch.Tensor:
     """L_total = alpha (L_DD1 + L_DD2) + beta L_BSCL + gamma (L_useg + L_seg) + lambda L_id (Sec. 3.3).
 
     L_DD is also multiplied by tau_dd where ``w.dd_scale`` is tau (:attr:`LossWeights.dd_weight`).
+    ``tseg``, the supervised term of a user's corrected target slices (engine/finetune.py), is weighted as L_seg.
     Missing terms (ablations, warm-up) count as zero.
     """
     z = next(iter(terms.values())) * 0.0
     g = terms.get
     return (w.dd_weight * (g("dd_s", z) + g("dd_ts", z)) + w.beta * g("bscl", z)
-            + w.gamma * (g("useg", z) + g("seg", z)) + w.lam * g("id", z)
+            + w.gamma * (g("useg", z) + g("seg", z) + g("tseg", z)) + w.lam * g("id", z)
             # TCSA-UDA terms (engine/tcsa.py), zero unless the method includes tcsa
             + w.cov * (g("cov_s", z) + g("cov_t", z)) + w.proto * (g("proto_s", z) + g("proto_t", z))
             + w.ent * g("ent", z) + w.size * g("size", z))

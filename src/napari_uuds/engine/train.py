@@ -151,9 +151,13 @@ class TrainEvent:
 
 def train(model: UUDS, source: SliceSampler, target: SliceSampler, cfg: TrainConfig,
           weights: LossWeights | None = None, control: TrainControl | None = None,
-          start_step: int = 0, optimizer_state: dict | None = None, log_every: int = 1
-          ) -> Iterator[TrainEvent]:
+          start_step: int = 0, optimizer_state: dict | None = None, log_every: int = 1,
+          target_labelled: SliceSampler | None = None) -> Iterator[TrainEvent]:
     """Train ``model`` in place, yielding a :class:`TrainEvent` every ``log_every`` steps.
+
+    ``target_labelled``: target slices a user corrected (engine/finetune.py). Half of every target batch is drawn
+    from them, and their segmentation through the target's own path (translate, re-encode, segment) is
+    supervised like the source's (term ``tseg``, weighted as L_seg); the other half stays unlabelled.
 
     The last event is "done" or "stopped"; either way the model holds the weights learnt so far and
     ``model.optimizer_state`` the optimiser state (for resuming).
@@ -171,6 +175,8 @@ def train(model: UUDS, source: SliceSampler, target: SliceSampler, cfg: TrainCon
     if cfg.data_on_device:  # batches drawn and augmented where the model runs: no copy per step
         source.to(device)
         target.to(device)
+        if target_labelled is not None:
+            target_labelled.to(device)
     if cuda and cfg.channels_last:
         model.to(memory_format=torch.channels_last)
     amp = torch.autocast("cuda", dtype=torch.bfloat16) if (cuda and cfg.amp) else torch.autocast("cpu", enabled=False)
@@ -217,7 +223,11 @@ def train(model: UUDS, source: SliceSampler, target: SliceSampler, cfg: TrainCon
             model.train()
             xs, ys = source.sample(cfg.batch_size, augment=cfg.augment)
             # source_only: the second half of the batch is more source, and no term looks at it as target
-            xt, _ = (target if adapt else source).sample(cfg.batch_size, augment=cfg.augment)
+            n_lab = cfg.batch_size // 2 if target_labelled is not None else 0
+            xt, _ = (target if adapt else source).sample(cfg.batch_size - n_lab, augment=cfg.augment)
+            if n_lab:  # corrected target slices at the end of the target batch
+                xl, yl = target_labelled.sample(n_lab, augment=cfg.augment)
+                xt, yl = torch.cat([xt, xl]), yl.to(device, non_blocking=True)
             mf = torch.channels_last if (cuda and cfg.channels_last) else torch.contiguous_format
             xs = xs.to(device, non_blocking=True).contiguous(memory_format=mf)
             xt = xt.to(device, non_blocking=True).contiguous(memory_format=mf)
@@ -257,6 +267,8 @@ def train(model: UUDS, source: SliceSampler, target: SliceSampler, cfg: TrainCon
                         terms["useg"] = loss_useg(probs, pl, mask)
                     if weights.size > 0 and warm and adapt and not held and source_fraction > 0:
                         terms["size"] = loss_size(probs, xt[:, 0] > BACKGROUND, source_fraction)
+                if n_lab:  # the user's corrections supervise the target path
+                    terms["tseg"] = loss_seg(out["logits_ts"][-n_lab:], yl)
                 if cfg.uses_tcsa:
                     terms.update(tcsa_terms(out, ys, probs, pl, mask, memory, text_rel, weights.tau_proto,
                                             target_terms=adapt and warm and not held))

@@ -1,0 +1,185 @@
+"""Corrections benchmark: a simulated user corrects k slices of each target volume, the model fine-tunes on them.
+
+After adaptation (the engine's default recipe, as row ``uuds`` of ``run.py``), the k slices of each target
+volume that the review ranks most uncertain (``engine/review.py``) are replaced by their ground truth, the
+model fine-tunes on them (``engine/finetune.py``), the volume is predicted again and the corrected slices keep
+the user's labels; the whole volume is scored. The same with k slices drawn at random among the slices that
+show anatomy. k = 0 is the adapted model as it is. Target labels play the user's corrections and score; they
+choose nothing.
+
+Writes ``benchmarks/results/corrections_<protocol>.json`` (curves: Dice % as the mean over volumes and seeds)
+and ``corrections_<protocol>.svg`` (Dice against corrected slices per volume, uncertainty-ranked and random).
+
+    .venv/bin/python benchmarks/corrections.py --protocol C --seeds 0 1 2
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from run import DESCRIPTIONS, PROTOCOLS, RESULTS, _load, _reference_labels, _train, git_commit  # noqa: E402
+
+from napari_uuds.engine.atomic import atomic_write  # noqa: E402
+from napari_uuds.engine.config import ModelConfig, TrainConfig  # noqa: E402
+from napari_uuds.engine.dataset import samplers  # noqa: E402
+from napari_uuds.engine.finetune import FINETUNE_STEPS, corrected_sampler, finetune  # noqa: E402
+from napari_uuds.engine.infer import predict_volume  # noqa: E402
+from napari_uuds.engine.metrics import score_classes  # noqa: E402
+from napari_uuds.engine.review import keep_corrections, rank_slices  # noqa: E402
+
+KS = (0, 1, 2, 4, 8)
+STRATEGIES = ("uncertain", "random")
+
+
+def anatomy_slices(prepared) -> list[int]:
+    """Slices that show anatomy (as the target sampler counts them): where a user scrolling at random stops."""
+    frac = (prepared.image > -0.95).float().mean(dim=(1, 2, 3))
+    return torch.nonzero(frac >= 0.02).flatten().tolist()
+
+
+def choose(strategy: str, k: int, pred, prepared, axis: int, chi: float, rng: np.random.Generator) -> list[int]:
+    if strategy == "uncertain":
+        return [s.index for s in rank_slices(pred.entropy, pred.seg, axis, chi)[:k]]
+    pool = anatomy_slices(prepared)
+    return sorted(int(i) for i in rng.choice(pool, size=min(k, len(pool)), replace=False))
+
+
+def dice_of(seg: np.ndarray, ref, spacing, names) -> float:
+    return float(score_classes(seg, ref.data, spacing, names)["dice"])
+
+
+def run_seed(seed: int, ctx: dict) -> dict:
+    cfg = ModelConfig(**ctx["model_kw"])
+    axis = cfg.axis
+    sources, targets, refs, names, chi = ctx["sources"], ctx["targets"], ctx["refs"], ctx["class_names"], ctx["chi"]
+    tcfg = TrainConfig(method="uuds", steps=ctx["steps"], batch_size=ctx["batch_size"], seed=seed, device="cpu",
+                       threshold=chi)
+    model, train_s, _ = _train(cfg, sources, targets, tcfg)
+    adapted = copy.deepcopy(model.state_dict())
+    steps_done = model.trained_steps
+    preds = [predict_volume(model, t.volume, norm=t.norm) for t in targets]
+    base = [dice_of(p.seg, r, t.volume.spacing, names) for p, r, t in zip(preds, refs, targets)]
+    out = {"adapt_s": round(train_s, 1), "curves": {s: {"0": base} for s in STRATEGIES}, "slices": {},
+           "finetune_s": [], "predict_s": []}
+    print(f"  seed {seed}: adapted, Dice per volume {[round(d, 1) for d in base]}", flush=True)
+    for strategy in STRATEGIES:
+        for k in KS[1:]:
+            rng = np.random.default_rng([seed, k])
+            chosen = [choose(strategy, k, p, t, axis, chi, rng) for p, t in zip(preds, targets)]
+            items = [(t, r.data, c) for t, r, c in zip(targets, refs, chosen)]
+            model.load_state_dict(adapted)
+            model.trained_steps = steps_done
+            src, tgt = samplers(sources, targets, tcfg.fg_fraction, seed)
+            lab = corrected_sampler(items, seed)
+            t0 = time.perf_counter()
+            for _ in finetune(model, src, tgt, lab, tcfg, steps=ctx["finetune_steps"]):
+                pass
+            ft_s = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            dice = []
+            for t, r, c in zip(targets, refs, chosen):
+                p = predict_volume(model, t.volume, norm=t.norm)
+                dice.append(dice_of(keep_corrections(p.seg, r.data, c, axis), r, t.volume.spacing, names))
+            out["predict_s"].append(round(time.perf_counter() - t0, 1))
+            out["finetune_s"].append(round(ft_s, 1))
+            out["curves"][strategy][str(k)] = [round(d, 3) for d in dice]
+            out["slices"][f"{strategy}_{k}"] = chosen
+            print(f"  seed {seed} {strategy} k={k}: Dice {[round(d, 1) for d in dice]} (fine-tune {ft_s:.0f} s)",
+                  flush=True)
+    return out
+
+
+def summarise(runs: dict) -> dict:
+    curves = {}
+    for strategy in STRATEGIES:
+        curves[strategy] = {str(k): round(float(np.mean([d for r in runs.values() for d in r["curves"][strategy][str(k)]])), 2)
+                            for k in KS}
+    ft = [s for r in runs.values() for s in r["finetune_s"]]
+    return {"curves": curves, "finetune_s": round(float(np.mean(ft)), 1) if ft else None,
+            "finetune_s_max": max(ft) if ft else None}
+
+
+def svg_plot(doc: dict, path: Path) -> None:
+    """Dice against corrected slices, both strategies (a dependency-free SVG)."""
+    w, h, left, bottom, top, right = 480, 320, 56, 44, 28, 120
+    xs = {k: left + (w - left - right) * i / (len(KS) - 1) for i, k in enumerate(KS)}
+
+    def y(d: float) -> float:
+        return top + (h - top - bottom) * (1 - d / 100)
+
+    colours = {"uncertain": "#d62728", "random": "#1f77b4"}
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-family="sans-serif" font-size="12">',
+             f'<rect width="{w}" height="{h}" fill="white"/>',
+             f'<text x="{left}" y="16">{doc["protocol"]}: Dice % after k corrected slices per volume '
+             f'({len(doc["runs"])} seeds)</text>']
+    for d in range(0, 101, 20):
+        parts.append(f'<line x1="{left}" x2="{w - right}" y1="{y(d):.1f}" y2="{y(d):.1f}" stroke="#ddd"/>'
+                     f'<text x="{left - 8}" y="{y(d) + 4:.1f}" text-anchor="end">{d}</text>')
+    for k, x in xs.items():
+        parts.append(f'<text x="{x:.1f}" y="{h - bottom + 16}" text-anchor="middle">{k}</text>')
+    parts.append(f'<text x="{(left + w - right) / 2:.1f}" y="{h - 8}" text-anchor="middle">corrected slices per volume</text>')
+    for i, (strategy, curve) in enumerate(doc["curves"].items()):
+        pts = " ".join(f"{xs[k]:.1f},{y(curve[str(k)]):.1f}" for k in KS)
+        c = colours[strategy]
+        parts.append(f'<polyline points="{pts}" fill="none" stroke="{c}" stroke-width="2"/>')
+        parts += [f'<circle cx="{xs[k]:.1f}" cy="{y(curve[str(k)]):.1f}" r="3" fill="{c}"/>' for k in KS]
+        parts.append(f'<line x1="{w - right + 10}" x2="{w - right + 30}" y1="{top + 14 + 18 * i}" '
+                     f'y2="{top + 14 + 18 * i}" stroke="{c}" stroke-width="2"/>'
+                     f'<text x="{w - right + 36}" y="{top + 18 + 18 * i}">{strategy}</text>')
+    parts.append("</svg>")
+    atomic_write(path, lambda tmp: Path(tmp).write_text("\n".join(parts)))
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--protocol", choices=["A1", "C"], required=True)
+    ap.add_argument("--data", default=str(Path(__file__).resolve().parents[2] / "shared" / "data"))
+    ap.add_argument("--seeds", nargs="*", type=int, default=[0, 1, 2])
+    ap.add_argument("--steps", type=int, default=200, help="adaptation steps (the CLI's default)")
+    ap.add_argument("--finetune-steps", type=int, default=FINETUNE_STEPS)
+    ap.add_argument("--batch-size", type=int, default=8)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--results", default=str(RESULTS))
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    proto = PROTOCOLS[args.protocol]
+    data = Path(args.data)
+    names = proto["classes"]
+    cfg = ModelConfig.for_arch("tiny", class_names=names, class_descriptions=[DESCRIPTIONS.get(n, n) for n in names],
+                               source_modality=proto["source"].upper())
+    ctx = {"model_kw": {k: getattr(cfg, k) for k in cfg.__dataclass_fields__}, "steps": args.steps,
+           "batch_size": args.batch_size, "chi": 0.5, "finetune_steps": args.finetune_steps, "class_names": names,
+           "sources": _load(data, proto, proto["train"], proto["source"], cfg, True),
+           "targets": _load(data, proto, proto["test"], proto["target"], cfg, False),
+           "refs": _reference_labels(data, proto, cfg)}
+    results = Path(args.results)
+    results.mkdir(parents=True, exist_ok=True)
+    out = results / f"corrections_{args.protocol}.json"
+    t0 = time.perf_counter()
+    runs = {}
+    for seed in args.seeds:
+        runs[str(seed)] = run_seed(seed, ctx)
+        doc = {"protocol": args.protocol, **summarise(runs), "ks": list(KS),
+               "device": f"cpu ({torch.get_num_threads()} thread(s), {platform.processor() or platform.machine()})",
+               "torch": torch.__version__, "commit": git_commit(), "steps": args.steps,
+               "finetune_steps": args.finetune_steps, "batch_size": args.batch_size, "model": "tiny",
+               "command": "python benchmarks/corrections.py " + " ".join(sys.argv[1:] if argv is None else argv),
+               "wall_s": round(time.perf_counter() - t0, 1), "runs": runs}
+        atomic_write(out, lambda tmp: Path(tmp).write_text(json.dumps(doc, indent=1)))
+        svg_plot(doc, results / f"corrections_{args.protocol}.svg")
+    print(json.dumps(doc["curves"]), f"fine-tune {doc['finetune_s']} s")
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

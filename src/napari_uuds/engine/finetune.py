@@ -1,0 +1,69 @@
+"""Learn from a user's corrections: the corrected target slices become labelled, and a short run continues.
+
+The run continues from the current weights with the method's own terms (the source supervised, the target
+adapted as before) and one more: half of each target batch comes from the corrected slices, whose
+segmentation through the target's path is supervised (``tseg`` in :func:`~.train.train`). Slices the user
+did not correct stay unlabelled. After the run the volume is predicted again and the corrected slices keep
+the user's labels (:func:`~.review.keep_corrections`).
+"""
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Iterator
+
+import numpy as np
+import torch
+
+from .config import LossWeights, TrainConfig
+from .dataset import PreparedVolume
+from .errors import UUDSError
+from .slices import SliceSampler, to_square
+from .train import TrainControl, TrainEvent, train
+
+#: steps of one fine-tune (about 45 s for the tiny model on a 2-core CPU; docs/method.md, corrections)
+FINETUNE_STEPS = 100
+#: learning rate of a fine-tune (the run's own rate: the corrections move the model the way training does)
+FINETUNE_LR = 1e-4
+
+
+def corrected_slices(target: PreparedVolume, corrections: np.ndarray, slices: list[int]
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The corrected ``slices`` of ``target`` (indices along its slicing axis) and their labels, at model
+    resolution, sliced exactly as the target's images are: (images (k, 1, S, S), labels (k, 1, S, S) uint8)."""
+    shape = tuple(target.volume.data.shape)
+    if tuple(corrections.shape) != shape:
+        raise UUDSError(f"corrections of shape {tuple(corrections.shape)} do not lie on the target's grid {shape}")
+    n = target.image.shape[0]
+    bad = [i for i in slices if not 0 <= i < n]
+    if bad:
+        raise UUDSError(f"slice {bad[0]} does not exist: the target has {n} slices along axis {target.geom.axis}")
+    if not slices:
+        raise UUDSError("no corrected slice: paint on the segmentation (or name the slices) first")
+    idx = sorted(set(int(i) for i in slices))
+    geom, axis = target.geom, target.geom.axis
+    labels = []
+    for i in idx:  # one slice at a time: a large scan's labels are never resized whole
+        sl = [slice(None)] * 3
+        sl[axis] = slice(i, i + 1)
+        labels.append(to_square(np.asarray(corrections[tuple(sl)], np.float32), axis, geom.size, fill=0.0,
+                                mode="nearest", geom=geom.with_slices(1))[0])
+    return target.image[torch.as_tensor(idx)], torch.cat(labels).to(torch.uint8)
+
+
+def corrected_sampler(items: list[tuple[PreparedVolume, np.ndarray, list[int]]], seed: int = 0) -> SliceSampler:
+    """One sampler over the corrected slices of one or more targets: ``items`` = (target, corrections on the
+    target's grid, corrected slice indices). Every corrected slice counts, however little anatomy it shows."""
+    pairs = [corrected_slices(t, c, s) for t, c, s in items]
+    return SliceSampler([p[0] for p in pairs], [p[1] for p in pairs], fg_fraction=0.5, seed=seed, min_anatomy=0.0)
+
+
+def finetune(model, source: SliceSampler, target: SliceSampler, labelled: SliceSampler, cfg: TrainConfig,
+             weights: LossWeights | None = None, control: TrainControl | None = None,
+             steps: int = FINETUNE_STEPS) -> Iterator[TrainEvent]:
+    """``steps`` more steps from the model's current weights (a fresh optimiser), the corrections supervised.
+
+    The warm-up is over (the target terms run from the first step); the training events count from the steps
+    the model had already trained."""
+    start = int(getattr(model, "trained_steps", 0))
+    cfg = replace(cfg, steps=start + steps, warmup_steps=0)
+    yield from train(model, source, target, cfg, weights, control, start_step=start, target_labelled=labelled)

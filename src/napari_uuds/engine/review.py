@@ -1,0 +1,83 @@
+"""Review and corrections: which target slices a user should look at first, and which ones a user corrected.
+
+A slice's *review score* is the entropy (Eq. 5, normalised to [0, 1]) summed over where it matters: the
+predicted object grown by ``margin`` pixels in the slice's plane (its boundary, where a mask is most often
+wrong), together with the uncertain region (entropy >= chi, Eq. 7's complement: an object the model half
+sees but did not predict). Slices are ranked by it, highest first; slices that score 0 (certain
+background everywhere) are left out. Summing, not averaging, sends the user first to the slices where a
+correction changes the most voxels.
+
+Corrections are whole slices: a slice the user edited is taken as labelled, all of it (the voxels the user
+left alone were looked at and kept), and every other slice stays unlabelled.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import ndimage
+
+#: pixels the predicted object is grown by, in the slice's plane, before its entropy is summed
+MARGIN = 3
+
+
+@dataclass(frozen=True)
+class SliceScore:
+    index: int  # along the model's slicing axis
+    score: float  # entropy summed over the object's surroundings and the uncertain region
+    uncertain_voxels: int  # voxels of the slice with entropy >= chi
+
+
+def _moved(a: np.ndarray, axis: int) -> np.ndarray:
+    return np.moveaxis(a, axis, 0)
+
+
+def slice_scores(entropy: np.ndarray, seg: np.ndarray, axis: int, chi: float = 0.5,
+                 margin: int = MARGIN) -> tuple[np.ndarray, np.ndarray]:
+    """Per-slice review score and uncertain-voxel count along ``axis`` (see the module's docstring)."""
+    if entropy.shape != seg.shape or entropy.ndim != 3:
+        raise ValueError(f"entropy {entropy.shape} and segmentation {seg.shape} must be the same 3D grid")
+    ent, obj = _moved(entropy, axis), _moved(seg, axis) > 0
+    uncertain = ent >= chi
+    if margin > 0 and obj.any():
+        plane = np.zeros((1, 2 * margin + 1, 2 * margin + 1), bool)  # grow within each slice, never across
+        yy, xx = np.mgrid[-margin:margin + 1, -margin:margin + 1]
+        plane[0] = yy ** 2 + xx ** 2 <= margin ** 2
+        obj = ndimage.binary_dilation(obj, structure=plane)
+    region = obj | uncertain
+    scores = (ent * region).reshape(ent.shape[0], -1).sum(1, dtype=np.float64)
+    return scores, uncertain.reshape(ent.shape[0], -1).sum(1)
+
+
+def rank_slices(entropy: np.ndarray, seg: np.ndarray, axis: int, chi: float = 0.5, margin: int = MARGIN,
+                exclude: set[int] | frozenset[int] = frozenset()) -> list[SliceScore]:
+    """Slices worth reviewing, most uncertain first (ties: lower index first); ``exclude``: already corrected."""
+    scores, counts = slice_scores(entropy, seg, axis, chi, margin)
+    order = sorted(range(len(scores)), key=lambda i: (-scores[i], i))
+    return [SliceScore(i, float(scores[i]), int(counts[i])) for i in order if scores[i] > 0 and i not in exclude]
+
+
+def edited_slices(current: np.ndarray, shown: np.ndarray, axis: int) -> list[int]:
+    """Slices along ``axis`` where the layer the user paints on differs from what the model showed."""
+    if current.shape != shown.shape:
+        raise ValueError(f"the edited layer {current.shape} and the prediction {shown.shape} differ in shape")
+    diff = _moved(np.asarray(current) != np.asarray(shown), axis)
+    return [int(i) for i in np.flatnonzero(diff.reshape(diff.shape[0], -1).any(1))]
+
+
+def labelled_slices(mask: np.ndarray, axis: int) -> list[int]:
+    """Slices along ``axis`` that hold any labelled voxel (what a corrections file counts as corrected)."""
+    m = _moved(np.asarray(mask) > 0, axis)
+    return [int(i) for i in np.flatnonzero(m.reshape(m.shape[0], -1).any(1))]
+
+
+def keep_corrections(seg: np.ndarray, corrections: np.ndarray, slices, axis: int) -> np.ndarray:
+    """``seg`` with the corrected ``slices`` replaced by the user's labels: a prediction never paints over them."""
+    if seg.shape != corrections.shape:
+        raise ValueError(f"corrections {corrections.shape} and segmentation {seg.shape} differ in shape")
+    out = np.array(seg, copy=True)
+    o, c = _moved(out, axis), _moved(np.asarray(corrections), axis)
+    idx = list(slices)
+    if idx:
+        o[idx] = c[idx].astype(o.dtype)
+    return out
