@@ -6,7 +6,8 @@ import math
 import sys
 import warnings
 
-from .engine.config import DD_FLOWS, DD_FORMS, DD_SCALES, RANDOMISERS, RECIPES, LossWeights, TrainConfig
+from .engine.config import (DD_FLOWS, DD_FORMS, DD_SCALES, FINETUNE_STEPS, RANDOMISERS, RECIPES, LossWeights,
+                            TrainConfig)
 from .engine.errors import UUDSError
 
 EXIT_USER_ERROR = 2
@@ -79,7 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="UUDS unsupervised cross-domain segmentation: train on labelled source scans, adapt to "
                     "unlabelled target scans of another contrast, segment the target.")
     p.add_argument("--version", action="version", version=f"%(prog)s {__import__('napari_uuds').__version__}")
-    sub = p.add_subparsers(dest="command", required=True, metavar="{adapt,predict,evaluate,gui}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="{adapt,predict,finetune,evaluate,gui}")
 
     a = sub.add_parser("adapt", help="train on source (+labels) and target, then segment every target",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
@@ -193,6 +194,31 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--overwrite", action="store_true", help="replace existing outputs in --out")
     r.add_argument("--quiet", action="store_true")
 
+    f = sub.add_parser("finetune", help="learn from corrected slices of a target, then segment it again",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                       description="Continue training saved weights with a user's corrected target slices supervised "
+                                   "(the slices of --corrections that hold a labelled voxel, or --slices), then "
+                                   "segment the target again: the corrected slices keep the user's labels. The source "
+                                   "scans come from the weights' config.json unless given.")
+    f.add_argument("--weights", required=True, metavar="DIR", help="folder written by adapt (or an earlier finetune)")
+    f.add_argument("--image", required=True, metavar="IMG", help="the target image the corrections were drawn on")
+    f.add_argument("--corrections", required=True, metavar="MASK",
+                   help="label volume on the image's grid holding the corrected slices (e.g. the edited segmentation)")
+    f.add_argument("--slices", type=int, nargs="+", default=None, metavar="I",
+                   help="indices (along the model's slicing axis) of the corrected slices; default: every slice of "
+                        "--corrections with a labelled voxel (name a slice corrected to 'no object' here)")
+    f.add_argument("--out", required=True, metavar="DIR", help="output folder (not --weights: the weights fine-tuned "
+                   "from stay as they are)")
+    f.add_argument("--steps", type=_positive_int, default=FINETUNE_STEPS, help="fine-tuning steps")
+    f.add_argument("--source", action="append", default=None, metavar="IMG",
+                   help="source image(s) (default: those recorded in the weights' config.json)")
+    f.add_argument("--source-label", action="append", default=None, metavar="LBL", help="labels of each --source")
+    f.add_argument("--target-label", default=None, metavar="LBL", help="optional reference, for evaluation only")
+    f.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], default="auto")
+    f.add_argument("--seed", type=_seed, default=0)
+    f.add_argument("--overwrite", action="store_true", help="replace existing outputs in --out")
+    f.add_argument("--quiet", action="store_true")
+
     e = sub.add_parser("evaluate", help="Dice, ASSD and HD95 of a prediction against a label",
                        description="Score a predicted mask against a reference (non-zero voxels are foreground), "
                                    "with the reference's voxel spacing.")
@@ -273,6 +299,10 @@ def main(argv: list[str] | None = None) -> int:
             from .commands import cmd_predict
 
             return cmd_predict(args)
+        if args.command == "finetune":
+            from .commands import cmd_finetune
+
+            return cmd_finetune(args)
         from .commands import cmd_evaluate
 
         return cmd_evaluate(args)

@@ -6,6 +6,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 from tqdm.auto import tqdm
 
@@ -22,7 +23,7 @@ from .engine.outfolder import OutputLock, check_free_space, check_inputs_kept, s
 from .engine.signals import deferred, terminate_as_interrupt
 from .engine.pipeline import (check_outputs_free, check_writable, planned_outputs, unique_names, write_metrics,
                               write_prediction)
-from .engine.volumes import check_same_grid, load_label, load_volume, volume_name
+from .engine.volumes import check_same_grid, load_label, load_volume, save_like, volume_name
 
 
 def _say(msg: str, quiet: bool = False) -> None:
@@ -182,6 +183,9 @@ def cmd_adapt(args) -> int:
                          "guard": getattr(model, "guard_report", None),
                          "randomise_used": getattr(model, "randomise_used", None),
                          "sources": [str(p) for p in args.source], "targets": [str(p) for p in args.target],
+                         # what a later fine-tune on corrections reloads the source with
+                         "source_labels": [str(p) for p in args.source_label],
+                         "label_options": {"binarize": bool(args.binarize_labels), "label_map": args.label_map},
                          "interrupted": interrupted, "diverged": diverged or None,
                          "outputs": [] if (interrupted or diverged) else outputs,
                          "normalisation": {"scheme": "per-volume percentile clip to [-1, 1] (background excluded)",
@@ -284,4 +288,133 @@ def cmd_evaluate(args) -> int:
             atomic_write(Path(args.json), lambda tmp: Path(tmp).write_text(json.dumps(r, indent=2)))
         except OSError as exc:
             raise UUDSError(f"could not write the metrics ({exc.strerror or exc})", args.json) from None
+    return 0
+
+
+def cmd_finetune(args) -> int:
+    """Fine-tune saved weights on a user's corrected target slices, then segment the target again (the corrected
+    slices keep the user's labels)."""
+    from .engine.dataset import prepare_volume
+    from .engine.finetune import corrected_sampler, finetune
+    from .engine.review import apply_corrections, labelled_slices
+    from .engine.train import TrainControl, resolve_device
+
+    t_start = time.perf_counter()
+    out, w = Path(args.out), Path(args.weights)
+    meta = ckpt.read_config(w)
+    sources = args.source or meta.get("sources") or []
+    source_labels = args.source_label or meta.get("source_labels") or []
+    if not sources or not source_labels:
+        raise UUDSError("the weights record no source scans and labels (saved from the widget, or by an older "
+                        "version): give --source and --source-label", w / ckpt.CONFIG)
+    if len(sources) != len(source_labels):
+        raise UUDSError(f"{len(sources)} source image(s) but {len(source_labels)} source label(s); give one "
+                        "--source-label per --source")
+    missing = [p for p in [*sources, *source_labels] if not Path(p).exists()]
+    if missing:
+        raise UUDSError("source scan recorded in the weights' config.json is gone: give --source and --source-label",
+                        missing[0])
+    name = volume_name(args.image)
+    planned = planned_outputs(out, [name], True, bool(args.target_label)) + [out / f"{name}_corrections.nii.gz"]
+    check_inputs_kept(planned, {"--image": [args.image], "--corrections": [args.corrections],
+                                "--weights": [w / ckpt.WEIGHTS, w / ckpt.CONFIG, w / ckpt.OPTIMIZER],
+                                "--source": sources, "--source-label": source_labels,
+                                "--target-label": [args.target_label] if args.target_label else []})
+    check_outputs_free(planned, args.overwrite)
+    check_writable(out)
+
+    model, meta = ckpt.load_checkpoint(w, "cpu")
+    mcfg = model.cfg
+    opts = meta.get("label_options") or {}
+    label_map = parse_label_map(opts.get("label_map"))
+    n = len(mcfg.class_names)
+    vol = load_volume(args.image)
+    corr = load_label(args.corrections, n, like=vol, allow_empty=True)
+    slices = sorted(set(args.slices)) if args.slices else labelled_slices(corr.data, mcfg.axis)
+    if not slices:
+        raise UUDSError("the corrections hold no labelled voxel: paint the corrected slices, or name them with "
+                        "--slices", args.corrections)
+    n_slices = vol.data.shape[mcfg.axis]
+    bad = [i for i in slices if not 0 <= i < n_slices]
+    if bad:
+        raise UUDSError(f"--slices {bad[0]}: the image has {n_slices} slices along axis {mcfg.axis}", args.image)
+    tlabel = load_label(args.target_label, None, like=vol, allow_empty=True, label_map=label_map,
+                        binarize=bool(opts.get("binarize"))) if args.target_label else None
+    src = load_source_pairs(sources, source_labels, n, mcfg.axis, mcfg.image_size,
+                            binarize=bool(opts.get("binarize")), label_map=label_map)
+    if mcfg.mm_per_pixel > 0:
+        src = reslice(src, mcfg.axis, mcfg.image_size, mcfg.mm_per_pixel)
+    target = prepare_volume(vol, mcfg.axis, mcfg.image_size, mm_per_pixel=mcfg.mm_per_pixel)
+    train_meta = {k: v for k, v in (meta.get("train") or {}).items() if k in TrainConfig.__dataclass_fields__}
+    tcfg = from_dict(TrainConfig, {**train_meta, "device": args.device, "seed": args.seed, "num_threads": 0})
+    loss_weights = from_dict(LossWeights, meta.get("loss_weights") or {})
+    device = resolve_device(args.device)
+    n_params = sum(p.numel() for p in model.parameters())
+    with OutputLock(out), terminate_as_interrupt():
+        sweep_stale_temps(out)
+        check_free_space(out, n_params * 4 + 6 * vol.data.size + 2 ** 20, largest_file=max(n_params * 4, 4 * vol.data.size))
+        _say(f"napari-uuds finetune: {len(slices)} corrected slice(s) of {name} along axis {mcfg.axis} "
+             f"({', '.join(map(str, slices[:12]))}{' ...' if len(slices) > 12 else ''}), {args.steps} steps from "
+             f"step {model.trained_steps} of {w}, on {device}", args.quiet)
+        src_s, tgt_s = samplers(src, [target], tcfg.fg_fraction, tcfg.seed)
+        lab_s = corrected_sampler([(target, corr.data, slices)], tcfg.seed)
+        start = model.trained_steps
+        bar = tqdm(total=args.steps, desc="fine-tuning", unit="step", disable=args.quiet, file=sys.stderr,
+                   dynamic_ncols=True)
+        gen = finetune(model, src_s, tgt_s, lab_s, tcfg, loss_weights, TrainControl(tcfg.threshold), steps=args.steps)
+        interrupted, diverged, last = False, "", {}
+        try:
+            for ev in gen:
+                if ev.kind == "step":
+                    bar.update(ev.step - start - bar.n)
+                    bar.set_postfix_str(_fmt_losses(ev.losses) + (f" tseg={ev.losses['tseg']:.3f}" if "tseg" in ev.losses else ""))
+                    last = ev.losses
+                elif ev.kind == "diverged":
+                    diverged = ev.message
+        except KeyboardInterrupt:
+            interrupted = True
+        extra = {"train": to_dict(tcfg), "loss_weights": to_dict(loss_weights), "final_losses": last,
+                 "sources": [str(p) for p in sources], "source_labels": [str(p) for p in source_labels],
+                 "label_options": opts, "targets": [str(args.image)], "interrupted": interrupted,
+                 "diverged": diverged or None,
+                 "finetune": {"from": str(w), "from_step": start, "steps": args.steps, "corrections": str(args.corrections),
+                              "slices": slices, "axis": mcfg.axis},
+                 "outputs": [] if (interrupted or diverged) else [p.name for p in planned[3:]]}
+        try:
+            with deferred():
+                gen.close()
+                bar.close()
+                _save_run(model, out, extra)
+        except KeyboardInterrupt:
+            interrupted = True
+        if diverged:
+            raise UUDSError(f"{diverged}; saved to {out}, no prediction written")
+        if interrupted:
+            _say(f"interrupted at step {model.trained_steps}: weights saved to {out}; no prediction written")
+            return EXIT_INTERRUPTED
+        ft_s = time.perf_counter() - t_start
+        model.optimizer_state = None
+        del src_s, tgt_s, lab_s, gen
+        release_host_memory()
+        with tqdm(total=target.image.shape[0], desc="segmenting", unit="slice", disable=args.quiet,
+                  file=sys.stderr) as pbar:
+            pred = predict_volume(model, vol, progress=pbar.update, norm=target.norm)
+        apply_corrections(pred, corr.data, slices, mcfg.axis)
+        try:
+            write_prediction(pred, vol, out, name, tcfg.threshold)
+            kept = np.zeros_like(corr.data)
+            apply = [slice(None)] * 3
+            for i in slices:
+                apply[mcfg.axis] = slice(i, i + 1)
+                kept[tuple(apply)] = corr.data[tuple(apply)]
+            save_like(kept, vol, out / f"{name}_corrections.nii.gz", dtype=np.uint8)
+        except OSError as exc:
+            raise UUDSError(f"could not write the predictions ({exc.strerror or exc}); the weights are saved in {out}",
+                            exc.filename or out) from None
+        if tlabel is not None:
+            r = score_classes(pred.seg, tlabel.data, vol.spacing, mcfg.class_names)
+            write_metrics(out / "metrics.json", {name: r}, {"finetune_s": ft_s, "slices": slices})
+            assd = "n/a (empty prediction)" if r["assd_mm"] is None else f"{r['assd_mm']:.2f} mm"
+            print(f"{name}: Dice {r['dice']:.1f} %  ASSD {assd}")
+    print(f"wrote {out} in {time.perf_counter() - t_start:.0f} s (fine-tuning {ft_s:.0f} s)")
     return 0

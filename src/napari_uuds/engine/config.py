@@ -178,6 +178,11 @@ class LossWeights:
         return self.alpha * (self.tau_dd if self.dd_scale == "tau" else 1.0)
 
 
+#: steps of one fine-tune on a user's corrections (engine/finetune.py; fixed by the time budget, about 45 s for the
+#: tiny model on a 2-core CPU; docs/method.md, "Review and corrections")
+FINETUNE_STEPS = 100
+
+
 @dataclass
 class TrainConfig:
     steps: int = 600

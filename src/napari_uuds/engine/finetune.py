@@ -14,16 +14,12 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from .config import LossWeights, TrainConfig
+from .config import FINETUNE_STEPS, LossWeights, TrainConfig
 from .dataset import PreparedVolume
 from .errors import UUDSError
 from .slices import SliceSampler, to_square
 from .train import TrainControl, TrainEvent, train
 
-#: steps of one fine-tune (about 45 s for the tiny model on a 2-core CPU; docs/method.md, corrections)
-FINETUNE_STEPS = 100
-#: learning rate of a fine-tune (the run's own rate: the corrections move the model the way training does)
-FINETUNE_LR = 1e-4
 
 
 def corrected_slices(target: PreparedVolume, corrections: np.ndarray, slices: list[int]

@@ -81,3 +81,13 @@ def keep_corrections(seg: np.ndarray, corrections: np.ndarray, slices, axis: int
     if idx:
         o[idx] = c[idx].astype(o.dtype)
     return out
+
+
+def apply_corrections(pred, corrections: np.ndarray, slices, axis: int):
+    """A :class:`~.infer.VolumePrediction` with the corrected ``slices`` set to the user's labels and their entropy
+    to 0 (the user is certain there), in place; returns it."""
+    idx = list(slices)
+    pred.seg = keep_corrections(pred.seg, corrections, idx, axis)
+    if idx:
+        _moved(pred.entropy, axis)[idx] = 0.0
+    return pred

@@ -21,10 +21,13 @@ from ..engine.body import body_mask
 from ..engine.config import ModelConfig, TrainConfig
 from ..engine.dataset import PreparedVolume, prepare_volume, samplers
 from ..engine.errors import UUDSError
+from ..engine.finetune import corrected_sampler, finetune
+from ..engine.review import SliceScore, rank_slices
 from ..engine.infer import VolumePrediction, assemble, iter_predict_volume, run_to_end
 from ..engine.slices import SliceGeometry, from_square
 from ..engine.train import TrainControl, TrainEvent, resolve_device, train
 from ..engine.volumes import Volume
+from .corrections import Corrections, default_run_folder
 from .state import Params, Status
 
 OUTPUT_LAYERS = {"synthetic": "synthetic source", "seg": "segmentation", "entropy": "entropy",
@@ -46,6 +49,11 @@ class UUDSController:
         self._data: tuple[list[PreparedVolume], list[PreparedVolume]] | None = None
         self._clip_weights: str | None = None
         self._volume_shown = False
+        #: the user's corrected slices of the target (gui/corrections.py), saved to the run folder as they change
+        self.corrections: Corrections | None = None
+        self._ranking: list[SliceScore] | None = None
+        self._review_pos = -1
+        self._finetune_set: tuple[np.ndarray, list[int]] | None = None
         #: spreads preview refreshes over frames (the widget installs a :class:`~.pacing.FramePacer`);
         #: None refreshes at once, as the synchronous path and tests do.
         self.pacer = None
@@ -109,17 +117,26 @@ class UUDSController:
         axis = self.model.cfg.axis if self.model is not None else cfg.axis
         mm = self.model.cfg.mm_per_pixel if self.model is not None else cfg.mm_per_pixel
         self._data = ([prepare_volume(src, axis, size, lab, mm)], [prepare_volume(tgt, axis, size, mm_per_pixel=mm)])
-        self.target = self._data[1][0]
-        self.target_layer = target
+        self._set_target(self._data[1][0], target)
 
     def prepare_target(self, target) -> None:
         """For prediction only (no training): the target image, sliced as the loaded model wants."""
         if self.model is None:
             raise UUDSError("no model yet: train, or load weights")
         tgt = self._volume_of(target, "target image")
-        self.target = prepare_volume(tgt, self.model.cfg.axis, self.model.cfg.image_size,
-                                     mm_per_pixel=self.model.cfg.mm_per_pixel)
-        self.target_layer = target
+        self._set_target(prepare_volume(tgt, self.model.cfg.axis, self.model.cfg.image_size,
+                                        mm_per_pixel=self.model.cfg.mm_per_pixel), target)
+
+    def _set_target(self, prepared: PreparedVolume, layer) -> None:
+        """The target to segment; its corrections are kept while the same layer (same grid, same axis) stays it."""
+        c = self.corrections
+        axis = prepared.geom.axis
+        if c is None or layer is not self.target_layer or c.shape != tuple(prepared.volume.data.shape) or c.axis != axis:
+            folder = Path(self.params.run_folder) if self.params.run_folder else default_run_folder(layer.name if layer
+                                                                                                   is not None else "target")
+            self.corrections = Corrections(prepared.volume, axis, folder)
+            self._ranking = None
+        self.target, self.target_layer = prepared, layer
 
     # -- model ---------------------------------------------------------------------------------
     def build_model(self, announce: bool = True) -> str:
@@ -230,6 +247,7 @@ class UUDSController:
     def show_prediction(self, pred: VolumePrediction) -> VolumePrediction:
         """Main thread: cache the prediction (its entropy serves every later threshold) and update the layers."""
         self.prediction = pred
+        self._ranking = None  # the review ranks the new prediction
         self._show_prediction()
         return pred
 
@@ -249,6 +267,7 @@ class UUDSController:
             self.control.threshold = float(chi)
         if self.prediction is not None:
             self._layer("uncertain").data = self.uncertain(chi)
+            self._ranking = None
 
     def set_prompt(self, text: str) -> None:
         """New domain prompt: used from the next training step, and the current slice is re-predicted."""
@@ -329,10 +348,13 @@ class UUDSController:
                 "entropy": from_square(ent, one)[0].numpy()}
         vals["uncertain"] = vals["entropy"] >= self.params.threshold
         shape = self.target.volume.data.shape
-        self._keep_user_edits()
+        self.collect_corrections()
+        corrected = self.corrections is not None and i in self.corrections.slices
         layers = []
         for key in ("seg", "synthetic", "uncertain", "entropy"):  # what the eye looks for first
             layer = self._layer(key, create_shape=shape)
+            if key == "seg" and corrected:  # the user's slice: never painted over
+                continue
             layer.data[_slab(one.axis, i)] = vals[key].astype(layer.data.dtype)  # in place: only the slice changes
             layers.append(layer)
         self._shown_seg = np.array(self._layer("seg").data, copy=True)
@@ -396,7 +418,9 @@ class UUDSController:
 
     def _show_prediction(self) -> None:
         p = self.prediction
-        self._keep_user_edits()
+        self.collect_corrections()
+        if self.corrections is not None and self.corrections.shape == p.seg.shape:
+            self.corrections.apply(p)  # corrected slices: the user's labels, entropy 0
         values = {"synthetic": p.synthetic, "entropy": p.entropy, "uncertain": self.uncertain(self.params.threshold),
                   "seg": p.seg}
         stale = []
@@ -422,19 +446,140 @@ class UUDSController:
         """The target layer was closed: nothing may be drawn from it again (its output layers stay)."""
         self.target = self.target_layer = self.prediction = None
         self._data = None
+        self.corrections, self._ranking = None, None  # saved in the run folder as they were made
         self._volume_shown = False
 
-    def _keep_user_edits(self) -> None:
-        """A corrected segmentation is the user's work: keep it (renamed) instead of predicting over it."""
+    # -- review and corrections ----------------------------------------------------------------
+    def collect_corrections(self) -> list[int]:
+        """Slices where the segmentation layer differs from what the model last showed become corrected slices (the
+        user's from now on: never predicted over) and are saved to the run folder; returns the new ones."""
         name = OUTPUT_LAYERS["seg"]
         shown = getattr(self, "_shown_seg", None)
-        if name not in self.viewer.layers or shown is None:
-            return
+        c = self.corrections
+        if c is None or shown is None or name not in self.viewer.layers:
+            return []
         layer = self.viewer.layers[name]
-        if layer.data.shape == shown.shape and not np.array_equal(np.asarray(layer.data), shown):
-            n = sum(ly.name.startswith(f"{name} (edited") for ly in self.viewer.layers) + 1
-            layer.name = f"{name} (edited {n})"
-            self._shown_seg = None
+        if tuple(layer.data.shape) != shown.shape or shown.shape != c.shape:
+            return []
+        data = np.asarray(layer.data)
+        new = c.take(data, shown)
+        if new:
+            self._shown_seg = np.array(data, copy=True)
+            self._ranking = None
+            folder = c.save()
+            self.status.message = (f"{len(c)} corrected slice(s) kept as yours and saved to {folder}; "
+                                   "Fine-tune on corrections learns from them")
+        return new
+
+    def review(self) -> list[SliceScore]:
+        """Rank the target's slices by uncertainty around the object (engine/review.py), corrected ones left out."""
+        if self.prediction is None or self.target is None:
+            raise UUDSError("segment the whole target first (Adapt & segment, or Re-predict volume): the review "
+                            "ranks its slices by uncertainty")
+        self.collect_corrections()
+        done = self.corrections.slices if self.corrections is not None else set()
+        self._ranking = rank_slices(self.prediction.entropy, self.prediction.seg, self.target.geom.axis,
+                                    self.params.threshold, exclude=done)
+        self._review_pos = -1
+        return self._ranking
+
+    def goto_uncertain(self, step: int = 1) -> SliceScore | None:
+        """Show the next (``step`` 1) or previous (-1) slice of the review, with its rank and score in the status."""
+        if self._ranking is None:
+            self.review()
+        ranking = self._ranking or []
+        if not ranking:
+            self.status.message = "no uncertain slice left to review"
+            return None
+        self._review_pos = (self._review_pos + step) % len(ranking) if self._review_pos >= 0 else \
+            (0 if step > 0 else len(ranking) - 1)
+        s = ranking[self._review_pos]
+        self.show_slice(s.index)
+        if OUTPUT_LAYERS["uncertain"] in self.viewer.layers:
+            self.viewer.layers[OUTPUT_LAYERS["uncertain"]].visible = True  # the region to look at, highlighted
+        n_done = len(self.corrections) if self.corrections is not None else 0
+        self.status.message = (f"uncertain slice {self._review_pos + 1} of {len(ranking)}: slice {s.index} (score "
+                               f"{s.score:.1f}, {s.uncertain_voxels} uncertain voxels); {n_done} corrected so far")
+        return s
+
+    def show_slice(self, index: int) -> None:
+        """Move the viewer to slice ``index`` of the target along the model's axis."""
+        axis = self.target.geom.axis
+        data_point = [s / 2.0 for s in self.target.volume.data.shape]
+        data_point[axis] = float(index)
+        if self.target_layer is not None:
+            world = np.asarray(self.target_layer.data_to_world(data_point), float)
+        else:
+            world = np.asarray(data_point) * np.asarray(self.target.volume.spacing)
+        nd = self.viewer.dims.ndim
+        self.viewer.dims.set_point(list(range(nd - 3, nd)), tuple(world[-3:]))
+
+    def begin_finetune(self, source, source_labels, target) -> list[int]:
+        """Main thread, before :meth:`finetune_events`: the source as for training, and the corrected slices (edits
+        not yet collected included). Raises UUDSError when there is nothing to learn from."""
+        if self.model is None:
+            raise UUDSError("no model yet: adapt first (or load weights), then correct slices and fine-tune")
+        self.prepare(source, source_labels, target)
+        if self.model is None:
+            raise UUDSError("the class names or the model size changed since the model was trained: fine-tuning "
+                            "needs the model's own settings (load its weights again)")
+        self.collect_corrections()
+        if not self.corrections:
+            raise UUDSError("no corrected slice yet: correct the segmentation on a few slices (next uncertain slice "
+                            "shows where), then fine-tune")
+        self._finetune_set = (self.corrections.labels.copy(), self.corrections.sorted())
+        return self._finetune_set[1]
+
+    def finetune_events(self) -> Iterator[TrainEvent]:
+        """Worker thread: a short run from the current weights with the corrected slices supervised."""
+        if self._finetune_set is None or self._data is None:
+            raise UUDSError("begin_finetune first")
+        labels, slices = self._finetune_set
+        tcfg = self.train_config()
+        self.control = TrainControl(tcfg.threshold, self.params.domain_prompt, self.display_timeout)
+        self.control.preview_input = self._current_slice_tensor()
+        src, tgt = samplers(*self._data, tcfg.fg_fraction, tcfg.seed)
+        lab = corrected_sampler([(self.target, labels, slices)], tcfg.seed)
+        yield from finetune(self.model, src, tgt, lab, tcfg, control=self.control, steps=self.params.finetune_steps)
+
+    def save_run(self) -> Path:
+        """The fine-tuned weights and the corrections they learnt from, into the run folder (weights/)."""
+        c = self.corrections
+        if c is None or self.model is None:
+            raise UUDSError("nothing to save yet")
+        folder = c.save()
+        extra = {"saved_from": "napari widget, fine-tuned on corrections",
+                 "finetune": {"slices": c.sorted(), "axis": c.axis, "corrections": str(folder / "corrections.nii.gz"),
+                              "target": c.reference.name}}
+        ckpt.save_checkpoint(self.model, folder / "weights", extra, overwrite=True)
+        return folder
+
+    def finetune_on_corrections(self, source, source_labels, target) -> VolumePrediction:
+        """Synchronously: fine-tune on the corrected slices, segment the volume again (corrected slices kept), save."""
+        self.begin_finetune(source, source_labels, target)
+        for ev in self.finetune_events():
+            self.handle_event(ev)
+        self.training_finished()
+        pred = self.predict()
+        self.save_run()
+        return pred
+
+    def load_corrections(self, folder: str | Path) -> list[int]:
+        """Corrections saved earlier (the run folder) back onto this target; the segmentation shows them."""
+        if self.corrections is None:
+            raise UUDSError("choose the target the corrections were drawn on, and segment it first")
+        slices = self.corrections.load(folder)
+        self._ranking = None
+        if self.prediction is not None:
+            self._show_prediction()
+        elif OUTPUT_LAYERS["seg"] in self.viewer.layers:
+            layer = self.viewer.layers[OUTPUT_LAYERS["seg"]]
+            if tuple(layer.data.shape) == self.corrections.shape:
+                self.corrections.keep_in(layer.data)
+                layer.refresh()
+                self._shown_seg = np.array(layer.data, copy=True)
+        self.status.message = f"{len(slices)} corrected slice(s) loaded from {folder}"
+        return slices
 
     # -- weights and export ------------------------------------------------------------------------
     def save_weights(self, folder: str | Path, overwrite: bool = False) -> Path:

@@ -5,7 +5,7 @@ from dataclasses import dataclass, field
 
 from psygnal import evented
 
-from ..engine.config import DEFAULT_DOMAIN_PROMPT
+from ..engine.config import DEFAULT_DOMAIN_PROMPT, FINETUNE_STEPS
 
 
 @evented
@@ -32,6 +32,10 @@ class Params:
     axis: int = 2
     preview_every: int = 20
     seed: int = 0
+    #: steps of one fine-tune on the user's corrections (engine/finetune.py)
+    finetune_steps: int = FINETUNE_STEPS
+    #: where corrections and fine-tuned weights are kept ("": a folder per target under the user data folder)
+    run_folder: str = ""
 
     def class_names(self) -> list[str]:
         return [n.strip() for n in self.class_name.split(",") if n.strip()] or ["object"]

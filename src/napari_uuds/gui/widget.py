@@ -21,6 +21,8 @@ from .pacing import FramePacer
 from .state import Params, Status
 
 PROMPT_DEBOUNCE_MS = 400
+#: pause after the last brush stroke before the corrected slices are collected and saved
+EDIT_DEBOUNCE_MS = 1000
 #: longest the training loop waits for a preview to be drawn (see pacing.py).
 DISPLAY_TIMEOUT_S = 2.0
 
@@ -80,6 +82,15 @@ class UUDSWidget(Container):
         self.save_btn = PushButton(text="Save weights…")
         self.load_btn = PushButton(text="Load weights…")
         self.export_btn = PushButton(text="Export selected layer…")
+        # review and corrections (gui/corrections.py, engine/review.py, engine/finetune.py)
+        self.prev_btn = PushButton(text="◀ uncertain slice")
+        self.next_btn = PushButton(text="uncertain slice ▶")
+        self.review_row = Container(widgets=[self.prev_btn, self.next_btn], layout="horizontal", labels=False,
+                                    label="review")
+        self.review_row.margins = (0, 0, 0, 0)
+        self.finetune_steps = SpinBox(value=self.params.finetune_steps, min=1, max=100_000, label="fine-tune steps")
+        self.finetune_btn = PushButton(text="Fine-tune on corrections")
+        self.load_corr_btn = PushButton(text="Load corrections…")
         self.progress = ProgressBar(value=0, min=0, max=1, label="progress")
         self.info = Label(value="")
         self.notice = Label(value="")  # persistent: random CLIP weights, guard warnings
@@ -113,6 +124,13 @@ class UUDSWidget(Container):
             self.save_btn: "write model.safetensors + config.json to a folder (the command line reads it too)",
             self.load_btn: "load weights saved here or by napari-uuds adapt",
             self.export_btn: "write the selected layer (e.g. your corrected segmentation) as NIfTI on the scan's grid",
+            self.prev_btn: "the previous slice of the review (slices ranked by uncertainty around the object)",
+            self.next_btn: ("the next most uncertain slice: look at the yellow region, correct the segmentation there "
+                            "with napari's label tools; a slice you edit is yours from then on (never predicted over)"),
+            self.finetune_steps: "steps of one fine-tune (100: under a minute for the tiny model on a 2-core CPU)",
+            self.finetune_btn: ("learn from the slices you corrected (only those: the others stay unlabelled), then "
+                                "segment the volume again; your slices keep your labels"),
+            self.load_corr_btn: "bring back corrections saved earlier (they are saved as you paint)",
         }
         for widget, tip in tips.items():
             widget.tooltip = tip
@@ -122,6 +140,7 @@ class UUDSWidget(Container):
                      self.weights, self.device, self.steps, self.batch, self.lr, self.continue_model, self.adapt_btn,
                      self.train_btn,
                      self.stop_btn, self.progress, self.info, self.notice, self.prompt, self.threshold, self.predict_btn,
+                     self.review_row, self.finetune_steps, self.finetune_btn, self.load_corr_btn,
                      self.save_btn, self.load_btn, self.export_btn])
         self.native.layout().addWidget(self.plot)
 
@@ -136,6 +155,7 @@ class UUDSWidget(Container):
         self.steps.changed.connect(lambda v: setattr(self.params, "steps", int(v)))
         self.batch.changed.connect(lambda v: setattr(self.params, "batch_size", int(v)))
         self.lr.changed.connect(lambda v: setattr(self.params, "lr", float(v)))
+        self.finetune_steps.changed.connect(lambda v: setattr(self.params, "finetune_steps", int(v)))
         self.threshold.changed.connect(lambda v: self._guard(self.ctl.set_threshold, v))
         self._prompt_timer = QTimer()
         self._prompt_timer.setSingleShot(True)
@@ -164,6 +184,14 @@ class UUDSWidget(Container):
         self.save_btn.clicked.connect(self._save_dialog)
         self.load_btn.clicked.connect(self._load_dialog)
         self.export_btn.clicked.connect(self._export_dialog)
+        self.prev_btn.clicked.connect(lambda: self._guard(self.ctl.goto_uncertain, -1))
+        self.next_btn.clicked.connect(lambda: self._guard(self.ctl.goto_uncertain, 1))
+        self.finetune_btn.clicked.connect(self.start_finetune)
+        self.load_corr_btn.clicked.connect(self._load_corrections_dialog)
+        self._edit_timer = QTimer()
+        self._edit_timer.setSingleShot(True)
+        self._edit_timer.setInterval(EDIT_DEBOUNCE_MS)
+        self._edit_timer.timeout.connect(lambda: self._guard(self.ctl.collect_corrections))
         self.native.destroyed.connect(lambda *_: self.close_down())
         for e in (napari_viewer.layers.events.inserted, napari_viewer.layers.events.removed):
             e.connect(self._layers_changed)
@@ -215,9 +243,13 @@ class UUDSWidget(Container):
         """Choices of a layer field: this viewer's layers of ``kind``, in order."""
         return lambda _widget=None: [ly for ly in self.viewer.layers if isinstance(ly, kind)]
 
-    def _layers_changed(self, *_):
+    def _layers_changed(self, event=None):
         """Layers opened or closed: refresh the lists and fill what is still empty (a scan opened after the widget).
-        A closed target is forgotten, so that no control re-creates output layers from it."""
+        A closed target is forgotten, so that no control re-creates output layers from it. The segmentation layer's
+        brush strokes are watched: a pause after them collects (and saves) the corrected slices."""
+        layer = getattr(event, "value", None)
+        if getattr(event, "type", "") == "inserted" and getattr(layer, "name", None) == OUTPUT_LAYERS["seg"]:
+            layer.events.paint.connect(lambda *_: self._edit_timer.start())
         if self.ctl.target_layer is not None and self.ctl.target_layer not in self.viewer.layers:
             self.ctl.forget_target()
             self.status.message = "the target layer was closed: choose a target image to segment again"
@@ -249,7 +281,8 @@ class UUDSWidget(Container):
             self.class_name.value = ", ".join(named)
 
     def _set_running(self, running: bool) -> None:
-        for w in (self.adapt_btn, self.train_btn, self.predict_btn, self.load_btn, self.save_btn):
+        for w in (self.adapt_btn, self.train_btn, self.predict_btn, self.load_btn, self.save_btn, self.finetune_btn,
+                  self.load_corr_btn):
             w.enabled = not running
         self.stop_btn.enabled = running
 
@@ -282,6 +315,46 @@ class UUDSWidget(Container):
             self.ctl.pacer.call(lambda k=key: self.ctl.ensure_output_layers([k]))
         self.ctl.pacer.call(lambda: self._start_worker(worker))
         return worker
+
+    def start_finetune(self):
+        """Fine-tune on the corrected slices in a worker, then segment the volume again and save the run."""
+        if self.worker is not None:
+            show_info("training is already running")
+            return None
+        try:
+            slices = self.ctl.begin_finetune(self.source.value, self.source_labels.value, self.target.value)
+        except UUDSError as exc:
+            show_error(str(exc))
+            return None
+        self.status.message = f"fine-tuning on {len(slices)} corrected slice(s): {', '.join(map(str, slices[:10]))}"
+        worker = create_worker(self.ctl.finetune_events, _start_thread=False)
+        worker.yielded.connect(self.ctl.handle_event)
+        worker.errored.connect(lambda exc: show_error(f"fine-tuning failed: {exc}"))
+        worker.finished.connect(self._finetune_done)
+        self.worker = worker
+        self._set_running(True)
+        self.ctl.pacer.call(lambda: self._start_worker(worker))
+        return worker
+
+    def _finetune_done(self) -> None:
+        self._training_done(predict_after=False)
+        if self.ctl.model is None:
+            return None
+        worker = self.predict_volume()
+        if worker is not None:  # the fine-tuned weights and the corrections, into the run folder
+            worker.returned.connect(lambda _p: self._saved_run_note(self._guard(self.ctl.save_run)))
+        return worker
+
+    def _saved_run_note(self, folder) -> None:
+        if folder is not None:
+            self.status.message = (f"fine-tuned and segmented again; your {len(self.ctl.corrections)} corrected "
+                                   f"slice(s) kept; weights and corrections saved to {folder}")
+
+    def _load_corrections_dialog(self) -> None:
+        start = str(self.ctl.corrections.folder) if self.ctl.corrections is not None else ""
+        folder = QFileDialog.getExistingDirectory(self.native, "Folder with corrections.nii.gz", start)
+        if folder:
+            self._guard(self.ctl.load_corrections, folder)
 
     def _start_worker(self, worker) -> None:
         if self.worker is worker and not worker.is_running:  # not cancelled or closed meanwhile
@@ -344,7 +417,13 @@ class UUDSWidget(Container):
         self.status.message = f"segmenting the target volume: {done}/{total} slices"
 
     def close_down(self) -> None:
-        """Closing the widget or napari: stop the worker cleanly and free the model's memory."""
+        """Closing the widget or napari: stop the worker cleanly and free the model's memory (the last brush strokes
+        are collected and saved first)."""
+        self._edit_timer.stop()
+        try:
+            self.ctl.collect_corrections()
+        except (UUDSError, RuntimeError):  # the viewer's layers may already be gone
+            pass
         self.ctl.stop()
         if self.worker is not None:
             self.worker.quit()
@@ -385,8 +464,8 @@ class UUDSWidget(Container):
         self.continue_model.text = f"continue the current model ({getattr(model, 'trained_steps', 0)} steps)"
 
     def export_layer(self):
-        """The layer Export writes: the selected Image or Labels layer (an edited segmentation, renamed
-        "segmentation (edited N)", included: it is what the user made), else the segmentation."""
+        """The layer Export writes: the selected Image or Labels layer (the segmentation with the user's corrected
+        slices included), else the segmentation."""
         layer = self.viewer.layers.selection.active
         if layer is not None and type(layer).__name__ in ("Labels", "Image") and np.asarray(layer.data).ndim == 3:
             return layer

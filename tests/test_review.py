@@ -1,0 +1,107 @@
+"""Review (ranking slices by uncertainty) and learning from corrections (engine/review.py, engine/finetune.py)."""
+import numpy as np
+import pytest
+import torch
+
+from napari_uuds.engine.config import ModelConfig, TrainConfig
+from napari_uuds.engine.dataset import prepare_volume, samplers
+from napari_uuds.engine.errors import UUDSError
+from napari_uuds.engine.finetune import corrected_sampler, corrected_slices, finetune
+from napari_uuds.engine.infer import predict_volume
+from napari_uuds.engine.metrics import score
+from napari_uuds.engine.model import UUDS
+from napari_uuds.engine.review import (apply_corrections, edited_slices, keep_corrections, labelled_slices,
+                                       rank_slices, slice_scores)
+from napari_uuds.engine.train import train
+
+
+def test_rank_counts_entropy_around_the_object_and_in_the_uncertain_region():
+    ent = np.zeros((20, 20, 5), np.float32)
+    seg = np.zeros((20, 20, 5), np.uint8)
+    seg[8:12, 8:12, 1] = 1  # slice 1: an object with a faintly uncertain rim
+    ent[7:13, 7:13, 1] = 0.2
+    ent[2, 2, 1] = 0.3  # far from the object, under chi: does not count
+    ent[0:4, 0:4, 3] = 0.9  # slice 3: no object predicted, but an uncertain blob (16 voxels)
+    ent[:, :, 4] = 0.1  # slice 4: diffuse low entropy, no object: nothing that matters
+    scores, counts = slice_scores(ent, seg, axis=2, chi=0.5, margin=1)
+    assert scores[0] == 0 and scores[4] == 0 and counts[3] == 16
+    # the object grown by a disc of radius 1 (a 6x6 square without its 4 corners), not the far voxel
+    np.testing.assert_allclose(scores[1], 32 * 0.2, rtol=1e-6)
+    np.testing.assert_allclose(scores[3], 16 * 0.9, rtol=1e-6)
+    ranked = rank_slices(ent, seg, axis=2, chi=0.5, margin=1)
+    assert [r.index for r in ranked] == [3, 1]
+    assert [r.index for r in rank_slices(ent, seg, axis=2, chi=0.5, margin=1, exclude={3})] == [1]
+    # another slicing axis ranks along it
+    assert [r.index for r in rank_slices(np.moveaxis(ent, 2, 0), np.moveaxis(seg, 2, 0), axis=0, margin=1)] == [3, 1]
+
+
+def test_edited_and_labelled_slices_and_keeping_corrections():
+    shown = np.zeros((6, 7, 8), np.uint8)
+    mine = shown.copy()
+    mine[2, 3, 5] = 1
+    mine[4, 0, 1] = 2
+    assert edited_slices(mine, shown, axis=2) == [1, 5] and edited_slices(mine, shown, axis=0) == [2, 4]
+    assert labelled_slices(mine, axis=1) == [0, 3]
+    pred_seg = np.ones_like(shown)
+    kept = keep_corrections(pred_seg, mine, [5], axis=2)
+    assert kept[..., 5].sum() == 1 and kept[2, 3, 5] == 1 and (kept[..., :5] == 1).all()
+    assert (pred_seg == 1).all()  # the prediction itself untouched
+
+    class P:
+        seg, entropy = np.ones_like(shown), np.full(shown.shape, 0.7, np.float32)
+
+    p = apply_corrections(P(), mine, [1], axis=2)
+    assert (p.entropy[..., 1] == 0).all() and (p.entropy[..., 0] == 0.7).all() and p.seg[4, 0, 1] == 2
+    with pytest.raises(ValueError):
+        edited_slices(mine, shown[:3], axis=2)
+
+
+def _phantom(seed: int, inverted: bool):
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from test_adaptation import phantom
+
+    return phantom(seed, inverted)
+
+
+def test_corrected_slices_are_sliced_like_the_target():
+    img, lab = _phantom(2, True)
+    tp = prepare_volume(img, 2, 64, lab)
+    x, y = corrected_slices(tp, lab.data, [3, 7])
+    torch.testing.assert_close(x, tp.image[[3, 7]])
+    assert torch.equal(y, tp.label[[3, 7]])
+    with pytest.raises(UUDSError, match="slice 99 does not exist"):
+        corrected_slices(tp, lab.data, [99])
+    with pytest.raises(UUDSError, match="do not lie on the target's grid"):
+        corrected_slices(tp, lab.data[:-1], [1])
+    with pytest.raises(UUDSError, match="no corrected slice"):
+        corrected_slices(tp, lab.data, [])
+
+
+def test_fine_tuning_on_two_corrected_slices_lifts_the_target_dice():
+    """Source-only training fails on the contrast-inverted target; two corrected target slices and a short
+    fine-tune must find the disc on the whole volume (corrected slices scored as the user's)."""
+    (si, sl), (ti, tl) = _phantom(1, False), _phantom(2, True)
+    cfg = ModelConfig.for_arch("tiny", image_size=64, class_names=["disc"])
+    src, tgt = [prepare_volume(si, 2, 64, sl)], [prepare_volume(ti, 2, 64)]
+    torch.manual_seed(0)
+    model = UUDS(cfg, seed=0)
+    s, t = samplers(src, tgt, 0.5, 0)
+    tcfg = TrainConfig(steps=40, batch_size=8, seed=0, mode="source_only", randomise="none")
+    for _ in train(model, s, t, tcfg):
+        pass
+    before = predict_volume(model, ti, norm=tgt[0].norm)
+    d0 = score(before.seg, tl.data)["dice"]
+    slices = [4, 11]
+    lab = corrected_sampler([(tgt[0], tl.data, slices)], 0)
+    events = list(finetune(model, s, t, lab, TrainConfig(batch_size=8, seed=0, randomise="none"), steps=40))
+    assert events[-1].kind == "done" and model.trained_steps == 80
+    assert all("tseg" in e.losses for e in events if e.kind == "step")
+    after = apply_corrections(predict_volume(model, ti, norm=tgt[0].norm), tl.data, slices, 2)
+    np.testing.assert_array_equal(after.seg[..., slices], tl.data[..., slices])  # the user's slices kept
+    unedited = [k for k in range(ti.data.shape[2]) if k not in slices]
+    d1 = score(after.seg[..., unedited], tl.data[..., unedited])["dice"]  # what the model learnt, on the others
+    assert d0 < 20.0, d0
+    assert d1 > d0 + 30.0, (d0, d1)
