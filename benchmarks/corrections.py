@@ -174,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
                "finetune_steps": args.finetune_steps, "batch_size": args.batch_size, "model": "tiny",
                "command": "python benchmarks/corrections.py " + " ".join(sys.argv[1:] if argv is None else argv),
                "wall_s": round(time.perf_counter() - t0, 1), "runs": runs}
-        atomic_write(out, lambda tmp: Path(tmp).write_text(json.dumps(doc, indent=1)))
+        atomic_write(out, lambda tmp, d=doc: Path(tmp).write_text(json.dumps(d, indent=1)))
         svg_plot(doc, results / f"corrections_{args.protocol}.svg")
     print(json.dumps(doc["curves"]), f"fine-tune {doc['finetune_s']} s")
     print(f"wrote {out}")

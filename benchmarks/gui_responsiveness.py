@@ -72,7 +72,7 @@ def main() -> None:
     # what the main thread did: each dispatched training event and each paced refresh, with its duration
     handled: list[tuple[float, float, str]] = []
     for obj, name in ((w.ctl, "handle_event"), (w.ctl.pacer, "_next")):
-        def timed(*a, _f=getattr(obj, name), _n=name):
+        def timed(*a, _f=getattr(obj, name), _n=name):  # noqa: B008  (bound per loop turn, on purpose)
             s0 = time.perf_counter()
             r = _f(*a)
             kind = a[0].kind if _n == "handle_event" else "paced refresh"

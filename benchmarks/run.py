@@ -243,7 +243,7 @@ def run_row(row: str, seed: int, ctx: dict) -> dict:
 
 # -- summary ----------------------------------------------------------------------------------------
 def summarise(rows: dict, source_mm3: float | None = None) -> dict:
-    for name, r in rows.items():
+    for r in rows.values():
         runs = r["runs"]
         dice = [v["dice"] for s in sorted(runs) for v in runs[s]["volumes"]]
         assd = [v["assd_mm"] for s in sorted(runs) for v in runs[s]["volumes"]]
@@ -383,7 +383,7 @@ def main(argv: list[str] | None = None) -> int:
                    "command": "python benchmarks/run.py " + " ".join(sys.argv[1:] if argv is None else argv),
                    "wall_s": round(wall_before + time.perf_counter() - t0, 1), **settings,
                    "source_object_mm3": source_mm3, "rows": summarise(rows, source_mm3), **({"superseded": doc["superseded"]} if "superseded" in doc else {})}
-            atomic_write(out, lambda tmp: Path(tmp).write_text(json.dumps(doc, indent=1)))
+            atomic_write(out, lambda tmp, d=doc: Path(tmp).write_text(json.dumps(d, indent=1)))
             write_markdown(results)
     print(f"wrote {out} and {results / 'quality.md'}")
     return 0

@@ -1,12 +1,14 @@
-"""The widget as a new user meets it, in four screenshots (run under Xvfb: ``xvfb-run -a``).
+"""The widget as a new user meets it, in five screenshots (run under Xvfb: ``xvfb-run -a``).
 
 1. ``1-first-screen.png``: what ``napari-uuds gui`` opens (the README's first command): the sample loaded, its
    layers picked in the widget, axial slices shown as radiologists read them.
 2. ``2-training.png``: during a short training in the widget's worker: progress, the loss curves, previews.
 3. ``3-result.png``: the segmentation of weights trained by the README's job (``--weights``), its outline over
    the T1 beside the true contour of ``t1_seg``.
-4. ``4-review.png``: the uncertain region (entropy >= chi, yellow) over the T1 with the segmentation's outline:
-   where to look when correcting.
+4. ``4-review.png``: the review: "uncertain slice ▶" has moved to the most uncertain slice; the uncertain region
+   (entropy >= chi, yellow) over the T1 with the segmentation's outline, the slice's rank and score in the status.
+5. ``5-corrected.png``: after a simulated user painted that slice and the next one (with ``t1_seg``'s labels, as a
+   brush would) and clicked "Fine-tune on corrections": the segmentation again, beside the true contour.
 
     xvfb-run -a .venv/bin/python benchmarks/screenshots.py --weights runs/cord
 """
@@ -46,6 +48,9 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     app = napari.qt.get_qapp()
     viewer, w = build_gui(build_parser().parse_args(["gui"]))
+    import tempfile
+
+    w.params.run_folder = tempfile.mkdtemp(prefix="napari-uuds-screens-")  # shot 5's corrections, not the user's
     viewer.window._qt_window.resize(1500, 950)
     viewer.window._qt_window.show()
     _settle(app, 1.0)
@@ -71,16 +76,33 @@ def main(argv: list[str] | None = None) -> int:
     viewer.screenshot(str(out / "3-result.png"), canvas_only=False, flash=False)
     pred, ref = np.asarray(seg.data) > 0, np.asarray(truth.data) > 0
 
-    # 4: review: the uncertain region over the T1, the segmentation's outline on top
+    # 4: review: the most uncertain slice, its uncertain region over the T1, the segmentation's outline on top
     truth.visible = False
     unc = viewer.layers[OUTPUT_LAYERS["uncertain"]]
-    unc.visible = True
-    viewer.layers.selection.active = unc
-    w.status.message = (f"uncertain region (entropy >= {w.params.threshold:.2f}, yellow): "
-                        f"{int(np.asarray(unc.data).sum())} voxels to review")
+    first = w.ctl.goto_uncertain(1)
+    viewer.layers.selection.active = seg
     _settle(app, 0.5)
     viewer.screenshot(str(out / "4-review.png"), canvas_only=False, flash=False)
-    print(f"wrote 4 screenshots to {out}: predicted {int(pred.sum())} voxels, true {int(ref.sum())}, Dice {dice:.1f} %")
+
+    # 5: the user corrects the two most uncertain slices (here with the true labels, as a brush would) and fine-tunes
+    axis = w.ctl.model.cfg.axis
+    second = w.ctl.goto_uncertain(1) or first
+    true = np.asarray(truth.data)
+    for k in sorted({first.index, second.index}):
+        region = np.zeros(seg.data.shape, bool)
+        np.moveaxis(region, axis, 0)[k] = True
+        seg.data_setitem(np.nonzero(region), true[region])
+    w.ctl.finetune_on_corrections(w.source.value, w.source_labels.value, w.target.value)
+    truth.visible, unc.visible = True, False
+    viewer.dims.set_current_step(axis, int(np.nonzero(np.moveaxis(true > 0, axis, 0).any((1, 2)))[0].mean()))
+    pred2 = np.asarray(seg.data) > 0
+    dice2 = 200.0 * (pred2 & ref).sum() / max(pred2.sum() + ref.sum(), 1)
+    w.status.message = (f"fine-tuned on corrected slices {first.index} and {second.index}: Dice {dice:.1f} -> "
+                        f"{dice2:.1f} % against t1_seg (outline)")
+    _settle(app, 0.5)
+    viewer.screenshot(str(out / "5-corrected.png"), canvas_only=False, flash=False)
+    print(f"wrote 5 screenshots to {out}: predicted {int(pred.sum())} voxels, true {int(ref.sum())}, Dice {dice:.1f} %; "
+          f"after correcting slices {first.index}, {second.index} and fine-tuning: Dice {dice2:.1f} %")
     viewer.close()
     return 0
 

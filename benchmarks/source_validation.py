@@ -158,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
                    "torch": torch.__version__, "threads": torch.get_num_threads(),
                    "command": "python benchmarks/source_validation.py " + " ".join(sys.argv[1:] if argv is None else argv),
                    **settings, "variants": runs}
-            atomic_write(out, lambda tmp: Path(tmp).write_text(json.dumps(doc, indent=1)))
+            atomic_write(out, lambda tmp, d=doc: Path(tmp).write_text(json.dumps(d, indent=1)))
     for name, by_seed in runs.items():
         d = [r["source_val_dice"] for r in by_seed.values()]
         f = [r["target_fg_ratio"] for r in by_seed.values()]

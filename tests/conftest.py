@@ -4,6 +4,8 @@ from pathlib import Path
 import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# the widget saves corrections under the user data folder (platformdirs): never the tester's own
+os.environ["XDG_DATA_HOME"] = __import__("tempfile").mkdtemp(prefix="napari-uuds-test-data-")
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT / "sample_data" / "cord"

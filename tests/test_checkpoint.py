@@ -2,13 +2,11 @@ import json
 
 import numpy as np
 import pytest
-import torch
 
 from napari_uuds.engine.checkpoint import load_checkpoint, read_config, save_checkpoint
 from napari_uuds.engine.config import ModelConfig
 from napari_uuds.engine.errors import UUDSError
 from napari_uuds.engine.infer import predict_volume
-from napari_uuds.engine.model import UUDS
 from napari_uuds.engine.volumes import load_volume
 
 

@@ -257,3 +257,52 @@ def test_mm_per_pixel_auto_is_recorded_and_outputs_stay_on_the_grid(vols, tmp_pa
     np.testing.assert_allclose(seg.affine, nib.load(str(vols["tgt"])).affine)
     rc = main(["predict", "--quiet", "--weights", str(out), "--image", str(vols["img"]), "--out", str(tmp_path / "p")])
     assert rc == 0 and nib.load(str(tmp_path / "p" / "img_seg.nii.gz")).shape == (24, 24, 12)
+
+
+def test_finetune_learns_from_corrected_slices_and_keeps_them(vols, tmp_path, capsys):
+    """`finetune`: the corrected slices (labelled ones, or --slices) supervise a short run from saved weights; the new
+    segmentation keeps them; the weights fine-tuned from stay as they were; bad input is one line."""
+    a = tmp_path / "a"
+    assert _adapt(vols, a) == 0
+    lab = np.asarray(nib.load(str(vols["lab"])).dataobj)
+    corr = np.zeros_like(lab)
+    corr[..., 4] = lab[..., 4]
+    corr[2:6, 2:6, 10] = 1  # a slice where the user drew an object the source labels do not have
+    cpath = _nii(vols["dir"] / "corr.nii.gz", corr)
+    before = (a / "model.safetensors").read_bytes()
+    b = tmp_path / "b"
+    argv = ["finetune", "--quiet", "--weights", str(a), "--image", str(vols["tgt"]), "--corrections", str(cpath),
+            "--out", str(b), "--steps", "2"]
+    assert main(argv + ["--target-label", str(cpath)]) == 0
+    assert (a / "model.safetensors").read_bytes() == before
+    cfg = json.loads((b / "config.json").read_text())
+    assert cfg["finetune"]["slices"] == [4, 10] and cfg["trained_steps"] == 3 and cfg["finetune"]["from_step"] == 1
+    seg = np.asarray(nib.load(str(b / "tgt_seg.nii.gz")).dataobj)
+    np.testing.assert_array_equal(seg[..., [4, 10]], corr[..., [4, 10]])
+    assert (np.asarray(nib.load(str(b / "tgt_entropy.nii.gz")).dataobj)[..., [4, 10]] == 0).all()
+    np.testing.assert_array_equal(np.asarray(nib.load(str(b / "tgt_corrections.nii.gz")).dataobj), corr)
+    assert json.loads((b / "metrics.json").read_text())["slices"] == [4, 10]
+    # --slices names a slice corrected to "no object" (all zero) too
+    c = tmp_path / "c"
+    assert main(argv[:-4] + ["--out", str(c), "--steps", "1", "--slices", "4", "0"]) == 0
+    assert json.loads((c / "config.json").read_text())["finetune"]["slices"] == [0, 4]
+    assert not np.asarray(nib.load(str(c / "tgt_seg.nii.gz")).dataobj)[..., 0].any()
+    capsys.readouterr()
+    # the fine-tuned weights may not replace the ones they came from
+    assert main(argv[:-4] + ["--out", str(a), "--overwrite"]) == 2
+    assert "would replace an input (--weights)" in capsys.readouterr().err
+    # no labelled voxel and no --slices
+    empty = _nii(vols["dir"] / "empty_corr.nii.gz", np.zeros_like(lab))
+    assert main(["finetune", "--weights", str(a), "--image", str(vols["tgt"]), "--corrections", str(empty),
+                 "--out", str(tmp_path / "d")]) == 2
+    assert "empty_corr.nii.gz: the corrections hold no labelled voxel" in capsys.readouterr().err
+    assert main(argv[:-4] + ["--out", str(tmp_path / "e"), "--slices", "12"]) == 2
+    assert "--slices 12: the image has 12 slices along axis 2" in capsys.readouterr().err
+    # weights that record no source (saved from the widget): the source must be given
+    meta = json.loads((a / "config.json").read_text())
+    meta.pop("sources"), meta.pop("source_labels")
+    (a / "config.json").write_text(json.dumps(meta))
+    assert main(argv[:-4] + ["--out", str(tmp_path / "f")]) == 2
+    assert "give --source and --source-label" in capsys.readouterr().err
+    assert main(argv[:-4] + ["--out", str(tmp_path / "f"), "--source", str(vols["img"]),
+                             "--source-label", str(vols["lab"])]) == 0

@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from napari_uuds.engine.backbone import ImageTaps, dense_attnpool, resolve_weights
+from napari_uuds.engine.backbone import resolve_weights
 from napari_uuds.engine.config import ModelConfig
 from napari_uuds.engine.dam import DomainAdaptationModule, prompt_attention
 from napari_uuds.engine.errors import UUDSError

@@ -220,8 +220,10 @@ def test_an_edited_segmentation_exports_as_integers_both_ways(ready, cord, tmp_p
     edited = np.asarray(seg.data).copy()
     edited[10:12, 20:25, 30:40] = 1
     seg.data = edited
-    w.ctl.predict()  # a re-prediction keeps the edit in its own, renamed layer
-    mine = viewer.layers["segmentation (edited 1)"]
+    w.ctl.predict()  # a re-prediction keeps the edited slices as the user's corrections, in the same layer
+    mine = viewer.layers["segmentation"]
+    assert w.ctl.corrections.slices and w.ctl.corrections.slices <= set(range(30, 40))
+    np.testing.assert_array_equal(np.asarray(mine.data)[..., 30:40], edited[..., 30:40])
     viewer.layers.selection.active = mine
     assert w.export_layer() is mine
     t1 = nib.load(str(cord["t1"]))
@@ -296,9 +298,65 @@ def test_repredicting_keeps_the_users_corrections(ready):
     seg.data[...] = seg.data  # an edit with the label tools
     edited = np.array(seg.data)
     w.ctl.predict()
-    assert "segmentation (edited 1)" in viewer.layers
-    np.testing.assert_array_equal(viewer.layers["segmentation (edited 1)"].data, edited)
-    np.testing.assert_array_equal(viewer.layers["segmentation"].data, w.ctl.prediction.seg)
+    assert [ly.name for ly in viewer.layers if ly.name.startswith("segmentation")] == ["segmentation"]
+    np.testing.assert_array_equal(seg.data[..., 0:3], edited[..., 0:3])  # the corrected slices: the user's
+    np.testing.assert_array_equal(seg.data[..., 3:], w.ctl.prediction.seg[..., 3:])
+    assert (w.ctl.prediction.entropy[..., 0:3] == 0).all()  # the user is certain there
+
+
+def test_review_correct_fine_tune_and_nothing_painted_is_lost(ready, cord, tmp_path, qtbot):
+    """The review walks the uncertain slices; the slices the user paints are kept, saved as painted, learnt from by
+    a fine-tune (unedited slices change, edited voxels survive) and reloaded after the target was closed."""
+    from napari_uuds.engine.review import rank_slices
+
+    viewer, w = ready
+    w.params.run_folder = str(tmp_path / "run")
+    w.steps.value = 2
+    w.ctl.adapt_and_segment(w.source.value, w.source_labels.value, w.target.value)
+    pred = w.ctl.prediction
+    ranking = rank_slices(pred.entropy, pred.seg, 2, w.params.threshold)
+    assert ranking and ranking == w.ctl.review()
+    first = w.ctl.goto_uncertain(1)
+    assert first == ranking[0] and w.ctl.current_index() == ranking[0].index
+    assert viewer.layers["uncertain region"].visible
+    assert f"uncertain slice 1 of {len(ranking)}: slice {ranking[0].index}" in w.status.message
+    if len(ranking) > 1:
+        assert w.ctl.goto_uncertain(1) == ranking[1] and w.ctl.current_index() == ranking[1].index
+        assert w.ctl.goto_uncertain(-1) == ranking[0]
+    # the user paints two slices with the brush (a paint event, as napari's tools emit), then pauses
+    seg = viewer.layers["segmentation"]
+    truth = np.zeros(seg.data.shape, np.uint8)  # the user's picture of the cord: a block
+    truth[18:26, 34:42, :] = 1
+    mine = [ranking[0].index, (ranking[0].index + 20) % seg.data.shape[2]]
+    for k in mine:
+        region = np.zeros(seg.data.shape, bool)
+        region[..., k] = True
+        seg.data_setitem(np.nonzero(region), truth[region])
+    qtbot.waitUntil(lambda: w.ctl.corrections.slices == set(mine), timeout=10_000)
+    saved = tmp_path / "run"
+    assert (saved / "corrections.nii.gz").exists() and (saved / "corrections.json").exists()
+    assert all(r.index not in mine for r in w.ctl.review())  # corrected slices leave the review
+    before = np.array(seg.data)
+    w.finetune_steps.value = 3
+    w.ctl.finetune_on_corrections(w.source.value, w.source_labels.value, w.target.value)
+    after = np.asarray(seg.data)
+    for k in mine:
+        np.testing.assert_array_equal(after[..., k], truth[..., k])  # edited voxels survive
+    others = [k for k in range(after.shape[2]) if k not in mine]
+    assert not np.array_equal(after[..., others], before[..., others]) or \
+        not np.array_equal(w.ctl.prediction.entropy[..., others], pred.entropy[..., others])  # the rest re-predicted
+    assert (saved / "weights" / "model.safetensors").exists()
+    # napari closes the target: the corrections are on disk and come back on a new segmentation
+    viewer.layers.remove("T1 (target)")
+    assert w.ctl.corrections is None
+    [t1] = viewer.open(str(cord["t1"]), plugin="napari-uuds")
+    w.target.value = t1
+    w.ctl.prepare_target(t1)
+    w.ctl.predict()
+    assert not w.ctl.corrections
+    assert w.ctl.load_corrections(saved) == sorted(mine)
+    for k in mine:
+        np.testing.assert_array_equal(np.asarray(viewer.layers["segmentation"].data)[..., k], truth[..., k])
 
 
 def test_method_choice_and_one_description_field_per_class(ready, monkeypatch):

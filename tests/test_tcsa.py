@@ -130,7 +130,7 @@ def _data(cfg, n_classes):
     s = cfg.image_size
     yy, xx = torch.meshgrid(torch.arange(s), torch.arange(s), indexing="ij")
     imgs, labs = [], []
-    for i in range(6):
+    for _ in range(6):
         lab = torch.zeros(s, s, dtype=torch.uint8)
         for k in range(1, n_classes + 1):
             cy, cx = torch.randint(10, s - 10, (2,), generator=g).tolist()

@@ -6,12 +6,12 @@ import math
 import sys
 import warnings
 
-from .engine.config import (DD_FLOWS, DD_FORMS, DD_SCALES, FINETUNE_STEPS, RANDOMISERS, RECIPES, LossWeights,
-                            TrainConfig)
+from .engine.config import (ARCHS, DD_FLOWS, DD_FORMS, DD_SCALES, DEVICES, FINETUNE_STEPS, METHODS, RANDOMISERS,
+                            RECIPES, TEXT_ENCODERS, LossWeights, ModelConfig, TrainConfig)
 from .engine.errors import UUDSError
 
-EXIT_USER_ERROR = 2
-EXIT_INTERRUPTED = 130
+from .engine.volumes import parse_label_map  # noqa: F401  (re-exported: the option's parser)
+from .exitcodes import EXIT_INTERRUPTED, EXIT_USER_ERROR  # noqa: F401
 
 
 def _positive_int(s: str) -> int:
@@ -19,22 +19,6 @@ def _positive_int(s: str) -> int:
     if v < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, not {v}")
     return v
-
-
-def parse_label_map(text: str | None) -> dict[int, int] | None:
-    """'1:1,3:1,2:2,4:3' -> {1: 1, 3: 1, 2: 2, 4: 3} (raises UUDSError on bad syntax)."""
-    if not text:
-        return None
-    out: dict[int, int] = {}
-    for part in text.replace(" ", "").split(","):
-        try:
-            k, v = part.split(":")
-            out[int(k)] = int(v)
-        except ValueError:
-            raise UUDSError(f"--label-map: '{part}' is not VALUE:CLASS (e.g. '1:1,3:1,2:2,4:3')") from None
-        if out[int(k)] < 0 or int(k) < 0:
-            raise UUDSError(f"--label-map: negative value in '{part}'")
-    return out
 
 
 def _unit_float(s: str) -> float:
@@ -75,6 +59,7 @@ def _mm_per_pixel(s: str) -> float | str:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    T, M = TrainConfig(), ModelConfig()  # the defaults live in the engine's config; --help shows them
     p = argparse.ArgumentParser(
         prog="napari-uuds",
         description="UUDS unsupervised cross-domain segmentation: train on labelled source scans, adapt to "
@@ -94,19 +79,19 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--target-label", action="append", default=None, metavar="LBL",
                    help="optional target labels, for evaluation only (never used in training); writes metrics.json")
     a.add_argument("--out", required=True, metavar="DIR", help="output folder")
-    a.add_argument("--model", choices=["rn50", "tiny"], default="tiny",
+    a.add_argument("--model", choices=list(ARCHS), default=ARCHS[0],
                    help="rn50: OpenAI CLIP ResNet-50 at 224 px (GPU); tiny: 5 M parameters at 128 px (CPU demos, tests)")
     a.add_argument("--clip-weights", default="auto", metavar="auto|openai|PATH|none",
                    help="CLIP weights: auto (openai when cached or reachable, else random init), openai (error if "
                         "unavailable), a checkpoint file or local-dir:DIR, or none (random initialisation)")
-    a.add_argument("--steps", type=_positive_int, default=200,
+    a.add_argument("--steps", type=_positive_int, default=T.steps,
                    help="training steps (200 suit the tiny model on the sample; use thousands for rn50 on a GPU)")
-    a.add_argument("--batch-size", type=_positive_int, default=8, help="slice pairs per step")
-    a.add_argument("--lr", type=_positive_float, default=1e-4, help="Adam learning rate")
-    a.add_argument("--weight-decay", type=_nonneg_float, default=0.01, help="Adam weight decay")
-    a.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], default="auto", help="where to train")
-    a.add_argument("--seed", type=_seed, default=0, help="random seed (runs are reproducible on the same device)")
-    a.add_argument("--threshold", type=_unit_float, default=0.5,
+    a.add_argument("--batch-size", type=_positive_int, default=T.batch_size, help="slice pairs per step")
+    a.add_argument("--lr", type=_positive_float, default=T.lr, help="Adam learning rate")
+    a.add_argument("--weight-decay", type=_nonneg_float, default=T.weight_decay, help="Adam weight decay")
+    a.add_argument("--device", choices=list(DEVICES), default=DEVICES[0], help="where to train")
+    a.add_argument("--seed", type=_seed, default=T.seed, help="random seed (runs are reproducible on the same device)")
+    a.add_argument("--threshold", type=_unit_float, default=T.threshold,
                    help="chi of Eq. 6/7: entropy (normalised to [0, 1]) below which a pixel counts as certain")
     a.add_argument("--domain-prompt", default=None, metavar="TEXT",
                    help='domain prompt; {source} stands for --source-modality (default "A photo of a {source}")')
@@ -123,17 +108,17 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--label-map", default=None, metavar="V:K,...",
                    help="map label values to classes before training and scoring, e.g. BraTS sub-regions "
                         "'1:1,3:1,2:2,4:3' (necrosis/non-enhancing, oedema, enhancing); unlisted values -> 0")
-    a.add_argument("--method", choices=["uuds", "tcsa", "uuds+tcsa"], default="uuds",
+    a.add_argument("--method", choices=list(METHODS), default=T.method,
                    help="uuds: the paper's losses; tcsa: TCSA-UDA's vision-language covariance and prototype "
                         "alignment terms on the same network (no prompts); uuds+tcsa: both")
-    a.add_argument("--text-encoder", choices=["auto", "minilm", "clip"], default="auto",
+    a.add_argument("--text-encoder", choices=list(TEXT_ENCODERS), default=T.text_encoder,
                    help="encoder of the class descriptions for tcsa: minilm (pretrained, extra [tcsa]), clip (the "
                         "model's text tower), auto (minilm when installed)")
-    a.add_argument("--axis", type=int, choices=[0, 1, 2], default=2,
+    a.add_argument("--axis", type=int, choices=[0, 1, 2], default=M.axis,
                    help="slicing axis in canonical RAS orientation: 0 sagittal, 1 coronal, 2 axial")
     a.add_argument("--image-size", type=int, default=None, help="slice side in pixels (default: 224 rn50, 128 tiny)")
-    a.add_argument("--warmup-steps", type=int, default=-1, help="steps before the uncertainty loss joins (-1: steps/4)")
-    a.add_argument("--dd-warmup", action=argparse.BooleanOptionalAction, default=TrainConfig().dd_warmup,
+    a.add_argument("--warmup-steps", type=int, default=T.warmup_steps, help="steps before the uncertainty loss joins (-1: steps/4)")
+    a.add_argument("--dd-warmup", action=argparse.BooleanOptionalAction, default=T.dd_warmup,
                    help="hold L_DD (Eq. 1-2) back during the warm-up too, so that the warm-up is pure source training")
     a.add_argument("--contrast-invert", type=_unit_float, default=0.0, metavar="P",
                    help="augmentation: invert the contrast of source slices with probability P (helps when the "
@@ -157,7 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "far from the source's, W1 > 0.3, e.g. T2 -> T1), gin (random shallow conv nets scramble the "
                         "source's contrast on the translator's input; the clean slice is L_id's target) or none "
                         "(default: the recipe's)")
-    a.add_argument("--randomise-p", type=_unit_float, default=TrainConfig().randomise_p, metavar="P",
+    a.add_argument("--randomise-p", type=_unit_float, default=T.randomise_p, metavar="P",
                    help="fraction of source slices that are randomised")
     a.add_argument("--dd-form", choices=list(DD_FORMS), default=None,
                    help="L_DD (Eq. 1-2): infonce (-log softmax of the similarities; fades once the domains are apart) "
@@ -189,7 +174,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--out", required=True, metavar="DIR", help="output folder")
     r.add_argument("--threshold", type=_unit_float, default=None, help="chi for the certain mask (default: the training one)")
     r.add_argument("--domain-prompt", default=None, metavar="TEXT", help="override the saved domain prompt")
-    r.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], default="auto")
+    r.add_argument("--device", choices=list(DEVICES), default=DEVICES[0])
     r.add_argument("--batch-size", type=_positive_int, default=16)
     r.add_argument("--overwrite", action="store_true", help="replace existing outputs in --out")
     r.add_argument("--quiet", action="store_true")
@@ -214,7 +199,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="source image(s) (default: those recorded in the weights' config.json)")
     f.add_argument("--source-label", action="append", default=None, metavar="LBL", help="labels of each --source")
     f.add_argument("--target-label", default=None, metavar="LBL", help="optional reference, for evaluation only")
-    f.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], default="auto")
+    f.add_argument("--device", choices=list(DEVICES), default=DEVICES[0])
     f.add_argument("--seed", type=_seed, default=0)
     f.add_argument("--overwrite", action="store_true", help="replace existing outputs in --out")
     f.add_argument("--quiet", action="store_true")

@@ -7,7 +7,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 from tqdm.auto import tqdm
 
 from .engine import checkpoint as ckpt
@@ -15,7 +14,7 @@ from .engine.atomic import atomic_write
 from .engine.config import (DEFAULT_DOMAIN_PROMPT, LossWeights, ModelConfig, TrainConfig, from_dict, recipe_overrides,
                             to_dict)
 from .engine.dataset import choose_mm_per_pixel, load_source_pairs, load_targets, reslice, samplers
-from .cli import EXIT_INTERRUPTED, parse_label_map
+from .exitcodes import EXIT_INTERRUPTED
 from .engine.errors import UUDSError
 from .engine.infer import predict_volume, release_host_memory
 from .engine.metrics import score, score_classes
@@ -23,7 +22,7 @@ from .engine.outfolder import OutputLock, check_free_space, check_inputs_kept, s
 from .engine.signals import deferred, terminate_as_interrupt
 from .engine.pipeline import (check_outputs_free, check_writable, planned_outputs, unique_names, write_metrics,
                               write_prediction)
-from .engine.volumes import check_same_grid, load_label, load_volume, save_like, volume_name
+from .engine.volumes import check_same_grid, load_label, load_volume, parse_label_map, save_like, volume_name
 
 
 def _say(msg: str, quiet: bool = False) -> None:

@@ -133,6 +133,22 @@ def _warn_oddities(img: nib.Nifti1Image, shape: tuple[int, ...], path: str | Pat
                       "interpolation at the model's size", UserWarning, stacklevel=3)
 
 
+def parse_label_map(text: str | None) -> dict[int, int] | None:
+    """'1:1,3:1,2:2,4:3' -> {1: 1, 3: 1, 2: 2, 4: 3} (raises UUDSError on bad syntax)."""
+    if not text:
+        return None
+    out: dict[int, int] = {}
+    for part in text.replace(" ", "").split(","):
+        try:
+            k, v = part.split(":")
+            out[int(k)] = int(v)
+        except ValueError:
+            raise UUDSError(f"--label-map: '{part}' is not VALUE:CLASS (e.g. '1:1,3:1,2:2,4:3')") from None
+        if out[int(k)] < 0 or int(k) < 0:
+            raise UUDSError(f"--label-map: negative value in '{part}'")
+    return out
+
+
 def remap_labels(lab: np.ndarray, label_map: dict[int, int]) -> np.ndarray:
     """Map label values to classes (values not in the map become background 0)."""
     lut = np.zeros(int(max(int(lab.max()), max(label_map))) + 1, np.uint8)

@@ -5,33 +5,35 @@ from dataclasses import dataclass, field
 
 from psygnal import evented
 
-from ..engine.config import DEFAULT_DOMAIN_PROMPT, FINETUNE_STEPS
+from ..engine.config import ARCHS, CLIP_WEIGHTS, DEFAULT_DOMAIN_PROMPT, DEVICES, FINETUNE_STEPS, ModelConfig, TrainConfig
+
+_T, _M = TrainConfig(), ModelConfig()  # one home for every default: the engine's config
 
 
 @evented
 @dataclass
 class Params:
-    arch: str = "tiny"
-    clip_weights: str = "auto"
-    device: str = "auto"
-    steps: int = 200
-    batch_size: int = 8
-    lr: float = 1e-4
+    arch: str = ARCHS[0]
+    clip_weights: str = CLIP_WEIGHTS[0]
+    device: str = DEVICES[0]
+    steps: int = _T.steps
+    batch_size: int = _T.batch_size
+    lr: float = _T.lr
     image_size: int = 0  # 0: the architecture's default
     #: foreground class name(s), comma-separated for a multi-class labels layer (value k = k-th name)
     class_name: str = "object"
     #: one free-text description per class (TCSA's text relations); empty entries: the class name
     class_descriptions: list = field(default_factory=list)
-    method: str = "uuds"  # uuds | tcsa | uuds+tcsa
+    method: str = _T.method  # uuds | tcsa | uuds+tcsa
     #: source randomisation: auto | gin | none (engine/randomise.py; auto: the engine's default)
-    randomise: str = "auto"
-    text_encoder: str = "auto"
+    randomise: str = _T.randomise
+    text_encoder: str = _T.text_encoder
     source_modality: str = "source"
     domain_prompt: str = DEFAULT_DOMAIN_PROMPT
-    threshold: float = 0.5
-    axis: int = 2
+    threshold: float = _T.threshold
+    axis: int = _M.axis
     preview_every: int = 20
-    seed: int = 0
+    seed: int = _T.seed
     #: steps of one fine-tune on the user's corrections (engine/finetune.py)
     finetune_steps: int = FINETUNE_STEPS
     #: where corrections and fine-tuned weights are kept ("": a folder per target under the user data folder)

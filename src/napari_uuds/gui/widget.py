@@ -14,6 +14,7 @@ from napari.utils.notifications import show_error, show_info
 from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import QFileDialog, QMessageBox, QSizePolicy
 
+from ..engine.config import ARCHS, CLIP_WEIGHTS, DEVICES, METHODS, RANDOMISERS
 from ..engine.errors import UUDSError
 from .controller import OUTPUT_LAYERS, UUDSController
 from .loss_plot import LossPlot
@@ -52,19 +53,19 @@ class UUDSWidget(Container):
         self.class_name = LineEdit(value=self.params.class_name, label="class name(s)")
         self.class_name.tooltip = "comma-separated for a multi-class labels layer: label value k is the k-th name"
         self.descriptions = Container(labels=True, label="class descriptions")  # one text field per class
-        self.method = ComboBox(choices=["uuds", "tcsa", "uuds+tcsa"], value=self.params.method, label="method")
+        self.method = ComboBox(choices=list(METHODS), value=self.params.method, label="method")
         self.method.tooltip = ("uuds: dual prompts + uncertainty (the paper); tcsa: TCSA-UDA's vision-language "
                                "covariance and prototype alignment; uuds+tcsa: both")
         self.modality = LineEdit(value=self.params.source_modality, label="source modality")
-        self.randomise = ComboBox(choices=["none", "auto", "gin"], value=self.params.randomise,
+        self.randomise = ComboBox(choices=list(RANDOMISERS), value=self.params.randomise,
                                   label="source randomisation")
         self.randomise.tooltip = ("gin: the source's contrast is scrambled by random shallow conv nets while the model "
                                   "learns, so that it does not rely on one contrast (helps when the target inverts "
                                   "tissue contrasts, as T1 against T2); auto: gin only where the target's grey values lie far "
                                   "from the source's; none: the source as it is")
-        self.arch = ComboBox(choices=["tiny", "rn50"], value=self.params.arch, label="model")
-        self.weights = ComboBox(choices=["auto", "openai", "none"], value="auto", label="CLIP weights")
-        self.device = ComboBox(choices=["auto", "cuda", "mps", "cpu"], value="auto", label="device")
+        self.arch = ComboBox(choices=list(ARCHS), value=self.params.arch, label="model")
+        self.weights = ComboBox(choices=list(CLIP_WEIGHTS), value=self.params.clip_weights, label="CLIP weights")
+        self.device = ComboBox(choices=list(DEVICES), value=self.params.device, label="device")
         self.steps = SpinBox(value=self.params.steps, min=1, max=1_000_000, label="steps")
         self.batch = SpinBox(value=self.params.batch_size, min=2, max=512, label="batch size")
         self.lr = FloatSpinBox(value=self.params.lr, min=1e-7, max=1.0, step=1e-5, label="learning rate")
