@@ -7,9 +7,11 @@ the end (``pytest tests/test_faults.py``) is the matrix's score.
 """
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -144,15 +146,15 @@ def test_a_file_size_limit_is_refused_before_training(vols, tmp_path):
 def test_a_failing_save_rescues_the_weights_elsewhere(vols, tmp_path, capsys, monkeypatch):
     import errno
 
-    real = ckpt.save_file
+    real = ckpt.save_model
     out = tmp_path / "out"
 
-    def full_disk(tensors, path, metadata=None):
+    def full_disk(model, path, metadata=None):
         if Path(path).parent == out:
             raise OSError(errno.ENOSPC, "No space left on device")
-        return real(tensors, path, metadata=metadata)
+        return real(model, path, metadata=metadata)
 
-    monkeypatch.setattr(ckpt, "save_file", full_disk)
+    monkeypatch.setattr(ckpt, "save_model", full_disk)
     assert _adapt(vols, out) == 2
     line = _one_line_error(capsys, "could not write the weights (No space left on device); the weights were saved to")
     rescue = Path(line.split("saved to ")[1].split(" instead")[0])
@@ -241,13 +243,17 @@ def test_sigterm_behaves_like_ctrl_c(vols, tmp_path):
             str(vols["lab"]), "--target", str(vols["tgt"]), "--out", str(out), "--steps", "100000", "--batch-size",
             "2", "--image-size", "64", "--device", "cpu"]
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    proc = subprocess.Popen(argv, stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
-    deadline = time.time() + 120
-    while time.time() < deadline and not (out / ".napari-uuds.lock").exists():
-        time.sleep(0.2)
-    time.sleep(3)  # some steps
+    proc = subprocess.Popen(argv, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=env)
+    chars: list[str] = []
+    reader = threading.Thread(target=lambda: chars.extend(iter(lambda: proc.stderr.read(1), "")), daemon=True)
+    reader.start()
+    deadline = time.time() + 180
+    while time.time() < deadline and not re.search(r"\| [1-9]\d*/100000", "".join(chars)):
+        time.sleep(0.2)  # until the progress bar shows a step done, however loaded the machine is
     proc.send_signal(signal.SIGTERM)
-    _, err = proc.communicate(timeout=120)
+    proc.wait(timeout=120)
+    reader.join(timeout=10)
+    err = "".join(chars)
     assert proc.returncode == 130, err[-2000:]
     assert f"weights saved to {out}" in err
     model, _ = ckpt.load_checkpoint(out)

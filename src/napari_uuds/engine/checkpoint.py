@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from safetensors import SafetensorError
 from safetensors import safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_model, save_model
 
 from .atomic import atomic_write
 from .config import ModelConfig, from_dict, to_dict
@@ -46,18 +46,6 @@ def versions() -> dict[str, str]:
     return out
 
 
-def state_dict_for_save(model: UUDS) -> dict[str, torch.Tensor]:
-    """Unique tensors, contiguous, on the CPU (safetensors refuses shared storage)."""
-    out, seen = {}, set()
-    for k, v in model.state_dict().items():
-        key = (v.data_ptr(), tuple(v.shape), v.dtype)
-        if v.numel() and key in seen:
-            continue
-        seen.add(key)
-        out[k] = v.detach().to("cpu").contiguous().clone()
-    return out
-
-
 def nonfinite(tensors: dict[str, torch.Tensor]) -> list[str]:
     """Names of the floating-point tensors that hold a NaN or an Inf."""
     return [k for k, v in tensors.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
@@ -75,8 +63,7 @@ def save_checkpoint(model: UUDS, folder: str | Path, extra: dict[str, Any] | Non
         for p in (wpath, cpath, opath):
             if p.exists():
                 raise UUDSError("already exists; pass --overwrite (or choose another folder)", p)
-    tensors = state_dict_for_save(model)
-    bad = nonfinite(tensors)
+    bad = nonfinite(model.state_dict())
     if bad:
         raise UUDSError(f"the weights hold NaN or Inf values ({len(bad)} tensors, e.g. {bad[0]}); not saved", folder)
     save_id = uuid.uuid4().hex
@@ -90,7 +77,8 @@ def save_checkpoint(model: UUDS, folder: str | Path, extra: dict[str, Any] | Non
             atomic_write(opath, lambda tmp: torch.save({"save_id": save_id, "optimizer": optimizer_state}, tmp))
         elif opath.exists():
             opath.unlink()
-        atomic_write(wpath, lambda tmp: save_file(tensors, tmp, metadata={"format": "napari-uuds", "save_id": save_id,
+        # safetensors' own model API: shared tensors (aliases) are stored once, and found again on loading
+        atomic_write(wpath, lambda tmp: save_model(model, tmp, metadata={"format": "napari-uuds", "save_id": save_id,
                                                                           "config": text}))
         atomic_write(cpath, lambda tmp: Path(tmp).write_text(text))
     return folder
@@ -158,32 +146,22 @@ def load_checkpoint(folder: str | Path, device: str | torch.device = "cpu", expe
     wpath = folder / WEIGHTS
     if not wpath.exists():
         raise UUDSError(f"{WEIGHTS} missing", folder)
+    model = UUDS(cfg, clip_weights=None)
     try:
-        tensors = load_file(str(wpath))
+        missing, unexpected = load_model(model, str(wpath), strict=False)
     except (SafetensorError, OSError, ValueError) as exc:
         raise UUDSError(f"unreadable weights ({exc})", wpath) from None
-    bad = nonfinite(tensors)
+    except RuntimeError as exc:  # load_state_dict: tensors of other shapes
+        first = str(exc).strip().splitlines()[-1].strip()
+        raise UUDSError(f"weights from an incompatible config ({first})", wpath) from None
+    if missing or unexpected:
+        what = (sorted(missing)[:2] or sorted(unexpected)[:2])
+        raise UUDSError(f"weights from an incompatible config ({len(missing)} missing, {len(unexpected)} unexpected "
+                        f"tensors; e.g. {what})", wpath)
+    bad = nonfinite(model.state_dict())
     if bad:
         raise UUDSError(f"{len(bad)} tensors hold NaN or Inf values (e.g. {bad[0]}): damaged weights", wpath)
-    model = UUDS(cfg, clip_weights=None)
-    own = model.state_dict()
-    missing = [k for k in own if k not in tensors and not _is_alias(model, k, tensors)]
-    bad = [f"{k} {tuple(tensors[k].shape)} vs {tuple(own[k].shape)}" for k in tensors
-           if k in own and tensors[k].shape != own[k].shape]
-    unexpected = [k for k in tensors if k not in own]
-    if missing or bad or unexpected:
-        what = (bad[:2] or missing[:2] or unexpected[:2])
-        raise UUDSError(f"weights from an incompatible config ({len(bad)} shape mismatches, {len(missing)} missing, "
-                        f"{len(unexpected)} unexpected tensors; e.g. {what})", wpath)
-    model.load_state_dict(tensors, strict=False)
     if meta.get("domain_prompt_text"):
         model.domain_prompt.set_text(meta["domain_prompt_text"])
     model.trained_steps = int(meta.get("trained_steps", 0))
     return model.to(device).eval(), meta
-
-
-def _is_alias(model: UUDS, key: str, tensors: dict) -> bool:
-    """A state-dict entry that shares storage with a saved one (saved once)."""
-    sd = model.state_dict()
-    t = sd[key]
-    return any(k in tensors and sd[k].data_ptr() == t.data_ptr() and sd[k].shape == t.shape for k in sd if k != key)
