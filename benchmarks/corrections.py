@@ -37,6 +37,7 @@ from napari_uuds.engine.metrics import score_classes  # noqa: E402
 from napari_uuds.engine.review import keep_corrections, rank_slices  # noqa: E402
 
 KS = (0, 1, 2, 4, 8)
+#: uncertain: the review's order (engine/review.py); random: k slices that show anatomy, drawn at random
 STRATEGIES = ("uncertain", "random")
 
 
@@ -47,8 +48,8 @@ def anatomy_slices(prepared) -> list[int]:
 
 
 def choose(strategy: str, k: int, pred, prepared, axis: int, chi: float, rng: np.random.Generator) -> list[int]:
-    if strategy == "uncertain":
-        return [s.index for s in rank_slices(pred.entropy, pred.seg, axis, chi)[:k]]
+    if strategy in ("uncertain", "uncertain_topk"):  # the review's order (spread along the axis), or by score alone
+        return [s.index for s in rank_slices(pred.entropy, pred.seg, axis, chi, spread=strategy == "uncertain")[:k]]
     pool = anatomy_slices(prepared)
     return sorted(int(i) for i in rng.choice(pool, size=min(k, len(pool)), replace=False))
 
@@ -149,6 +150,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--results", default=str(RESULTS))
+    ap.add_argument("--topk-from", default=None, metavar="JSON",
+                    help="an earlier run whose 'uncertain' was the plain top-k order (before the review spread its "
+                         "picks): its curves are kept as 'uncertain_topk' for the seeds it ran, beside this run's; its "
+                         "'random' curve must equal this run's on those seeds (the runs are reproducible)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     proto = PROTOCOLS[args.protocol]
@@ -166,9 +171,19 @@ def main(argv: list[str] | None = None) -> int:
     out = results / f"corrections_{args.protocol}.json"
     t0 = time.perf_counter()
     runs = {}
+    old_commit = json.loads(Path(args.topk_from).read_text()).get("commit") if args.topk_from else None
     for seed in args.seeds:
         runs[str(seed)] = run_seed(seed, ctx)
-        doc = {"protocol": args.protocol, **summarise(runs), "ks": list(KS),
+        extra = {}
+        if args.topk_from:
+            old = json.loads(Path(args.topk_from).read_text())["runs"]
+            same = {sd: old[sd]["curves"]["random"] == runs[sd]["curves"]["random"] for sd in old if sd in runs}
+            extra = {"uncertain_topk": {sd: {"curve": {k: float(np.mean(v)) for k, v in old[sd]["curves"]["uncertain"].items()},
+                                             "slices": {kk: vv for kk, vv in old[sd]["slices"].items() if kk.startswith("uncertain")},
+                                             "commit": old_commit}
+                                        for sd in old},
+                     "topk_random_reproduced": same}
+        doc = {"protocol": args.protocol, **summarise(runs), "ks": list(KS), **extra,
                "device": f"cpu ({torch.get_num_threads()} thread(s), {platform.processor() or platform.machine()})",
                "torch": torch.__version__, "commit": git_commit(), "steps": args.steps,
                "finetune_steps": args.finetune_steps, "batch_size": args.batch_size, "model": "tiny",

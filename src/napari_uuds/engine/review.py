@@ -5,7 +5,8 @@ predicted object grown by ``margin`` pixels in the slice's plane (its boundary, 
 wrong), together with the uncertain region (entropy >= chi, Eq. 7's complement: an object the model half
 sees but did not predict). Slices are ranked by it, highest first; slices that score 0 (certain
 background everywhere) are left out. Summing, not averaging, sends the user first to the slices where a
-correction changes the most voxels.
+correction changes the most voxels. The order spreads along the axis: neighbours of a slice already ranked wait
+for a later pass, so that a few corrections cover the object rather than one place of it.
 
 Corrections are whole slices: a slice the user edited is taken as labelled, all of it (the voxels the user
 left alone were looked at and kept), and every other slice stays unlabelled.
@@ -19,6 +20,8 @@ from scipy import ndimage
 
 #: pixels the predicted object is grown by, in the slice's plane, before its entropy is summed
 MARGIN = 3
+#: the review's spread: r = round(scored slices / SPREAD_DIVISOR) (docs/method.md, "Review order")
+SPREAD_DIVISOR = 16
 
 
 @dataclass(frozen=True)
@@ -49,12 +52,36 @@ def slice_scores(entropy: np.ndarray, seg: np.ndarray, axis: int, chi: float = 0
     return scores, uncertain.reshape(ent.shape[0], -1).sum(1)
 
 
+def spread_radius(n_scored: int) -> int:
+    """r of the review order: slices closer than this to one already taken wait for the next pass."""
+    return max(1, round(n_scored / SPREAD_DIVISOR))
+
+
+def spread_order(indices: list[int], radius: int, near: set[int] | frozenset[int] = frozenset()) -> list[int]:
+    """``indices`` (best first) reordered so that each pass takes the best slice more than ``radius`` slices away
+    from every slice this pass took (the first pass also from the slices in ``near``: those already corrected);
+    the slices passed over follow, in passes of their own."""
+    out, rest, first = [], [i for i in indices if i not in near], True
+    while rest:
+        taken, left = (list(near) if first else []), []
+        for i in rest:
+            (taken if all(abs(i - j) > radius for j in taken) else left).append(i)
+        out += [i for i in taken if i not in near]
+        rest, first = left, False
+    return out
+
+
 def rank_slices(entropy: np.ndarray, seg: np.ndarray, axis: int, chi: float = 0.5, margin: int = MARGIN,
-                exclude: set[int] | frozenset[int] = frozenset()) -> list[SliceScore]:
-    """Slices worth reviewing, most uncertain first (ties: lower index first); ``exclude``: already corrected."""
+                exclude: set[int] | frozenset[int] = frozenset(), spread: bool = True) -> list[SliceScore]:
+    """Slices worth reviewing (score above 0), ``exclude`` (already corrected) left out. ``spread`` (the review's
+    order): the best slice first, then the best one more than r slices from those taken (:func:`spread_order`,
+    r = :func:`spread_radius` of the number of scored slices), so that the first few slices cover the object's
+    extent instead of being neighbours; without it, by score alone (ties: lower index first)."""
     scores, counts = slice_scores(entropy, seg, axis, chi, margin)
-    order = sorted(range(len(scores)), key=lambda i: (-scores[i], i))
-    return [SliceScore(i, float(scores[i]), int(counts[i])) for i in order if scores[i] > 0 and i not in exclude]
+    order = [i for i in sorted(range(len(scores)), key=lambda i: (-scores[i], i)) if scores[i] > 0]
+    if spread:  # the radius from every scored slice, corrected ones included: it is the object's extent
+        order = spread_order(order, spread_radius(len(order)), set(exclude))
+    return [SliceScore(i, float(scores[i]), int(counts[i])) for i in order if i not in exclude]
 
 
 def edited_slices(current: np.ndarray, shown: np.ndarray, axis: int) -> list[int]:
