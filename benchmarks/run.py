@@ -237,7 +237,7 @@ def run_row(row: str, seed: int, ctx: dict) -> dict:
     dd = {"dd_flow": tcfg.dd_flow, "dd_warmup": tcfg.dd_warmup, "dd_scale": weights.dd_scale,
           "dd_form": weights.dd_form} if tcfg.uses_dd(model.cfg) else {}
     return {"train_s": round(secs, 1), "final_losses": {k: round(v, 4) for k, v in last.items()},
-            "guard": getattr(model, "guard_report", None), "randomise_used": getattr(model, "randomise_used", None),
+            "guard": model.guard_report, "randomise_used": model.randomise_used,
             **dd, "volumes": _evaluate(model, targets, refs, names)}
 
 

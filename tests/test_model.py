@@ -81,7 +81,7 @@ def test_dd_flow_routes_the_gradients_of_eq1_and_eq2(tiny_model, flow):
     text = list(tiny_model.clip.transformer.parameters())
     gen = list(tiny_model.image_decoder.parameters()) + list(tiny_model.dam.parameters())
     # Eq. 1: the domain head and T^d learn; under split the trunk the segmenter shares does not
-    loss_dd(out["xg_s"], out["xg_t"], out["t_d"]).backward(retain_graph=True)
+    loss_dd(out.xg_s, out.xg_t, out.t_d).backward(retain_graph=True)
     assert _grad_norm(pool) > 0 and _grad_norm(text) > 0
     assert (_grad_norm(trunk) > 0) == (flow == "shared")
     assert _grad_norm(gen) == 0.0  # real images only: nothing generated is involved
@@ -89,13 +89,13 @@ def test_dd_flow_routes_the_gradients_of_eq1_and_eq2(tiny_model, flow):
     # Eq. 2: under split the judge (encoder, T^d, x_g^t) is fixed and every parameter gradient flows through
     # the synthetic image x^{t->s}, i.e. into the translator (which includes the pass-1 encoder feeding it)
     if flow == "split":
-        loss = loss_dd(out["xg_ts"], out["xg_t"].detach(), out["t_d"].detach())
+        loss = loss_dd(out.xg_ts, out.xg_t.detach(), out.t_d.detach())
     else:
-        loss = loss_dd(out["xg_ts"], out["xg_t"], out["t_d"])
+        loss = loss_dd(out.xg_ts, out.xg_t, out.t_d)
     params = list(tiny_model.parameters())
-    (g_img,) = torch.autograd.grad(loss, out["syn_t"], retain_graph=True)
+    (g_img,) = torch.autograd.grad(loss, out.syn_t, retain_graph=True)
     direct = torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True)
-    via_image = torch.autograd.grad(out["syn_t"], params, grad_outputs=g_img, allow_unused=True)
+    via_image = torch.autograd.grad(out.syn_t, params, grad_outputs=g_img, allow_unused=True)
     diff = sum(float(((a if a is not None else 0) - (b if b is not None else 0)).abs().sum())
                for a, b in zip(direct, via_image) if a is not None or b is not None)
     assert float(g_img.abs().sum()) > 0
@@ -106,16 +106,16 @@ def test_training_forward_shapes_and_gradients(tiny_model):
     tiny_model.train()
     xs, xt = torch.rand(3, 1, 64, 64) * 2 - 1, torch.rand(3, 1, 64, 64) * 2 - 1
     out = tiny_model(xs, xt)
-    assert out["rec_s"].shape == out["syn_t"].shape == (3, 1, 64, 64)
-    assert out["syn_t"].abs().max() <= 1
-    assert out["logits_s"].shape == out["logits_ts"].shape == (3, 2, 64, 64)
-    assert out["z_s"].shape == (3, tiny_model.cfg.proj_dim)
+    assert out.rec_s.shape == out.syn_t.shape == (3, 1, 64, 64)
+    assert out.syn_t.abs().max() <= 1
+    assert out.logits_s.shape == out.logits_ts.shape == (3, 2, 64, 64)
+    assert out.z_s.shape == (3, tiny_model.cfg.proj_dim)
     # L_seg on the source reaches the generator: source and target share the inference path
-    out["logits_s"].sum().backward(retain_graph=True)
+    out.logits_s.sum().backward(retain_graph=True)
     assert tiny_model.image_decoder.out.weight.grad is not None
     tiny_model.zero_grad()
-    assert out["xg_s"].shape == (3, out["t_d"].shape[1])
-    out["logits_ts"].sum().backward()
+    assert out.xg_s.shape == (3, out.t_d.shape[1])
+    out.logits_ts.sum().backward()
     # the target segmentation reaches the generator (segmentation-aware adaptation) and the seg prompt
     assert tiny_model.image_decoder.out.weight.grad is not None
     assert tiny_model.dam.v.weight.grad is not None
@@ -143,7 +143,7 @@ def test_seg_prompt_has_one_embedding_per_class():
 def test_ablations_build_and_run(flags):
     m = UUDS(ModelConfig.for_arch("tiny", image_size=64, **flags))
     out = m(torch.zeros(2, 1, 64, 64), torch.zeros(2, 1, 64, 64))
-    assert ("t_d" in out) == flags.get("use_domain_prompt", True)
+    assert (out.t_d is not None) == flags.get("use_domain_prompt", True)
     assert hasattr(m, "sam") == flags.get("use_seg_prompt", True)
 
 

@@ -49,13 +49,13 @@ def _save_run(model, out: Path, extra: dict) -> None:
     import tempfile
 
     try:
-        ckpt.save_checkpoint(model, out, extra, overwrite=True, optimizer_state=getattr(model, "optimizer_state", None))
+        ckpt.save_checkpoint(model, out, extra, overwrite=True, optimizer_state=model.optimizer_state)
     except OSError as exc:
         why = exc.strerror or str(exc)
         try:
             rescue = Path(tempfile.mkdtemp(prefix="napari-uuds-rescued-"))
             ckpt.save_checkpoint(model, rescue, extra, overwrite=True,
-                                 optimizer_state=getattr(model, "optimizer_state", None))
+                                 optimizer_state=model.optimizer_state)
             where = f"the weights were saved to {rescue} instead"
         except OSError:
             where = "nor anywhere else: the weights of this run are lost"
@@ -154,7 +154,7 @@ def cmd_adapt(args) -> int:
 
         src_s, tgt_s = samplers(sources, targets, tcfg.fg_fraction, tcfg.seed, tcfg.contrast_invert)
         control = TrainControl(tcfg.threshold)
-        start = getattr(model, "trained_steps", 0) if resume_meta else 0
+        start = model.trained_steps if resume_meta else 0
         bar = tqdm(total=tcfg.steps, initial=start, desc="training", unit="step", disable=args.quiet,
                    file=sys.stderr, dynamic_ncols=True)
         last: dict = {}
@@ -179,8 +179,8 @@ def cmd_adapt(args) -> int:
                 train_s = time.perf_counter() - t_start
                 outputs = [p.name for p in planned_outputs(out, names, False, bool(args.target_label))]
                 extra = {"train": to_dict(tcfg), "loss_weights": to_dict(loss_weights), "final_losses": last,
-                         "guard": getattr(model, "guard_report", None),
-                         "randomise_used": getattr(model, "randomise_used", None),
+                         "guard": model.guard_report,
+                         "randomise_used": model.randomise_used,
                          "sources": [str(p) for p in args.source], "targets": [str(p) for p in args.target],
                          # what a later fine-tune on corrections reloads the source with
                          "source_labels": [str(p) for p in args.source_label],

@@ -68,7 +68,7 @@ def save_checkpoint(model: UUDS, folder: str | Path, extra: dict[str, Any] | Non
         raise UUDSError(f"the weights hold NaN or Inf values ({len(bad)} tensors, e.g. {bad[0]}); not saved", folder)
     save_id = uuid.uuid4().hex
     meta = {"format": FORMAT_VERSION, "save_id": save_id, "model": to_dict(model.cfg), "versions": versions(),
-            "trained_steps": int(getattr(model, "trained_steps", 0)), "domain_prompt_text": model.domain_prompt.text}
+            "trained_steps": int(model.trained_steps), "domain_prompt_text": model.domain_prompt.text}
     meta.update(extra or {})
     text = json.dumps(meta, indent=2)
     folder.mkdir(parents=True, exist_ok=True)

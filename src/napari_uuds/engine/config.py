@@ -54,7 +54,7 @@ TEXT_ENCODERS = ("auto", "minilm", "clip")
 #: Description of the background class used in TCSA's text relations.
 BACKGROUND_DESCRIPTION = "background: healthy tissue, fluid and air around the structure"
 
-#: Built-in architectures. ``rn50`` is OpenAI CLIP's ResNet-50; ``tiny`` is a ~5 M-parameter CLIP of
+#: Built-in architectures. ``rn50`` is OpenAI CLIP's ResNet-50; ``tiny`` is a 5.7 M-parameter CLIP (with the decoders) of
 #: the same shape (ModifiedResNet + text transformer) for tests and CPU demos.
 ARCHS = ("tiny", "rn50")
 #: where to train or predict: auto picks a CUDA or Apple GPU when there is one, else the CPU

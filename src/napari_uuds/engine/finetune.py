@@ -60,6 +60,6 @@ def finetune(model, source: SliceSampler, target: SliceSampler, labelled: SliceS
 
     The warm-up is over (the target terms run from the first step); the training events count from the steps
     the model had already trained."""
-    start = int(getattr(model, "trained_steps", 0))
+    start = int(model.trained_steps)
     cfg = replace(cfg, steps=start + steps, warmup_steps=0)
     yield from train(model, source, target, cfg, weights, control, start_step=start, target_labelled=labelled)

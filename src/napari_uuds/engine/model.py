@@ -32,6 +32,25 @@ TCSA_DECODER_STAGE = 1
 
 
 @dataclass
+class StepOutput:
+    """What one training pass (:meth:`UUDS.forward`) hands the losses."""
+
+    rec_s: torch.Tensor  # ~x^s, the source's reconstruction (L_id, Eq. 9)
+    logits_s: torch.Tensor  # Y^s, segmentation of ~x^s (L_seg)
+    z_s: torch.Tensor  # L_BSCL embeddings of the source (Eq. 4)
+    syn_t: torch.Tensor  # x^{t->s}, the synthetic source
+    logits_ts: torch.Tensor  # Y^{t->s} (Eq. 5-8)
+    xg_s: torch.Tensor  # x_g of the source, the target and the synthetic source (Eq. 1-2)
+    xg_t: torch.Tensor
+    xg_ts: torch.Tensor
+    enc_s: torch.Tensor  # TCSA: encoder layer2 (S/8) and segmentation-decoder S/8 features, source and target paths
+    enc_ts: torch.Tensor
+    dec_s: torch.Tensor
+    dec_ts: torch.Tensor
+    t_d: torch.Tensor | None = None  # the encoded domain prompt (None without one)
+
+
+@dataclass
 class Translation:
     image: torch.Tensor  # (B, 1, S, S) in [-1, 1]
     gen: list[torch.Tensor]  # generator features S/16..S/1
@@ -68,6 +87,16 @@ class UUDS(nn.Module):
         self.proj = ProjectionHead(ch[4], cfg.proj_dim)
         seg_in = ch[4] + (len(cfg.class_names) if cfg.use_seg_prompt else 0)
         self.seg_decoder = SegDecoder(seg_in, ch[:4], gen_dims, cfg.decoder_width, cfg.n_classes)
+        # training state that travels with the weights (train() sets them; checkpoints save trained_steps)
+        self.trained_steps: int = 0
+        self.optimizer_state: dict | None = None  # for resuming; None once training is over
+        self.guard_report: dict | None = None  # the guards' last figures (engine/guards.py)
+        self.randomise_used: dict | None = None  # the source randomisation a run used (randomise=auto decides)
+
+    @property
+    def tcsa_feature_dim(self) -> int:
+        """Channels of the segmentation-decoder features the TCSA prototypes live in (stage TCSA_DECODER_STAGE)."""
+        return self.seg_decoder.widths[TCSA_DECODER_STAGE]
 
     # -- parts -------------------------------------------------------------------------------
     def encode_domain_prompt(self) -> torch.Tensor | None:
@@ -117,12 +146,12 @@ class UUDS(nn.Module):
         finally:
             v.train(was)
 
-    def forward(self, xs: torch.Tensor, xt: torch.Tensor, dd_flow: str = "shared") -> dict[str, torch.Tensor]:
+    def forward(self, xs: torch.Tensor, xt: torch.Tensor, dd_flow: str | None = "shared") -> StepOutput:
         """One training pass. ``dd_flow`` routes the gradients of L_DD (see docs/method.md, reading 5):
         ``split``: x_g^s, x_g^t come from the attention pool over *detached* layer4 features (Eq. 1 trains the
         domain head and T^d, never the trunk the segmenter shares) and x_g^{t->s} from :meth:`judge_global`
         (Eq. 2 trains the translator only); ``shared``: every x_g from the training passes, gradients
-        everywhere (the paper's letter); ``none``: x_g as in ``shared``, for callers that skip L_DD."""
+        everywhere (the paper's letter); None: no L_DD this step (x_g as in ``shared``, nothing extra computed)."""
         t_d = self.encode_domain_prompt()
         t_s = self.encode_seg_prompt()
         n = xs.shape[0]
@@ -139,21 +168,16 @@ class UUDS(nn.Module):
         dec_ts: list[torch.Tensor] = []
         logits_s = self.segment(taps_rs, rec.gen, rec.image, t_s, dec_s)
         logits_ts = self.segment(taps_ts, syn.gen, syn.image, t_s, dec_ts)
-        out = {"rec_s": rec.image, "logits_s": logits_s, "z_s": z_s, "syn_t": syn.image,
-               "logits_ts": logits_ts, "xg_s": taps_s["global"], "xg_t": taps_t["global"],
-               "xg_ts": taps_ts["global"],
-               # for the TCSA terms: encoder layer2 (S/8) and segmentation-decoder S/8 features of the
-               # segmented images, source path and target path
-               "enc_s": taps_rs["skips"][2], "enc_ts": taps_ts["skips"][2],
-               "dec_s": dec_s[TCSA_DECODER_STAGE], "dec_ts": dec_ts[TCSA_DECODER_STAGE]}
-        if t_d is not None:
-            out["t_d"] = t_d
-            if dd_flow == "split":
-                glob = self.clip.visual.attnpool(torch.cat([taps_s["content"], taps_t["content"]]).detach())
-                out["xg_s"], out["xg_t"] = glob[:n], glob[n:]
-                out["xg_ts"] = self.judge_global(syn.image)
-            elif dd_flow not in ("shared", "none"):
-                raise ValueError(f"dd_flow must be split, shared or none, not {dd_flow!r}")
+        out = StepOutput(rec_s=rec.image, logits_s=logits_s, z_s=z_s, syn_t=syn.image, logits_ts=logits_ts,
+                         xg_s=taps_s["global"], xg_t=taps_t["global"], xg_ts=taps_ts["global"],
+                         enc_s=taps_rs["skips"][2], enc_ts=taps_ts["skips"][2],
+                         dec_s=dec_s[TCSA_DECODER_STAGE], dec_ts=dec_ts[TCSA_DECODER_STAGE], t_d=t_d)
+        if dd_flow not in ("split", "shared", None):
+            raise ValueError(f"dd_flow must be split, shared or None, not {dd_flow!r}")
+        if t_d is not None and dd_flow == "split":
+            glob = self.clip.visual.attnpool(torch.cat([taps_s["content"], taps_t["content"]]).detach())
+            out.xg_s, out.xg_t = glob[:n], glob[n:]
+            out.xg_ts = self.judge_global(syn.image)
         return out
 
     # -- inference ----------------------------------------------------------------------------

@@ -1,4 +1,5 @@
-"""The adapt-and-segment job, shared by the CLI and the GUI: plan outputs, train, predict, write."""
+"""The output side of the adapt, predict and finetune commands: plan the output files, check they are free and
+writable, write predictions and metrics atomically."""
 from __future__ import annotations
 
 import json
@@ -11,7 +12,7 @@ from .atomic import atomic_write
 from .checkpoint import CONFIG, WEIGHTS
 from .errors import UUDSError
 from .infer import VolumePrediction
-from .metrics import score, summarise
+from .metrics import summarise
 from .volumes import Volume, save_like, volume_name
 
 OUTPUT_KINDS = ("seg", "entropy", "synthetic", "certain")
@@ -91,10 +92,6 @@ def write_prediction(pred: VolumePrediction, ref: Volume, out: str | Path, name:
     save_like(pred.synthetic, ref, paths["synthetic"], dtype=np.float32)
     save_like(pred.certain(chi).astype(np.uint8), ref, paths["certain"], dtype=np.uint8)
     return paths
-
-
-def evaluate(seg: np.ndarray, label: Volume, spacing: tuple[float, ...]) -> dict[str, Any]:
-    return score(seg, label.data, spacing)
 
 
 def write_metrics(path: Path, rows: dict[str, dict[str, Any]], extra: dict[str, Any] | None = None) -> dict[str, Any]:

@@ -127,7 +127,7 @@ class PrototypeMemory:
         self.valid |= present
 
 
-def tcsa_terms(out: dict[str, torch.Tensor], ys: torch.Tensor, probs_t: torch.Tensor, pseudo: torch.Tensor,
+def tcsa_terms(out, ys: torch.Tensor, probs_t: torch.Tensor, pseudo: torch.Tensor,
                certain: torch.Tensor, memory: PrototypeMemory, text_relations: torch.Tensor, tau: float,
                target_terms: bool = True, ignore_label: int = 255) -> dict[str, torch.Tensor]:
     """The TCSA terms of one training step, from the outputs of :meth:`UUDS.forward`.
@@ -141,19 +141,19 @@ def tcsa_terms(out: dict[str, torch.Tensor], ys: torch.Tensor, probs_t: torch.Te
     valid = y != ignore_label
     y = y.masked_fill(~valid, 0)
     terms: dict[str, torch.Tensor] = {}
-    w = soft_class_weights(y, n_classes, tuple(out["enc_s"].shape[-2:]), valid)
-    p, present = class_prototypes(out["enc_s"], w)
+    w = soft_class_weights(y, n_classes, tuple(out.enc_s.shape[-2:]), valid)
+    p, present = class_prototypes(out.enc_s, w)
     terms["cov_s"] = loss_vl_cov(p, present, text_relations)
-    w = soft_class_weights(y, n_classes, tuple(out["dec_s"].shape[-2:]), valid)
-    p, present = class_prototypes(out["dec_s"], w)
+    w = soft_class_weights(y, n_classes, tuple(out.dec_s.shape[-2:]), valid)
+    p, present = class_prototypes(out.dec_s, w)
     memory.update(p, present)
     terms["proto_s"] = loss_proto_align(p, present, memory.g, memory.valid, tau)
     if target_terms:
-        w = soft_class_weights(pseudo, n_classes, tuple(out["enc_ts"].shape[-2:]), certain)
-        p, present = class_prototypes(out["enc_ts"], w)
+        w = soft_class_weights(pseudo, n_classes, tuple(out.enc_ts.shape[-2:]), certain)
+        p, present = class_prototypes(out.enc_ts, w)
         terms["cov_t"] = loss_vl_cov(p, present, text_relations)
-        w = soft_class_weights(pseudo, n_classes, tuple(out["dec_ts"].shape[-2:]), certain)
-        p, present = class_prototypes(out["dec_ts"], w)
+        w = soft_class_weights(pseudo, n_classes, tuple(out.dec_ts.shape[-2:]), certain)
+        p, present = class_prototypes(out.dec_ts, w)
         terms["proto_t"] = loss_proto_align(p, present, memory.g, memory.valid, tau)
         terms["ent"] = loss_entropy(probs_t)
     return terms

@@ -19,7 +19,7 @@ import torch
 from .config import LossWeights, TrainConfig
 from .losses import (has_object, loss_bscl, loss_dd, loss_id, loss_seg, loss_size, loss_useg, pseudo_label,
                      total_loss)
-from .model import TCSA_DECODER_STAGE, UUDS
+from .model import UUDS
 from .guards import AdaptationGuard, batch_statistics, object_fraction
 from .randomise import AUTO_W1, BACKGROUND, gin, resolve_randomise
 from .tcsa import PrototypeMemory, tcsa_terms
@@ -193,7 +193,7 @@ def train(model: UUDS, source: SliceSampler, target: SliceSampler, cfg: TrainCon
     text_rel, memory, note = None, None, ""
     if cfg.uses_tcsa:
         text_rel, encoder = class_text_relations(model, cfg.text_encoder)
-        memory = PrototypeMemory(mcfg.n_classes, model.seg_decoder.widths[TCSA_DECODER_STAGE],
+        memory = PrototypeMemory(mcfg.n_classes, model.tcsa_feature_dim,
                                  weights.proto_momentum, device)
         note = f"; TCSA text relations from {encoder}"
     # randomise="auto": decided once, from the grey values of the two domains (no label, no random draw)
@@ -239,13 +239,13 @@ def train(model: UUDS, source: SliceSampler, target: SliceSampler, cfg: TrainCon
             held = guard is not None and guard.held  # the guard holds every target term back
             dd_now = dd_on and (warm or not cfg.dd_warmup) and not held
             with amp:
-                out = model(xs_in, xt, cfg.dd_flow if dd_now else "none")
+                out = model(xs_in, xt, cfg.dd_flow if dd_now else None)
             with torch.autocast(device.type, enabled=False):  # losses in float32, outside bf16 autocast
                 terms: dict[str, torch.Tensor] = {
-                    "seg": loss_seg(out["logits_s"], ys),
-                    "id": loss_id(out["rec_s"], id_target),
+                    "seg": loss_seg(out.logits_s, ys),
+                    "id": loss_id(out.rec_s, id_target),
                 }
-                probs = out["logits_ts"].float().softmax(1)
+                probs = out.logits_ts.float().softmax(1)
                 pl, mask = pseudo_label(probs.detach(), chi)
                 certain = mask.mean()
                 if mcfg.body_mask:  # nothing outside the body: background there, and certain
@@ -256,19 +256,19 @@ def train(model: UUDS, source: SliceSampler, target: SliceSampler, cfg: TrainCon
                     mask = mask.masked_fill(outside, 1.0)
                 if cfg.uses_uuds:
                     if mcfg.use_seg_prompt:
-                        terms["bscl"] = loss_bscl(out["z_s"], has_object(ys), weights.tau_bscl)
+                        terms["bscl"] = loss_bscl(out.z_s, has_object(ys), weights.tau_bscl)
                     if dd_now:
-                        terms["dd_s"] = loss_dd(out["xg_s"], out["xg_t"], out["t_d"], weights.tau_dd, weights.dd_form)
-                        ref_t, t_d = out["xg_t"], out["t_d"]
+                        terms["dd_s"] = loss_dd(out.xg_s, out.xg_t, out.t_d, weights.tau_dd, weights.dd_form)
+                        ref_t, t_d = out.xg_t, out.t_d
                         if cfg.dd_flow == "split":  # Eq. 2 moves the translator only: its references are fixed
                             ref_t, t_d = ref_t.detach(), t_d.detach()
-                        terms["dd_ts"] = loss_dd(out["xg_ts"], ref_t, t_d, weights.tau_dd, weights.dd_form)
+                        terms["dd_ts"] = loss_dd(out.xg_ts, ref_t, t_d, weights.tau_dd, weights.dd_form)
                     if cfg.use_uncertainty and warm and adapt and not held:
                         terms["useg"] = loss_useg(probs, pl, mask)
                     if weights.size > 0 and warm and adapt and not held and source_fraction > 0:
                         terms["size"] = loss_size(probs, xt[:, 0] > BACKGROUND, source_fraction)
                 if n_lab:  # the user's corrections supervise the target path
-                    terms["tseg"] = loss_seg(out["logits_ts"][-n_lab:], yl)
+                    terms["tseg"] = loss_seg(out.logits_ts[-n_lab:], yl)
                 if cfg.uses_tcsa:
                     terms.update(tcsa_terms(out, ys, probs, pl, mask, memory, text_rel, weights.tau_proto,
                                             target_terms=adapt and warm and not held))
@@ -284,7 +284,7 @@ def train(model: UUDS, source: SliceSampler, target: SliceSampler, cfg: TrainCon
                 names = [*terms, "total", "certain"]
                 parts = [*(v.detach().float() for v in terms.values()), loss.detach().float(), certain.float()]
                 # the guards look from the warm-up on, at the logged steps (their figures ride the same host sync)
-                stats = batch_statistics(pl, xt, out["syn_t"], xs) if (guard is not None and warm) else None
+                stats = batch_statistics(pl, xt, out.syn_t, xs) if (guard is not None and warm) else None
                 if stats is not None:
                     names += ["target_fraction", "drift_w1", "raw_w1"]
                     parts += list(stats)

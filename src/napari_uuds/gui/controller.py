@@ -172,7 +172,7 @@ class UUDSController:
         self.control = TrainControl(tcfg.threshold, self.params.domain_prompt, self.display_timeout)
         self.control.preview_input = self._current_slice_tensor()
         src, tgt = samplers(*self._data, tcfg.fg_fraction, tcfg.seed)
-        start = getattr(self.model, "trained_steps", 0)
+        start = self.model.trained_steps
         if start >= tcfg.steps:
             tcfg.steps = start + tcfg.steps
         yield from train(self.model, src, tgt, tcfg, control=self.control, start_step=start)

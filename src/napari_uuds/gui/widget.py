@@ -462,7 +462,7 @@ class UUDSWidget(Container):
         if model is None:
             self.continue_model.value = False
             return
-        self.continue_model.text = f"continue the current model ({getattr(model, 'trained_steps', 0)} steps)"
+        self.continue_model.text = f"continue the current model ({model.trained_steps} steps)"
 
     def export_layer(self):
         """The layer Export writes: the selected Image or Labels layer (the segmentation with the user's corrected
