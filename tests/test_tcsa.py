@@ -158,7 +158,7 @@ def test_training_with_tcsa_terms_multiclass(method):
     assert "dd_s" not in steps[0].losses  # L_DD waits for the warm-up (dd_warmup)
     assert ("dd_s" in steps[1].losses) == (method == "uuds+tcsa")
     assert all(np.isfinite(v) for e in steps for v in e.losses.values())
-    assert model(torch.zeros(2, 1, 64, 64), torch.zeros(2, 1, 64, 64))["logits_s"].shape[1] == 4
+    assert model(torch.zeros(2, 1, 64, 64), torch.zeros(2, 1, 64, 64)).logits_s.shape[1] == 4
 
 
 def test_source_only_mode_has_no_target_terms(tiny_cfg, cord):
