@@ -557,3 +557,26 @@ def test_corrections_lift_the_dice_through_the_controller(make_napari_viewer, tm
     after = score(np.asarray(seg.data)[..., others], truth[..., others])["dice"]
     np.testing.assert_array_equal(np.asarray(seg.data)[..., edited], truth[..., edited])
     assert after > before + 30.0, (before, after)
+
+
+def test_corrections_that_cannot_be_saved_stay_and_say_so(ready, tmp_path):
+    viewer, w = ready
+    blocker = tmp_path / "a file"
+    blocker.write_text("in the way")  # the run folder cannot be made under a file, not even by root
+    w.params.run_folder = str(blocker / "run")
+    w.steps.value = 1
+    w.ctl.adapt_and_segment(w.source.value, w.source_labels.value, w.target.value)
+    seg = viewer.layers["segmentation"]
+    region = np.zeros(seg.data.shape, bool)
+    region[..., 5] = True
+    seg.data_setitem(np.nonzero(region), 1)
+    assert w.ctl.collect_corrections() == [5]
+    assert "could not save the corrections" in w.status.guard_note
+    assert "could not save the corrections" in w.notice.value  # persistent, on screen
+    w.ctl.predict()
+    assert (np.asarray(seg.data)[..., 5] == 1).all()  # kept as the user's all the same
+    blocker.unlink()
+    region[..., 5], region[..., 6] = False, True
+    seg.data_setitem(np.nonzero(region), 1)  # the next edit saves everything, and the note goes
+    assert w.ctl.collect_corrections() == [6]
+    assert w.status.guard_note == "" and (blocker / "run" / "corrections.json").exists()

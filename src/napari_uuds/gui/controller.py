@@ -466,7 +466,13 @@ class UUDSController:
         if new:
             self._shown_seg = np.array(data, copy=True)
             self._ranking = None
-            folder = c.save()
+            try:
+                folder = c.save()
+            except UUDSError as exc:  # kept in memory and in the layer; the note stays until a save succeeds
+                self.status.guard_note = f"warning: {exc} (Export the segmentation to keep them)"
+                return new
+            if "could not save the corrections" in self.status.guard_note:
+                self.status.guard_note = ""
             self.status.message = (f"{len(c)} corrected slice(s) kept as yours and saved to {folder}; "
                                    "Fine-tune on corrections learns from them")
         return new
