@@ -39,12 +39,13 @@ import torch
 from napari_uuds.engine.atomic import atomic_write
 from napari_uuds.engine.baselines import histogram_match, pseudo_labels
 from napari_uuds.engine.config import RECIPES, LossWeights, ModelConfig, TrainConfig
-from napari_uuds.engine.dataset import PreparedVolume, choose_mm_per_pixel, prepare_volume, reslice, samplers
+from napari_uuds.engine.dataset import PreparedVolume, choose_mm_per_pixel, prepare_volume, reslice
 from napari_uuds.engine.infer import predict_volume
+from napari_uuds.engine.job import AdaptJob
 from napari_uuds.engine.metrics import score_classes
 from napari_uuds.engine.model import UUDS
 from napari_uuds.engine.slices import SliceSampler
-from napari_uuds.engine.train import resolve_device, train
+from napari_uuds.engine.train import resolve_device
 from napari_uuds.engine.volumes import NormParams, Volume, load_label, load_volume
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -149,12 +150,12 @@ def _reference_labels(data: Path, proto: dict, cfg: ModelConfig) -> list[Volume]
 def _train(cfg: ModelConfig, sources: list[PreparedVolume], targets: list[PreparedVolume], tcfg: TrainConfig,
            model: UUDS | None = None, source_sampler: SliceSampler | None = None,
            weights: LossWeights | None = None) -> tuple[UUDS, float, dict]:
-    torch.manual_seed(tcfg.seed)
-    model = model or UUDS(cfg, clip_weights=None, seed=tcfg.seed)
-    src, tgt = samplers(sources, targets, tcfg.fg_fraction, tcfg.seed)
+    """The engine's adapt job (engine/job.py), as the CLI and the widget run it, from step 0."""
+    job = AdaptJob(cfg, tcfg, sources, targets, weights or LossWeights(), model=model)
+    model = job.build()
     t = time.perf_counter()
     last: dict = {}
-    for ev in train(model, source_sampler or src, tgt, tcfg, weights or LossWeights()):
+    for ev in job.train(start_step=0, source_sampler=source_sampler):
         if ev.kind == "step":
             last = ev.losses
             if ev.step % 50 == 0:

@@ -64,8 +64,8 @@ def _save_run(model, out: Path, extra: dict) -> None:
 
 def cmd_adapt(args) -> int:
     from .engine.backbone import resolve_weights
-    from .engine.model import UUDS
-    from .engine.train import TrainControl, resolve_device, train
+    from .engine.job import AdaptJob
+    from .engine.train import TrainControl, resolve_device
 
     t_start = time.perf_counter()
     out = Path(args.out)
@@ -125,14 +125,15 @@ def cmd_adapt(args) -> int:
                          binarize=args.binarize_labels)
         tlabels.append(lab)
     opt_state = None
+    job = AdaptJob(mcfg, tcfg, sources, targets, loss_weights)
     if resume_meta:
-        model, _ = ckpt.load_checkpoint(args.resume, "cpu")
+        job.model, _ = ckpt.load_checkpoint(args.resume, "cpu")
         opt_state = ckpt.load_optimizer_state(args.resume, resume_meta)
-        clip_note = (f"resuming from {args.resume} at step {model.trained_steps}; the model options "
+        clip_note = (f"resuming from {args.resume} at step {job.model.trained_steps}; the model options "
                      "(--model, --class-name, --axis, --image-size, ablations) come from its config.json")
     else:
-        weights, clip_note = resolve_weights(mcfg.arch, args.clip_weights)
-        model = UUDS(mcfg, clip_weights=weights, seed=args.seed)
+        job.clip_weights, clip_note = resolve_weights(mcfg.arch, args.clip_weights)
+    model = job.build()  # a fresh model is drawn from --seed
     n_params = sum(p.numel() for p in model.parameters())
     # weights + Adam's two moments, and the four outputs of each target (about 5 bytes a voxel once compressed)
     need = n_params * 4 * 3 + sum(5 * t.volume.data.size for t in targets) + 2 ** 20
@@ -152,14 +153,13 @@ def cmd_adapt(args) -> int:
              + (f"at {model.cfg.mm_per_pixel:g} mm per pixel" if model.cfg.mm_per_pixel > 0 else "fitted to the frame"),
              args.quiet)
 
-        src_s, tgt_s = samplers(sources, targets, tcfg.fg_fraction, tcfg.seed, tcfg.contrast_invert)
         control = TrainControl(tcfg.threshold)
         start = model.trained_steps if resume_meta else 0
         bar = tqdm(total=tcfg.steps, initial=start, desc="training", unit="step", disable=args.quiet,
                    file=sys.stderr, dynamic_ncols=True)
         last: dict = {}
         interrupted, diverged = False, ""
-        gen = train(model, src_s, tgt_s, tcfg, loss_weights, control, start_step=start, optimizer_state=opt_state)
+        gen = job.train(control, start_step=start, optimizer_state=opt_state)
         try:
             for ev in gen:
                 if ev.message and ev.kind == "step":  # the guards' warnings and recoveries
@@ -201,7 +201,7 @@ def cmd_adapt(args) -> int:
                  f"and {resume})")
             return EXIT_INTERRUPTED
 
-        del src_s, tgt_s, gen  # what only training needed; its buffers go back to the system before segmenting
+        del gen  # what only training needed; its buffers go back to the system before segmenting
         model.optimizer_state = None
         release_host_memory()
         rows = {}
@@ -209,7 +209,7 @@ def cmd_adapt(args) -> int:
                     disable=args.quiet, file=sys.stderr, dynamic_ncols=True)
         try:
             for i, (tp, name) in enumerate(zip(targets, names)):
-                pred = predict_volume(model, tp.volume, progress=pbar.update, norm=tp.norm)
+                pred = job.predict(i, progress=pbar.update)
                 write_prediction(pred, tp.volume, out, name, tcfg.threshold)
                 if tlabels:
                     rows[name] = score_classes(pred.seg, tlabels[i].data, tp.volume.spacing, mcfg.class_names)

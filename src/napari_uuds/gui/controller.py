@@ -23,9 +23,10 @@ from ..engine.dataset import PreparedVolume, prepare_volume, samplers
 from ..engine.errors import UUDSError
 from ..engine.finetune import corrected_sampler, finetune
 from ..engine.review import SliceScore, rank_slices
+from ..engine.job import AdaptJob, build_model
 from ..engine.infer import VolumePrediction, assemble, iter_predict_volume, run_to_end
 from ..engine.slices import SliceGeometry, from_square
-from ..engine.train import TrainControl, TrainEvent, resolve_device, train
+from ..engine.train import TrainControl, TrainEvent, resolve_device
 from ..engine.volumes import Volume
 from .corrections import Corrections, default_run_folder
 from .state import Params, Status
@@ -143,12 +144,10 @@ class UUDSController:
         """A fresh model from the parameters; returns the note on its CLIP weights. ``announce=False`` (in a worker
         thread) leaves the status alone: it drives Qt labels, which only the main thread may touch."""
         from ..engine.backbone import resolve_weights
-        from ..engine.model import UUDS
 
         cfg = self.model_config()
         weights, note = resolve_weights(cfg.arch, self.params.clip_weights)
-        torch.manual_seed(self.params.seed)
-        self.model = UUDS(cfg, clip_weights=weights, seed=self.params.seed)
+        self.model = build_model(cfg, self.params.seed, weights)
         self._clip_weights = weights
         if announce:
             self.status.message = note
@@ -171,11 +170,11 @@ class UUDSController:
             yield TrainEvent("model", 0, tcfg.steps, message=note)
         self.control = TrainControl(tcfg.threshold, self.params.domain_prompt, self.display_timeout)
         self.control.preview_input = self._current_slice_tensor()
-        src, tgt = samplers(*self._data, tcfg.fg_fraction, tcfg.seed)
         start = self.model.trained_steps
         if start >= tcfg.steps:
             tcfg.steps = start + tcfg.steps
-        yield from train(self.model, src, tgt, tcfg, control=self.control, start_step=start)
+        job = AdaptJob(self.model.cfg, tcfg, *self._data, model=self.model)
+        yield from job.train(self.control, start_step=start)
 
     def handle_event(self, ev: TrainEvent) -> None:
         """Main-thread dispatcher of training events: status, loss history, preview layers."""
