@@ -205,10 +205,10 @@ def test_an_interrupted_save_is_one_set_or_refused(vols, tmp_path, capsys):
 
 
 def test_ctrl_c_in_training_then_again_in_the_save_keeps_the_weights(vols, tmp_path, capsys, monkeypatch):
-    import napari_uuds.engine.train as train_mod
+    import napari_uuds.engine.job as job_mod  # the adapt job's training loop (engine/job.py)
     from napari_uuds.engine import atomic
 
-    real_train, real_write = train_mod.train, atomic.atomic_write
+    real_train, real_write = job_mod.train, atomic.atomic_write
 
     def interrupted_train(*a, **k):
         for ev in real_train(*a, **k):
@@ -221,7 +221,7 @@ def test_ctrl_c_in_training_then_again_in_the_save_keeps_the_weights(vols, tmp_p
             os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C again, as the save runs
         return real_write(path, write, suffix)
 
-    monkeypatch.setattr(train_mod, "train", interrupted_train)
+    monkeypatch.setattr(job_mod, "train", interrupted_train)
     monkeypatch.setattr(ckpt, "atomic_write", write_with_second_ctrl_c)
     out = tmp_path / "out"
     assert _adapt(vols, out, **{"--steps": 50}) == 130
@@ -231,7 +231,7 @@ def test_ctrl_c_in_training_then_again_in_the_save_keeps_the_weights(vols, tmp_p
     assert model.trained_steps == 2 and (out / ckpt.OPTIMIZER).exists()
     _no_temp_files(out)
     # the resume command the message gives works as given (no --overwrite needed into its own folder)
-    monkeypatch.setattr(train_mod, "train", real_train)
+    monkeypatch.setattr(job_mod, "train", real_train)
     monkeypatch.setattr(ckpt, "atomic_write", real_write)
     assert _adapt(vols, out, **{"--steps": 3, "--resume": out}) == 0
     assert json.loads((out / ckpt.CONFIG).read_text())["trained_steps"] == 3

@@ -420,10 +420,10 @@ class UUDSWidget(Container):
     def close_down(self) -> None:
         """Closing the widget or napari: stop the worker cleanly and free the model's memory (the last brush strokes
         are collected and saved first)."""
-        self._edit_timer.stop()
-        try:
+        try:  # at interpreter exit Qt may have deleted the timer and the layers already
+            self._edit_timer.stop()
             self.ctl.collect_corrections()
-        except (UUDSError, RuntimeError):  # the viewer's layers may already be gone
+        except (UUDSError, RuntimeError):
             pass
         self.ctl.stop()
         if self.worker is not None:
