@@ -383,7 +383,7 @@ def main(argv: list[str] | None = None) -> int:
                    "torch": torch.__version__, "commit": commit,
                    "command": "python benchmarks/run.py " + " ".join(sys.argv[1:] if argv is None else argv),
                    "wall_s": round(wall_before + time.perf_counter() - t0, 1), **settings,
-                   "source_object_mm3": source_mm3, "rows": summarise(rows, source_mm3), **({"superseded": doc["superseded"]} if "superseded" in doc else {})}
+                   "source_object_mm3": source_mm3, "rows": summarise(rows, source_mm3), **{k: doc[k] for k in ("superseded", "renamed") if k in doc}}
             atomic_write(out, lambda tmp, d=doc: Path(tmp).write_text(json.dumps(d, indent=1)))
             write_markdown(results)
     print(f"wrote {out} and {results / 'quality.md'}")
