@@ -306,3 +306,25 @@ def test_finetune_learns_from_corrected_slices_and_keeps_them(vols, tmp_path, ca
     assert "give --source and --source-label" in capsys.readouterr().err
     assert main(argv[:-4] + ["--out", str(tmp_path / "f"), "--source", str(vols["img"]),
                              "--source-label", str(vols["lab"])]) == 0
+
+
+def test_finetune_reads_a_widget_run_folder(vols, tmp_path, capsys):
+    """`--corrections DIR`: the widget's run folder (corrections.nii.gz + corrections.json) names its slices, a slice
+    corrected to "no object" included."""
+    a = tmp_path / "a"
+    assert _adapt(vols, a) == 0
+    lab = np.asarray(nib.load(str(vols["lab"])).dataobj)
+    run = tmp_path / "run"
+    run.mkdir()
+    corr = np.zeros_like(lab)
+    corr[..., 5] = lab[..., 5]
+    _nii(run / "corrections.nii.gz", corr)
+    (run / "corrections.json").write_text(json.dumps({"slices": [0, 5], "axis": 2}))
+    out = tmp_path / "b"
+    assert main(["finetune", "--quiet", "--weights", str(a), "--image", str(vols["tgt"]), "--corrections", str(run),
+                 "--out", str(out), "--steps", "1"]) == 0
+    assert json.loads((out / "config.json").read_text())["finetune"]["slices"] == [0, 5]
+    (run / "corrections.json").write_text(json.dumps({"slices": [0], "axis": 0}))
+    assert main(["finetune", "--weights", str(a), "--image", str(vols["tgt"]), "--corrections", str(run),
+                 "--out", str(tmp_path / "c")]) == 2
+    assert "corrections.json: corrections drawn along axis 0; the weights slice along axis 2" in capsys.readouterr().err

@@ -187,8 +187,9 @@ def build_parser() -> argparse.ArgumentParser:
                                    "scans come from the weights' config.json unless given.")
     f.add_argument("--weights", required=True, metavar="DIR", help="folder written by adapt (or an earlier finetune)")
     f.add_argument("--image", required=True, metavar="IMG", help="the target image the corrections were drawn on")
-    f.add_argument("--corrections", required=True, metavar="MASK",
-                   help="label volume on the image's grid holding the corrected slices (e.g. the edited segmentation)")
+    f.add_argument("--corrections", required=True, metavar="MASK|DIR",
+                   help="label volume on the image's grid holding the corrected slices (e.g. the edited segmentation), "
+                        "or a run folder of the widget (corrections.nii.gz + corrections.json, whose slices count)")
     f.add_argument("--slices", type=int, nargs="+", default=None, metavar="I",
                    help="indices (along the model's slicing axis) of the corrected slices; default: every slice of "
                         "--corrections with a labelled voxel (name a slice corrected to 'no object' here)")

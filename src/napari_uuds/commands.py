@@ -290,6 +290,20 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
+def _widget_corrections(folder: Path, axis: int) -> list[int]:
+    """The slices a widget's run folder names as corrected (``corrections.json``), checked against the model's axis."""
+    index = folder / "corrections.json"
+    try:
+        doc = json.loads(index.read_text())
+        slices, drawn = [int(i) for i in doc["slices"]], int(doc["axis"])
+    except (OSError, ValueError, KeyError, TypeError):
+        raise UUDSError("not a corrections folder (no readable corrections.json): give the corrections file",
+                        folder) from None
+    if drawn != axis:
+        raise UUDSError(f"corrections drawn along axis {drawn}; the weights slice along axis {axis}", index)
+    return slices
+
+
 def cmd_finetune(args) -> int:
     """Fine-tune saved weights on a user's corrected target slices, then segment the target again (the corrected
     slices keep the user's labels)."""
@@ -328,8 +342,12 @@ def cmd_finetune(args) -> int:
     label_map = parse_label_map(opts.get("label_map"))
     n = len(mcfg.class_names)
     vol = load_volume(args.image)
+    named: list[int] = []
+    if Path(args.corrections).is_dir():  # a run folder of the widget: its corrections and the slices it names
+        named = _widget_corrections(Path(args.corrections), mcfg.axis)
+        args.corrections = str(Path(args.corrections) / "corrections.nii.gz")
     corr = load_label(args.corrections, n, like=vol, allow_empty=True)
-    slices = sorted(set(args.slices)) if args.slices else labelled_slices(corr.data, mcfg.axis)
+    slices = sorted(set(args.slices or named)) or labelled_slices(corr.data, mcfg.axis)
     if not slices:
         raise UUDSError("the corrections hold no labelled voxel: paint the corrected slices, or name them with "
                         "--slices", args.corrections)

@@ -21,7 +21,6 @@ from .slices import SliceSampler, to_square
 from .train import TrainControl, TrainEvent, train
 
 
-
 def corrected_slices(target: PreparedVolume, corrections: np.ndarray, slices: list[int]
                      ) -> tuple[torch.Tensor, torch.Tensor]:
     """The corrected ``slices`` of ``target`` (indices along its slicing axis) and their labels, at model
