@@ -26,13 +26,13 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from run import DESCRIPTIONS, PROTOCOLS, RESULTS, _load, _reference_labels, _train, git_commit  # noqa: E402
+from run import PROTOCOLS, RESULTS, _train, git_commit, load_protocol, protocol_config  # noqa: E402
 
 from napari_uuds.engine.atomic import atomic_write  # noqa: E402
 from napari_uuds.engine.config import ModelConfig, TrainConfig  # noqa: E402
-from napari_uuds.engine.dataset import samplers  # noqa: E402
-from napari_uuds.engine.finetune import FINETUNE_STEPS, corrected_sampler, finetune  # noqa: E402
+from napari_uuds.engine.finetune import FINETUNE_STEPS, corrected_sampler  # noqa: E402
 from napari_uuds.engine.infer import predict_volume  # noqa: E402
+from napari_uuds.engine.job import AdaptJob  # noqa: E402
 from napari_uuds.engine.metrics import score_classes  # noqa: E402
 from napari_uuds.engine.review import keep_corrections, rank_slices  # noqa: E402
 
@@ -79,10 +79,10 @@ def run_seed(seed: int, ctx: dict) -> dict:
             items = [(t, r.data, c) for t, r, c in zip(targets, refs, chosen)]
             model.load_state_dict(adapted)
             model.trained_steps = steps_done
-            src, tgt = samplers(sources, targets, tcfg.fg_fraction, seed)
+            job = AdaptJob(cfg, tcfg, sources, targets, model=model)
             lab = corrected_sampler(items, seed)
             t0 = time.perf_counter()
-            for _ in finetune(model, src, tgt, lab, tcfg, steps=ctx["finetune_steps"]):
+            for _ in job.finetune(lab, steps=ctx["finetune_steps"]):
                 pass
             ft_s = time.perf_counter() - t0
             t0 = time.perf_counter()
@@ -158,14 +158,10 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     proto = PROTOCOLS[args.protocol]
     data = Path(args.data)
-    names = proto["classes"]
-    cfg = ModelConfig.for_arch("tiny", class_names=names, class_descriptions=[DESCRIPTIONS.get(n, n) for n in names],
-                               source_modality=proto["source"].upper())
+    cfg = protocol_config(proto)
     ctx = {"model_kw": {k: getattr(cfg, k) for k in cfg.__dataclass_fields__}, "steps": args.steps,
-           "batch_size": args.batch_size, "chi": 0.5, "finetune_steps": args.finetune_steps, "class_names": names,
-           "sources": _load(data, proto, proto["train"], proto["source"], cfg, True),
-           "targets": _load(data, proto, proto["test"], proto["target"], cfg, False),
-           "refs": _reference_labels(data, proto, cfg)}
+           "batch_size": args.batch_size, "chi": 0.5, "finetune_steps": args.finetune_steps,
+           "class_names": proto["classes"], **load_protocol(data, proto, cfg)}
     results = Path(args.results)
     results.mkdir(parents=True, exist_ok=True)
     out = results / f"corrections_{args.protocol}.json"

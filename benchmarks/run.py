@@ -146,6 +146,24 @@ def _reference_labels(data: Path, proto: dict, cfg: ModelConfig) -> list[Volume]
                        label_map=proto.get("label_map"), allow_empty=True) for s in proto["test"]]
 
 
+def protocol_config(proto: dict, arch: str = "tiny", image_size: int | None = None) -> ModelConfig:
+    """The model of a protocol: its classes (described for TCSA's relations) and its source contrast's name."""
+    names = proto["classes"]
+    return ModelConfig.for_arch(arch, image_size=image_size, class_names=names,
+                                class_descriptions=[DESCRIPTIONS.get(n, n) for n in names],
+                                source_modality=proto["source"].upper())
+
+
+def load_protocol(data: Path, proto: dict, cfg: ModelConfig, upper: bool = False) -> dict:
+    """A protocol's labelled sources, unlabelled targets and the targets' reference labels (scoring only); with
+    ``upper``, the target contrast of the training subjects with labels too (the upper bound's sources)."""
+    out = {"sources": _load(data, proto, proto["train"], proto["source"], cfg, True),
+           "targets": _load(data, proto, proto["test"], proto["target"], cfg, False)}
+    if upper:
+        out["upper_sources"] = _load(data, proto, proto["train"], proto["target"], cfg, True)
+    return {**out, "refs": _reference_labels(data, proto, cfg)}
+
+
 # -- one run ----------------------------------------------------------------------------------------
 def _train(cfg: ModelConfig, sources: list[PreparedVolume], targets: list[PreparedVolume], tcfg: TrainConfig,
            model: UUDS | None = None, source_sampler: SliceSampler | None = None,
@@ -340,19 +358,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"benchmark: error: {data / proto['set']}: no such folder (give --data)", file=sys.stderr)
         return 2
     names = proto["classes"]
-    cfg = ModelConfig.for_arch(args.model, image_size=args.image_size, class_names=names,
-                               class_descriptions=[DESCRIPTIONS.get(n, n) for n in names],
-                               source_modality=proto["source"].upper())
+    cfg = protocol_config(proto, args.model, args.image_size)
     model_kw = {k: getattr(cfg, k) for k in cfg.__dataclass_fields__}
     device = resolve_device(args.device)
     t0 = time.perf_counter()
     ctx = {"model_kw": model_kw, "steps": args.steps, "batch_size": args.batch_size, "lr": args.lr,
            "device": args.device, "threshold": args.threshold, "text_encoder": args.text_encoder,
            "pseudo_steps": args.pseudo_steps or max(args.steps // 2, 1), "class_names": names, "lower_models": {},
-           "sources": _load(data, proto, proto["train"], proto["source"], cfg, True),
-           "targets": _load(data, proto, proto["test"], proto["target"], cfg, False),
-           "upper_sources": _load(data, proto, proto["train"], proto["target"], cfg, True),
-           "refs": _reference_labels(data, proto, cfg)}
+           **load_protocol(data, proto, cfg, upper=True)}
     results = Path(args.results)
     results.mkdir(parents=True, exist_ok=True)
     out = results / f"quality_{args.protocol}.json"

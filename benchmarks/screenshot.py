@@ -15,6 +15,14 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def dice_percent(seg, truth) -> float:
+    """Dice % of a segmentation layer's foreground against a reference layer's."""
+    import numpy as np
+
+    pred, ref = np.asarray(seg.data) > 0, np.asarray(truth.data) > 0
+    return 200.0 * (pred & ref).sum() / max(pred.sum() + ref.sum(), 1)
+
+
 def show_result(viewer, w, weights: str, slice_index: int | None = None):
     """Load ``weights`` in the widget, re-predict the T1, add the true cord of ``t1_seg`` as a second outline and
     show the cord's middle slice (or ``slice_index``) as radiologists read it. Returns (segmentation layer, true
@@ -44,8 +52,7 @@ def show_result(viewer, w, weights: str, slice_index: int | None = None):
     viewer.layers.selection.active = seg
     viewer.reset_view()
     viewer.camera.zoom *= 1.5  # the cord and its neighbourhood fill the canvas
-    pred, ref = np.asarray(seg.data) > 0, np.asarray(truth.data) > 0
-    return seg, truth, 200.0 * (pred & ref).sum() / max(pred.sum() + ref.sum(), 1)
+    return seg, truth, dice_percent(seg, truth)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -21,7 +21,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from screenshot import show_result  # noqa: E402  (the README screenshot's result view, shared)
+from screenshot import dice_percent, show_result  # noqa: E402  (the README screenshot's result view, shared)
 
 
 def _settle(app, seconds: float = 0.5) -> None:
@@ -95,8 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     w.ctl.finetune_on_corrections(w.source.value, w.source_labels.value, w.target.value)
     truth.visible, unc.visible = True, False
     viewer.dims.set_current_step(axis, int(np.nonzero(np.moveaxis(true > 0, axis, 0).any((1, 2)))[0].mean()))
-    pred2 = np.asarray(seg.data) > 0
-    dice2 = 200.0 * (pred2 & ref).sum() / max(pred2.sum() + ref.sum(), 1)
+    dice2 = dice_percent(seg, truth)
     w.status.message = (f"fine-tuned on corrected slices {first.index} and {second.index}: Dice {dice:.1f} -> "
                         f"{dice2:.1f} % against t1_seg (outline)")
     _settle(app, 0.5)

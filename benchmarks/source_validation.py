@@ -130,9 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     proto = bench.PROTOCOLS[args.protocol]
     data = Path(args.data)
     names = proto["classes"]
-    cfg = ModelConfig.for_arch("tiny", class_names=names,
-                               class_descriptions=[bench.DESCRIPTIONS.get(n, n) for n in names],
-                               source_modality=proto["source"].upper())
+    cfg = bench.protocol_config(proto)
     sources = bench._load(data, proto, proto["train"], proto["source"], cfg, True)
     ctx = {"model_kw": {k: getattr(cfg, k) for k in cfg.__dataclass_fields__}, "steps": args.steps,
            "batch_size": args.batch_size, "lr": args.lr, "class_names": names, "eval_at": set(args.eval_at),

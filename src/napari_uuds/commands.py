@@ -13,7 +13,7 @@ from .engine import checkpoint as ckpt
 from .engine.atomic import atomic_write
 from .engine.config import (DEFAULT_DOMAIN_PROMPT, LossWeights, ModelConfig, TrainConfig, from_dict, recipe_overrides,
                             to_dict)
-from .engine.dataset import choose_mm_per_pixel, load_source_pairs, load_targets, reslice, samplers
+from .engine.dataset import choose_mm_per_pixel, load_source_pairs, load_targets, reslice
 from .exitcodes import EXIT_INTERRUPTED
 from .engine.errors import UUDSError
 from .engine.infer import predict_volume, release_host_memory
@@ -308,8 +308,9 @@ def cmd_finetune(args) -> int:
     """Fine-tune saved weights on a user's corrected target slices, then segment the target again (the corrected
     slices keep the user's labels)."""
     from .engine.dataset import prepare_volume
-    from .engine.finetune import corrected_sampler, finetune
-    from .engine.review import apply_corrections, labelled_slices
+    from .engine.finetune import corrected_sampler
+    from .engine.job import AdaptJob
+    from .engine.review import apply_corrections, keep_corrections, labelled_slices
     from .engine.train import TrainControl, resolve_device
 
     t_start = time.perf_counter()
@@ -373,12 +374,12 @@ def cmd_finetune(args) -> int:
         _say(f"napari-uuds finetune: {len(slices)} corrected slice(s) of {name} along axis {mcfg.axis} "
              f"({', '.join(map(str, slices[:12]))}{' ...' if len(slices) > 12 else ''}), {args.steps} steps from "
              f"step {model.trained_steps} of {w}, on {device}", args.quiet)
-        src_s, tgt_s = samplers(src, [target], tcfg.fg_fraction, tcfg.seed)
+        job = AdaptJob(mcfg, tcfg, src, [target], loss_weights, model=model)
         lab_s = corrected_sampler([(target, corr.data, slices)], tcfg.seed)
         start = model.trained_steps
         bar = tqdm(total=args.steps, desc="fine-tuning", unit="step", disable=args.quiet, file=sys.stderr,
                    dynamic_ncols=True)
-        gen = finetune(model, src_s, tgt_s, lab_s, tcfg, loss_weights, TrainControl(tcfg.threshold), steps=args.steps)
+        gen = job.finetune(lab_s, TrainControl(tcfg.threshold), steps=args.steps)
         interrupted, diverged, last = False, "", {}
         try:
             for ev in gen:
@@ -411,7 +412,7 @@ def cmd_finetune(args) -> int:
             return EXIT_INTERRUPTED
         ft_s = time.perf_counter() - t_start
         model.optimizer_state = None
-        del src_s, tgt_s, lab_s, gen
+        del lab_s, gen
         release_host_memory()
         with tqdm(total=target.image.shape[0], desc="segmenting", unit="slice", disable=args.quiet,
                   file=sys.stderr) as pbar:
@@ -419,11 +420,7 @@ def cmd_finetune(args) -> int:
         apply_corrections(pred, corr.data, slices, mcfg.axis)
         try:
             write_prediction(pred, vol, out, name, tcfg.threshold)
-            kept = np.zeros_like(corr.data)
-            apply = [slice(None)] * 3
-            for i in slices:
-                apply[mcfg.axis] = slice(i, i + 1)
-                kept[tuple(apply)] = corr.data[tuple(apply)]
+            kept = keep_corrections(np.zeros_like(corr.data), corr.data, slices, mcfg.axis)  # the corrected slices only
             save_like(kept, vol, out / f"{name}_corrections.nii.gz", dtype=np.uint8)
         except OSError as exc:
             raise UUDSError(f"could not write the predictions ({exc.strerror or exc}); the weights are saved in {out}",

@@ -167,13 +167,18 @@ class UUDSController(ReviewActions):
         if self.model is None:
             note = self.build_model(announce=False)
             yield TrainEvent("model", 0, tcfg.steps, message=note)
-        self.control = TrainControl(tcfg.threshold, self.params.domain_prompt, self.display_timeout)
-        self.control.preview_input = self._current_slice_tensor()
+        self._new_control(tcfg)
         start = self.model.trained_steps
         if start >= tcfg.steps:
             tcfg.steps = start + tcfg.steps
         job = AdaptJob(self.model.cfg, tcfg, *self._data, model=self.model)
         yield from job.train(self.control, start_step=start)
+
+    def _new_control(self, tcfg: TrainConfig) -> TrainControl:
+        """The knobs of a run about to start (threshold, prompt, stop, preview pacing), previewing the slice on screen."""
+        self.control = TrainControl(tcfg.threshold, self.params.domain_prompt, self.display_timeout)
+        self.control.preview_input = self._current_slice_tensor()
+        return self.control
 
     def handle_event(self, ev: TrainEvent) -> None:
         """Main-thread dispatcher of training events: status, loss history, preview layers."""
@@ -252,7 +257,12 @@ class UUDSController(ReviewActions):
     def adapt_and_segment(self, source, source_labels, target) -> VolumePrediction:
         """One click, synchronously: prepare, train, predict (the widget runs the training in a worker)."""
         self.prepare(source, source_labels, target)
-        for ev in self.training_events():
+        return self.run_synchronously(self.training_events())
+
+    def run_synchronously(self, events: Iterator[TrainEvent]) -> VolumePrediction:
+        """What the widget's worker and dispatcher do, on this thread: every training event handled, memory freed,
+        then the whole volume predicted (adapt & segment, fine-tune on corrections)."""
+        for ev in events:
             self.handle_event(ev)
         self.training_finished()
         return self.predict()

@@ -14,11 +14,11 @@ import numpy as np
 
 from ..engine import checkpoint as ckpt
 from ..engine.errors import UUDSError
-from ..engine.finetune import corrected_sampler, finetune
-from ..engine.dataset import samplers
+from ..engine.finetune import corrected_sampler
+from ..engine.job import AdaptJob
 from ..engine.infer import VolumePrediction
 from ..engine.review import SliceScore, rank_slices
-from ..engine.train import TrainControl, TrainEvent
+from ..engine.train import TrainEvent
 from .names import OUTPUT_LAYERS
 
 
@@ -118,11 +118,10 @@ class ReviewActions:
             raise UUDSError("begin_finetune first")
         labels, slices = self._finetune_set
         tcfg = self.train_config()
-        self.control = TrainControl(tcfg.threshold, self.params.domain_prompt, self.display_timeout)
-        self.control.preview_input = self._current_slice_tensor()
-        src, tgt = samplers(*self._data, tcfg.fg_fraction, tcfg.seed)
+        self._new_control(tcfg)
+        job = AdaptJob(self.model.cfg, tcfg, *self._data, model=self.model)
         lab = corrected_sampler([(self.target, labels, slices)], tcfg.seed)
-        yield from finetune(self.model, src, tgt, lab, tcfg, control=self.control, steps=self.params.finetune_steps)
+        yield from job.finetune(lab, self.control, self.params.finetune_steps)
 
     def save_run(self) -> Path:
         """The fine-tuned weights and the corrections they learnt from, into the run folder (weights/)."""
@@ -139,10 +138,7 @@ class ReviewActions:
     def finetune_on_corrections(self, source, source_labels, target) -> VolumePrediction:
         """Synchronously: fine-tune on the corrected slices, segment the volume again (corrected slices kept), save."""
         self.begin_finetune(source, source_labels, target)
-        for ev in self.finetune_events():
-            self.handle_event(ev)
-        self.training_finished()
-        pred = self.predict()
+        pred = self.run_synchronously(self.finetune_events())
         self.save_run()
         return pred
 

@@ -95,7 +95,6 @@ class UUDSWidget(Container):
         self.progress = ProgressBar(value=0, min=0, max=1, label="progress")
         self.info = Label(value="")
         self.notice = Label(value="")  # persistent: random CLIP weights, guard warnings
-        self.notice.native.setWordWrap(True)
         for label in (self.info, self.notice):  # long lines wrap in the width the dock has: they never widen it
             label.native.setWordWrap(True)
             label.native.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
@@ -158,10 +157,7 @@ class UUDSWidget(Container):
         self.lr.changed.connect(lambda v: setattr(self.params, "lr", float(v)))
         self.finetune_steps.changed.connect(lambda v: setattr(self.params, "finetune_steps", int(v)))
         self.threshold.changed.connect(lambda v: self._guard(self.ctl.set_threshold, v))
-        self._prompt_timer = QTimer()
-        self._prompt_timer.setSingleShot(True)
-        self._prompt_timer.setInterval(PROMPT_DEBOUNCE_MS)
-        self._prompt_timer.timeout.connect(lambda: self._guard(self.ctl.set_prompt, self.prompt.value))
+        self._prompt_timer = _debounce(PROMPT_DEBOUNCE_MS, lambda: self._guard(self.ctl.set_prompt, self.prompt.value))
         self.prompt.changed.connect(lambda _v: self._prompt_timer.start())
         # widgets <- parameters (Load weights sets the checkpoint's class names, descriptions, modality...)
         ev = self.params.events
@@ -189,10 +185,7 @@ class UUDSWidget(Container):
         self.next_btn.clicked.connect(lambda: self._guard(self.ctl.goto_uncertain, 1))
         self.finetune_btn.clicked.connect(self.start_finetune)
         self.load_corr_btn.clicked.connect(self._load_corrections_dialog)
-        self._edit_timer = QTimer()
-        self._edit_timer.setSingleShot(True)
-        self._edit_timer.setInterval(EDIT_DEBOUNCE_MS)
-        self._edit_timer.timeout.connect(lambda: self._guard(self.ctl.collect_corrections))
+        self._edit_timer = _debounce(EDIT_DEBOUNCE_MS, lambda: self._guard(self.ctl.collect_corrections))
         self.native.destroyed.connect(lambda *_: self.close_down())
         for e in (napari_viewer.layers.events.inserted, napari_viewer.layers.events.removed):
             e.connect(self._layers_changed)
@@ -304,16 +297,21 @@ class UUDSWidget(Container):
         axis = self.ctl.model.cfg.axis if self.ctl.model is not None else self.params.axis
         if self.viewer.dims.ndim == 3:  # show the plane the model works in; the slider walks its slices
             radiological_view(self.viewer, axis)
-        worker = create_worker(self.ctl.training_events, _start_thread=False)
-        worker.yielded.connect(self.ctl.handle_event)
-        worker.errored.connect(lambda exc: show_error(f"training failed: {exc}"))
-        worker.finished.connect(lambda: self._training_done(predict_after))
-        self.worker = worker
-        self._set_running(True)
         # The output layers are created now, on the main thread, one per frame (napari needs 0.1-0.3 s to add
         # a layer on a software canvas, and the frame after it compiles its shaders); the worker starts after.
         for key in self.ctl.missing_output_layers():
             self.ctl.pacer.call(lambda k=key: self.ctl.ensure_output_layers([k]))
+        return self._train_in_worker(self.ctl.training_events, "training", lambda: self._training_done(predict_after))
+
+    def _train_in_worker(self, events, what: str, done):
+        """A training generator in a worker thread: its events reach ``ctl.handle_event`` on the main thread, the
+        worker starts once the frames queued before it are drawn, and ``done`` runs when it ends."""
+        worker = create_worker(events, _start_thread=False)
+        worker.yielded.connect(self.ctl.handle_event)
+        worker.errored.connect(lambda exc: show_error(f"{what} failed: {exc}"))
+        worker.finished.connect(done)
+        self.worker = worker
+        self._set_running(True)
         self.ctl.pacer.call(lambda: self._start_worker(worker))
         return worker
 
@@ -328,14 +326,7 @@ class UUDSWidget(Container):
             show_error(str(exc))
             return None
         self.status.message = f"fine-tuning on {len(slices)} corrected slice(s): {', '.join(map(str, slices[:10]))}"
-        worker = create_worker(self.ctl.finetune_events, _start_thread=False)
-        worker.yielded.connect(self.ctl.handle_event)
-        worker.errored.connect(lambda exc: show_error(f"fine-tuning failed: {exc}"))
-        worker.finished.connect(self._finetune_done)
-        self.worker = worker
-        self._set_running(True)
-        self.ctl.pacer.call(lambda: self._start_worker(worker))
-        return worker
+        return self._train_in_worker(self.ctl.finetune_events, "fine-tuning", self._finetune_done)
 
     def _finetune_done(self) -> None:
         self._training_done(predict_after=False)
@@ -506,6 +497,15 @@ def radiological_view(viewer, axis: int) -> None:
     viewer.dims.order = (axis, vertical, horizontal)
     viewer.camera.orientation2d = ("up", "left")
     viewer.reset_view()
+
+
+def _debounce(ms: int, fn) -> QTimer:
+    """A single-shot timer that calls ``fn`` ``ms`` after its last ``start()`` (each start restarts it)."""
+    timer = QTimer()
+    timer.setSingleShot(True)
+    timer.setInterval(ms)
+    timer.timeout.connect(fn)
+    return timer
 
 
 def _show(widget, value) -> None:
