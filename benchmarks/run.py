@@ -86,6 +86,9 @@ ADAPT_ROWS: dict[str, tuple[str, dict, dict, dict]] = {
     # round 5: GIN read by the segmenter (L_id asks for the randomised slice); where auto leaves GIN off (A1, A2)
     # the same run as uuds
     "uuds_gin_into_segmenter": ("uuds", {}, {"randomise_into": "segmenter"}, {}),
+    # round 7: the translator reads GIN (as the default) and the segmenter reads a second draw of GIN on the
+    # reconstruction; where auto leaves GIN off (A1, A2) the same run as uuds
+    "uuds_gin_both": ("uuds", {}, {"randomise_into": "both"}, {}),
     # the default without pass-specific batch-norm statistics: round 3's default, whose one-lever-off rows follow
     "uuds_no_pass_bn": ("uuds", {"pass_bn": False}, {}, {}),
     # one lever of the default off
@@ -99,10 +102,11 @@ ADAPT_ROWS: dict[str, tuple[str, dict, dict, dict]] = {
     "uuds+tcsa": ("uuds+tcsa", {}, {}, {}),
 }
 #: rows trained on labelled volumes only (no target term); ``gin_only`` is source randomisation alone
-SOURCE_ROWS = {"lower": {"randomise": "none"}, "gin_only": {"randomise": "gin"}}
+SOURCE_ROWS = {"lower": {"randomise": "none"}, "gin_only": {"randomise": "gin"},
+               "gin_only_both": {"randomise": "gin", "randomise_into": "both"}}
 ROWS = ["lower", "histmatch", "pseudo", "gin_only", "uuds_paper", "uuds", "uuds_no_gin", "uuds_gin",
         "uuds_gin_dd_printed", "uuds_gin_no_body_mask", "uuds_gin_no_guard", "uuds_gin_mm", "uuds_gin_size_log",
-        "uuds_gin_into_segmenter",
+        "uuds_gin_into_segmenter", "uuds_gin_both", "gin_only_both",
         "uuds_no_pass_bn", "uuds_dd_printed", "uuds_no_body_mask", "uuds_no_guard", "uuds_no_domain_prompt",
         "uuds_no_seg_prompt",
         "uuds_no_uncertainty", "tcsa", "uuds+tcsa", "upper"]
@@ -237,9 +241,9 @@ def run_row(row: str, seed: int, ctx: dict) -> dict:
             info.update(finetune_s=round(secs, 1), certain_fraction=round(float(np.mean(fractions)), 3))
             return {**info, "volumes": _evaluate(ft, targets, refs, names)}
         return {**info, "volumes": _evaluate(model, targets, refs, names)}
-    if row == "gin_only":
+    if row in ("gin_only", "gin_only_both"):
         model, secs, _ = _train(ModelConfig(**cfg_kw), sources, targets,
-                                TrainConfig(mode="source_only", **SOURCE_ROWS["gin_only"], **tkw))
+                                TrainConfig(mode="source_only", **SOURCE_ROWS[row], **tkw))
         return {"train_s": round(secs, 1), "volumes": _evaluate(model, targets, refs, names)}
     if row == "upper":
         model, secs, _ = _train(ModelConfig(**cfg_kw), ctx["upper_sources"], targets,

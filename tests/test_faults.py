@@ -90,15 +90,15 @@ def test_damaged_weights_are_refused_by_predict(vols, tmp_path, capsys):
     assert not (tmp_path / "p").exists()
 
 
-def test_a_layer_with_nan_voxels_is_refused_by_the_controller():
+def test_a_layer_with_nan_voxels_is_refused_by_the_widgets_input_check():
     from napari_uuds.engine.errors import UUDSError
-    from napari_uuds.gui.controller import UUDSController
+    from napari_uuds.gui.inputs import layer_volume
 
     data = np.random.default_rng(0).random((16, 16, 8)).astype(np.float32)
     data[1, 2, 3] = np.nan
     layer = SimpleNamespace(data=data, name="t1 (other reader)", metadata={}, scale=(1.0, 1.0, 1.0))
     with pytest.raises(UUDSError, match=r"target image 't1 \(other reader\)' holds 1 NaN or Inf voxels"):
-        UUDSController(viewer=None)._volume_of(layer, "target image")
+        layer_volume(layer, "target image")
 
 
 def test_non_finite_outputs_are_never_written(tmp_path):

@@ -136,3 +136,16 @@ def test_randomised_slice_into_the_segmenter_changes_what_l_id_asks_for(tiny_cfg
     b = [e.losses for e in _run(tiny_cfg, data, TrainConfig(steps=1, batch_size=2, randomise="gin", randomise_p=1.0,
                                                                randomise_into="segmenter"))[1] if e.kind == "step"][0]
     assert a["seg"] == b["seg"] and a["id"] != b["id"]
+
+
+def test_randomised_reconstruction_into_the_segmenter_changes_only_what_it_reads(tiny_cfg, data):
+    """randomise_into="both": the translator reads the same randomised slice as the default and L_id asks for the
+    clean one (same L_id at step 1), while the segmenter reads a second draw of GIN on the reconstruction (L_seg
+    differs)."""
+    def first(into):
+        return [e.losses for e in _run(tiny_cfg, data, TrainConfig(steps=1, batch_size=2, randomise="gin",
+                                                                    randomise_p=1.0, randomise_into=into))[1]
+                if e.kind == "step"][0]
+
+    a, b = first("translator"), first("both")
+    assert a["id"] == b["id"] and a["seg"] != b["seg"]

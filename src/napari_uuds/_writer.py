@@ -38,3 +38,22 @@ def write_labels(path: str, data, attributes: dict) -> list[str]:
 
 def write_image(path: str, data, attributes: dict) -> list[str]:
     return _write(path, data, attributes, np.float32)
+
+
+def export_layer(layer, path: str | Path, overwrite: bool = False) -> Path:
+    """Write a Labels or Image layer as NIfTI on its scan's grid (atomic); never replaces a file without
+    ``overwrite``."""
+    import os
+
+    if layer is None:
+        raise UUDSError("choose a layer to export")
+    path = nifti_path(path)
+    if path.exists() and not overwrite:
+        raise UUDSError("already exists; confirm to replace it", path)
+    if not path.parent.exists():
+        raise UUDSError("folder does not exist", path.parent)
+    if not os.access(path.parent, os.W_OK):
+        raise UUDSError("folder is not writable: choose another", path.parent)
+    attrs = {"metadata": layer.metadata, "scale": layer.scale}
+    writer = write_labels if type(layer).__name__ == "Labels" else write_image
+    return Path(writer(str(path), np.asarray(layer.data), attrs)[0])

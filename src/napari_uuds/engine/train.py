@@ -6,6 +6,7 @@ step), the uncertainty threshold and the domain prompt text (both read at every 
 """
 from __future__ import annotations
 
+import functools
 import math
 import random
 import threading
@@ -235,11 +236,14 @@ def train(model: UUDS, source: SliceSampler, target: SliceSampler, cfg: TrainCon
             # source randomisation: the translator reads the randomised slice, L_id asks for the clean one
             xs_in = gin(xs, source.rng, cfg.randomise_p) if randomise == "gin" else xs
             id_target = xs_in if cfg.randomise_into == "segmenter" else xs
+            rec_aug = None
+            if randomise == "gin" and cfg.randomise_into == "both":  # the segmenter reads a second draw
+                rec_aug = functools.partial(gin, rng=source.rng, p=cfg.randomise_p, body=xs > BACKGROUND)
             warm = step >= cfg.warmup
             held = guard is not None and guard.held  # the guard holds every target term back
             dd_now = dd_on and (warm or not cfg.dd_warmup) and not held
             with amp:
-                out = model(xs_in, xt, cfg.dd_flow if dd_now else None)
+                out = model(xs_in, xt, cfg.dd_flow if dd_now else None, rec_aug)
             with torch.autocast(device.type, enabled=False):  # losses in float32, outside bf16 autocast
                 terms: dict[str, torch.Tensor] = {
                     "seg": loss_seg(out.logits_s, ys),

@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import gc
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Iterator
 
 import numpy as np
 import torch
 
-from .._geometry import layer_metadata, reference_volume
-from .._writer import nifti_path, write_image, write_labels
+from .._writer import export_layer
 from ..engine import checkpoint as ckpt
 from ..engine.body import body_mask
 from ..engine.config import ModelConfig, TrainConfig
@@ -26,14 +25,12 @@ from ..engine.job import AdaptJob, build_model
 from ..engine.infer import VolumePrediction, assemble, iter_predict_volume, run_to_end
 from ..engine.slices import SliceGeometry, from_square
 from ..engine.train import TrainControl, TrainEvent, resolve_device
-from ..engine.volumes import Volume
 from .corrections import Corrections, default_run_folder
+from .inputs import layer_volume, training_inputs
 from .names import OUTPUT_LAYERS
+from .output_layers import OutputLayers
 from .review_actions import ReviewActions
 from .state import Params, Status
-
-#: colour of the uncertain region (what a reviewer looks at), apart from the segmentation's label colours
-UNCERTAIN_COLOUR = "#ffd400"
 
 
 class UUDSController(ReviewActions):
@@ -48,7 +45,7 @@ class UUDSController(ReviewActions):
         self.target_layer = None
         self._data: tuple[list[PreparedVolume], list[PreparedVolume]] | None = None
         self._clip_weights: str | None = None
-        self._volume_shown = False
+        self.outputs = OutputLayers(viewer)
         #: the user's corrected slices of the target (gui/corrections.py), saved to the run folder as they change
         self.corrections: Corrections | None = None
         self._ranking: list[SliceScore] | None = None
@@ -61,69 +58,30 @@ class UUDSController(ReviewActions):
         self.display_timeout = 0.0
 
     # -- inputs ------------------------------------------------------------------------------
-    def _volume_of(self, layer, what: str, labels: bool = False) -> Volume:
-        if layer is None:
-            raise UUDSError(f"choose a {what} layer first")
-        data = np.asarray(layer.data)
-        if data.ndim != 3:
-            raise UUDSError(f"{what} '{layer.name}' is {data.ndim}D; UUDS needs a 3D volume")
-        if data.dtype.kind == "f" and not np.isfinite(data).all():
-            n = int((~np.isfinite(data)).sum())
-            raise UUDSError(f"{what} '{layer.name}' holds {n} NaN or Inf voxels: replace them (e.g. by the background "
-                            "value) before training or segmenting")
-        ref = reference_volume(layer.metadata, data.shape, layer.scale)
-        vol = Volume(data.astype(np.uint8 if labels else np.float32), ref.affine, ref.header, ref.ornt,
-                     ref.path, layer.name)
-        if not labels and float(data.max()) == float(data.min()):
-            raise UUDSError(f"{what} '{layer.name}' is a constant image")
-        return vol
-
     def model_config(self) -> ModelConfig:
-        p = self.params
-        prompts = p.method != "tcsa"  # TCSA alone has no prompts (its text enters through the class relations)
-        return ModelConfig.for_arch(p.arch, image_size=p.image_size or None, axis=p.axis,
-                                    class_names=p.class_names(), class_descriptions=p.descriptions(),
-                                    source_modality=p.source_modality, domain_prompt=p.domain_prompt,
-                                    use_domain_prompt=prompts, use_seg_prompt=prompts)
+        return self.params.model_config()
 
     def prepare(self, source, source_labels, target) -> None:
         """Validate the chosen layers and slice them for training (raises UUDSError with what to do)."""
-        if source_labels is None:
-            raise UUDSError("training needs source labels: choose a Labels layer for the source")
-        src = self._volume_of(source, "source image")
-        lab = self._volume_of(source_labels, "source labels", labels=True)
-        tgt = self._volume_of(target, "target image")
-        if lab.data.shape != src.data.shape:
-            raise UUDSError(f"source labels '{source_labels.name}' have shape {lab.data.shape} but the source "
-                            f"image has {src.data.shape}: choose the labels drawn on that image")
-        if not lab.data.any():
-            raise UUDSError(f"source labels '{source_labels.name}' are empty: paint the object first")
         cfg = self.model_config()
-        n = len(cfg.class_names)
-        if n == 1 and lab.data.max() > 1:  # one class named: every non-zero value is it, and the user is told
-            values = ", ".join(str(int(v)) for v in np.unique(lab.data) if v > 0)
-            lab.data = (lab.data > 0).astype(np.uint8)
-            self.status.message = (f"source labels '{source_labels.name}': values {values} merged into the one class "
-                                   f"'{cfg.class_names[0]}' (name one class per value, comma-separated, to keep them apart)")
-        elif lab.data.max() > n:
-            raise UUDSError(f"source labels '{source_labels.name}' hold values up to {int(lab.data.max())} but "
-                            f"{n} class names are given: name one class per label value (comma-separated)")
+        inputs = training_inputs(source, source_labels, target, cfg.class_names)
+        if inputs.note:
+            self.status.message = inputs.note
         if self.model is not None and (self.model.cfg.image_size != cfg.image_size
                                        or self.model.cfg.class_names != cfg.class_names
                                        or (self.model.cfg.use_seg_prompt, self.model.cfg.use_domain_prompt)
                                        != (cfg.use_seg_prompt, cfg.use_domain_prompt)):
             self.model = None  # another task or method: a fresh model
-        size = self.model.cfg.image_size if self.model is not None else cfg.image_size
-        axis = self.model.cfg.axis if self.model is not None else cfg.axis
-        mm = self.model.cfg.mm_per_pixel if self.model is not None else cfg.mm_per_pixel
-        self._data = ([prepare_volume(src, axis, size, lab, mm)], [prepare_volume(tgt, axis, size, mm_per_pixel=mm)])
+        geo = self.model.cfg if self.model is not None else cfg  # a model kept slices as it was trained
+        self._data = ([prepare_volume(inputs.source, geo.axis, geo.image_size, inputs.labels, geo.mm_per_pixel)],
+                      [prepare_volume(inputs.target, geo.axis, geo.image_size, mm_per_pixel=geo.mm_per_pixel)])
         self._set_target(self._data[1][0], target)
 
     def prepare_target(self, target) -> None:
         """For prediction only (no training): the target image, sliced as the loaded model wants."""
         if self.model is None:
             raise UUDSError("no model yet: train, or load weights")
-        tgt = self._volume_of(target, "target image")
+        tgt = layer_volume(target, "target image")
         self._set_target(prepare_volume(tgt, self.model.cfg.axis, self.model.cfg.image_size,
                                         mm_per_pixel=self.model.cfg.mm_per_pixel), target)
 
@@ -154,10 +112,7 @@ class UUDSController(ReviewActions):
         return note
 
     def train_config(self) -> TrainConfig:
-        p = self.params
-        return TrainConfig(steps=p.steps, batch_size=p.batch_size, lr=p.lr, seed=p.seed, device=p.device,
-                           threshold=p.threshold, preview_every=p.preview_every, method=p.method,
-                           text_encoder=p.text_encoder, randomise=p.randomise)
+        return self.params.train_config()
 
     def training_events(self) -> Iterator[TrainEvent]:
         """The engine's training generator (runs in the worker thread); prepare() first."""
@@ -380,11 +335,7 @@ class UUDSController(ReviewActions):
 
     def missing_output_layers(self) -> list[str]:
         """Keys of the output layers that do not exist yet (or do not fit the target)."""
-        if self.target is None:
-            return []
-        shape = tuple(self.target.volume.data.shape)
-        return [k for k, name in OUTPUT_LAYERS.items()
-                if name not in self.viewer.layers or tuple(self.viewer.layers[name].data.shape) != shape]
+        return [] if self.target is None else self.outputs.missing(self.target.volume.data.shape)
 
     def ensure_output_layers(self, keys=None) -> None:
         if self.target is not None:
@@ -392,37 +343,9 @@ class UUDSController(ReviewActions):
                 self._layer(key, create_shape=self.target.volume.data.shape)
 
     def _layer(self, key: str, create_shape: tuple[int, ...] | None = None):
-        name = OUTPUT_LAYERS[key]
         shape = create_shape or (self.prediction.seg.shape if self.prediction is not None else None)
-        if name in self.viewer.layers:
-            layer = self.viewer.layers[name]
-            if shape is None or tuple(layer.data.shape) == tuple(shape):
-                return layer
-            self.viewer.layers.remove(name)  # another target: start afresh
-        kw: dict[str, Any] = {"name": name, "scale": self.target.volume.spacing, "translate": (0.0, 0.0, 0.0),
-                              "metadata": layer_metadata(self.target.volume)}
-        if self.target_layer is not None:  # placed as the scan is, rotation (an oblique scan) included
-            kw.update(scale=tuple(self.target_layer.scale), translate=tuple(self.target_layer.translate),
-                      affine=np.asarray(self.target_layer.affine.affine_matrix))
-        if key in ("seg", "uncertain"):
-            layer = self.viewer.add_labels(np.zeros(shape, np.uint8), **kw)
-            if key == "uncertain":  # its own colour: not one of the segmentation's label colours
-                from napari.utils.colormaps import DirectLabelColormap
-
-                layer.colormap = DirectLabelColormap(color_dict={None: "transparent", 1: UNCERTAIN_COLOUR})
-                layer.opacity = 0.45
-                layer.visible = False  # during training nearly everything is uncertain: shown with the volume's
-                self._volume_shown = False
-        elif key == "entropy":
-            layer = self.viewer.add_image(np.zeros(shape, np.float32), colormap="inferno", contrast_limits=(0, 1),
-                                          blending="additive", opacity=0.6, **kw)
-            layer.visible = False
-        else:  # hidden until a whole-volume prediction fills it: an empty one is an opaque block over the scan
-            layer = self.viewer.add_image(np.full(shape, -1.0, np.float32), colormap="gray", contrast_limits=(-1, 1),
-                                          **kw)
-            layer.visible = False
-            self._volume_shown = False
-        return layer
+        return self.outputs.get(key, shape, self.target.volume if self.target is not None else None,
+                                self.target_layer)
 
     def _show_prediction(self) -> None:
         p = self.prediction
@@ -441,10 +364,7 @@ class UUDSController(ReviewActions):
                 layer.data = v
         self._refresh(stale)
         self._shown_seg = np.array(self._layer("seg").data, copy=True)
-        if not self._volume_shown:  # synthetic source and uncertain region: worth showing once they hold a volume
-            self._layer("synthetic").visible = True
-            self._layer("uncertain").visible = True
-            self._volume_shown = True
+        self.outputs.show_volume_layers()
 
     def uncertain(self, chi: float) -> np.ndarray:
         """The uncertain region for threshold chi: entropy >= chi (outside the body the entropy is 0)."""
@@ -455,7 +375,7 @@ class UUDSController(ReviewActions):
         self.target = self.target_layer = self.prediction = None
         self._data = None
         self.corrections, self._ranking = None, None  # saved in the run folder as they were made
-        self._volume_shown = False
+        self.outputs.volume_shown = False
 
     # -- weights and export ------------------------------------------------------------------------
     def save_weights(self, folder: str | Path, overwrite: bool = False) -> Path:
@@ -465,31 +385,13 @@ class UUDSController(ReviewActions):
 
     def load_weights(self, folder: str | Path) -> None:
         self.model, meta = ckpt.load_checkpoint(folder, "cpu")
-        m = self.model.cfg
-        self.params.arch, self.params.class_name, self.params.axis = m.arch, ", ".join(m.class_names), m.axis
-        self.params.class_descriptions = list(m.class_descriptions)
-        self.params.source_modality = m.source_modality
-        self.params.threshold = float(meta.get("train", {}).get("threshold", self.params.threshold))
+        self.params.adopt(self.model.cfg, meta.get("train", {}))
         self.status.message = f"loaded {folder} ({self.model.trained_steps} steps)"
         self.status.weights_note = ""  # trained weights: the note on random CLIP weights no longer applies
 
     def export(self, layer, path: str | Path, overwrite: bool = False) -> Path:
         """Write a layer as NIfTI on its scan's grid (atomic); never replaces a file without ``overwrite``."""
-        if layer is None:
-            raise UUDSError("choose a layer to export")
-        path = nifti_path(path)
-        if path.exists() and not overwrite:
-            raise UUDSError("already exists; confirm to replace it", path)
-        if not path.parent.exists():
-            raise UUDSError("folder does not exist", path.parent)
-        import os
-
-        if not os.access(path.parent, os.W_OK):
-            raise UUDSError("folder is not writable: choose another", path.parent)
-        attrs = {"metadata": layer.metadata, "scale": layer.scale}
-        kind = type(layer).__name__
-        writer = write_labels if kind == "Labels" else write_image
-        return Path(writer(str(path), np.asarray(layer.data), attrs)[0])
+        return export_layer(layer, path, overwrite)
 
 
 def _slab(axis: int, i: int) -> tuple[slice, slice, slice]:

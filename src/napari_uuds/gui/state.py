@@ -1,4 +1,8 @@
-"""Parameters and status as psygnal evented dataclasses: the widget binds to them, the controller reads them."""
+"""Parameters and status as psygnal evented dataclasses: the widget binds to them, the controller reads them.
+
+:class:`Params` is also the configuration object of a run: :meth:`Params.model_config` and
+:meth:`Params.train_config` turn the widget's fields into the engine's configs (one home for every default: the
+engine's ``config``), and :meth:`Params.adopt` takes the fields of loaded weights back."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -46,6 +50,28 @@ class Params:
         names = self.class_names()
         given = list(self.class_descriptions) + [""] * len(names)
         return [d.strip() or n for d, n in zip(given, names)]
+
+    def model_config(self) -> ModelConfig:
+        """The network these parameters ask for (TCSA alone has no prompts: its text enters through the class
+        relations)."""
+        prompts = self.method != "tcsa"
+        return ModelConfig.for_arch(self.arch, image_size=self.image_size or None, axis=self.axis,
+                                    class_names=self.class_names(), class_descriptions=self.descriptions(),
+                                    source_modality=self.source_modality, domain_prompt=self.domain_prompt,
+                                    use_domain_prompt=prompts, use_seg_prompt=prompts)
+
+    def train_config(self) -> TrainConfig:
+        """The training run these parameters ask for."""
+        return TrainConfig(steps=self.steps, batch_size=self.batch_size, lr=self.lr, seed=self.seed,
+                           device=self.device, threshold=self.threshold, preview_every=self.preview_every,
+                           method=self.method, text_encoder=self.text_encoder, randomise=self.randomise)
+
+    def adopt(self, cfg: ModelConfig, train: dict) -> None:
+        """The fields that loaded weights fix (their network, classes and threshold) take the weights' values."""
+        self.arch, self.class_name, self.axis = cfg.arch, ", ".join(cfg.class_names), cfg.axis
+        self.class_descriptions = list(cfg.class_descriptions)
+        self.source_modality = cfg.source_modality
+        self.threshold = float(train.get("threshold", self.threshold))
 
 
 @evented
