@@ -57,7 +57,7 @@ def run_variant(name: str, seed: int, ctx: dict) -> dict:
     method, mkw, tkw, wkw = VARIANTS[name]
     cfg = ModelConfig(**{**ctx["model_kw"], **mkw})
     tcfg = TrainConfig(method=method, steps=ctx["steps"], batch_size=ctx["batch_size"], seed=seed, lr=ctx["lr"],
-                       **tkw)
+                       **({"warmup_steps": ctx["warmup"]} if ctx.get("warmup") is not None else {}), **tkw)
     weights = LossWeights(**wkw)
     torch.manual_seed(seed)
     model = UUDS(cfg, clip_weights=None, seed=seed)
@@ -124,6 +124,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--lr", type=float, default=1e-4)
     ap.add_argument("--eval-at", nargs="*", type=int, default=[],
                     help="also score the held-out source at these steps (a label-free learning curve)")
+    ap.add_argument("--warmup", type=int, default=None,
+                    help="warm-up steps before the target terms join (default: the engine's, a quarter of --steps)")
     ap.add_argument("--results", default=str(bench.RESULTS))
     args = ap.parse_args(argv)
 
@@ -134,10 +136,12 @@ def main(argv: list[str] | None = None) -> int:
     sources = bench._load(data, proto, proto["train"], proto["source"], cfg, True)
     ctx = {"model_kw": {k: getattr(cfg, k) for k in cfg.__dataclass_fields__}, "steps": args.steps,
            "batch_size": args.batch_size, "lr": args.lr, "class_names": names, "eval_at": set(args.eval_at),
+           "warmup": args.warmup,
            "train": sources[:-1], "val": sources[-1],
            "targets": bench._load(data, proto, proto["test"], proto["target"], cfg, False)}
     out = Path(args.results) / f"source_validation_{args.protocol}.json"
-    settings = {"steps": args.steps, "batch_size": args.batch_size, "lr": args.lr}
+    settings = {"steps": args.steps, "batch_size": args.batch_size, "lr": args.lr,
+                **({"warmup": args.warmup} if args.warmup is not None else {})}
     doc = json.loads(out.read_text()) if out.exists() else {}
     if doc and any(doc.get(k) != v for k, v in settings.items()):
         doc = {}

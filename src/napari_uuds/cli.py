@@ -170,12 +170,16 @@ def build_parser() -> argparse.ArgumentParser:
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
                        description="Segment target images with weights written by 'adapt'.")
     r.add_argument("--weights", required=True, metavar="DIR", help="folder with model.safetensors and config.json")
-    r.add_argument("--image", action="append", required=True, metavar="IMG", help="image to segment; repeat for several")
+    r.add_argument("--image", action="append", required=True, metavar="IMG|DIR|GLOB",
+                   help="image to segment, a folder of NIfTI files or a quoted glob pattern ('scans/**/*t1*.nii.gz'); "
+                        "repeat for several. A cohort streams through the model one volume at a time; a file that "
+                        "cannot be read is reported and skipped (exit code 2 once the others are written)")
     r.add_argument("--out", required=True, metavar="DIR", help="output folder")
     r.add_argument("--threshold", type=_unit_float, default=None, help="chi for the certain mask (default: the training one)")
     r.add_argument("--domain-prompt", default=None, metavar="TEXT", help="override the saved domain prompt")
     r.add_argument("--device", choices=list(DEVICES), default=DEVICES[0])
-    r.add_argument("--batch-size", type=_positive_int, default=16)
+    r.add_argument("--batch-size", type=_positive_int, default=16,
+                   help="slices per forward pass (batches run across volume boundaries)")
     r.add_argument("--overwrite", action="store_true", help="replace existing outputs in --out")
     r.add_argument("--quiet", action="store_true")
 

@@ -14,7 +14,7 @@ from .engine.atomic import atomic_write
 from .engine.config import (DEFAULT_DOMAIN_PROMPT, LossWeights, ModelConfig, TrainConfig, from_dict, recipe_overrides,
                             to_dict)
 from .engine.dataset import choose_mm_per_pixel, load_source_pairs, load_targets, reslice
-from .exitcodes import EXIT_INTERRUPTED
+from .exitcodes import EXIT_INTERRUPTED, EXIT_USER_ERROR
 from .engine.errors import UUDSError
 from .engine.infer import predict_volume, release_host_memory
 from .engine.metrics import score, score_classes
@@ -238,35 +238,92 @@ def cmd_adapt(args) -> int:
 
 
 def cmd_predict(args) -> int:
+    """Segment files, folders and glob patterns with saved weights: a cohort streamed through the model (one volume
+    read at a time, slices batched across volumes), one progress bar, unreadable files reported and skipped, and a
+    summary (``summary.csv`` and ``summary.json``) of every file."""
+    from .engine.cohort import expand_images, iter_cohort, slices_along
     from .engine.train import resolve_device
 
     out = Path(args.out)
-    meta = ckpt.read_config(args.weights)
-    names = unique_names(args.image)
-    planned = planned_outputs(out, names, False, False)
+    ckpt.read_config(args.weights)
+    paths = expand_images(args.image)
+    names = unique_names(paths)
+    planned = planned_outputs(out, names, False, False) + [out / SUMMARY_CSV, out / SUMMARY_JSON]
     w = Path(args.weights)
-    check_inputs_kept(planned, {"--image": args.image, "--weights": [w / ckpt.WEIGHTS, w / ckpt.CONFIG]})
+    check_inputs_kept(planned, {"--image": paths, "--weights": [w / ckpt.WEIGHTS, w / ckpt.CONFIG]})
     check_outputs_free(planned, args.overwrite)
     check_writable(out)
     device = resolve_device(args.device)
-    vols = [load_volume(p) for p in args.image]
     model, meta = ckpt.load_checkpoint(args.weights, device)
     chi = args.threshold if args.threshold is not None else meta.get("train", {}).get("threshold", 0.5)
+    axis = model.cfg.axis
+    sizes: dict[Path, tuple[int, int]] = {}  # (slices along the axis, voxels) from the headers, for bar and disk
+    for p in paths:
+        try:
+            import nibabel as nib
+
+            sizes[p] = (slices_along(p, axis), int(np.prod(nib.load(str(p)).shape[:3])))
+        except Exception:  # unreadable: iter_cohort reports it in its place
+            sizes[p] = (0, 0)
+    rows: list[dict] = []
     with OutputLock(out), terminate_as_interrupt():
         sweep_stale_temps(out)
-        check_free_space(out, sum(5 * v.data.size for v in vols) + 2 ** 20,
-                         largest_file=max(4 * v.data.size for v in vols))
-        for vol, name in zip(vols, names):
-            n = vol.data.shape[model.cfg.axis]
-            with tqdm(total=n, desc=name, unit="slice", disable=args.quiet, file=sys.stderr) as bar:
-                pred = predict_volume(model, vol, args.batch_size, args.domain_prompt, progress=bar.update)
-            try:
-                write_prediction(pred, vol, out, name, chi)
-            except OSError as exc:
-                raise UUDSError(f"could not write the predictions ({exc.strerror or exc})", exc.filename or out) from None
-            print(f"{name}: {int((pred.seg > 0).sum())} foreground voxels, mean entropy {pred.entropy.mean():.3f}")
-    print(f"wrote {out}")
-    return 0
+        voxels = [v for _, v in sizes.values()]
+        check_free_space(out, sum(5 * v for v in voxels) + 2 ** 20, largest_file=4 * max(voxels, default=0))
+        with tqdm(total=sum(n for n, _ in sizes.values()), desc=f"{len(paths)} volumes", unit="slice",
+                  disable=args.quiet, file=sys.stderr) as bar:
+            for r in iter_cohort(model, paths, args.batch_size, args.domain_prompt, progress=bar.update):
+                name = names[r.index]
+                row = {"index": r.index, "name": name, "path": str(r.path), "status": "skipped" if r.error else "segmented",
+                       "error": r.error}
+                if r.error:
+                    bar.total -= sizes[r.path][0]  # its slices will never come
+                    bar.refresh()
+                    _say(f"{name}: skipped: {r.path}: {r.error}")  # even with --quiet: it is missing
+                else:
+                    pred = r.prediction
+                    try:
+                        write_prediction(pred, r.volume, out, name, chi)
+                    except OSError as exc:
+                        raise UUDSError(f"could not write the predictions ({exc.strerror or exc})",
+                                        exc.filename or out) from None
+                    fg = int((pred.seg > 0).sum())
+                    row.update(shape="x".join(map(str, r.volume.data.shape)), foreground_voxels=fg,
+                               object_mm3=round(fg * float(np.prod(r.volume.spacing)), 1),
+                               mean_entropy=round(float(pred.entropy.mean()), 4),
+                               uncertain_fraction=round(float((~pred.certain(chi)).mean()), 4),
+                               seconds=round(r.seconds, 2))
+                    if not args.quiet:
+                        bar.write(f"{name}: {fg} foreground voxels, mean entropy {pred.entropy.mean():.3f}")
+                rows.append(row)
+                del r
+                release_host_memory()
+        write_summary(out, rows, {"weights": str(w), "threshold": chi, "batch_size": args.batch_size,
+                                  "device": str(device)})
+    skipped = sum(r["status"] == "skipped" for r in rows)
+    print(f"wrote {out}: {len(rows) - skipped} segmented, {skipped} skipped (summary in {out / SUMMARY_CSV})")
+    return EXIT_USER_ERROR if skipped else 0
+
+
+SUMMARY_CSV, SUMMARY_JSON = "summary.csv", "summary.json"
+SUMMARY_FIELDS = ["name", "path", "status", "error", "shape", "foreground_voxels", "object_mm3", "mean_entropy",
+                  "uncertain_fraction", "seconds"]
+
+
+def write_summary(out: Path, rows: list[dict], extra: dict) -> None:
+    """The cohort's summary, one row per file in the order given, as CSV and JSON (each written atomically)."""
+    import csv
+    import io
+
+    rows = [{k: v for k, v in r.items() if k != "index"} for r in sorted(rows, key=lambda r: r["index"])]
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=SUMMARY_FIELDS, extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write(out / SUMMARY_CSV, lambda tmp: Path(tmp).write_text(buf.getvalue()))
+    doc = {"volumes": rows, "segmented": sum(r["status"] == "segmented" for r in rows),
+           "skipped": sum(r["status"] == "skipped" for r in rows), **extra}
+    atomic_write(out / SUMMARY_JSON, lambda tmp: Path(tmp).write_text(json.dumps(doc, indent=2)))
 
 
 def cmd_evaluate(args) -> int:

@@ -1,0 +1,166 @@
+"""Cohort prediction: many volumes streamed through one model, slices batched across volume boundaries.
+
+``napari-uuds predict --image DIR|GLOB|FILE ...`` runs this. Volumes are read one at a time as the batches need
+them and each is handed back (and can be written and dropped) as soon as its last slice is segmented, so memory
+holds the model, the volumes that the current batch spans (usually one, two at a boundary) and their outputs, not
+the cohort. A batch is always full except the cohort's last: the tail of one volume is topped up with the head of
+the next, which keeps a GPU's batches the size they were tuned for. A file that cannot be read is reported and
+skipped; the others go on.
+"""
+from __future__ import annotations
+
+import glob
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator
+
+import nibabel as nib
+import numpy as np
+import torch
+from nibabel.orientations import io_orientation
+
+from .body import body_mask
+from .errors import UUDSError
+from .infer import VolumePrediction, assemble, predict_slices, release_host_memory
+from .model import UUDS
+from .dataset import plan_for
+from .slices import SliceGeometry, to_square
+from .volumes import NIFTI_SUFFIXES, NormParams, Volume, load_volume, normalisation_params
+
+
+def is_nifti(path: Path) -> bool:
+    return path.name.lower().endswith(NIFTI_SUFFIXES)
+
+
+def expand_images(specs: list[str]) -> list[Path]:
+    """Files, folders (the NIfTI files directly inside, sorted) and glob patterns (``*``, ``?``, ``[``; ``**``
+    recurses) -> one list of files, in the order given, each once. A spec that names nothing is an error."""
+    out: list[Path] = []
+    for spec in specs:
+        p = Path(spec)
+        if p.is_dir():
+            found = sorted(q for q in p.iterdir() if q.is_file() and is_nifti(q))
+            if not found:
+                raise UUDSError("folder holds no NIfTI file (.nii or .nii.gz)", p)
+        elif p.exists():
+            found = [p]
+        elif glob.has_magic(spec):
+            found = sorted(Path(q) for q in glob.glob(spec, recursive=True) if Path(q).is_file() and is_nifti(Path(q)))
+            if not found:
+                raise UUDSError("pattern matches no NIfTI file", spec)
+        else:
+            raise UUDSError("no such file or folder", p)
+        out += [q for q in found if q not in out]
+    return out
+
+
+def slices_along(path: Path, axis: int) -> int:
+    """Slices of a NIfTI file along the model's axis (of the canonical orientation), from its header alone."""
+    img = nib.load(str(path))
+    ornt = io_orientation(img.affine)
+    shape = img.shape[:3]
+    for j, (k, _) in enumerate(ornt):
+        if int(k) == axis:
+            return int(shape[j])
+    raise UUDSError("affine has no clear axis orientation", path)
+
+
+@dataclass
+class CohortResult:
+    """One file of the cohort: its prediction, or why it was skipped."""
+    index: int
+    path: Path
+    volume: Volume | None = None
+    prediction: VolumePrediction | None = None
+    error: str = ""
+    seconds: float = 0.0
+
+
+@dataclass
+class _Open:
+    """A volume being segmented: its outputs fill in as its slices come back from the batches."""
+    index: int
+    path: Path
+    volume: Volume
+    t0: float
+    norm: NormParams
+    plan: SliceGeometry
+    seg: np.ndarray = field(init=False)
+    ent: np.ndarray = field(init=False)
+    syn: np.ndarray = field(init=False)
+    left: int = field(init=False)  # slices not segmented yet
+
+    def __post_init__(self) -> None:
+        shape = self.volume.data.shape
+        self.seg, self.ent = np.empty(shape, np.uint8), np.empty(shape, np.float32)
+        self.syn = np.empty(shape, np.float32)
+        self.left = shape[self.plan.axis]
+
+
+def iter_cohort(model: UUDS, paths: list[Path], batch_size: int = 16, domain_prompt: str | None = None,
+                progress: Callable[[int], None] | None = None,
+                load: Callable[[Path], Volume] = load_volume) -> Iterator[CohortResult]:
+    """Segment ``paths`` with ``model``, yielding each file's :class:`CohortResult` as soon as it is complete
+    (skipped files at once, in their place in the stream). ``progress(n)``: n more slices done."""
+    cfg = model.cfg
+    axis = cfg.axis
+    if domain_prompt is not None:
+        model.domain_prompt.set_text(cfg.domain_text(domain_prompt))
+    todo: list[tuple[_Open, int, int]] = []  # (volume, first slice, end) ranges of the next batch
+    filled = 0
+    opened: dict[int, _Open] = {}
+
+    def run() -> Iterator[CohortResult]:
+        nonlocal todo, filled
+        parts, plans = [], []
+        for vol, a, b in todo:
+            idx = [slice(None)] * 3
+            idx[axis] = slice(a, b)
+            idx = tuple(idx)
+            raw = vol.volume.data[idx]
+            part = vol.norm.apply(raw)
+            sl, geom = to_square(part, axis, cfg.image_size, fill=-1.0, mode="bilinear",
+                                 geom=vol.plan.with_slices(b - a))
+            parts.append(sl)
+            plans.append((vol, idx, geom, body_mask(part, axis) if cfg.body_mask else None))
+        s, p = predict_slices(model, torch.cat(parts), batch_size, None, progress)
+        at = 0
+        for vol, idx, geom, body in plans:
+            n = geom.shape[axis]
+            out = assemble(s[at:at + n], p[at:at + n], geom, body, keep_probs=False)
+            vol.seg[idx], vol.ent[idx], vol.syn[idx] = out.seg, out.entropy, out.synthetic
+            vol.left -= n
+            at += n
+            if vol.left == 0:
+                del opened[vol.index]
+                yield CohortResult(vol.index, vol.path, vol.volume, VolumePrediction(vol.syn, None, vol.seg, vol.ent),
+                                   seconds=time.perf_counter() - vol.t0)
+        todo, filled = [], 0
+        release_host_memory(collect=False)
+
+    for i, path in enumerate(paths):
+        t0 = time.perf_counter()
+        try:
+            volume = load(path)
+        except UUDSError as exc:
+            yield CohortResult(i, path, error=exc.problem)
+            continue
+        except (OSError, ValueError, nib.filebasedimages.ImageFileError) as exc:
+            yield CohortResult(i, path, error=str(exc) or type(exc).__name__)
+            continue
+        norm = normalisation_params(volume.data)
+        vol = _Open(i, path, volume, t0, norm,
+                    plan_for(volume.data, norm, volume.spacing, axis, cfg.image_size, cfg.mm_per_pixel))
+        n = vol.left
+        opened[i] = vol
+        a = 0
+        while a < n:
+            take = min(n - a, batch_size - filled)
+            todo.append((vol, a, a + take))
+            filled += take
+            a += take
+            if filled == batch_size:
+                yield from run()
+    if todo:
+        yield from run()
