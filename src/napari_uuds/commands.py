@@ -63,11 +63,30 @@ def _save_run(model, out: Path, extra: dict) -> None:
 
 
 def cmd_adapt(args) -> int:
-    from .engine.backbone import resolve_weights
-    from .engine.job import AdaptJob
-    from .engine.train import TrainControl, resolve_device
+    from .engine import distributed
+    from .engine.train import resolve_device
 
     t_start = time.perf_counter()
+    # under torchrun: one process per rank, DDP (engine/distributed.py); only rank 0 writes and prints
+    ctx = distributed.from_env()
+    if ctx.enabled:
+        ctx = distributed.init(ctx, resolve_device(args.device))
+        args.quiet = args.quiet or not ctx.is_main
+    try:
+        return _adapt(args, ctx, t_start)
+    finally:
+        distributed.close(ctx)
+
+
+def _adapt(args, ctx, t_start: float) -> int:
+    import contextlib
+
+    from .engine import distributed
+    from .engine.backbone import resolve_weights
+    from .engine.job import AdaptJob
+    from .engine.signals import stop_on_signal
+    from .engine.train import TrainControl, resolve_device
+
     out = Path(args.out)
     names = unique_names(args.target)
     if args.target_label is not None and len(args.target_label) != len(args.target):
@@ -125,7 +144,7 @@ def cmd_adapt(args) -> int:
                          binarize=args.binarize_labels)
         tlabels.append(lab)
     opt_state = None
-    job = AdaptJob(mcfg, tcfg, sources, targets, loss_weights)
+    job = AdaptJob(mcfg, tcfg, sources, targets, loss_weights, dist=ctx)
     if resume_meta:
         job.model, _ = ckpt.load_checkpoint(args.resume, "cpu")
         opt_state = ckpt.load_optimizer_state(args.resume, resume_meta)
@@ -138,12 +157,14 @@ def cmd_adapt(args) -> int:
     # weights + Adam's two moments, and the four outputs of each target (about 5 bytes a voxel once compressed)
     need = n_params * 4 * 3 + sum(5 * t.volume.data.size for t in targets) + 2 ** 20
 
-    with OutputLock(out), terminate_as_interrupt():
-        stale = sweep_stale_temps(out)
+    main = ctx.is_main
+    with OutputLock(out) if main else contextlib.nullcontext(), terminate_as_interrupt():
+        stale = sweep_stale_temps(out) if main else []
         if stale:
             _say(f"napari-uuds adapt: removed {len(stale)} temporary file(s) an interrupted run left in {out}",
                  args.quiet)
-        check_free_space(out, need, largest_file=max(n_params * 4, max(4 * t.volume.data.size for t in targets)))
+        if main:
+            check_free_space(out, need, largest_file=max(n_params * 4, max(4 * t.volume.data.size for t in targets)))
         previous = _previous_outputs(out) if args.overwrite else []
         _say(f"napari-uuds adapt: {clip_note}", args.quiet)
         _say(f"model {mcfg.arch} ({n_params / 1e6:.1f} M parameters), "
@@ -152,6 +173,9 @@ def cmd_adapt(args) -> int:
         _say(f"domain prompt: \"{model.domain_prompt.text}\"; classes: {', '.join(mcfg.class_names)}; slices "
              + (f"at {model.cfg.mm_per_pixel:g} mm per pixel" if model.cfg.mm_per_pixel > 0 else "fitted to the frame"),
              args.quiet)
+        if ctx.enabled:
+            _say(f"distributed: {ctx.world_size} processes ({ctx.backend}), batch {tcfg.batch_size} per process "
+                 f"({tcfg.batch_size * ctx.world_size} in all); rank 0 writes", args.quiet)
 
         control = TrainControl(tcfg.threshold)
         start = model.trained_steps if resume_meta else 0
@@ -160,18 +184,23 @@ def cmd_adapt(args) -> int:
         last: dict = {}
         interrupted, diverged = False, ""
         gen = job.train(control, start_step=start, optimizer_state=opt_state)
+        # distributed: a signal sets the shared stop flag (every rank stops after the same step) instead of raising
         try:
-            for ev in gen:
-                if ev.message and ev.kind == "step":  # the guards' warnings and recoveries
-                    bar.write(f"napari-uuds adapt: {ev.message}", file=sys.stderr)
-                if ev.kind == "step":
-                    bar.update(ev.step - bar.n)
-                    bar.set_postfix_str(f"{_fmt_losses(ev.losses)} {ev.slices_per_s:.1f} slices/s")
-                    last = ev.losses
-                if ev.kind == "diverged":
-                    diverged = ev.message
+            with stop_on_signal(control.stop) if ctx.enabled else contextlib.nullcontext():
+                for ev in gen:
+                    if ev.message and ev.kind == "step" and main:  # the guards' warnings and recoveries
+                        bar.write(f"napari-uuds adapt: {ev.message}", file=sys.stderr)
+                    if ev.kind == "step":
+                        bar.update(ev.step - bar.n)
+                        bar.set_postfix_str(f"{_fmt_losses(ev.losses)} {ev.slices_per_s:.1f} slices/s")
+                        last = ev.losses
+                    if ev.kind == "diverged":
+                        diverged = ev.message
+                    if ev.kind == "stopped":  # the shared stop flag of a distributed run
+                        interrupted = True
         except KeyboardInterrupt:
             interrupted = True
+        in_sync = distributed.weights_agree(model, ctx)
         try:
             with deferred():  # a second Ctrl-C or a SIGTERM waits until the weights are written
                 gen.close()
@@ -186,11 +215,13 @@ def cmd_adapt(args) -> int:
                          "source_labels": [str(p) for p in args.source_label],
                          "label_options": {"binarize": bool(args.binarize_labels), "label_map": args.label_map},
                          "interrupted": interrupted, "diverged": diverged or None,
+                         **({"distributed": {**ctx.record(), "weights_agree": in_sync}} if ctx.enabled else {}),
                          "outputs": [] if (interrupted or diverged) else outputs,
                          "normalisation": {"scheme": "per-volume percentile clip to [-1, 1] (background excluded)",
                                            "low_percentile": 0.5, "high_percentile": 99.5,
                                            "sources": {p.volume.name: [p.norm.lo, p.norm.hi] for p in sources}}}
-                _save_run(model, out, extra)
+                if main:
+                    _save_run(model, out, extra)
         except KeyboardInterrupt:
             interrupted = True  # it came while the weights were written; they are
         resume = f"--resume {out} --out {out}"
@@ -198,8 +229,13 @@ def cmd_adapt(args) -> int:
             raise UUDSError(f"{diverged}; saved to {out}, no prediction written (resume with a lower --lr: {resume})")
         if interrupted:
             _say(f"interrupted at step {model.trained_steps}: weights saved to {out} (resume with the same options "
-                 f"and {resume})")
+                 f"and {resume})", not main)
             return EXIT_INTERRUPTED
+        if not in_sync:
+            raise UUDSError(f"the {ctx.world_size} processes ended with different weights (rank 0's are saved in "
+                            f"{out}); no prediction written")
+        if not main:  # rank 0 segments and writes
+            return 0
 
         del gen  # what only training needed; its buffers go back to the system before segmenting
         model.optimizer_state = None

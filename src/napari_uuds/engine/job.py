@@ -15,6 +15,7 @@ import torch
 
 from .config import FINETUNE_STEPS, LossWeights, ModelConfig, TrainConfig
 from .dataset import PreparedVolume, samplers
+from .distributed import SINGLE, DistContext
 from .infer import VolumePrediction, iter_predict_volume, run_to_end
 from .model import UUDS
 from .slices import SliceSampler
@@ -38,6 +39,8 @@ class AdaptJob:
     clip_weights: str | None = None
     #: an existing model (resumed, loaded or trained before) to continue instead of building one
     model: UUDS | None = None
+    #: a distributed run's context (engine/distributed.py): this rank's batches, DDP training
+    dist: DistContext = SINGLE
 
     def build(self) -> UUDS:
         """The model the job trains: the one given, else a fresh one from ``train_cfg.seed``."""
@@ -47,7 +50,7 @@ class AdaptJob:
 
     def samplers(self) -> tuple[SliceSampler, SliceSampler]:
         t = self.train_cfg
-        return samplers(self.sources, self.targets, t.fg_fraction, t.seed, t.contrast_invert)
+        return samplers(self.sources, self.targets, t.fg_fraction, self.dist.seed(t.seed), t.contrast_invert)
 
     def train(self, control: TrainControl | None = None, start_step: int | None = None,
               optimizer_state: dict | None = None, log_every: int = 1,
@@ -57,7 +60,7 @@ class AdaptJob:
         src, tgt = self.samplers()
         start = model.trained_steps if start_step is None else start_step
         yield from train(model, source_sampler or src, tgt, self.train_cfg, self.loss_weights, control,
-                         start_step=start, optimizer_state=optimizer_state, log_every=log_every)
+                         start_step=start, optimizer_state=optimizer_state, log_every=log_every, dist_ctx=self.dist)
 
     def finetune(self, labelled: SliceSampler, control: TrainControl | None = None,
                  steps: int = FINETUNE_STEPS) -> Iterator[TrainEvent]:

@@ -51,3 +51,19 @@ def deferred() -> Iterator[None]:
             signal.signal(s, h)
     if caught:
         raise KeyboardInterrupt(signal.Signals(caught[0]).name)
+
+
+@contextlib.contextmanager
+def stop_on_signal(stop) -> Iterator[None]:
+    """Within the block, Ctrl-C and SIGTERM call ``stop()`` instead of raising (main thread only): a distributed
+    run's ranks share the flag and stop after the same step (engine/distributed.py), where an exception raised in
+    one rank in the middle of a collective would leave the others waiting."""
+    if not _main_thread():
+        yield
+        return
+    old = {s: signal.signal(s, lambda signum, frame: stop()) for s in _SIGNALS}
+    try:
+        yield
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)

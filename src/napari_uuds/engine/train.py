@@ -17,7 +17,9 @@ from typing import Iterator
 import numpy as np
 import torch
 
+from . import distributed
 from .config import LossWeights, TrainConfig
+from .distributed import SINGLE, DistContext
 from .losses import (has_object, loss_bscl, loss_dd, loss_id, loss_seg, loss_size, loss_useg, pseudo_label,
                      total_loss)
 from .model import UUDS
@@ -153,20 +155,23 @@ class TrainEvent:
 def train(model: UUDS, source: SliceSampler, target: SliceSampler, cfg: TrainConfig,
           weights: LossWeights | None = None, control: TrainControl | None = None,
           start_step: int = 0, optimizer_state: dict | None = None, log_every: int = 1,
-          target_labelled: SliceSampler | None = None) -> Iterator[TrainEvent]:
+          target_labelled: SliceSampler | None = None, dist_ctx: DistContext = SINGLE) -> Iterator[TrainEvent]:
     """Train ``model`` in place, yielding a :class:`TrainEvent` every ``log_every`` steps.
 
     ``target_labelled``: target slices a user corrected (engine/finetune.py). Half of every target batch is drawn
     from them, and their segmentation through the target's own path (translate, re-encode, segment) is
     supervised like the source's (term ``tseg``, weighted as L_seg); the other half stays unlabelled.
 
+    ``dist_ctx``: a distributed run's context (engine/distributed.py): the model is trained through DDP, the stop
+    flag, the logged losses and the guard's statistics are shared by the ranks; the samplers are the rank's own.
+
     The last event is "done" or "stopped"; either way the model holds the weights learnt so far and
     ``model.optimizer_state`` the optimiser state (for resuming).
     """
     weights = weights or LossWeights()
     control = control or TrainControl(cfg.threshold)
-    device = resolve_device(cfg.device)
-    seed_everything(cfg.seed + start_step)
+    device = dist_ctx.device(resolve_device(cfg.device))
+    seed_everything(dist_ctx.seed(cfg.seed) + start_step)
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
     model.to(device)
@@ -180,6 +185,7 @@ def train(model: UUDS, source: SliceSampler, target: SliceSampler, cfg: TrainCon
             target_labelled.to(device)
     if cuda and cfg.channels_last:
         model.to(memory_format=torch.channels_last)
+    net = distributed.wrap(model, dist_ctx, device)  # the model itself for one process
     amp = torch.autocast("cuda", dtype=torch.bfloat16) if (cuda and cfg.amp) else torch.autocast("cpu", enabled=False)
     # fused Adam on CUDA: one kernel for every parameter's update instead of a dozen per parameter
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True if cuda else None)
@@ -213,7 +219,7 @@ def train(model: UUDS, source: SliceSampler, target: SliceSampler, cfg: TrainCon
     step = start_step
     try:
         while step < total:
-            if control.stopped:
+            if distributed.any_rank(control.stopped, dist_ctx, device):  # every rank stops after the same step
                 yield TrainEvent("stopped", step, total, elapsed_s=time.perf_counter() - t0,
                                  message=f"stopped at step {step}; the weights learnt so far are kept")
                 return
@@ -243,7 +249,7 @@ def train(model: UUDS, source: SliceSampler, target: SliceSampler, cfg: TrainCon
             held = guard is not None and guard.held  # the guard holds every target term back
             dd_now = dd_on and (warm or not cfg.dd_warmup) and not held
             with amp:
-                out = model(xs_in, xt, cfg.dd_flow if dd_now else None, rec_aug)
+                out = net(xs_in, xt, cfg.dd_flow if dd_now else None, rec_aug)
             with torch.autocast(device.type, enabled=False):  # losses in float32, outside bf16 autocast
                 terms: dict[str, torch.Tensor] = {
                     "seg": loss_seg(out.logits_s, ys),
@@ -292,7 +298,8 @@ def train(model: UUDS, source: SliceSampler, target: SliceSampler, cfg: TrainCon
                 if stats is not None:
                     names += ["target_fraction", "drift_w1", "raw_w1"]
                     parts += list(stats)
-                values = torch.stack(parts).tolist()  # one host sync per logged step
+                # one host sync per logged step; averaged over the ranks of a distributed run (one guard decision)
+                values = distributed.mean(torch.stack(parts), dist_ctx).tolist()
                 losses = dict(zip(names, values))
                 if not all(map(math.isfinite, values)):  # diverged: back to the last weights known to be finite
                     bad = next(k for k, v in losses.items() if not math.isfinite(v))
