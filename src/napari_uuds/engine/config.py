@@ -222,8 +222,8 @@ class TrainConfig:
     #: keep the training volumes on the training device and draw/augment batches there (no host-to-device
     #: copy per step); off: batches are drawn on the host and copied every step.
     data_on_device: bool = True
-    #: let cuDNN time its convolution algorithms per input shape. Off by default: on an H200 it gained nothing
-    #: (194 vs 196 ms a step at batch 32) and cost 10-30 s of autotuning at the start.
+    #: let cuDNN time its convolution algorithms per input shape. Off by default: it gained nothing on the GPU
+    #: measured and costs autotuning time at the start (benchmarks/results/gpu_speed.md).
     cudnn_benchmark: bool = False
     #: copy the weights every N steps while they are finite; a run that diverges (a non-finite loss) goes back to
     #: the last copy and stops, saying so (train.LastFiniteWeights).

@@ -24,10 +24,9 @@ class GroupNorm(nn.GroupNorm):
     """``nn.GroupNorm`` that keeps a bfloat16/float16 input in its dtype under autocast.
 
     CUDA autocast runs group_norm in float32, which turns the decoder activations after it into float32, with
-    a cast before the next convolution. Keeping them in bf16 took an H200 training step at batch 32 from 194
-    to 181 ms and the cast copies from 35.8 to 31.5 ms a step (benchmarks/results/gpu_speed_after*.json);
-    20 float32 upsamplings a step remain, not yet traced. The kernel still accumulates the statistics in
-    float32. Same parameters and state dict as ``nn.GroupNorm``."""
+    a cast before the next convolution; keeping them in the autocast dtype saves those casts (measured in
+    benchmarks/results/gpu_speed.md). The kernel still accumulates the statistics in float32. Same parameters
+    and state dict as ``nn.GroupNorm``."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         dev = x.device.type
