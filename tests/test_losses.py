@@ -124,3 +124,25 @@ def test_total_loss_weights():
 def test_loss_bscl_single_category_batch_is_zero():
     z = torch.nn.functional.normalize(torch.randn(8, 4), dim=1)
     assert loss_bscl(z, torch.ones(8, dtype=torch.bool)).item() == 0.0
+
+
+def test_useg_skips_a_class_the_certain_pseudo_label_does_not_hold():
+    """absent="skip": an object class with no certain pseudo-labelled pixel in the batch adds nothing, where the
+    smoothed Dice (the default) pushes its probabilities towards 0; where the class is present both agree."""
+    import torch
+
+    from napari_uuds.engine.losses import loss_useg
+
+    logits = torch.zeros(2, 2, 8, 8)
+    logits[:, 1] = -1.0  # object probability 0.27 everywhere, below 0.5: the pseudo label is all background
+    logits.requires_grad_(True)
+    pseudo = torch.zeros(2, 8, 8, dtype=torch.long)
+    mask = torch.ones(2, 8, 8)
+    smooth = loss_useg(logits.softmax(1), pseudo, mask)
+    (g,) = torch.autograd.grad(smooth, logits)
+    assert smooth > 0.9 and (g[:, 1] > 0).all()  # descending it lowers the object logit everywhere
+    skip = loss_useg(logits.softmax(1), pseudo, mask, absent="skip")
+    assert skip == 0 and torch.autograd.grad(skip, logits, allow_unused=True)[0].abs().sum() == 0
+    pseudo[0, 2:5, 2:5] = 1  # present: the same value either way
+    p = logits.softmax(1)
+    assert torch.allclose(loss_useg(p, pseudo, mask), loss_useg(p, pseudo, mask, absent="skip"))

@@ -35,6 +35,10 @@ DD_FLOWS = ("shared", "split")
 #: temperature, so that its gradients are of order 1 whatever tau (the convention of SupCon's reference
 #: code). docs/method.md, reading 5, says why the default went to ``tau`` and back.
 DD_SCALES = ("one", "tau")
+#: Eq. 8 for a foreground class that the batch's certain pseudo label does not hold: ``smooth`` = the soft Dice with
+#: its smoothing term, as everywhere (1 - 1 / (sum p + 1): it pushes every probability of the class towards 0);
+#: ``skip`` = the class adds nothing to that batch's L_useg (docs/method.md, round 8).
+USEG_ABSENT = ("smooth", "skip")
 #: Form of L_DD (Eq. 1-2): ``printed`` = log softmax of the cosine *distances* (the paper's letter; its gradient
 #: never fades), ``infonce`` = -log softmax of the cosine *similarities* (the contrastive form; it fades once the
 #: domains are apart). docs/method.md, reading 5.
@@ -157,6 +161,8 @@ class LossWeights:
     dd_scale: str = "one"
     #: form of L_DD (see DD_FORMS)
     dd_form: str = "infonce"
+    #: L_useg of a class absent from the batch's certain pseudo label (see USEG_ABSENT)
+    useg_absent: str = "smooth"
     tau_bscl: float = 0.1  # temperature of L_BSCL
     # TCSA-UDA terms (engine/tcsa.py)
     cov: float = 1.0  # vision-language covariance cosine loss, source + target
@@ -177,6 +183,8 @@ class LossWeights:
             raise UUDSError(f"unknown L_DD scale '{self.dd_scale}', choose one of {', '.join(DD_SCALES)}")
         if self.dd_form not in DD_FORMS:
             raise UUDSError(f"unknown L_DD form '{self.dd_form}', choose one of {', '.join(DD_FORMS)}")
+        if self.useg_absent not in USEG_ABSENT:
+            raise UUDSError(f"unknown L_useg rule '{self.useg_absent}', choose one of {', '.join(USEG_ABSENT)}")
 
     @property
     def dd_weight(self) -> float:

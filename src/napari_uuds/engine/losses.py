@@ -119,15 +119,24 @@ def _dice_terms(pred: torch.Tensor, target: torch.Tensor, weight: torch.Tensor |
     return 1.0 - (2.0 * inter + smooth) / (denom + smooth)
 
 
-def loss_useg(probs: torch.Tensor, pseudo: torch.Tensor, mask: torch.Tensor, smooth: float = 1.0) -> torch.Tensor:
+def loss_useg(probs: torch.Tensor, pseudo: torch.Tensor, mask: torch.Tensor, smooth: float = 1.0,
+              absent: str = "smooth") -> torch.Tensor:
     """Uncertain segmentation loss L_useg, Eq. 8: Dice between Y^ and the pseudo label on certain pixels.
 
     probs (B, C, H, W) softmax; pseudo (B, H, W) labels (no gradient); mask (B, H, W) from Eq. 7.
     Sums run over the whole batch; multi-class: the mean over foreground classes. ``smooth`` keeps the
-    ratio defined when a class is absent.
+    ratio defined when a class is absent; ``absent="skip"``: a foreground class with no certain pseudo-labelled
+    pixel in the batch adds nothing (the mean runs over the classes present; 0 when none is), where the smoothed
+    Dice would push all its probabilities towards 0 (config.USEG_ABSENT).
     """
-    onehot = F.one_hot(pseudo.long(), probs.shape[1]).movedim(-1, 1).to(probs.dtype)
-    return _dice_terms(probs.float(), onehot.float().detach(), mask.float().unsqueeze(1).detach(), smooth).mean()
+    onehot = F.one_hot(pseudo.long(), probs.shape[1]).movedim(-1, 1).to(probs.dtype).float().detach()
+    weight = mask.float().unsqueeze(1).detach()
+    terms = _dice_terms(probs.float(), onehot, weight, smooth)
+    if absent == "smooth":
+        return terms.mean()
+    dims = (0,) + tuple(range(2, onehot.ndim))
+    present = ((onehot[:, 1:] * weight).sum(dims) > 0).to(terms.dtype)  # no host sync
+    return (terms * present).sum() / present.sum().clamp(min=1.0)
 
 
 def loss_seg(logits: torch.Tensor, target: torch.Tensor, smooth: float = 1.0) -> torch.Tensor:

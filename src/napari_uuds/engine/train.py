@@ -274,7 +274,7 @@ def train(model: UUDS, source: SliceSampler, target: SliceSampler, cfg: TrainCon
                             ref_t, t_d = ref_t.detach(), t_d.detach()
                         terms["dd_ts"] = loss_dd(out.xg_ts, ref_t, t_d, weights.tau_dd, weights.dd_form)
                     if cfg.use_uncertainty and warm and adapt and not held:
-                        terms["useg"] = loss_useg(probs, pl, mask)
+                        terms["useg"] = loss_useg(probs, pl, mask, absent=weights.useg_absent)
                     if weights.size > 0 and warm and adapt and not held and source_fraction > 0:
                         terms["size"] = loss_size(probs, xt[:, 0] > BACKGROUND, source_fraction)
                 if n_lab:  # the user's corrections supervise the target path
