@@ -6,8 +6,8 @@ import math
 import sys
 import warnings
 
-from .engine.config import (ARCHS, DD_FLOWS, DD_FORMS, DD_SCALES, DEVICES, FINETUNE_STEPS, METHODS, RANDOMISERS,
-                            RECIPES, TEXT_ENCODERS, LossWeights, ModelConfig, TrainConfig)
+from .engine.config import (ARCHS, DD_FLOWS, DD_FORMS, DD_SCALES, DEVICES, FINETUNE_STEPS, LossWeights, METHODS,
+                            ModelConfig, RANDOMISERS, RANDOMISE_INTO, RECIPES, TEXT_ENCODERS, TrainConfig, USEG_ABSENT)
 from .engine.errors import UUDSError
 
 from .engine.volumes import parse_label_map  # noqa: F401  (re-exported: the option's parser)
@@ -147,6 +147,13 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--dd-form", choices=list(DD_FORMS), default=None,
                    help="L_DD (Eq. 1-2): infonce (-log softmax of the similarities; fades once the domains are apart) "
                         "or printed (the paper's letter; never fades) (default: the recipe's)")
+    a.add_argument("--useg-absent", choices=list(USEG_ABSENT), default=None,
+                   help="L_useg (Eq. 8) for a class the batch's certain pseudo label lacks: smooth (the smoothed Dice "
+                        "pushes its probabilities to 0) or skip (it adds nothing) (default: the recipe's)")
+    a.add_argument("--randomise-into", choices=list(RANDOMISE_INTO), default=T.randomise_into,
+                   help="where GIN's randomised slice enters: translator (its input; L_id asks for the clean slice), "
+                        "segmenter (L_id asks for the randomised slice) or both (and a second draw on the "
+                        "reconstruction the segmenter reads)")
     a.add_argument("--body-mask", action=argparse.BooleanOptionalAction, default=None,
                    help="never call the scan's background (air) foreground (default: the recipe's)")
     a.add_argument("--guard", action=argparse.BooleanOptionalAction, default=None,
