@@ -80,7 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="optional target labels, for evaluation only (never used in training); writes metrics.json")
     a.add_argument("--out", required=True, metavar="DIR", help="output folder")
     a.add_argument("--model", choices=list(ARCHS), default=ARCHS[0],
-                   help="rn50: OpenAI CLIP ResNet-50 at 224 px (GPU); tiny: 5.7 M parameters at 128 px (CPU demos, tests)")
+                   help="rn50: OpenAI CLIP ResNet-50 at 224 px (GPU); tiny: 5.8 M parameters at 128 px (CPU demos, tests)")
     a.add_argument("--clip-weights", default="auto", metavar="auto|openai|PATH|none",
                    help="CLIP weights: auto (openai when cached or reachable, else random init), openai (error if "
                         "unavailable), a checkpoint file or local-dir:DIR, or none (random initialisation)")

@@ -105,7 +105,7 @@ class UUDSWidget(Container):
             self.source_labels: "the labels of the source image (Labels layer, same shape)",
             self.target: "the scan to segment, in another contrast; its labels are never used",
             self.modality: "the source contrast's name, e.g. T2: it fills {source} in the domain prompt",
-            self.arch: "tiny: 5.7 M parameters at 128 px, for a CPU; rn50: the paper's CLIP ResNet-50 at 224 px, wants a GPU",
+            self.arch: "tiny: 5.8 M parameters at 128 px, for a CPU; rn50: the paper's CLIP ResNet-50 at 224 px, wants a GPU",
             self.weights: ("auto: OpenAI CLIP weights when cached or reachable, else random; openai: error if "
                            "unavailable; none: random initialisation"),
             self.device: "where to train: auto picks a CUDA or Apple GPU when there is one, else the CPU",
