@@ -13,10 +13,7 @@ from napari_uuds.engine.errors import UUDSError
 from napari_uuds.engine.infer import predict_volume
 from napari_uuds.engine.volumes import load_volume
 
-
-def _nii(path, data, aff=None):
-    nib.save(nib.Nifti1Image(data, np.eye(4) if aff is None else aff), str(path))
-    return path
+from test_cli import _adapt, _nii, vols  # noqa: F401  (the fixture)
 
 
 @pytest.fixture()
@@ -76,18 +73,10 @@ def test_stream_matches_volume_by_volume_and_holds_at_most_two_volumes(cohort, t
     assert max(open_at_yield) <= 2  # streamed: never the whole cohort in memory
 
 
-def test_predict_a_folder_writes_every_readable_scan_and_a_summary(cohort, tmp_path, capsys):
+def test_predict_a_folder_writes_every_readable_scan_and_a_summary(cohort, vols, tmp_path, capsys):
     d, files = cohort
-    rng = np.random.default_rng(0)
-    img = rng.random((24, 24, 12)).astype(np.float32)
-    lab = np.zeros((24, 24, 12), np.uint8)
-    lab[8:16, 8:16, 3:9] = 1
-    src = tmp_path / "src"
-    src.mkdir()
     w = tmp_path / "w"
-    assert main(["adapt", "--quiet", "--source", str(_nii(src / "img.nii.gz", img)), "--source-label",
-                 str(_nii(src / "lab.nii.gz", lab)), "--target", str(files[0]), "--out", str(w), "--steps", "1",
-                 "--batch-size", "2", "--image-size", "64"]) == 0
+    assert _adapt(vols, w, **{"--target": files[0]}) == 0
     out = tmp_path / "pred"
     capsys.readouterr()
     rc = main(["predict", "--weights", str(w), "--image", str(d), "--out", str(out), "--batch-size", "4"])

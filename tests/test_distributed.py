@@ -13,28 +13,12 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
-import pytest
 
 from napari_uuds.cli import main
 from napari_uuds.engine import checkpoint as ckpt
 from napari_uuds.engine.distributed import RANK_SEED_STRIDE, DistContext, from_env
 
-
-def _nii(path, data):
-    nib.save(nib.Nifti1Image(data, np.eye(4)), str(path))
-    return path
-
-
-@pytest.fixture()
-def vols(tmp_path):
-    rng = np.random.default_rng(0)
-    img = rng.random((24, 24, 12)).astype(np.float32)
-    lab = np.zeros((24, 24, 12), np.uint8)
-    lab[8:16, 8:16, 3:9] = 1
-    d = tmp_path / "in"
-    d.mkdir()
-    return {"img": _nii(d / "img.nii.gz", img), "lab": _nii(d / "lab.nii.gz", lab),
-            "tgt": _nii(d / "tgt.nii.gz", img[::-1].copy())}
+from test_cli import vols  # noqa: F401  (the fixture)
 
 
 def _args(v, out, steps):

@@ -279,7 +279,7 @@ def cmd_predict(args) -> int:
     """Segment files, folders and glob patterns with saved weights: a cohort streamed through the model (one volume
     read at a time, slices batched across volumes), one progress bar, unreadable files reported and skipped, and a
     summary (``summary.csv`` and ``summary.json``) of every file."""
-    from .engine.cohort import expand_images, iter_cohort, slices_along
+    from .engine.cohort import expand_images, header_size, iter_cohort
     from .engine.train import resolve_device
 
     out = Path(args.out)
@@ -298,9 +298,7 @@ def cmd_predict(args) -> int:
     sizes: dict[Path, tuple[int, int]] = {}  # (slices along the axis, voxels) from the headers, for bar and disk
     for p in paths:
         try:
-            import nibabel as nib
-
-            sizes[p] = (slices_along(p, axis), int(np.prod(nib.load(str(p)).shape[:3])))
+            sizes[p] = header_size(p, axis)
         except Exception:  # unreadable: iter_cohort reports it in its place
             sizes[p] = (0, 0)
     rows: list[dict] = []

@@ -20,12 +20,11 @@ import numpy as np
 import torch
 from nibabel.orientations import io_orientation
 
-from .body import body_mask
+from .dataset import plan_for, slab
 from .errors import UUDSError
-from .infer import VolumePrediction, assemble, predict_slices, release_host_memory
+from .infer import VolumePrediction, assemble, predict_slices, release_host_memory, square_slab
 from .model import UUDS
-from .dataset import plan_for
-from .slices import SliceGeometry, to_square
+from .slices import SliceGeometry
 from .volumes import NIFTI_SUFFIXES, NormParams, Volume, load_volume, normalisation_params
 
 
@@ -55,14 +54,13 @@ def expand_images(specs: list[str]) -> list[Path]:
     return out
 
 
-def slices_along(path: Path, axis: int) -> int:
-    """Slices of a NIfTI file along the model's axis (of the canonical orientation), from its header alone."""
+def header_size(path: Path, axis: int) -> tuple[int, int]:
+    """(slices along the model's axis of the canonical orientation, voxels) of a NIfTI file, from its header alone."""
     img = nib.load(str(path))
-    ornt = io_orientation(img.affine)
     shape = img.shape[:3]
-    for j, (k, _) in enumerate(ornt):
+    for j, (k, _) in enumerate(io_orientation(img.affine)):
         if int(k) == axis:
-            return int(shape[j])
+            return int(shape[j]), int(np.prod(shape))
     raise UUDSError("affine has no clear axis orientation", path)
 
 
@@ -109,21 +107,15 @@ def iter_cohort(model: UUDS, paths: list[Path], batch_size: int = 16, domain_pro
         model.domain_prompt.set_text(cfg.domain_text(domain_prompt))
     todo: list[tuple[_Open, int, int]] = []  # (volume, first slice, end) ranges of the next batch
     filled = 0
-    opened: dict[int, _Open] = {}
 
     def run() -> Iterator[CohortResult]:
         nonlocal todo, filled
         parts, plans = [], []
         for vol, a, b in todo:
-            idx = [slice(None)] * 3
-            idx[axis] = slice(a, b)
-            idx = tuple(idx)
-            raw = vol.volume.data[idx]
-            part = vol.norm.apply(raw)
-            sl, geom = to_square(part, axis, cfg.image_size, fill=-1.0, mode="bilinear",
-                                 geom=vol.plan.with_slices(b - a))
+            idx = slab(axis, a, b)
+            sl, geom, body = square_slab(cfg, vol.volume.data, vol.norm, vol.plan, idx)
             parts.append(sl)
-            plans.append((vol, idx, geom, body_mask(part, axis) if cfg.body_mask else None))
+            plans.append((vol, idx, geom, body))
         s, p = predict_slices(model, torch.cat(parts), batch_size, None, progress)
         at = 0
         for vol, idx, geom, body in plans:
@@ -133,7 +125,6 @@ def iter_cohort(model: UUDS, paths: list[Path], batch_size: int = 16, domain_pro
             vol.left -= n
             at += n
             if vol.left == 0:
-                del opened[vol.index]
                 yield CohortResult(vol.index, vol.path, vol.volume, VolumePrediction(vol.syn, None, vol.seg, vol.ent),
                                    seconds=time.perf_counter() - vol.t0)
         todo, filled = [], 0
@@ -153,7 +144,6 @@ def iter_cohort(model: UUDS, paths: list[Path], batch_size: int = 16, domain_pro
         vol = _Open(i, path, volume, t0, norm,
                     plan_for(volume.data, norm, volume.spacing, axis, cfg.image_size, cfg.mm_per_pixel))
         n = vol.left
-        opened[i] = vol
         a = 0
         while a < n:
             take = min(n - a, batch_size - filled)

@@ -28,12 +28,17 @@ class PreparedVolume:
 CHUNK_SLICES = 32
 
 
+def slab(axis: int, start: int, stop: int) -> tuple[slice, slice, slice]:
+    """Index tuple of the slices ``start`` to ``stop`` along ``axis`` of a 3D volume."""
+    idx = [slice(None)] * 3
+    idx[axis] = slice(start, stop)
+    return tuple(idx)  # type: ignore[return-value]
+
+
 def slabs(shape: tuple[int, ...], axis: int, chunk: int = CHUNK_SLICES):
     """Index tuples of consecutive slabs of ``chunk`` slices along ``axis``."""
     for i in range(0, shape[axis], chunk):
-        idx = [slice(None)] * 3
-        idx[axis] = slice(i, min(i + chunk, shape[axis]))
-        yield tuple(idx)
+        yield slab(axis, i, min(i + chunk, shape[axis]))
 
 
 def plan_for(raw: np.ndarray, norm: NormParams, spacing: tuple[float, float, float], axis: int, size: int,

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from .config import FINETUNE_STEPS, LossWeights, TrainConfig
-from .dataset import PreparedVolume
+from .dataset import PreparedVolume, slab
 from .errors import UUDSError
 from .slices import SliceSampler, to_square
 from .train import TrainControl, TrainEvent, train
@@ -38,9 +38,7 @@ def corrected_slices(target: PreparedVolume, corrections: np.ndarray, slices: li
     geom, axis = target.geom, target.geom.axis
     labels = []
     for i in idx:  # one slice at a time: a large scan's labels are never resized whole
-        sl = [slice(None)] * 3
-        sl[axis] = slice(i, i + 1)
-        labels.append(to_square(np.asarray(corrections[tuple(sl)], np.float32), axis, geom.size, fill=0.0,
+        labels.append(to_square(np.asarray(corrections[slab(axis, i, i + 1)], np.float32), axis, geom.size, fill=0.0,
                                 mode="nearest", geom=geom.with_slices(1))[0])
     return target.image[torch.as_tensor(idx)], torch.cat(labels).to(torch.uint8)
 

@@ -122,18 +122,26 @@ def iter_predict_volume(model: UUDS, volume: Volume, batch_size: int = 16, domai
     if domain_prompt is not None:
         model.domain_prompt.set_text(cfg.domain_text(domain_prompt))
     for idx in slabs(shape, axis, batch_size):  # one batch of slices at a time, all the way to the grid
-        part = norm.apply(raw[idx])
-        slices, geom = to_square(part, axis, cfg.image_size, fill=-1.0, mode="bilinear",
-                                 geom=full.with_slices(part.shape[axis]))
+        slices, geom, body = square_slab(cfg, raw, norm, full, idx)
         s, p = predict_slices(model, slices, batch_size, None, progress)
-        out = assemble(s, p, geom, body_mask(part, axis) if cfg.body_mask else None, keep_probs)
+        out = assemble(s, p, geom, body, keep_probs)
         seg[idx], ent[idx], syn[idx] = out.seg, out.entropy, out.synthetic
         if probs is not None:
             probs[(slice(None), *idx)] = out.probs
-        del out, s, p, part, slices
+        del out, s, p, body, slices
         release_host_memory(collect=False)  # this batch's temporaries: back to the system (a few ms)
         yield idx[axis].stop, shape[axis]
     return VolumePrediction(syn, probs, seg, ent)
+
+
+def square_slab(cfg, raw: np.ndarray, norm: NormParams, plan: SliceGeometry, idx: tuple
+                ) -> tuple[torch.Tensor, SliceGeometry, np.ndarray | None]:
+    """A slab ``idx`` of a raw volume as the model reads it: normalised and put in ``plan``'s square frame, with its
+    geometry and its body mask (None where the model's ``body_mask`` lever is off)."""
+    part = norm.apply(raw[idx])
+    slices, geom = to_square(part, cfg.axis, cfg.image_size, fill=-1.0, mode="bilinear",
+                             geom=plan.with_slices(part.shape[cfg.axis]))
+    return slices, geom, body_mask(part, cfg.axis) if cfg.body_mask else None
 
 
 def assemble(syn: torch.Tensor, probs: torch.Tensor, geom: SliceGeometry, body: np.ndarray | None = None,

@@ -18,7 +18,7 @@ from .._writer import export_layer
 from ..engine import checkpoint as ckpt
 from ..engine.body import body_mask
 from ..engine.config import ModelConfig, TrainConfig
-from ..engine.dataset import PreparedVolume, prepare_volume
+from ..engine.dataset import PreparedVolume, prepare_volume, slab
 from ..engine.errors import UUDSError
 from ..engine.review import SliceScore
 from ..engine.job import AdaptJob, build_model
@@ -243,11 +243,12 @@ class UUDSController(ReviewActions):
                 return
             axis = self.model.cfg.axis
             i = self.current_index()
-            before_seg = np.array(self.prediction.seg[_slab(axis, i)], copy=True)
-            before_syn = np.array(self.prediction.synthetic[_slab(axis, i)], copy=True)
+            where = slab(axis, i, i + 1)
+            before_seg = np.array(self.prediction.seg[where], copy=True)
+            before_syn = np.array(self.prediction.synthetic[where], copy=True)
             self.predict_current_slice()
-            flipped = float((self.prediction.seg[_slab(axis, i)] != before_seg).mean())
-            change = float(np.abs(self.prediction.synthetic[_slab(axis, i)] - before_syn).mean())
+            flipped = float((self.prediction.seg[where] != before_seg).mean())
+            change = float(np.abs(self.prediction.synthetic[where] - before_syn).mean())
             self.status.message = (f"prompt \"{self.model.cfg.domain_text(text)}\" on slice {i}: {flipped:.1%} of its "
                                    f"pixels changed class; the synthetic source moved by {change / 2:.1%} of its range")
 
@@ -284,12 +285,12 @@ class UUDSController(ReviewActions):
         syn, logits = self.model.infer(self.target.image[i:i + 1].to(dev))
         probs = logits.float().softmax(1).cpu()
         one = self._slice_geometry()
-        slab = _slab(one.axis, i)
-        body = body_mask(self.target.norm.apply(self.target.volume.data[slab]), one.axis) \
+        where = slab(one.axis, i, i + 1)
+        body = body_mask(self.target.norm.apply(self.target.volume.data[where]), one.axis) \
             if self.model.cfg.body_mask else None  # as predict_volume does: nothing outside the body
         pred = assemble(syn.float().cpu(), probs, one, body, keep_probs=False)
         for key in ("synthetic", "seg", "entropy"):
-            getattr(self.prediction, key)[slab] = getattr(pred, key)
+            getattr(self.prediction, key)[where] = getattr(pred, key)
         self._show_prediction()
         return i
 
@@ -318,7 +319,7 @@ class UUDSController(ReviewActions):
             layer = self._layer(key, create_shape=shape)
             if key == "seg" and corrected:  # the user's slice: never painted over
                 continue
-            layer.data[_slab(one.axis, i)] = vals[key].astype(layer.data.dtype)  # in place: only the slice changes
+            layer.data[slab(one.axis, i, i + 1)] = vals[key].astype(layer.data.dtype)  # in place: only the slice changes
             layers.append(layer)
         self._shown_seg = np.array(self._layer("seg").data, copy=True)
         return layers
@@ -392,13 +393,6 @@ class UUDSController(ReviewActions):
     def export(self, layer, path: str | Path, overwrite: bool = False) -> Path:
         """Write a layer as NIfTI on its scan's grid (atomic); never replaces a file without ``overwrite``."""
         return export_layer(layer, path, overwrite)
-
-
-def _slab(axis: int, i: int) -> tuple[slice, slice, slice]:
-    """Index of the one-slice slab i along ``axis`` of a 3D volume (keeps the axis, length 1)."""
-    idx = [slice(None)] * 3
-    idx[axis] = slice(i, i + 1)
-    return tuple(idx)  # type: ignore[return-value]
 
 
 def release_memory() -> None:
