@@ -7,7 +7,8 @@ import sys
 import warnings
 
 from .engine.config import (ARCHS, DD_FLOWS, DD_FORMS, DD_SCALES, DEVICES, FINETUNE_STEPS, LossWeights, METHODS,
-                            ModelConfig, RANDOMISERS, RANDOMISE_INTO, RECIPES, TEXT_ENCODERS, TrainConfig, USEG_ABSENT)
+                            ModelConfig, RANDOMISERS, RANDOMISE_INTO, RECIPES, TEXT_ENCODERS, TrainConfig, USEG_ABSENT,
+                            USEG_FLOWS, USEG_FORMS)
 from .engine.errors import UUDSError
 
 from .engine.volumes import parse_label_map  # noqa: F401  (re-exported: the option's parser)
@@ -150,6 +151,12 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--useg-absent", choices=list(USEG_ABSENT), default=None,
                    help="L_useg (Eq. 8) for a class the batch's certain pseudo label lacks: smooth (the smoothed Dice "
                         "pushes its probabilities to 0) or skip (it adds nothing) (default: the recipe's)")
+    a.add_argument("--useg-form", choices=list(USEG_FORMS), default=None,
+                   help="L_useg (Eq. 8): dice (the soft Dice over the certain pixels, as printed) or ce_balanced "
+                        "(cross-entropy averaged per pseudo-labelled class) (default: the recipe's)")
+    a.add_argument("--useg-flow", choices=list(USEG_FLOWS), default=T.useg_flow,
+                   help="what L_useg trains: all (every module, the translator too) or segmenter (the synthetic "
+                        "source is detached first, so the translator cannot erase the object; one more encoder pass)")
     a.add_argument("--randomise-into", choices=list(RANDOMISE_INTO), default=T.randomise_into,
                    help="where GIN's randomised slice enters: translator (its input; L_id asks for the clean slice), "
                         "segmenter (L_id asks for the randomised slice) or both (and a second draw on the "

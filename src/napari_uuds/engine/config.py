@@ -39,6 +39,16 @@ DD_SCALES = ("one", "tau")
 #: its smoothing term, as everywhere (1 - 1 / (sum p + 1): it pushes every probability of the class towards 0);
 #: ``skip`` = the class adds nothing to that batch's L_useg (docs/method.md, round 8).
 USEG_ABSENT = ("smooth", "skip")
+#: Form of L_useg (Eq. 8): ``dice`` = the soft Dice over the certain pixels, as printed; ``ce_balanced`` = cross-entropy
+#: on the certain pixels, averaged per pseudo-labelled class, so that a class's pixels weigh as much together as
+#: another's however few they are (class-balanced self-training, as CBST, Zou et al. ECCV 2018); docs/method.md,
+#: round 9.
+USEG_FORMS = ("dice", "ce_balanced")
+#: What Eq. 8 trains: ``all`` = every module on the path (the paper's letter: the translator too); ``segmenter`` = the
+#: segmentation path only: the target's synthetic source and generator features are detached before the segmenter
+#: reads them for Eq. 8, so the translator (DAMs, image decoder) cannot lower L_useg by erasing the object
+#: (docs/method.md, round 9; one more encoder pass a step).
+USEG_FLOWS = ("all", "segmenter")
 #: Form of L_DD (Eq. 1-2): ``printed`` = log softmax of the cosine *distances* (the paper's letter; its gradient
 #: never fades), ``infonce`` = -log softmax of the cosine *similarities* (the contrastive form; it fades once the
 #: domains are apart). docs/method.md, reading 5.
@@ -163,6 +173,8 @@ class LossWeights:
     dd_form: str = "infonce"
     #: L_useg of a class absent from the batch's certain pseudo label (see USEG_ABSENT)
     useg_absent: str = "smooth"
+    #: form of L_useg (see USEG_FORMS)
+    useg_form: str = "dice"
     tau_bscl: float = 0.1  # temperature of L_BSCL
     # TCSA-UDA terms (engine/tcsa.py)
     cov: float = 1.0  # vision-language covariance cosine loss, source + target
@@ -185,6 +197,8 @@ class LossWeights:
             raise UUDSError(f"unknown L_DD form '{self.dd_form}', choose one of {', '.join(DD_FORMS)}")
         if self.useg_absent not in USEG_ABSENT:
             raise UUDSError(f"unknown L_useg rule '{self.useg_absent}', choose one of {', '.join(USEG_ABSENT)}")
+        if self.useg_form not in USEG_FORMS:
+            raise UUDSError(f"unknown L_useg form '{self.useg_form}', choose one of {', '.join(USEG_FORMS)}")
 
     @property
     def dd_weight(self) -> float:
@@ -217,6 +231,8 @@ class TrainConfig:
     #: chi of Eq. 6/7, on entropy normalised by ln(C) so that it lies in [0, 1].
     threshold: float = 0.5
     use_uncertainty: bool = True
+    #: which modules L_useg (Eq. 8) trains (see USEG_FLOWS)
+    useg_flow: str = "all"
     #: steps before the target terms join: L_useg always; L_DD too where ``dd_warmup``.
     warmup_steps: int = -1  # -1: a quarter of `steps`
     #: hold L_DD (Eq. 1-2) back during the warm-up too, so that the warm-up is pure source training
@@ -279,6 +295,8 @@ class TrainConfig:
         if self.randomise_into not in RANDOMISE_INTO:
             raise UUDSError(f"unknown randomisation entry '{self.randomise_into}', choose one of "
                             f"{', '.join(RANDOMISE_INTO)}")
+        if self.useg_flow not in USEG_FLOWS:
+            raise UUDSError(f"unknown L_useg flow '{self.useg_flow}', choose one of {', '.join(USEG_FLOWS)}")
         if not 0.0 <= self.randomise_p <= 1.0:
             raise UUDSError(f"randomisation fraction must lie in [0, 1], not {self.randomise_p}")
         if self.recipe not in RECIPES:

@@ -1,18 +1,19 @@
 """UUDS losses, one function per equation of the paper (Sec. 3).
 
-=================  ===========================  =========================================
-equation           function                     reads
-=================  ===========================  =========================================
-Eq. 1, Eq. 2       :func:`loss_dd`              domain distillation against T^d
-Eq. 4              :func:`loss_bscl`            in-batch supervised contrastive
-Eq. 5              :func:`entropy_map`          per-pixel predictive entropy
-Eq. 6, Eq. 7       :func:`pseudo_label`         pseudo label and certain mask for chi
-Eq. 8              :func:`loss_useg`            Dice on certain pixels of x^{t->s}
-L_seg (Sec. 3.2)   :func:`loss_seg`             Dice + cross-entropy on the source
-(not in the paper) :func:`loss_size`            object-size prior on the target
-Eq. 9              :func:`loss_id`              L1 identity of the source reconstruction
-Sec. 3.3           :func:`total_loss`           alpha, beta, gamma, lambda (+ TCSA terms)
-=================  ===========================  =========================================
+=================  =================================  =========================================
+equation           function                           reads
+=================  =================================  =========================================
+Eq. 1, Eq. 2       :func:`loss_dd`                    domain distillation against T^d
+Eq. 4              :func:`loss_bscl`                  in-batch supervised contrastive
+Eq. 5              :func:`entropy_map`                per-pixel predictive entropy
+Eq. 6, Eq. 7       :func:`pseudo_label`               pseudo label and certain mask for chi
+Eq. 8              :func:`loss_useg`                  Dice on certain pixels of x^{t->s}
+                   :func:`loss_useg_ce_balanced`      its class-balanced cross-entropy form (round 9)
+L_seg (Sec. 3.2)   :func:`loss_seg`                   Dice + cross-entropy on the source
+(not in the paper) :func:`loss_size`                  object-size prior on the target
+Eq. 9              :func:`loss_id`                    L1 identity of the source reconstruction
+Sec. 3.3           :func:`total_loss`                 alpha, beta, gamma, lambda (+ TCSA terms)
+=================  =================================  =========================================
 """
 from __future__ import annotations
 
@@ -137,6 +138,25 @@ def loss_useg(probs: torch.Tensor, pseudo: torch.Tensor, mask: torch.Tensor, smo
     dims = (0,) + tuple(range(2, onehot.ndim))
     present = ((onehot[:, 1:] * weight).sum(dims) > 0).to(terms.dtype)  # no host sync
     return (terms * present).sum() / present.sum().clamp(min=1.0)
+
+
+def loss_useg_ce_balanced(logits: torch.Tensor, pseudo: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """L_useg in its class-balanced cross-entropy form (``LossWeights.useg_form="ce_balanced"``; not the paper's
+    Dice): cross-entropy against the pseudo label on the certain pixels (Eq. 7), averaged over each pseudo-labelled
+    class's pixels and then over the classes present, so that the object's few pixels weigh as much as all the
+    background's. Where the certain pseudo label holds an object, its pixels are pulled up as hard as the background's
+    are pulled down; a class with no certain pixel adds nothing.
+
+    logits (B, C, H, W); pseudo (B, H, W) labels (no gradient); mask (B, H, W) from Eq. 7.
+    """
+    n_classes = logits.shape[1]
+    nll = F.cross_entropy(logits.float(), pseudo.long().detach(), reduction="none")  # (B, H, W)
+    onehot = F.one_hot(pseudo.long(), n_classes).movedim(-1, 1).float() * mask.float().unsqueeze(1).detach()
+    dims = (0,) + tuple(range(2, onehot.ndim))
+    count = onehot.sum(dims)  # certain pixels per class
+    per_class = (onehot * nll.unsqueeze(1)).sum(dims) / count.clamp(min=1.0)
+    present = (count > 0).to(per_class.dtype)  # no host sync
+    return (per_class * present).sum() / present.sum().clamp(min=1.0)
 
 
 def loss_seg(logits: torch.Tensor, target: torch.Tensor, smooth: float = 1.0) -> torch.Tensor:

@@ -149,14 +149,19 @@ class UUDS(nn.Module):
             v.train(was)
 
     def forward(self, xs: torch.Tensor, xt: torch.Tensor, dd_flow: str | None = "shared",
-                rec_aug: Callable[[torch.Tensor], torch.Tensor] | None = None) -> StepOutput:
+                rec_aug: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                detach_target_seg: bool = False) -> StepOutput:
         """One training pass. ``dd_flow`` routes the gradients of L_DD (see docs/method.md, reading 5):
         ``split``: x_g^s, x_g^t come from the attention pool over *detached* layer4 features (Eq. 1 trains the
         domain head and T^d, never the trunk the segmenter shares) and x_g^{t->s} from :meth:`judge_global`
         (Eq. 2 trains the translator only); ``shared``: every x_g from the training passes, gradients
         everywhere (the paper's letter); None: no L_DD this step (x_g as in ``shared``, nothing extra computed).
         ``rec_aug``: applied to the source's reconstruction before the segmenter reads it (``randomise_into="both"``:
-        a second GIN draw); L_id still sees the reconstruction itself."""
+        a second GIN draw); L_id still sees the reconstruction itself. ``detach_target_seg``
+        (``TrainConfig.useg_flow="segmenter"``): Y^{t->s} is computed from the *detached* synthetic source and
+        generator features, in one more encoder pass over the same pair of batches (so batch norm normalises it as in
+        pass 2), so that nothing the target's segmentation is trained by reaches the translator; x_g^{t->s} (Eq. 2)
+        still comes from the attached pass."""
         t_d = self.encode_domain_prompt()
         t_s = self.encode_seg_prompt()
         n = xs.shape[0]
@@ -173,7 +178,12 @@ class UUDS(nn.Module):
         dec_s: list[torch.Tensor] = []
         dec_ts: list[torch.Tensor] = []
         logits_s = self.segment(taps_rs, rec.gen, seg_in, t_s, dec_s)
-        logits_ts = self.segment(taps_ts, syn.gen, syn.image, t_s, dec_ts)
+        if detach_target_seg:
+            with passnorm.route(self.clip.visual, passnorm.TRANSLATED):
+                _, taps_seg = _split(self.taps(torch.cat([seg_in.detach(), syn.image.detach()])), n)
+            logits_ts = self.segment(taps_seg, [g.detach() for g in syn.gen], syn.image.detach(), t_s, dec_ts)
+        else:
+            logits_ts = self.segment(taps_ts, syn.gen, syn.image, t_s, dec_ts)
         out = StepOutput(rec_s=rec.image, logits_s=logits_s, z_s=z_s, syn_t=syn.image, logits_ts=logits_ts,
                          xg_s=taps_s["global"], xg_t=taps_t["global"], xg_ts=taps_ts["global"],
                          enc_s=taps_rs["skips"][2], enc_ts=taps_ts["skips"][2],

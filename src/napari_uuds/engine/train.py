@@ -20,7 +20,8 @@ import torch
 from . import distributed
 from .config import LossWeights, TrainConfig
 from .distributed import SINGLE, DistContext
-from .losses import (has_object, loss_bscl, loss_dd, loss_id, loss_seg, loss_size, loss_useg, pseudo_label,
+from .losses import (has_object, loss_bscl, loss_dd, loss_id, loss_seg, loss_size, loss_useg,
+                     loss_useg_ce_balanced, pseudo_label,
                      total_loss)
 from .model import UUDS
 from .guards import AdaptationGuard, batch_statistics, object_fraction
@@ -249,7 +250,8 @@ def train(model: UUDS, source: SliceSampler, target: SliceSampler, cfg: TrainCon
             held = guard is not None and guard.held  # the guard holds every target term back
             dd_now = dd_on and (warm or not cfg.dd_warmup) and not held
             with amp:
-                out = net(xs_in, xt, cfg.dd_flow if dd_now else None, rec_aug)
+                out = net(xs_in, xt, cfg.dd_flow if dd_now else None, rec_aug,
+                          cfg.useg_flow == "segmenter" and adapt and warm and not held)
             with torch.autocast(device.type, enabled=False):  # losses in float32, outside bf16 autocast
                 terms: dict[str, torch.Tensor] = {
                     "seg": loss_seg(out.logits_s, ys),
@@ -274,7 +276,9 @@ def train(model: UUDS, source: SliceSampler, target: SliceSampler, cfg: TrainCon
                             ref_t, t_d = ref_t.detach(), t_d.detach()
                         terms["dd_ts"] = loss_dd(out.xg_ts, ref_t, t_d, weights.tau_dd, weights.dd_form)
                     if cfg.use_uncertainty and warm and adapt and not held:
-                        terms["useg"] = loss_useg(probs, pl, mask, absent=weights.useg_absent)
+                        terms["useg"] = (loss_useg_ce_balanced(out.logits_ts, pl, mask)
+                                         if weights.useg_form == "ce_balanced"
+                                         else loss_useg(probs, pl, mask, absent=weights.useg_absent))
                     if weights.size > 0 and warm and adapt and not held and source_fraction > 0:
                         terms["size"] = loss_size(probs, xt[:, 0] > BACKGROUND, source_fraction)
                 if n_lab:  # the user's corrections supervise the target path
