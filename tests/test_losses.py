@@ -146,3 +146,50 @@ def test_useg_skips_a_class_the_certain_pseudo_label_does_not_hold():
     pseudo[0, 2:5, 2:5] = 1  # present: the same value either way
     p = logits.softmax(1)
     assert torch.allclose(loss_useg(p, pseudo, mask), loss_useg(p, pseudo, mask, absent="skip"))
+
+
+def test_useg_ce_balanced_by_hand():
+    """useg_form="ce_balanced": cross-entropy on the certain pixels, averaged per pseudo-labelled class, then over
+    the classes present: one certain object pixel weighs as much as all the certain background."""
+    import math
+
+    from napari_uuds.engine.losses import loss_useg_ce_balanced
+
+    logits = torch.zeros(1, 2, 2, 2)
+    logits[0, 1, 0, 0] = math.log(3.0)  # p(object) = 0.75 at (0, 0); 0.5 elsewhere
+    pseudo = torch.tensor([[[1, 0], [0, 0]]])
+    mask = torch.tensor([[[1.0, 1.0], [1.0, 0.0]]])  # (1, 1) uncertain: it counts nowhere
+    expected = 0.5 * (-math.log(0.75)) + 0.5 * (-math.log(0.5))  # object class: 1 pixel; background: 2, same nll
+    assert loss_useg_ce_balanced(logits, pseudo, mask).item() == pytest.approx(expected, abs=1e-6)
+    # a class with no certain pixel adds nothing (no push towards it or away from it)
+    pseudo0 = torch.zeros(1, 2, 2, dtype=torch.long)
+    assert loss_useg_ce_balanced(logits, pseudo0, mask).item() == pytest.approx(
+        -(math.log(0.25) + 2 * math.log(0.5)) / 3, abs=1e-6)
+    assert loss_useg_ce_balanced(logits, pseudo0, torch.zeros(1, 2, 2)).item() == 0.0
+
+
+def test_pseudo_label_projected_into_the_source_size_band():
+    """pseudo_prior="band": too little object -> the most probable body pixels become object (certain); too much ->
+    only the most probable stay object, the rest background (certain); inside the band nothing changes."""
+    from napari_uuds.engine.losses import project_pseudo_label
+
+    body = torch.zeros(1, 4, 4, dtype=torch.bool)
+    body[0, :, :2] = True  # 8 body pixels; source fraction 0.25 -> band 1-4 object pixels
+    p_obj = torch.tensor([[0.1, 0.4, 0.0, 0.0], [0.3, 0.2, 0.0, 0.9], [0.05, 0.6, 0.0, 0.0], [0.7, 0.8, 0.0, 0.0]])
+    probs = torch.stack([1 - p_obj, p_obj])[None]
+    empty = torch.zeros(1, 4, 4, dtype=torch.long)
+    mask = torch.zeros(1, 4, 4)
+    # nothing in the pseudo label: the int(0.5 * 0.25 * 8) = 1 most probable body pixel becomes object;
+    # (1, 3) has p 0.9 but lies outside the body
+    pl, m = project_pseudo_label(probs, empty, mask, body, 0.25)
+    assert pl.sum() == 1 and pl[0, 3, 1] == 1 and m[0, 3, 1] == 1 and m.sum() == 1
+    # too much: all 8 body pixels object, band top 4 -> (3,1) 0.8, (3,0) 0.7, (2,1) 0.6, (0,1) 0.4 stay
+    full = body.long()
+    pl, m = project_pseudo_label(probs, full, mask, body, 0.25)
+    assert pl.sum() == 4 and pl[0, 3, 1] == pl[0, 3, 0] == pl[0, 2, 1] == pl[0, 0, 1] == 1
+    assert (m[body] == 1).all() and pl[0, 1, 0] == 0
+    # inside the band: unchanged (the same tensors back)
+    two = torch.zeros(1, 4, 4, dtype=torch.long)
+    two[0, 3] = torch.tensor([1, 1, 0, 0])
+    pl, m = project_pseudo_label(probs, two, mask, body, 0.25)
+    assert pl is two and m is mask

@@ -220,3 +220,25 @@ def test_decoder_group_norm_keeps_bf16_under_autocast(monkeypatch):
     assert calls == [(torch.bfloat16, False), (torch.bfloat16, True)]
     assert y.dtype == torch.bfloat16
     assert torch.allclose(y.float(), ref(x), atol=0.05)
+
+
+def test_detached_target_segmentation_does_not_train_the_translator(tiny_model):
+    """useg_flow="segmenter": Y^{t->s} (what L_useg reads) gives the translator (DAMs, image decoder) no gradient, while
+    the segmentation decoder learns; the logits equal the attached pass's and Eq. 2's x_g^{t->s} still reaches the
+    translator."""
+    tiny_model.train()
+    torch.manual_seed(0)
+    xs, xt = torch.rand(3, 1, 64, 64) * 2 - 1, torch.rand(3, 1, 64, 64) * 2 - 1
+    gen = list(tiny_model.image_decoder.parameters()) + list(tiny_model.dam.parameters())
+    seg = list(tiny_model.seg_decoder.parameters())
+    out = tiny_model(xs, xt, None, None, True)
+    out.logits_ts.softmax(1)[:, 1].mean().backward(retain_graph=True)
+    assert _grad_norm(gen) == 0.0 and _grad_norm(seg) > 0
+    tiny_model.zero_grad()
+    out.xg_ts.sum().backward()
+    assert _grad_norm(gen) > 0
+    tiny_model.zero_grad()
+    attached = tiny_model(xs, xt, None, None, False)
+    attached.logits_ts.softmax(1)[:, 1].mean().backward()
+    assert _grad_norm(gen) > 0  # the paper's letter: L_useg reaches the translator
+    torch.testing.assert_close(out.logits_ts, attached.logits_ts, atol=1e-5, rtol=1e-4)

@@ -8,7 +8,7 @@ import warnings
 
 from .engine.config import (ARCHS, DD_FLOWS, DD_FORMS, DD_SCALES, DEVICES, FINETUNE_STEPS, LossWeights, METHODS,
                             ModelConfig, RANDOMISERS, RANDOMISE_INTO, RECIPES, TEXT_ENCODERS, TrainConfig, USEG_ABSENT,
-                            USEG_FLOWS, USEG_FORMS)
+                            USEG_FLOWS, USEG_FORMS, PSEUDO_PRIORS)
 from .engine.errors import UUDSError
 
 from .engine.volumes import parse_label_map  # noqa: F401  (re-exported: the option's parser)
@@ -157,6 +157,9 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--useg-flow", choices=list(USEG_FLOWS), default=T.useg_flow,
                    help="what L_useg trains: all (every module, the translator too) or segmenter (the synthetic "
                         "source is detached first, so the translator cannot erase the object; one more encoder pass)")
+    a.add_argument("--pseudo-prior", choices=list(PSEUDO_PRIORS), default=T.pseudo_prior,
+                   help="size prior on the target's pseudo label: none (Eq. 6-7 as printed) or band (the batch's "
+                        "pseudo-labelled object held within 0.5-2 times the source's object fraction of the body)")
     a.add_argument("--randomise-into", choices=list(RANDOMISE_INTO), default=T.randomise_into,
                    help="where GIN's randomised slice enters: translator (its input; L_id asks for the clean slice), "
                         "segmenter (L_id asks for the randomised slice) or both (and a second draw on the "

@@ -128,7 +128,7 @@ def _adapt(args, ctx, t_start: float) -> int:
                        contrast_invert=args.contrast_invert, method=args.method, text_encoder=args.text_encoder,
                        dd_flow=args.dd_flow, dd_warmup=args.dd_warmup, randomise_p=args.randomise_p,
                        randomise_into=args.randomise_into,
-                       useg_flow=args.useg_flow, **t_over)
+                       useg_flow=args.useg_flow, pseudo_prior=args.pseudo_prior, **t_over)
     loss_weights = LossWeights(alpha=args.alpha, dd_scale=args.dd_scale, **w_over)
     device = resolve_device(args.device)
 

@@ -49,6 +49,10 @@ USEG_FORMS = ("dice", "ce_balanced")
 #: reads them for Eq. 8, so the translator (DAMs, image decoder) cannot lower L_useg by erasing the object
 #: (docs/method.md, round 9; one more encoder pass a step).
 USEG_FLOWS = ("all", "segmenter")
+#: A size prior on the target's pseudo label (Eq. 6-7): ``none`` = as printed; ``band`` = projected so that the
+#: batch's object pixels lie within 0.5-2 times the source's object fraction of the body
+#: (losses.project_pseudo_label; docs/method.md, round 10).
+PSEUDO_PRIORS = ("none", "band")
 #: Form of L_DD (Eq. 1-2): ``printed`` = log softmax of the cosine *distances* (the paper's letter; its gradient
 #: never fades), ``infonce`` = -log softmax of the cosine *similarities* (the contrastive form; it fades once the
 #: domains are apart). docs/method.md, reading 5.
@@ -233,6 +237,8 @@ class TrainConfig:
     use_uncertainty: bool = True
     #: which modules L_useg (Eq. 8) trains (see USEG_FLOWS)
     useg_flow: str = "all"
+    #: size prior on the target's pseudo label (see PSEUDO_PRIORS)
+    pseudo_prior: str = "none"
     #: steps before the target terms join: L_useg always; L_DD too where ``dd_warmup``.
     warmup_steps: int = -1  # -1: a quarter of `steps`
     #: hold L_DD (Eq. 1-2) back during the warm-up too, so that the warm-up is pure source training
@@ -295,6 +301,8 @@ class TrainConfig:
         if self.randomise_into not in RANDOMISE_INTO:
             raise UUDSError(f"unknown randomisation entry '{self.randomise_into}', choose one of "
                             f"{', '.join(RANDOMISE_INTO)}")
+        if self.pseudo_prior not in PSEUDO_PRIORS:
+            raise UUDSError(f"unknown pseudo-label prior '{self.pseudo_prior}', choose one of {', '.join(PSEUDO_PRIORS)}")
         if self.useg_flow not in USEG_FLOWS:
             raise UUDSError(f"unknown L_useg flow '{self.useg_flow}', choose one of {', '.join(USEG_FLOWS)}")
         if not 0.0 <= self.randomise_p <= 1.0:

@@ -7,6 +7,7 @@ Eq. 1, Eq. 2       :func:`loss_dd`                    domain distillation agains
 Eq. 4              :func:`loss_bscl`                  in-batch supervised contrastive
 Eq. 5              :func:`entropy_map`                per-pixel predictive entropy
 Eq. 6, Eq. 7       :func:`pseudo_label`               pseudo label and certain mask for chi
+                   :func:`project_pseudo_label`       ... projected into the source's size band (round 10)
 Eq. 8              :func:`loss_useg`                  Dice on certain pixels of x^{t->s}
                    :func:`loss_useg_ce_balanced`      its class-balanced cross-entropy form (round 9)
 L_seg (Sec. 3.2)   :func:`loss_seg`                   Dice + cross-entropy on the source
@@ -101,6 +102,42 @@ def pseudo_label(probs: torch.Tensor, chi: float, entropy: torch.Tensor | None =
     """
     u = entropy_map(probs) if entropy is None else entropy
     return probs.argmax(dim=1), (u < chi).to(probs.dtype)
+
+
+def project_pseudo_label(probs: torch.Tensor, pseudo: torch.Tensor, mask: torch.Tensor, body: torch.Tensor,
+                         source_fraction: float, low: float = 0.5, high: float = 2.0
+                         ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Eq. 6-7's pseudo label projected into the source's object-size band (``TrainConfig.pseudo_prior="band"``; not
+    in the paper; a class-ratio prior on hard pseudo labels, as size-constrained segmentation and CBST use one).
+
+    Let n be the batch's object pixels (pseudo label > 0) inside the body and r the source's object fraction of the
+    body. Where n < low * r * body, the low * r * body body pixels of highest object probability (1 - p_background)
+    become object (their most probable foreground class), certain; where n > high * r * body, only the high * r *
+    body most probable object pixels stay object and the rest become background, certain. In between nothing
+    changes. The object's location comes from the network's ranking, only its amount from the prior, so Eq. 8 keeps
+    no zero-loss state with nothing in it, and an over-segmentation is not reinforced.
+
+    probs (B, C, H, W) softmax (no gradient); pseudo (B, H, W) long; mask (B, H, W) float; body (B, H, W) bool.
+    One host sync (the counts)."""
+    n_body = int(body.sum())
+    k_lo, k_hi = int(low * source_fraction * n_body), int(high * source_fraction * n_body)
+    obj = (pseudo > 0) & body
+    n = int(obj.sum())
+    if k_hi < 1 or k_lo <= n <= k_hi:
+        return pseudo, mask
+    score = (1.0 - probs[:, 0]).float()
+    keep = torch.zeros(score.numel(), dtype=torch.bool, device=score.device)
+    if n < k_lo:  # too little object: the k_lo most probable body pixels are object
+        keep[score.masked_fill(~body, -1.0).flatten().topk(k_lo).indices] = True
+        keep = keep.view_as(pseudo)
+        fg = probs[:, 1:].argmax(1) + 1
+        pseudo = torch.where(keep, fg, pseudo)
+    else:  # too much: the k_hi most probable object pixels stay, the others are background
+        keep[score.masked_fill(~obj, -1.0).flatten().topk(k_hi).indices] = True
+        keep = keep.view_as(pseudo)
+        pseudo = pseudo.masked_fill(obj & ~keep, 0)
+        keep = obj
+    return pseudo, torch.where(keep, torch.ones_like(mask), mask)
 
 
 def certain_mask(entropy: torch.Tensor, chi: float) -> torch.Tensor:

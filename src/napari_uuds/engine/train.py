@@ -21,7 +21,7 @@ from . import distributed
 from .config import LossWeights, TrainConfig
 from .distributed import SINGLE, DistContext
 from .losses import (has_object, loss_bscl, loss_dd, loss_id, loss_seg, loss_size, loss_useg,
-                     loss_useg_ce_balanced, pseudo_label,
+                     loss_useg_ce_balanced, project_pseudo_label, pseudo_label,
                      total_loss)
 from .model import UUDS
 from .guards import AdaptationGuard, batch_statistics, object_fraction
@@ -266,6 +266,9 @@ def train(model: UUDS, source: SliceSampler, target: SliceSampler, cfg: TrainCon
                     certain = (mask * inside).sum() / inside.sum().clamp(min=1.0)  # logged: of the body's pixels
                     pl = pl.masked_fill(outside, 0)
                     mask = mask.masked_fill(outside, 1.0)
+                pl_seen = pl  # what the network predicts: the guard reads this, never the projection below
+                if cfg.pseudo_prior == "band" and adapt and source_fraction > 0:  # the source's size band (round 10)
+                    pl, mask = project_pseudo_label(probs.detach(), pl, mask, xt[:, 0] > BACKGROUND, source_fraction)
                 if cfg.uses_uuds:
                     if mcfg.use_seg_prompt:
                         terms["bscl"] = loss_bscl(out.z_s, has_object(ys), weights.tau_bscl)
@@ -298,7 +301,7 @@ def train(model: UUDS, source: SliceSampler, target: SliceSampler, cfg: TrainCon
                 names = [*terms, "total", "certain"]
                 parts = [*(v.detach().float() for v in terms.values()), loss.detach().float(), certain.float()]
                 # the guards look from the warm-up on, at the logged steps (their figures ride the same host sync)
-                stats = batch_statistics(pl, xt, out.syn_t, xs) if (guard is not None and warm) else None
+                stats = batch_statistics(pl_seen, xt, out.syn_t, xs) if (guard is not None and warm) else None
                 if stats is not None:
                     names += ["target_fraction", "drift_w1", "raw_w1"]
                     parts += list(stats)
