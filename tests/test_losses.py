@@ -193,3 +193,8 @@ def test_pseudo_label_projected_into_the_source_size_band():
     two[0, 3] = torch.tensor([1, 1, 0, 0])
     pl, m = project_pseudo_label(probs, two, mask, body, 0.25)
     assert pl is two and m is mask
+    # "floor" (high = inf): too much is never cut, too little is raised as under "band"
+    pl, m = project_pseudo_label(probs, full, mask, body, 0.25, high=float("inf"))
+    assert pl is full and m is mask
+    pl, m = project_pseudo_label(probs, empty, mask, body, 0.25, high=float("inf"))
+    assert pl.sum() == 1 and pl[0, 3, 1] == 1

@@ -50,9 +50,9 @@ USEG_FORMS = ("dice", "ce_balanced")
 #: (docs/method.md, round 9; one more encoder pass a step).
 USEG_FLOWS = ("all", "segmenter")
 #: A size prior on the target's pseudo label (Eq. 6-7): ``none`` = as printed; ``band`` = projected so that the
-#: batch's object pixels lie within 0.5-2 times the source's object fraction of the body
-#: (losses.project_pseudo_label; docs/method.md, round 10).
-PSEUDO_PRIORS = ("none", "band")
+#: batch's object pixels lie within 0.5-2 times the source's object fraction of the body; ``floor`` = raised to 0.5
+#: times where it holds less, never cut (losses.project_pseudo_label; docs/method.md, rounds 10-11).
+PSEUDO_PRIORS = ("none", "band", "floor")
 #: Form of L_DD (Eq. 1-2): ``printed`` = log softmax of the cosine *distances* (the paper's letter; its gradient
 #: never fades), ``infonce`` = -log softmax of the cosine *similarities* (the contrastive form; it fades once the
 #: domains are apart). docs/method.md, reading 5.

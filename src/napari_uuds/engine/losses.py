@@ -117,10 +117,13 @@ def project_pseudo_label(probs: torch.Tensor, pseudo: torch.Tensor, mask: torch.
     changes. The object's location comes from the network's ranking, only its amount from the prior, so Eq. 8 keeps
     no zero-loss state with nothing in it, and an over-segmentation is not reinforced.
 
+    ``high=inf`` (``pseudo_prior="floor"``): only the lower bound applies.
+
     probs (B, C, H, W) softmax (no gradient); pseudo (B, H, W) long; mask (B, H, W) float; body (B, H, W) bool.
     One host sync (the counts)."""
     n_body = int(body.sum())
-    k_lo, k_hi = int(low * source_fraction * n_body), int(high * source_fraction * n_body)
+    k_lo = int(low * source_fraction * n_body)
+    k_hi = int(high * source_fraction * n_body) if math.isfinite(high) else n_body  # high = inf: never cut ("floor")
     obj = (pseudo > 0) & body
     n = int(obj.sum())
     if k_hi < 1 or k_lo <= n <= k_hi:

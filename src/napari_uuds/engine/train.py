@@ -267,8 +267,9 @@ def train(model: UUDS, source: SliceSampler, target: SliceSampler, cfg: TrainCon
                     pl = pl.masked_fill(outside, 0)
                     mask = mask.masked_fill(outside, 1.0)
                 pl_seen = pl  # what the network predicts: the guard reads this, never the projection below
-                if cfg.pseudo_prior == "band" and adapt and source_fraction > 0:  # the source's size band (round 10)
-                    pl, mask = project_pseudo_label(probs.detach(), pl, mask, xt[:, 0] > BACKGROUND, source_fraction)
+                if cfg.pseudo_prior != "none" and adapt and source_fraction > 0:  # the source's size (rounds 10-11)
+                    pl, mask = project_pseudo_label(probs.detach(), pl, mask, xt[:, 0] > BACKGROUND, source_fraction,
+                                                    high=2.0 if cfg.pseudo_prior == "band" else math.inf)
                 if cfg.uses_uuds:
                     if mcfg.use_seg_prompt:
                         terms["bscl"] = loss_bscl(out.z_s, has_object(ys), weights.tau_bscl)
