@@ -267,7 +267,8 @@ def train(model: UUDS, source: SliceSampler, target: SliceSampler, cfg: TrainCon
                     pl = pl.masked_fill(outside, 0)
                     mask = mask.masked_fill(outside, 1.0)
                 pl_seen = pl  # what the network predicts: the guard reads this, never the projection below
-                if cfg.pseudo_prior != "none" and adapt and source_fraction > 0:  # the source's size (rounds 10-11)
+                if cfg.pseudo_prior != "none" and adapt and warm and not held and source_fraction > 0:
+                    # the source's size (rounds 10-11), only where a target term reads the pseudo label
                     pl, mask = project_pseudo_label(probs.detach(), pl, mask, xt[:, 0] > BACKGROUND, source_fraction,
                                                     high=2.0 if cfg.pseudo_prior == "band" else math.inf)
                 if cfg.uses_uuds:
