@@ -116,10 +116,9 @@ SOURCE_ROWS = {"lower": {"randomise": "none"}, "gin_only": {"randomise": "gin"},
 ROWS = ["lower", "histmatch", "pseudo", "gin_only", "uuds_paper", "uuds", "uuds_no_gin", "uuds_gin",
         "uuds_gin_dd_printed", "uuds_gin_no_body_mask", "uuds_gin_no_guard", "uuds_gin_mm", "uuds_gin_size_log",
         "uuds_gin_into_segmenter", "uuds_gin_both", "gin_only_both", "uuds_useg_present",
-        "uuds_useg_ce", "uuds_useg_detached", "uuds_pseudo_band",
-        "uuds_pseudo_floor", "uuds_no_pass_bn", "uuds_dd_printed", "uuds_no_body_mask", "uuds_no_guard", "uuds_no_domain_prompt",
-        "uuds_no_seg_prompt",
-        "uuds_no_uncertainty", "tcsa", "uuds+tcsa", "upper"]
+        "uuds_useg_ce", "uuds_useg_detached", "uuds_pseudo_band", "uuds_pseudo_floor",
+        "uuds_no_pass_bn", "uuds_dd_printed", "uuds_no_body_mask", "uuds_no_guard", "uuds_no_domain_prompt",
+        "uuds_no_seg_prompt", "uuds_no_uncertainty", "tcsa", "uuds+tcsa", "upper"]
 MAIN_ROWS = {"lower", "histmatch", "pseudo", "gin_only", "uuds_paper", "uuds", "upper"}
 DESCRIPTIONS = {
     "tumour": "a brain tumour with surrounding oedema",

@@ -154,13 +154,14 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--useg-form", choices=list(USEG_FORMS), default=None,
                    help="L_useg (Eq. 8): dice (the soft Dice over the certain pixels, as printed) or ce_balanced "
                         "(cross-entropy averaged per pseudo-labelled class) (default: the recipe's)")
-    a.add_argument("--useg-flow", choices=list(USEG_FLOWS), default=T.useg_flow,
+    a.add_argument("--useg-flow", choices=list(USEG_FLOWS), default=None,
                    help="what L_useg trains: all (every module, the translator too) or segmenter (the synthetic "
-                        "source is detached first, so the translator cannot erase the object; one more encoder pass)")
-    a.add_argument("--pseudo-prior", choices=list(PSEUDO_PRIORS), default=T.pseudo_prior,
+                        "source is detached first, so the translator cannot erase the object; one more encoder pass) "
+                        "(default: the recipe's)")
+    a.add_argument("--pseudo-prior", choices=list(PSEUDO_PRIORS), default=None,
                    help="size prior on the target's pseudo label: none (Eq. 6-7 as printed), band (the batch's "
                         "pseudo-labelled object held within 0.5-2 times the source's object fraction of the body) or "
-                        "floor (raised to 0.5 times where it holds less, never cut)")
+                        "floor (raised to 0.5 times where it holds less, never cut) (default: the recipe's)")
     a.add_argument("--randomise-into", choices=list(RANDOMISE_INTO), default=T.randomise_into,
                    help="where GIN's randomised slice enters: translator (its input; L_id asks for the clean slice), "
                         "segmenter (L_id asks for the randomised slice) or both (and a second draw on the "

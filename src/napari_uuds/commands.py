@@ -107,7 +107,8 @@ def _adapt(args, ctx, t_start: float) -> int:
     for store, key, value in ((m_over, "body_mask", args.body_mask), (m_over, "pass_bn", args.pass_bn),
                               (t_over, "randomise", args.randomise),
                               (t_over, "guard", args.guard), (w_over, "dd_form", args.dd_form),
-                              (w_over, "useg_absent", args.useg_absent), (w_over, "useg_form", args.useg_form)):
+                              (w_over, "useg_absent", args.useg_absent), (w_over, "useg_form", args.useg_form),
+                              (t_over, "useg_flow", args.useg_flow), (t_over, "pseudo_prior", args.pseudo_prior)):
         if value is not None:  # an explicit option wins over the recipe
             store[key] = value
     if resume_meta:
@@ -127,8 +128,7 @@ def _adapt(args, ctx, t_start: float) -> int:
                        use_uncertainty=not args.no_uncertainty, warmup_steps=args.warmup_steps,
                        contrast_invert=args.contrast_invert, method=args.method, text_encoder=args.text_encoder,
                        dd_flow=args.dd_flow, dd_warmup=args.dd_warmup, randomise_p=args.randomise_p,
-                       randomise_into=args.randomise_into,
-                       useg_flow=args.useg_flow, pseudo_prior=args.pseudo_prior, **t_over)
+                       randomise_into=args.randomise_into, **t_over)
     loss_weights = LossWeights(alpha=args.alpha, dd_scale=args.dd_scale, **w_over)
     device = resolve_device(args.device)
 

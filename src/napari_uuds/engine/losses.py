@@ -121,11 +121,10 @@ def project_pseudo_label(probs: torch.Tensor, pseudo: torch.Tensor, mask: torch.
 
     probs (B, C, H, W) softmax (no gradient); pseudo (B, H, W) long; mask (B, H, W) float; body (B, H, W) bool.
     One host sync (the counts)."""
-    n_body = int(body.sum())
+    obj = (pseudo > 0) & body
+    n_body, n = (int(v) for v in torch.stack([body.sum(), obj.sum()]).tolist())  # the one host sync
     k_lo = int(low * source_fraction * n_body)
     k_hi = int(high * source_fraction * n_body) if math.isfinite(high) else n_body  # high = inf: never cut ("floor")
-    obj = (pseudo > 0) & body
-    n = int(obj.sum())
     if k_hi < 1 or k_lo <= n <= k_hi:
         return pseudo, mask
     score = (1.0 - probs[:, 0]).float()
@@ -190,7 +189,7 @@ def loss_useg_ce_balanced(logits: torch.Tensor, pseudo: torch.Tensor, mask: torc
     logits (B, C, H, W); pseudo (B, H, W) labels (no gradient); mask (B, H, W) from Eq. 7.
     """
     n_classes = logits.shape[1]
-    nll = F.cross_entropy(logits.float(), pseudo.long().detach(), reduction="none")  # (B, H, W)
+    nll = F.cross_entropy(logits.float(), pseudo.long(), reduction="none")  # (B, H, W)
     onehot = F.one_hot(pseudo.long(), n_classes).movedim(-1, 1).float() * mask.float().unsqueeze(1).detach()
     dims = (0,) + tuple(range(2, onehot.ndim))
     count = onehot.sum(dims)  # certain pixels per class

@@ -250,8 +250,9 @@ def train(model: UUDS, source: SliceSampler, target: SliceSampler, cfg: TrainCon
             held = guard is not None and guard.held  # the guard holds every target term back
             dd_now = dd_on and (warm or not cfg.dd_warmup) and not held
             with amp:
+                useg_now = cfg.uses_uuds and cfg.use_uncertainty and adapt and warm and not held
                 out = net(xs_in, xt, cfg.dd_flow if dd_now else None, rec_aug,
-                          cfg.useg_flow == "segmenter" and adapt and warm and not held)
+                          useg_now and cfg.useg_flow == "segmenter")
             with torch.autocast(device.type, enabled=False):  # losses in float32, outside bf16 autocast
                 terms: dict[str, torch.Tensor] = {
                     "seg": loss_seg(out.logits_s, ys),
@@ -280,7 +281,7 @@ def train(model: UUDS, source: SliceSampler, target: SliceSampler, cfg: TrainCon
                         if cfg.dd_flow == "split":  # Eq. 2 moves the translator only: its references are fixed
                             ref_t, t_d = ref_t.detach(), t_d.detach()
                         terms["dd_ts"] = loss_dd(out.xg_ts, ref_t, t_d, weights.tau_dd, weights.dd_form)
-                    if cfg.use_uncertainty and warm and adapt and not held:
+                    if useg_now:
                         terms["useg"] = (loss_useg_ce_balanced(out.logits_ts, pl, mask)
                                          if weights.useg_form == "ce_balanced"
                                          else loss_useg(probs, pl, mask, absent=weights.useg_absent))
