@@ -94,13 +94,14 @@ ADAPT_ROWS: dict[str, tuple[str, dict, dict, dict]] = {
     # round 9: Eq. 8 as class-balanced cross-entropy; Eq. 8 training the segmentation path only
     "uuds_useg_ce": ("uuds", {}, {}, {"useg_form": "ce_balanced"}),
     "uuds_useg_detached": ("uuds", {}, {"useg_flow": "segmenter"}, {}),
-    # round 10: the target's pseudo label projected into the source's object-size band
-    "uuds_pseudo_band": ("uuds", {}, {"pseudo_prior": "band"}, {}),
+    # round 10's candidate (the pseudo label projected into the source's object-size band) is the default since round
+    # 12; the default without it (rounds 4-11's default) is row uuds_no_pseudo_band below
     # round 11: only the lower bound of the band (the pseudo label is raised, never cut)
     "uuds_pseudo_floor": ("uuds", {}, {"pseudo_prior": "floor"}, {}),
     # the default without pass-specific batch-norm statistics: round 3's default, whose one-lever-off rows follow
     "uuds_no_pass_bn": ("uuds", {"pass_bn": False}, {}, {}),
     # one lever of the default off
+    "uuds_no_pseudo_band": ("uuds", {}, {"pseudo_prior": "none"}, {}),
     "uuds_dd_printed": ("uuds", {}, {}, {"dd_form": "printed"}),
     "uuds_no_body_mask": ("uuds", {"body_mask": False}, {}, {}),
     "uuds_no_guard": ("uuds", {}, {"guard": False}, {}),
@@ -116,7 +117,7 @@ SOURCE_ROWS = {"lower": {"randomise": "none"}, "gin_only": {"randomise": "gin"},
 ROWS = ["lower", "histmatch", "pseudo", "gin_only", "uuds_paper", "uuds", "uuds_no_gin", "uuds_gin",
         "uuds_gin_dd_printed", "uuds_gin_no_body_mask", "uuds_gin_no_guard", "uuds_gin_mm", "uuds_gin_size_log",
         "uuds_gin_into_segmenter", "uuds_gin_both", "gin_only_both", "uuds_useg_present",
-        "uuds_useg_ce", "uuds_useg_detached", "uuds_pseudo_band", "uuds_pseudo_floor",
+        "uuds_useg_ce", "uuds_useg_detached", "uuds_pseudo_floor", "uuds_no_pseudo_band",
         "uuds_no_pass_bn", "uuds_dd_printed", "uuds_no_body_mask", "uuds_no_guard", "uuds_no_domain_prompt",
         "uuds_no_seg_prompt", "uuds_no_uncertainty", "tcsa", "uuds+tcsa", "upper"]
 MAIN_ROWS = {"lower", "histmatch", "pseudo", "gin_only", "uuds_paper", "uuds", "upper"}

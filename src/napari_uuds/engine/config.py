@@ -217,8 +217,9 @@ FINETUNE_STEPS = 100
 
 @dataclass
 class TrainConfig:
-    #: 200: the plateau of the held-out source Dice at lr 1e-4 (round 2 of docs/method.md's rule)
-    steps: int = 200
+    #: 600: round 10 of docs/method.md's rule (the source's L_seg plateau on C within what the README's sample job
+    #: may take on two cores, with the target's volume checked); round 2's 200 held before
+    steps: int = 600
     #: uuds | tcsa | uuds+tcsa (which loss terms train the network)
     method: str = "uuds"
     #: adapt | source_only (see MODES)
@@ -238,9 +239,9 @@ class TrainConfig:
     #: which modules L_useg (Eq. 8) trains (see USEG_FLOWS)
     useg_flow: str = "all"
     #: size prior on the target's pseudo label (see PSEUDO_PRIORS)
-    pseudo_prior: str = "none"
+    pseudo_prior: str = "band"
     #: steps before the target terms join: L_useg always; L_DD too where ``dd_warmup``.
-    warmup_steps: int = -1  # -1: a quarter of `steps`
+    warmup_steps: int = 50  # -1: a quarter of `steps`; 50, the length probe's (round 6), the default's since round 10
     #: hold L_DD (Eq. 1-2) back during the warm-up too, so that the warm-up is pure source training
     #: (off by default: L_DD from step 0, as the paper has it; docs/method.md, reading 5).
     dd_warmup: bool = False
@@ -334,7 +335,8 @@ class TrainConfig:
 #: overrides of (ModelConfig, TrainConfig, LossWeights).
 RECIPES: dict[str, tuple[dict[str, Any], dict[str, Any], dict[str, Any]]] = {
     "uuds": ({}, {}, {}),
-    "paper": ({"body_mask": False, "pass_bn": False}, {"randomise": "none", "guard": False}, {"dd_form": "printed"}),
+    "paper": ({"body_mask": False, "pass_bn": False}, {"randomise": "none", "guard": False, "pseudo_prior": "none"},
+              {"dd_form": "printed"}),
 }
 
 

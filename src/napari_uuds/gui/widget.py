@@ -109,7 +109,7 @@ class UUDSWidget(Container):
             self.weights: ("auto: OpenAI CLIP weights when cached or reachable, else random; openai: error if "
                            "unavailable; none: random initialisation"),
             self.device: "where to train: auto picks a CUDA or Apple GPU when there is one, else the CPU",
-            self.steps: "training steps (200 suit the tiny model on a CPU, about 1.5 minutes on the sample)",
+            self.steps: "training steps (600 suit the tiny model on a CPU, about 5 minutes on the sample)",
             self.batch: "slice pairs (source + target) per step",
             self.lr: "Adam learning rate (1e-4: higher rates collapsed the tumour protocols in our runs)",
             self.prompt: ("the hard domain prompt steering the target-to-source translation; {source} stands for the "
