@@ -125,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--eval-at", nargs="*", type=int, default=[],
                     help="also score the held-out source at these steps (a label-free learning curve)")
     ap.add_argument("--warmup", type=int, default=None,
-                    help="warm-up steps before the target terms join (default: the engine's, a quarter of --steps)")
+                    help="warm-up steps before the target terms join (default: the engine's, min(50, --steps / 4))")
     ap.add_argument("--results", default=str(bench.RESULTS))
     args = ap.parse_args(argv)
 

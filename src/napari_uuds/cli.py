@@ -118,7 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--axis", type=int, choices=[0, 1, 2], default=M.axis,
                    help="slicing axis in canonical RAS orientation: 0 sagittal, 1 coronal, 2 axial")
     a.add_argument("--image-size", type=int, default=None, help="slice side in pixels (default: 224 rn50, 128 tiny)")
-    a.add_argument("--warmup-steps", type=int, default=T.warmup_steps, help="steps before the uncertainty loss joins (-1: steps/4)")
+    a.add_argument("--warmup-steps", type=int, default=T.warmup_steps, help="steps before the target terms join (default -1: min(50, steps/4))")
     a.add_argument("--dd-warmup", action=argparse.BooleanOptionalAction, default=T.dd_warmup,
                    help="hold L_DD (Eq. 1-2) back during the warm-up too, so that the warm-up is pure source training")
     a.add_argument("--contrast-invert", type=_unit_float, default=0.0, metavar="P",

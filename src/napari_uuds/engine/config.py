@@ -213,6 +213,8 @@ class LossWeights:
 #: steps of one fine-tune on a user's corrections (engine/finetune.py; fixed by the time budget, about 45 s for the
 #: tiny model on a 2-core CPU; docs/method.md, "Review and corrections")
 FINETUNE_STEPS = 100
+#: the automatic warm-up's cap (TrainConfig.warmup): steps before the target terms join
+WARMUP_STEPS = 50
 
 
 @dataclass
@@ -241,7 +243,9 @@ class TrainConfig:
     #: size prior on the target's pseudo label (see PSEUDO_PRIORS)
     pseudo_prior: str = "band"
     #: steps before the target terms join: L_useg always; L_DD too where ``dd_warmup``.
-    warmup_steps: int = 50  # -1: a quarter of `steps`; 50, the length probe's (round 6), the default's since round 10
+    #: -1 (auto): min(WARMUP_STEPS, steps // 4): 50 from 200 steps up (round 12's default length ran with 50, round 6's
+    #: probe's), a quarter of a shorter run so that its target terms still join
+    warmup_steps: int = -1
     #: hold L_DD (Eq. 1-2) back during the warm-up too, so that the warm-up is pure source training
     #: (off by default: L_DD from step 0, as the paper has it; docs/method.md, reading 5).
     dd_warmup: bool = False
@@ -325,7 +329,7 @@ class TrainConfig:
 
     @property
     def warmup(self) -> int:
-        return self.steps // 4 if self.warmup_steps < 0 else self.warmup_steps
+        return min(WARMUP_STEPS, self.steps // 4) if self.warmup_steps < 0 else self.warmup_steps
 
 
 #: Named bundles of settings: ``uuds`` = the engine's defaults (the dataclass defaults above: L_DD in its InfoNCE
