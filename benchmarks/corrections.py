@@ -145,7 +145,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--protocol", choices=["A1", "C"], required=True)
     ap.add_argument("--data", default=str(Path(__file__).resolve().parents[2] / "shared" / "data"))
     ap.add_argument("--seeds", nargs="*", type=int, default=[0, 1, 2])
-    ap.add_argument("--steps", type=int, default=200, help="adaptation steps (the CLI's default)")
+    ap.add_argument("--steps", type=int, default=TrainConfig.steps,
+                    help="adaptation steps (default: the engine's; the committed results ran 200, rounds 4-11's default)")
     ap.add_argument("--finetune-steps", type=int, default=FINETUNE_STEPS)
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--threads", type=int, default=1)

@@ -319,7 +319,9 @@ def write_markdown(results: Path) -> Path:
              "Rows: `lower` source only; `histmatch` the target histogram-matched to the source, lower model; "
              "`pseudo` the lower model fine-tuned on its entropy-filtered target pseudo labels; `gin_only` source "
              "randomisation alone, no target term; `uuds_paper` the paper's letter; `uuds` the engine's default "
-             "recipe (since round 2, `--randomise auto`: GIN where the contrasts lie far apart, here C only); "
+             "recipe (since round 2, `--randomise auto`: GIN where the contrasts lie far apart, here C only; since "
+             "round 12, the target's pseudo label held to 0.5-2 times the source's object fraction); "
+             "`uuds_no_pseudo_band` rounds 4-11's default (the same without that band); "
              "`uuds_no_gin` the default without source randomisation (round 1's default); `uuds_gin` the default with "
              "GIN always on (round 1's candidate) and `uuds_gin_*` one lever of it changed; `uuds_no_*` one lever of the default "
              "off; `upper` supervised on the target contrast. docs/method.md has the details.", ""]

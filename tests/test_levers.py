@@ -124,9 +124,11 @@ def test_recipes_paper_is_the_letter_and_uuds_the_defaults():
     m, t, w = recipe_overrides("paper")
     assert ModelConfig(**m).body_mask is False
     tc, lw = TrainConfig(**t), LossWeights(**w)
-    assert (tc.randomise, tc.guard, tc.recipe, lw.dd_form) == ("none", False, "paper", "printed")
+    assert (tc.randomise, tc.guard, tc.recipe, lw.dd_form, tc.pseudo_prior) == ("none", False, "paper", "printed",
+                                                                                  "none")
     d = (ModelConfig(), TrainConfig(), LossWeights())
     assert (d[0].body_mask, d[1].randomise, d[1].guard, d[2].dd_form) == (True, "auto", True, "infonce")
+    assert (d[1].pseudo_prior, d[1].steps, d[1].warmup) == ("band", 600, 50)  # round 12
     assert set(RECIPES) == {"uuds", "paper"}
     with pytest.raises(UUDSError):
         recipe_overrides("magic")
@@ -134,6 +136,13 @@ def test_recipes_paper_is_the_letter_and_uuds_the_defaults():
         TrainConfig(randomise="curves")
     with pytest.raises(UUDSError):
         LossWeights(dd_form="other")
+
+
+def test_automatic_warmup_is_fifty_steps_or_a_quarter_of_a_shorter_run():
+    """Round 12: min(50, steps / 4), so that a short run (30 steps in the widget) still reaches its target terms;
+    an explicit warm-up is kept as given."""
+    assert [TrainConfig(steps=n).warmup for n in (30, 100, 200, 600, 2500)] == [7, 25, 50, 50, 50]
+    assert TrainConfig(steps=600, warmup_steps=150).warmup == 150 and TrainConfig(steps=10, warmup_steps=0).warmup == 0
 
 
 def test_size_prior_is_zero_in_the_band_and_pulls_back_outside():
