@@ -219,8 +219,9 @@ WARMUP_STEPS = 50
 
 @dataclass
 class TrainConfig:
-    #: 600: round 10 of docs/method.md's rule (the source's L_seg plateau on C within what the README's sample job
-    #: may take on two cores, with the target's volume checked); round 2's 200 held before
+    #: 600: round 12 of docs/method.md's rule (round 9's length clause on round 10's curves: the source's L_seg plateau
+    #: on C within what the README's sample job may take on two cores; the held-out source checked on four seeds);
+    #: round 2's 200 held before
     steps: int = 600
     #: uuds | tcsa | uuds+tcsa (which loss terms train the network)
     method: str = "uuds"
@@ -333,9 +334,10 @@ class TrainConfig:
 
 
 #: Named bundles of settings: ``uuds`` = the engine's defaults (the dataclass defaults above: L_DD in its InfoNCE
-#: form, nothing outside the body, the guards, source randomisation ``auto``, chosen by round 2 of the rule of
-#: docs/method.md);
-#: ``paper`` = the paper's letter (L_DD as printed, no guard, predictions anywhere in the frame). Each maps to
+#: form, nothing outside the body, the guards, source randomisation ``auto`` (round 2 of the rule of docs/method.md),
+#: pass-specific batch-norm statistics (round 4), the pseudo label's size band with 600 steps (round 12));
+#: ``paper`` = the paper's letter (L_DD as printed, no guard, predictions anywhere in the frame, shared batch-norm
+#: statistics, the pseudo label as Eq. 6-7 print it). Each maps to
 #: overrides of (ModelConfig, TrainConfig, LossWeights).
 RECIPES: dict[str, tuple[dict[str, Any], dict[str, Any], dict[str, Any]]] = {
     "uuds": ({}, {}, {}),
