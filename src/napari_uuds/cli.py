@@ -8,7 +8,7 @@ import warnings
 
 from .engine.config import (ARCHS, DD_FLOWS, DD_FORMS, DD_SCALES, DEVICES, FINETUNE_STEPS, LossWeights, METHODS,
                             ModelConfig, RANDOMISERS, RANDOMISE_INTO, RECIPES, TEXT_ENCODERS, TrainConfig, USEG_ABSENT,
-                            USEG_FLOWS, USEG_FORMS, PSEUDO_PRIORS)
+                            USEG_FLOWS, USEG_FORMS, PSEUDO_PRIORS, WARMUP_STEPS)
 from .engine.errors import UUDSError
 
 from .engine.volumes import parse_label_map  # noqa: F401  (re-exported: the option's parser)
@@ -119,7 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--axis", type=int, choices=[0, 1, 2], default=M.axis,
                    help="slicing axis in canonical RAS orientation: 0 sagittal, 1 coronal, 2 axial")
     a.add_argument("--image-size", type=int, default=None, help="slice side in pixels (default: 224 rn50, 128 tiny)")
-    a.add_argument("--warmup-steps", type=int, default=T.warmup_steps, help="steps before the target terms join (default -1: min(50, steps/4))")
+    a.add_argument("--warmup-steps", type=int, default=T.warmup_steps, help=f"steps before the target terms join (default -1: min({WARMUP_STEPS}, steps/4))")
     a.add_argument("--dd-warmup", action=argparse.BooleanOptionalAction, default=T.dd_warmup,
                    help="hold L_DD (Eq. 1-2) back during the warm-up too, so that the warm-up is pure source training")
     a.add_argument("--contrast-invert", type=_unit_float, default=0.0, metavar="P",

@@ -248,9 +248,10 @@ def train(model: UUDS, source: SliceSampler, target: SliceSampler, cfg: TrainCon
                 rec_aug = functools.partial(gin, rng=source.rng, p=cfg.randomise_p, body=xs > BACKGROUND)
             warm = step >= cfg.warmup
             held = guard is not None and guard.held  # the guard holds every target term back
+            target_now = adapt and warm and not held  # the target terms (L_useg, size, TCSA's) train at this step
             dd_now = dd_on and (warm or not cfg.dd_warmup) and not held
             with amp:
-                useg_now = cfg.uses_uuds and cfg.use_uncertainty and adapt and warm and not held
+                useg_now = cfg.uses_uuds and cfg.use_uncertainty and target_now
                 out = net(xs_in, xt, cfg.dd_flow if dd_now else None, rec_aug,
                           useg_now and cfg.useg_flow == "segmenter")
             with torch.autocast(device.type, enabled=False):  # losses in float32, outside bf16 autocast
@@ -268,7 +269,7 @@ def train(model: UUDS, source: SliceSampler, target: SliceSampler, cfg: TrainCon
                     pl = pl.masked_fill(outside, 0)
                     mask = mask.masked_fill(outside, 1.0)
                 pl_seen = pl  # what the network predicts: the guard reads this, never the projection below
-                if cfg.pseudo_prior != "none" and adapt and warm and not held and source_fraction > 0:
+                if cfg.pseudo_prior != "none" and target_now and source_fraction > 0:
                     # the source's size (rounds 10-11), only where a target term reads the pseudo label
                     pl, mask = project_pseudo_label(probs.detach(), pl, mask, xt[:, 0] > BACKGROUND, source_fraction,
                                                     high=2.0 if cfg.pseudo_prior == "band" else math.inf)
@@ -285,13 +286,13 @@ def train(model: UUDS, source: SliceSampler, target: SliceSampler, cfg: TrainCon
                         terms["useg"] = (loss_useg_ce_balanced(out.logits_ts, pl, mask)
                                          if weights.useg_form == "ce_balanced"
                                          else loss_useg(probs, pl, mask, absent=weights.useg_absent))
-                    if weights.size > 0 and warm and adapt and not held and source_fraction > 0:
+                    if weights.size > 0 and target_now and source_fraction > 0:
                         terms["size"] = loss_size(probs, xt[:, 0] > BACKGROUND, source_fraction)
                 if n_lab:  # the user's corrections supervise the target path
                     terms["tseg"] = loss_seg(out.logits_ts[-n_lab:], yl)
                 if cfg.uses_tcsa:
                     terms.update(tcsa_terms(out, ys, probs, pl, mask, memory, text_rel, weights.tau_proto,
-                                            target_terms=adapt and warm and not held))
+                                            target_terms=target_now))
                 loss = total_loss(terms, weights)
             opt.zero_grad(set_to_none=True)
             loss.backward()

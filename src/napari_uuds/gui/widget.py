@@ -14,7 +14,7 @@ from napari.utils.notifications import show_error, show_info
 from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import QFileDialog, QMessageBox, QSizePolicy
 
-from ..engine.config import ARCHS, CLIP_WEIGHTS, DEVICES, METHODS, RANDOMISERS
+from ..engine.config import ARCHS, CLIP_WEIGHTS, DEVICES, METHODS, RANDOMISERS, TrainConfig
 from ..engine.errors import UUDSError
 from .controller import OUTPUT_LAYERS, UUDSController
 from .loss_plot import LossPlot
@@ -109,7 +109,7 @@ class UUDSWidget(Container):
             self.weights: ("auto: OpenAI CLIP weights when cached or reachable, else random; openai: error if "
                            "unavailable; none: random initialisation"),
             self.device: "where to train: auto picks a CUDA or Apple GPU when there is one, else the CPU",
-            self.steps: "training steps (600 suit the tiny model on a CPU, about 5 minutes on the sample)",
+            self.steps: f"training steps ({TrainConfig.steps} suit the tiny model on a CPU, about 5 minutes on the sample)",
             self.batch: "slice pairs (source + target) per step",
             self.lr: "Adam learning rate (1e-4: higher rates collapsed the tumour protocols in our runs)",
             self.prompt: ("the hard domain prompt steering the target-to-source translation; {source} stands for the "
