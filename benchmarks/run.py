@@ -100,6 +100,9 @@ ADAPT_ROWS: dict[str, tuple[str, dict, dict, dict]] = {
     "uuds_pseudo_floor": ("uuds", {}, {"pseudo_prior": "floor"}, {}),
     # the default without pass-specific batch-norm statistics: round 3's default, whose one-lever-off rows follow
     "uuds_no_pass_bn": ("uuds", {"pass_bn": False}, {}, {}),
+    # round 13: the default trained with an EMA of its weights over the second half (decay 0.99); the same run is
+    # also scored with its last step's weights and with test-time augmentation (rows PAIRED_ROWS)
+    "uuds_ema": ("uuds", {}, {"ema_decay": 0.99}, {}),
     # one lever of the default off
     "uuds_no_pseudo_band": ("uuds", {}, {"pseudo_prior": "none"}, {}),
     "uuds_dd_printed": ("uuds", {}, {}, {"dd_form": "printed"}),
@@ -117,9 +120,14 @@ SOURCE_ROWS = {"lower": {"randomise": "none"}, "gin_only": {"randomise": "gin"},
 ROWS = ["lower", "histmatch", "pseudo", "gin_only", "uuds_paper", "uuds", "uuds_no_gin", "uuds_gin",
         "uuds_gin_dd_printed", "uuds_gin_no_body_mask", "uuds_gin_no_guard", "uuds_gin_mm", "uuds_gin_size_log",
         "uuds_gin_into_segmenter", "uuds_gin_both", "gin_only_both", "uuds_useg_present",
-        "uuds_useg_ce", "uuds_useg_detached", "uuds_pseudo_floor", "uuds_no_pseudo_band",
+        "uuds_useg_ce", "uuds_useg_detached", "uuds_pseudo_floor", "uuds_ema", "uuds_ema_last", "uuds_tta",
+        "uuds_ema_tta", "uuds_no_pseudo_band",
         "uuds_no_pass_bn", "uuds_dd_printed", "uuds_no_body_mask", "uuds_no_guard", "uuds_no_domain_prompt",
         "uuds_no_seg_prompt", "uuds_no_uncertainty", "tcsa", "uuds+tcsa", "upper"]
+#: rows scored from another row's runs (round 13: one training run, scored with its last step's or its averaged
+#: weights, with or without test-time augmentation): row -> (the row that trains, weights, tta)
+PAIRED_ROWS = {"uuds_ema_last": ("uuds_ema", "last", "none"), "uuds_tta": ("uuds_ema", "last", "d8"),
+               "uuds_ema_tta": ("uuds_ema", "ema", "d8")}
 MAIN_ROWS = {"lower", "histmatch", "pseudo", "gin_only", "uuds_paper", "uuds", "upper"}
 DESCRIPTIONS = {
     "tumour": "a brain tumour with surrounding oedema",
@@ -269,9 +277,20 @@ def run_row(row: str, seed: int, ctx: dict) -> dict:
     model, secs, last = _train(ModelConfig(**{**cfg_kw, **mx}), sources, targets, tcfg, weights=weights)
     dd = {"dd_flow": tcfg.dd_flow, "dd_warmup": tcfg.dd_warmup, "dd_scale": weights.dd_scale,
           "dd_form": weights.dd_form} if tcfg.uses_dd(model.cfg) else {}
+    volumes = _evaluate(model, targets, refs, names)
+    paired = {}
+    if model.last_iterate_state is not None:  # the same run scored with the other weights and inference settings
+        average = {k: v.clone() for k, v in model.state_dict().items()}
+        for paired_row, (_, which, tta) in PAIRED_ROWS.items():
+            model.load_state_dict(model.last_iterate_state if which == "last" else average)
+            model.cfg.tta = tta
+            paired[paired_row] = _evaluate(model, targets, refs, names)
+        model.load_state_dict(average)
+        model.cfg.tta = "none"
     return {"train_s": round(secs, 1), "final_losses": {k: round(v, 4) for k, v in last.items()},
             "guard": model.guard_report, "randomise_used": model.randomise_used,
-            **dd, "volumes": _evaluate(model, targets, refs, names)}
+            "weight_average": model.weight_average, **dd, "volumes": volumes,
+            **({"paired": paired} if paired else {})}
 
 
 # -- summary ----------------------------------------------------------------------------------------
@@ -397,7 +416,9 @@ def main(argv: list[str] | None = None) -> int:
     other = args.other_seeds if args.other_seeds is not None else args.seeds[:1]
     commit = git_commit()
     wall_before = doc.get("wall_s", 0.0)
-    for row in [r for r in ROWS if r in args.rows]:
+    asked = [r for r in ROWS if r in args.rows]
+    asked += [PAIRED_ROWS[r][0] for r in asked if r in PAIRED_ROWS and PAIRED_ROWS[r][0] not in asked]
+    for row in [r for r in ROWS if r in asked and r not in PAIRED_ROWS]:
         for seed in (args.seeds if row in MAIN_ROWS else other):
             if str(seed) in rows.get(row, {}).get("runs", {}):
                 continue
@@ -405,6 +426,10 @@ def main(argv: list[str] | None = None) -> int:
             res = {"commit": commit, **run_row(row, seed, ctx)}
             print(f"    Dice {[v['dice'] for v in res['volumes']]}  ASSD {[v['assd_mm'] for v in res['volumes']]}",
                   flush=True)
+            for paired_row, volumes in res.pop("paired", {}).items():
+                rows.setdefault(paired_row, {"runs": {}})["runs"][str(seed)] = {
+                    "commit": commit, "scored_from": row, "volumes": volumes}
+                print(f"    {paired_row}: Dice {[v['dice'] for v in volumes]}", flush=True)
             rows.setdefault(row, {"runs": {}})["runs"][str(seed)] = res
             doc = {"protocol": args.protocol, "source": proto["source"], "target": proto["target"],
                    "classes": names, "device": str(device) if device.type != "cpu" else

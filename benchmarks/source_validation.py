@@ -36,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import run as bench  # noqa: E402  (the quality benchmark: same protocols and loaders)
 
 from napari_uuds.engine.atomic import atomic_write  # noqa: E402
-from napari_uuds.engine.config import LossWeights, ModelConfig, TrainConfig  # noqa: E402
+from napari_uuds.engine.config import TTAS, LossWeights, ModelConfig, TrainConfig  # noqa: E402
 from napari_uuds.engine.dataset import samplers  # noqa: E402
 from napari_uuds.engine.infer import predict_volume  # noqa: E402
 from napari_uuds.engine.metrics import score_classes  # noqa: E402
@@ -81,6 +81,24 @@ def run_variant(name: str, seed: int, ctx: dict) -> dict:
         if ev.step % 25 == 0:
             trace.append({"step": ev.step, **{k: round(v, 4) for k, v in ev.losses.items()}})
     secs = time.perf_counter() - t0
+    scores = _score(model, ctx)
+    paired = {}
+    if model.last_iterate_state is not None:  # round 13: the same run scored four ways (weights x inference)
+        average = {k: v.clone() for k, v in model.state_dict().items()}
+        for weights_name, state in (("last", model.last_iterate_state), ("ema", average)):
+            model.load_state_dict(state)
+            for tta in TTAS:
+                model.cfg.tta = tta
+                paired[weights_name + ("" if tta == "none" else "_" + tta)] = _score(model, ctx)
+        model.cfg.tta = "none"
+    return {"train_s": round(secs, 1), **scores, "dd_floor_step": dd_floor_step, "trace": trace,
+            **({"paired": paired} if paired else {}),
+            **({"source_val_curve": {**curve, str(ctx["steps"]): scores["source_val_dice"]}} if curve else {})}
+
+
+def _score(model: UUDS, ctx: dict) -> dict:
+    """The held-out source's Dice / ASSD and the label-free target figures of a trained model."""
+    val = ctx["val"]
     pred = predict_volume(model, val.volume, norm=val.norm)
     sv = score_classes(pred.seg, val.label_volume.data, val.volume.spacing, ctx["class_names"])
     fg_t, ent_t, w_syn, w_raw = [], [], [], []
@@ -94,13 +112,11 @@ def run_variant(name: str, seed: int, ctx: dict) -> dict:
         w_syn.append(wasserstein_distance(_sample(p.synthetic[head], rng), src_vals))
         w_raw.append(wasserstein_distance(_sample(tp.norm.apply(tp.volume.data)[head], rng), src_vals))
     src_fg = float(np.mean([(s.label_volume.data > 0).sum() for s in ctx["train"] + [val]]))
-    return {"train_s": round(secs, 1), "source_val_dice": round(sv["dice"], 2),
+    return {"source_val_dice": round(sv["dice"], 2),
             "source_val_assd_mm": None if sv["assd_mm"] is None else round(sv["assd_mm"], 2),
             "target_fg_ratio": round(float(np.mean(fg_t)) / src_fg, 3),
             "target_entropy": round(float(np.mean(ent_t)), 4),
-            "synthetic_w1": round(float(np.mean(w_syn)), 4), "raw_target_w1": round(float(np.mean(w_raw)), 4),
-            "dd_floor_step": dd_floor_step, "trace": trace,
-            **({"source_val_curve": {**curve, str(ctx["steps"]): round(sv["dice"], 2)}} if curve else {})}
+            "synthetic_w1": round(float(np.mean(w_syn)), 4), "raw_target_w1": round(float(np.mean(w_raw)), 4)}
 
 
 def _head(raw: np.ndarray) -> np.ndarray:

@@ -8,7 +8,7 @@ import warnings
 
 from .engine.config import (ARCHS, DD_FLOWS, DD_FORMS, DD_SCALES, DEVICES, FINETUNE_STEPS, LossWeights, METHODS,
                             ModelConfig, RANDOMISERS, RANDOMISE_INTO, RECIPES, TEXT_ENCODERS, TrainConfig, USEG_ABSENT,
-                            USEG_FLOWS, USEG_FORMS, PSEUDO_PRIORS, WARMUP_STEPS)
+                            USEG_FLOWS, USEG_FORMS, PSEUDO_PRIORS, TTAS, WARMUP_STEPS)
 from .engine.errors import UUDSError
 
 from .engine.volumes import parse_label_map  # noqa: F401  (re-exported: the option's parser)
@@ -176,6 +176,13 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--pass-bn", action=argparse.BooleanOptionalAction, default=None,
                    help="keep separate batch-norm statistics for raw and translated slices in the image encoder "
                         "(default: the recipe's; on in uuds, chosen by round 4 of docs/method.md's rule)")
+    a.add_argument("--ema-decay", type=float, default=None, metavar="D",
+                   help="end with an exponential moving average of the weights over the run's second half, with this "
+                        "decay (0: off, the last step's weights) (default: the recipe's)")
+    a.add_argument("--tta", choices=list(TTAS), default=None,
+                   help="test-time augmentation: d8 averages the class probabilities over the slice's eight rotations "
+                        "and mirrorings (eight times the inference work); saved with the weights (default: the "
+                        "recipe's)")
     a.add_argument("--mm-per-pixel", type=_mm_per_pixel, default=0.0, metavar="auto|0|MM",
                    help="physical scale: slice every volume at MM mm per pixel, centred on the body, so that an "
                         "object has the same size in pixels in source and target; auto: the scale at which every "
@@ -198,6 +205,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--out", required=True, metavar="DIR", help="output folder")
     r.add_argument("--threshold", type=_unit_float, default=None, help="chi for the certain mask (default: the training one)")
     r.add_argument("--domain-prompt", default=None, metavar="TEXT", help="override the saved domain prompt")
+    r.add_argument("--tta", choices=list(TTAS), default=None,
+                   help="override the saved test-time augmentation (none, or d8: eight rotations and mirrorings)")
     r.add_argument("--device", choices=list(DEVICES), default=DEVICES[0])
     r.add_argument("--batch-size", type=_positive_int, default=16,
                    help="slices per forward pass (batches run across volume boundaries)")

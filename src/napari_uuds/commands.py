@@ -105,6 +105,7 @@ def _adapt(args, ctx, t_start: float) -> int:
     resume_meta = ckpt.read_config(args.resume) if args.resume else None
     m_over, t_over, w_over = recipe_overrides(args.recipe)
     for store, key, value in ((m_over, "body_mask", args.body_mask), (m_over, "pass_bn", args.pass_bn),
+                              (m_over, "tta", args.tta), (t_over, "ema_decay", args.ema_decay),
                               (t_over, "randomise", args.randomise),
                               (t_over, "guard", args.guard), (w_over, "dd_form", args.dd_form),
                               (w_over, "useg_absent", args.useg_absent), (w_over, "useg_form", args.useg_form),
@@ -213,6 +214,7 @@ def _adapt(args, ctx, t_start: float) -> int:
                 extra = {"train": to_dict(tcfg), "loss_weights": to_dict(loss_weights), "final_losses": last,
                          "guard": model.guard_report,
                          "randomise_used": model.randomise_used,
+                         "weight_average": getattr(model, "weight_average", None),
                          "sources": [str(p) for p in args.source], "targets": [str(p) for p in args.target],
                          # what a later fine-tune on corrections reloads the source with
                          "source_labels": [str(p) for p in args.source_label],
@@ -294,6 +296,8 @@ def cmd_predict(args) -> int:
     check_writable(out)
     device = resolve_device(args.device)
     model, meta = ckpt.load_checkpoint(args.weights, device)
+    if args.tta is not None:
+        model.cfg.tta = args.tta
     chi = args.threshold if args.threshold is not None else meta.get("train", {}).get("threshold", 0.5)
     axis = model.cfg.axis
     sizes: dict[Path, tuple[int, int]] = {}  # (slices along the axis, voxels) from the headers, for bar and disk

@@ -125,6 +125,7 @@ def read_config(folder: str | Path) -> dict[str, Any]:
                           "config stored with the weights", stacklevel=2)
             meta = json.loads(wmeta["config"])
         meta["model"].setdefault("pass_bn", False)  # written before pass-specific statistics existed
+        meta["model"].setdefault("tta", "none")  # written before test-time augmentation existed
         from_dict(ModelConfig, meta["model"])
     except (ValueError, KeyError, TypeError, OSError) as exc:  # JSON, encoding, folder-named-config, ...
         raise UUDSError(f"unreadable config ({type(exc).__name__}: {exc})", cpath) from None

@@ -57,6 +57,10 @@ PSEUDO_PRIORS = ("none", "band", "floor")
 #: never fades), ``infonce`` = -log softmax of the cosine *similarities* (the contrastive form; it fades once the
 #: domains are apart). docs/method.md, reading 5.
 DD_FORMS = ("printed", "infonce")
+#: Test-time augmentation at inference (infer.predict_slices): ``none`` = the slice as it is; ``d8`` = the class
+#: probabilities averaged over the slice's eight rotations and mirrorings (the dihedral group the training's
+#: augmentation draws from), each mapped back before averaging (docs/method.md, round 13).
+TTAS = ("none", "d8")
 #: Source randomisation (engine/randomise.py): ``gin`` = random shallow conv nets scramble the source's contrast;
 #: ``none`` = the source as it is; ``auto`` = gin where the raw target's grey values lie far from the source's (W1 >
 #: randomise.AUTO_W1, label-free, measured before training), else none (docs/method.md, reading 16).
@@ -121,6 +125,8 @@ class ModelConfig:
     #: (pass 2) (engine/passnorm.py; chosen by round 4 of docs/method.md's rule). A config.json without the key
     #: (written before it existed) reads as False (checkpoint.read_config).
     pass_bn: bool = True
+    #: test-time augmentation (see TTAS). A config.json without the key reads as "none" (checkpoint.read_config).
+    tta: str = "none"
 
     def __post_init__(self) -> None:
         if self.arch not in ARCHS:
@@ -134,6 +140,8 @@ class ModelConfig:
                             "class(es): give one description per class")
         if not self.mm_per_pixel >= 0:
             raise UUDSError(f"mm per pixel must be 0 (fit each slice to the frame) or positive, not {self.mm_per_pixel}")
+        if self.tta not in TTAS:
+            raise UUDSError(f"unknown test-time augmentation '{self.tta}', choose one of {', '.join(TTAS)}")
         if self.image_size % 32 or self.image_size < 64:
             raise UUDSError(f"image size must be a multiple of 32 and at least 64, not {self.image_size}")
 
@@ -280,6 +288,10 @@ class TrainConfig:
     randomise_into: str = "translator"
     #: the recipe these settings came from (see RECIPES), for the record
     recipe: str = "uuds"
+    #: an exponential moving average of the weights (and batch-norm statistics) over the second half of the run, with
+    #: this decay (a running mean until it reaches it); the model ends with the average (train.WeightAverage;
+    #: docs/method.md, round 13). 0: off, the model ends with the last step's weights.
+    ema_decay: float = 0.0
     num_threads: int = 0  # torch CPU threads, 0: leave torch's default
 
     def __post_init__(self) -> None:
@@ -313,6 +325,8 @@ class TrainConfig:
             raise UUDSError(f"unknown L_useg flow '{self.useg_flow}', choose one of {', '.join(USEG_FLOWS)}")
         if not 0.0 <= self.randomise_p <= 1.0:
             raise UUDSError(f"randomisation fraction must lie in [0, 1], not {self.randomise_p}")
+        if not (math.isfinite(self.ema_decay) and 0.0 <= self.ema_decay < 1.0):
+            raise UUDSError(f"EMA decay must lie in [0, 1), not {self.ema_decay}")
         if self.recipe not in RECIPES:
             raise UUDSError(f"unknown recipe '{self.recipe}', choose one of {', '.join(RECIPES)}")
 

@@ -64,10 +64,27 @@ def _autocast(device: torch.device):
     return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
 
 
+#: the eight rotations (quarter turns) and mirrorings of a square slice: test-time augmentation ``d8``
+D8 = [(k, flip) for flip in (False, True) for k in range(4)]
+
+
+def _dihedral(x: torch.Tensor, k: int, flip: bool) -> torch.Tensor:
+    """Rotate the last two axes by ``k`` quarter turns, then mirror the last axis (as the training's augmentation)."""
+    x = torch.rot90(x, k, dims=(-2, -1))
+    return x.flip(-1) if flip else x
+
+
+def _dihedral_inverse(x: torch.Tensor, k: int, flip: bool) -> torch.Tensor:
+    return torch.rot90(x.flip(-1) if flip else x, -k, dims=(-2, -1))
+
+
 @torch.no_grad()
 def predict_slices(model: UUDS, slices: torch.Tensor, batch_size: int = 16, domain_prompt: str | None = None,
                    progress=None) -> tuple[torch.Tensor, torch.Tensor]:
-    """(n, 1, S, S) normalised slices -> (synthetic (n,1,S,S), probs (n,C,S,S)) on the CPU."""
+    """(n, 1, S, S) normalised slices -> (synthetic (n,1,S,S), probs (n,C,S,S)) on the CPU.
+
+    With the model's ``cfg.tta`` = "d8" the probabilities are the mean over the slice's eight rotations and
+    mirrorings (each mapped back); the synthetic source is the untransformed slice's."""
     model.eval()
     dev = next(model.parameters()).device
     if domain_prompt is not None:
@@ -82,8 +99,15 @@ def predict_slices(model: UUDS, slices: torch.Tensor, batch_size: int = 16, doma
             x = x.contiguous(memory_format=torch.channels_last)
         with _autocast(dev):
             syn, logits = model.infer(x, t_d, t_s)
+        p = logits.float().softmax(1)
+        if getattr(model.cfg, "tta", "none") == "d8":  # the seven other rotations and mirrorings, mapped back
+            for k, flip in D8[1:]:
+                with _autocast(dev):
+                    _, lg = model.infer(_dihedral(x, k, flip), t_d, t_s)
+                p += _dihedral_inverse(lg.float().softmax(1), k, flip)
+            p /= len(D8)
         syns.append(syn.float().cpu())
-        probs.append(logits.float().softmax(1).cpu())
+        probs.append(p.cpu())
         if progress is not None:
             progress(x.shape[0])
     return torch.cat(syns), torch.cat(probs)

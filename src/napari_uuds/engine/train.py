@@ -140,6 +140,50 @@ class LastFiniteWeights:
         return self.step
 
 
+class WeightAverage:
+    """An exponential moving average of the weights and floating buffers (batch-norm statistics) over the steps after
+    ``start`` (docs/method.md, round 13; not in the paper).
+
+    The n-th update after ``start`` moves the average towards the current weights by max(1 - decay, 1 / n): a plain
+    running mean of the first 1 / (1 - decay) steps (no pull towards the weights of ``start``), then an EMA.
+    Integer buffers (batch counts) follow the current weights. ``apply()`` loads the average into the model and
+    returns the last step's weights (a benchmark scores both)."""
+
+    def __init__(self, model: torch.nn.Module, decay: float, start: int):
+        self.model, self.decay, self.start = model, decay, start
+        self.state: dict[str, torch.Tensor] | None = None
+        self.updates = 0
+
+    @torch.no_grad()
+    def update(self, step: int) -> None:
+        if step <= self.start:
+            return
+        current = self.model.state_dict()
+        self.updates += 1
+        if self.state is None:
+            self.state = {k: v.detach().clone() for k, v in current.items()}
+            return
+        w = max(1.0 - self.decay, 1.0 / self.updates)
+        for k, v in current.items():
+            avg = self.state[k]
+            if avg.is_floating_point():
+                avg.lerp_(v.detach(), w)
+            else:
+                avg.copy_(v)
+
+    def apply(self) -> dict[str, torch.Tensor] | None:
+        """Load the average into the model; return the last step's weights (None, nothing changed, before any
+        update)."""
+        if self.state is None:
+            return None
+        last = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+        self.model.load_state_dict(self.state)
+        return last
+
+    def report(self) -> dict:
+        return {"decay": self.decay, "from_step": self.start + 1, "updates": self.updates}
+
+
 @dataclass
 class TrainEvent:
     kind: str  # "start" | "step" | "preview" | "done" | "stopped" | "diverged"
@@ -214,6 +258,10 @@ def train(model: UUDS, source: SliceSampler, target: SliceSampler, cfg: TrainCon
     guard = AdaptationGuard(source_fraction) if (adapt and cfg.guard and source.labels is not None) else None
     model.guard_report = None
     keeper = LastFiniteWeights(model, start_step, cfg.snapshot_every)
+    # the weight average covers the second half of what this call trains
+    average = WeightAverage(model, cfg.ema_decay, start_step + (total - start_step) // 2) if cfg.ema_decay > 0 else None
+    model.last_iterate_state, model.weight_average = None, None
+    diverged = False
     yield TrainEvent("start", start_step, total, message=f"training {cfg.method} ({cfg.mode}) on {device}{note}")
     t0 = time.perf_counter()
     seen = 0
@@ -299,6 +347,8 @@ def train(model: UUDS, source: SliceSampler, target: SliceSampler, cfg: TrainCon
             opt.step()
             step += 1
             seen += cfg.batch_size
+            if average is not None:
+                average.update(step)
             if step % log_every == 0 or step == total:
                 el = time.perf_counter() - t0
                 rate = seen / el if el > 0 else 0.0
@@ -317,6 +367,7 @@ def train(model: UUDS, source: SliceSampler, target: SliceSampler, cfg: TrainCon
                     failed_at, step = step, keeper.restore()
                     kept = step
                     opt = None  # its moments are damaged too: not saved
+                    diverged = True  # the weights kept are the last finite ones, not an average that holds NaN
                     yield TrainEvent("diverged", kept, total, losses, elapsed_s=time.perf_counter() - t0,
                                      message=f"training diverged at step {failed_at} ({bad} = "
                                              f"{losses[bad]}); the weights of step {kept}, the last known finite, "
@@ -340,6 +391,10 @@ def train(model: UUDS, source: SliceSampler, target: SliceSampler, cfg: TrainCon
     finally:
         model.optimizer_state = opt.state_dict() if opt is not None else None
         model.trained_steps = step
+        if average is not None and not diverged:
+            model.last_iterate_state = average.apply()
+            if model.last_iterate_state is not None:
+                model.weight_average = average.report()
         model.eval()
 
 

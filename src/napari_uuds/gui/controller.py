@@ -22,7 +22,7 @@ from ..engine.dataset import PreparedVolume, prepare_volume, slab
 from ..engine.errors import UUDSError
 from ..engine.review import SliceScore
 from ..engine.job import AdaptJob, build_model
-from ..engine.infer import VolumePrediction, assemble, iter_predict_volume, run_to_end
+from ..engine.infer import VolumePrediction, assemble, iter_predict_volume, predict_slices, run_to_end
 from ..engine.slices import SliceGeometry, from_square
 from ..engine.train import TrainControl, TrainEvent, resolve_device
 from .corrections import Corrections, default_run_folder
@@ -279,11 +279,8 @@ class UUDSController(ReviewActions):
             self.predict()
             return self.current_index()
         i = self.current_index()
-        self.model.eval()
-        self.model.domain_prompt.set_text(self.model.cfg.domain_text(self.params.domain_prompt))
-        dev = next(self.model.parameters()).device
-        syn, logits = self.model.infer(self.target.image[i:i + 1].to(dev))
-        probs = logits.float().softmax(1).cpu()
+        # as predict_volume does (test-time augmentation included), for the one slice on screen
+        syn, probs = predict_slices(self.model, self.target.image[i:i + 1], 1, self.params.domain_prompt)
         one = self._slice_geometry()
         where = slab(one.axis, i, i + 1)
         body = body_mask(self.target.norm.apply(self.target.volume.data[where]), one.axis) \
