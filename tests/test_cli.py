@@ -240,7 +240,7 @@ def test_recipe_and_lever_options_reach_the_run(vols, tmp_path):
     assert cfg["loss_weights"]["dd_form"] == "infonce" and cfg["model"]["body_mask"] is True and cfg["train"]["guard"]
     argv = ["adapt", "--quiet", "--recipe", "paper", "--randomise", "gin", "--dd-form", "infonce", "--body-mask",
             "--useg-absent", "skip", "--randomise-into", "both", "--useg-form", "ce_balanced", "--useg-flow", "segmenter",
-            "--pseudo-prior", "band",
+            "--pseudo-prior", "band", "--ema-decay", "0.5", "--tta", "d8",
             "--source", vols["img"], "--source-label", vols["lab"], "--target", vols["tgt"], "--out",
             str(tmp_path / "mixed"), "--steps", "1", "--batch-size", "2", "--image-size", "64"]
     assert main([str(a) for a in argv]) == 0  # an explicit option wins over the recipe
@@ -250,6 +250,7 @@ def test_recipe_and_lever_options_reach_the_run(vols, tmp_path):
     assert cfg["loss_weights"]["useg_absent"] == "skip" and cfg["train"]["randomise_into"] == "both"
     assert cfg["loss_weights"]["useg_form"] == "ce_balanced" and cfg["train"]["useg_flow"] == "segmenter"
     assert cfg["train"]["pseudo_prior"] == "band"
+    assert cfg["train"]["ema_decay"] == 0.5 and cfg["model"]["tta"] == "d8"
 
 
 def test_mm_per_pixel_auto_is_recorded_and_outputs_stay_on_the_grid(vols, tmp_path):

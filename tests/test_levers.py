@@ -198,3 +198,75 @@ def test_pass_bn_keeps_a_second_set_of_statistics_and_survives_a_checkpoint(tmp_
     (tmp_path / "old" / "config.json").write_text(json.dumps(meta))
     old_model, _ = ckpt.load_checkpoint(tmp_path / "old")
     assert old_model.cfg.pass_bn is False
+
+
+# -- round 13: the weights a run ends with, and test-time augmentation ------------------------------------------------
+def test_weight_average_is_a_running_mean_then_an_ema_of_the_steps_after_its_start():
+    from napari_uuds.engine.train import WeightAverage
+
+    lin = torch.nn.Linear(1, 1, bias=False)
+    avg = WeightAverage(lin, decay=0.75, start=2)
+    for step in range(1, 8):  # the weight equals the step number; steps 1-2 lie before the start
+        lin.weight.data.fill_(float(step))
+        avg.update(step)
+    # steps 3, 4, 5: their mean (4.0); then EMA weight 1 - 0.75: 4 + (6 - 4) / 4 = 4.5; 4.5 + (7 - 4.5) / 4 = 5.125
+    last = avg.apply()
+    assert lin.weight.item() == pytest.approx(5.125)  # a plain mean of 3..7 would be 5.0
+    assert last["weight"].item() == 7.0 and avg.report() == {"decay": 0.75, "from_step": 3, "updates": 5}
+    assert WeightAverage(lin, 0.9, start=10).apply() is None  # nothing averaged yet: the weights stay
+
+
+def test_training_with_the_weight_average_trains_the_same_and_ends_with_the_average(cord):
+    from napari_uuds.engine.dataset import load_source_pairs, load_targets, samplers
+    from napari_uuds.engine.model import UUDS
+    from napari_uuds.engine.train import train
+
+    cfg = ModelConfig.for_arch("tiny", image_size=64, class_names=["cord"], source_modality="T2")
+    src = load_source_pairs([cord["t2"]], [cord["t2_seg"]], 1, cfg.axis, cfg.image_size)
+    tgt = load_targets([cord["t1"]], cfg.axis, cfg.image_size)
+    runs = {}
+    for decay in (0.0, 0.9):
+        torch.manual_seed(0)
+        model = UUDS(cfg)
+        s, t = samplers(src, tgt, 0.5, 0)
+        losses = [e.losses for e in train(model, s, t, TrainConfig(steps=4, batch_size=2, ema_decay=decay))
+                  if e.kind == "step"]
+        runs[decay] = (model, losses)
+    (plain, plain_losses), (averaged, averaged_losses) = runs[0.0], runs[0.9]
+    assert averaged_losses == plain_losses  # the average draws nothing and moves no gradient
+    assert plain.last_iterate_state is None and plain.weight_average is None
+    assert averaged.weight_average == {"decay": 0.9, "from_step": 3, "updates": 2}
+    for k, v in plain.state_dict().items():  # the last step's weights are the plain run's, kept for scoring
+        assert torch.equal(averaged.last_iterate_state[k], v)
+    w = "seg_decoder.head.weight"
+    assert not torch.equal(averaged.state_dict()[w], plain.state_dict()[w])  # it ends with the average
+    with pytest.raises(UUDSError, match="EMA decay"):
+        TrainConfig(ema_decay=1.0)
+
+
+def test_d8_test_time_augmentation_makes_the_prediction_follow_a_rotated_slice(tmp_path):
+    from napari_uuds.engine import checkpoint as ckpt
+    from napari_uuds.engine.infer import predict_slices
+    from napari_uuds.engine.model import UUDS
+
+    torch.manual_seed(0)
+    model = UUDS(ModelConfig.for_arch("tiny", image_size=64, class_names=["disc"], tta="d8")).eval()
+    x = torch.rand(2, 1, 64, 64) * 2 - 1
+    rot = lambda t: torch.rot90(t, 1, dims=(-2, -1))  # noqa: E731
+    _, p = predict_slices(model, x)
+    _, p_rot = predict_slices(model, rot(x))
+    torch.testing.assert_close(p_rot, rot(p), atol=1e-5, rtol=1e-4)  # the average over the group is equivariant
+    model.cfg.tta = "none"
+    _, q = predict_slices(model, x)
+    _, q_rot = predict_slices(model, rot(x))
+    assert (q_rot - rot(q)).abs().max() > 1e-3  # an untrained network alone is not
+    assert not torch.allclose(p, q)
+    model.cfg.tta = "d8"
+    ckpt.save_checkpoint(model, tmp_path / "w")  # saved with the weights; a config without the key reads as none
+    assert ckpt.load_checkpoint(tmp_path / "w")[0].cfg.tta == "d8"
+    meta = json.loads((tmp_path / "w" / "config.json").read_text())
+    del meta["model"]["tta"]
+    (tmp_path / "w" / "config.json").write_text(json.dumps(meta))
+    assert ckpt.load_checkpoint(tmp_path / "w")[0].cfg.tta == "none"
+    with pytest.raises(UUDSError, match="test-time augmentation"):
+        ModelConfig(tta="d4")
