@@ -180,6 +180,26 @@ def test_prompt_edit_repredicts_current_slice(ready, qtbot):
     np.testing.assert_array_equal(np.delete(before, i, axis=2), np.delete(after, i, axis=2))
 
 
+def test_test_time_augmentation_box_repredicts_the_slice_and_is_saved(ready, tmp_path):
+    from napari_uuds.engine.checkpoint import read_config
+
+    viewer, w = ready
+    w.steps.value = 1
+    w.ctl.adapt_and_segment(w.source.value, w.source_labels.value, w.target.value)
+    assert w.ctl.model.cfg.tta == w.params.tta == "none" and not w.tta.value
+    calls = []
+    real = w.ctl.model.infer
+    w.ctl.model.infer = lambda *a, **k: calls.append(1) or real(*a, **k)
+    w.tta.value = True  # the click: the slice on screen, through its eight rotations and mirrorings
+    assert len(calls) == 8 and w.ctl.model.cfg.tta == "d8" and "test-time augmentation d8" in w.status.message
+    w.ctl.model.infer = real
+    w.ctl.save_weights(tmp_path / "w")
+    assert read_config(tmp_path / "w")["model"]["tta"] == "d8"
+    w.tta.value = False
+    w.ctl.load_weights(tmp_path / "w")  # loaded weights bring their setting back to the box
+    assert w.tta.value and w.params.tta == "d8"
+
+
 def test_stop_ends_the_worker(ready, qtbot):
     viewer, w = ready
     w.steps.value = 10_000

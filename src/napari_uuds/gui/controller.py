@@ -232,6 +232,23 @@ class UUDSController(ReviewActions):
             self._layer("uncertain").data = self.uncertain(chi)
             self._ranking = None
 
+    def set_tta(self, tta: str) -> None:
+        """Test-time augmentation on or off for every later prediction; the slice on screen is re-predicted at once
+        (the whole volume with Re-predict volume)."""
+        self.params.tta = tta
+        if self.model is None:
+            return
+        self.model.cfg.tta = tta
+        if self.target is not None and self.prediction is not None and not self.status.running:
+            axis = self.model.cfg.axis
+            i = self.current_index()
+            where = slab(axis, i, i + 1)
+            before = np.array(self.prediction.seg[where], copy=True)
+            self.predict_current_slice()
+            flipped = float((self.prediction.seg[where] != before).mean())
+            self.status.message = (f"test-time augmentation {tta} on slice {i}: {flipped:.1%} of its pixels changed "
+                                   "class; Re-predict volume applies it everywhere")
+
     def set_prompt(self, text: str) -> None:
         """New domain prompt: used from the next training step, and the current slice is re-predicted."""
         self.params.domain_prompt = text

@@ -35,6 +35,8 @@ class Params:
     source_modality: str = "source"
     domain_prompt: str = DEFAULT_DOMAIN_PROMPT
     threshold: float = _T.threshold
+    #: test-time augmentation of every prediction: none | d8 (the eight rotations and mirrorings; engine/infer.py)
+    tta: str = _M.tta
     axis: int = _M.axis
     preview_every: int = 20
     seed: int = _T.seed
@@ -58,7 +60,7 @@ class Params:
         return ModelConfig.for_arch(self.arch, image_size=self.image_size or None, axis=self.axis,
                                     class_names=self.class_names(), class_descriptions=self.descriptions(),
                                     source_modality=self.source_modality, domain_prompt=self.domain_prompt,
-                                    use_domain_prompt=prompts, use_seg_prompt=prompts)
+                                    use_domain_prompt=prompts, use_seg_prompt=prompts, tta=self.tta)
 
     def train_config(self) -> TrainConfig:
         """The training run these parameters ask for."""
@@ -71,6 +73,7 @@ class Params:
         self.arch, self.class_name, self.axis = cfg.arch, ", ".join(cfg.class_names), cfg.axis
         self.class_descriptions = list(cfg.class_descriptions)
         self.source_modality = cfg.source_modality
+        self.tta = cfg.tta
         self.threshold = float(train.get("threshold", self.threshold))
 
 
