@@ -100,9 +100,6 @@ ADAPT_ROWS: dict[str, tuple[str, dict, dict, dict]] = {
     "uuds_pseudo_floor": ("uuds", {}, {"pseudo_prior": "floor"}, {}),
     # the default without pass-specific batch-norm statistics: round 3's default, whose one-lever-off rows follow
     "uuds_no_pass_bn": ("uuds", {"pass_bn": False}, {}, {}),
-    # round 13: the default trained with an EMA of its weights over the second half (decay 0.99); the same run is
-    # also scored with its last step's weights and with test-time augmentation (rows PAIRED_ROWS)
-    "uuds_ema": ("uuds", {}, {"ema_decay": 0.99}, {}),
     # one lever of the default off
     "uuds_no_pseudo_band": ("uuds", {}, {"pseudo_prior": "none"}, {}),
     "uuds_dd_printed": ("uuds", {}, {}, {"dd_form": "printed"}),
@@ -120,14 +117,15 @@ SOURCE_ROWS = {"lower": {"randomise": "none"}, "gin_only": {"randomise": "gin"},
 ROWS = ["lower", "histmatch", "pseudo", "gin_only", "uuds_paper", "uuds", "uuds_no_gin", "uuds_gin",
         "uuds_gin_dd_printed", "uuds_gin_no_body_mask", "uuds_gin_no_guard", "uuds_gin_mm", "uuds_gin_size_log",
         "uuds_gin_into_segmenter", "uuds_gin_both", "gin_only_both", "uuds_useg_present",
-        "uuds_useg_ce", "uuds_useg_detached", "uuds_pseudo_floor", "uuds_ema", "uuds_ema_last", "uuds_tta",
-        "uuds_ema_tta", "uuds_no_pseudo_band",
+        "uuds_useg_ce", "uuds_useg_detached", "uuds_pseudo_floor", "uuds_tta", "uuds_no_ema_tta", "uuds_no_ema",
+        "uuds_no_pseudo_band",
         "uuds_no_pass_bn", "uuds_dd_printed", "uuds_no_body_mask", "uuds_no_guard", "uuds_no_domain_prompt",
         "uuds_no_seg_prompt", "uuds_no_uncertainty", "tcsa", "uuds+tcsa", "upper"]
-#: rows scored from another row's runs (round 13: one training run, scored with its last step's or its averaged
-#: weights, with or without test-time augmentation): row -> (the row that trains, weights, tta)
-PAIRED_ROWS = {"uuds_ema_last": ("uuds_ema", "last", "none"), "uuds_tta": ("uuds_ema", "last", "d8"),
-               "uuds_ema_tta": ("uuds_ema", "ema", "d8")}
+#: rows scored from another row's runs (round 13): the default's run scored with its last step's weights instead of
+#: their average (``uuds_no_ema``: rounds 4-12's way), and with test-time augmentation: row -> (the row that trains,
+#: weights, tta). The weight average changes nothing in training, so these are the same runs, paired.
+PAIRED_ROWS = {"uuds_no_ema": ("uuds", "last", "none"), "uuds_tta": ("uuds", "ema", "d8"),
+               "uuds_no_ema_tta": ("uuds", "last", "d8")}
 MAIN_ROWS = {"lower", "histmatch", "pseudo", "gin_only", "uuds_paper", "uuds", "upper"}
 DESCRIPTIONS = {
     "tumour": "a brain tumour with surrounding oedema",
@@ -279,9 +277,9 @@ def run_row(row: str, seed: int, ctx: dict) -> dict:
           "dd_form": weights.dd_form} if tcfg.uses_dd(model.cfg) else {}
     volumes = _evaluate(model, targets, refs, names)
     paired = {}
-    if model.last_iterate_state is not None:  # the same run scored with the other weights and inference settings
-        average = {k: v.clone() for k, v in model.state_dict().items()}
-        for paired_row, (_, which, tta) in PAIRED_ROWS.items():
+    if model.last_iterate_state is not None and any(p[0] == row for p in PAIRED_ROWS.values()):
+        average = {k: v.clone() for k, v in model.state_dict().items()}  # the same run, scored the other ways
+        for paired_row, (_, which, tta) in [(k, v) for k, v in PAIRED_ROWS.items() if v[0] == row]:
             model.load_state_dict(model.last_iterate_state if which == "last" else average)
             model.cfg.tta = tta
             paired[paired_row] = _evaluate(model, targets, refs, names)

@@ -126,9 +126,11 @@ def test_recipes_paper_is_the_letter_and_uuds_the_defaults():
     tc, lw = TrainConfig(**t), LossWeights(**w)
     assert (tc.randomise, tc.guard, tc.recipe, lw.dd_form, tc.pseudo_prior) == ("none", False, "paper", "printed",
                                                                                   "none")
+    assert tc.ema_decay == 0.0  # the letter ends with the last step's weights
     d = (ModelConfig(), TrainConfig(), LossWeights())
     assert (d[0].body_mask, d[1].randomise, d[1].guard, d[2].dd_form) == (True, "auto", True, "infonce")
     assert (d[1].pseudo_prior, d[1].steps, d[1].warmup) == ("band", 600, 50)  # round 12
+    assert (d[1].ema_decay, d[0].tta) == (0.99, "none")  # round 13: the weight average yes, test-time augmentation no
     assert set(RECIPES) == {"uuds", "paper"}
     with pytest.raises(UUDSError):
         recipe_overrides("magic")

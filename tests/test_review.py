@@ -98,6 +98,7 @@ def test_fine_tuning_on_two_corrected_slices_lifts_the_target_dice():
     lab = corrected_sampler([(tgt[0], tl.data, slices)], 0)
     events = list(finetune(model, s, t, lab, TrainConfig(batch_size=8, seed=0, randomise="none"), steps=40))
     assert events[-1].kind == "done" and model.trained_steps == 80
+    assert model.weight_average is None  # a fine-tune ends with its last weights (round 13 measured adaptation only)
     assert all("tseg" in e.losses for e in events if e.kind == "step")
     after = apply_corrections(predict_volume(model, ti, norm=tgt[0].norm), tl.data, slices, 2)
     np.testing.assert_array_equal(after.seg[..., slices], tl.data[..., slices])  # the user's slices kept

@@ -56,7 +56,8 @@ def finetune(model, source: SliceSampler, target: SliceSampler, labelled: SliceS
     """``steps`` more steps from the model's current weights (a fresh optimiser), the corrections supervised.
 
     The warm-up is over (the target terms run from the first step); the training events count from the steps
-    the model had already trained."""
+    the model had already trained. A fine-tune ends with its last weights, not an average (round 13 of
+    docs/method.md measured the average on adaptation runs, not on fine-tunes on corrections)."""
     start = int(model.trained_steps)
-    cfg = replace(cfg, steps=start + steps, warmup_steps=0)
+    cfg = replace(cfg, steps=start + steps, warmup_steps=0, ema_decay=0.0)
     yield from train(model, source, target, cfg, weights, control, start_step=start, target_labelled=labelled)
