@@ -172,11 +172,11 @@ class WeightAverage:
                 avg.copy_(v)
 
     def apply(self) -> dict[str, torch.Tensor] | None:
-        """Load the average into the model; return the last step's weights (None, nothing changed, before any
-        update)."""
+        """Load the average into the model; return the last step's weights, on the host so that no accelerator memory
+        stays held by them (None, nothing changed, before any update)."""
         if self.state is None:
             return None
-        last = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+        last = {k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()}
         self.model.load_state_dict(self.state)
         return last
 

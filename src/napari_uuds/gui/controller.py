@@ -173,6 +173,7 @@ class UUDSController(ReviewActions):
         """Free what training held: optimizer state, autograd buffers, cached GPU blocks."""
         if self.model is not None:
             self.model.optimizer_state = None
+            self.model.last_iterate_state = None  # the last step's weights beside their average: benchmarks only
             self.model.zero_grad(set_to_none=True)
         self.status.running = False
         release_memory()
