@@ -223,6 +223,21 @@ def _evaluate(model: UUDS, targets: list[PreparedVolume], refs: list[Volume], cl
     return rows
 
 
+def score_ways(model: UUDS, ways: dict[str, tuple[str, str]], score) -> dict:
+    """One trained run scored several ways (round 13): ``ways`` = name -> (weights, tta), weights ``last`` (the last
+    step's, ``model.last_iterate_state``) or ``ema`` (the average the run ended with). Returns name -> score(model);
+    the model ends as it came (the average loaded, its own tta)."""
+    average = {k: v.clone() for k, v in model.state_dict().items()}
+    own_tta, out = model.cfg.tta, {}
+    for name, (which, tta) in ways.items():
+        model.load_state_dict(model.last_iterate_state if which == "last" else average)
+        model.cfg.tta = tta
+        out[name] = score(model)
+    model.load_state_dict(average)
+    model.cfg.tta = own_tta
+    return out
+
+
 def run_row(row: str, seed: int, ctx: dict) -> dict:
     cfg_kw = dict(ctx["model_kw"])
     tkw = dict(steps=ctx["steps"], batch_size=ctx["batch_size"], seed=seed, device=ctx["device"], lr=ctx["lr"])
@@ -277,14 +292,9 @@ def run_row(row: str, seed: int, ctx: dict) -> dict:
           "dd_form": weights.dd_form} if tcfg.uses_dd(model.cfg) else {}
     volumes = _evaluate(model, targets, refs, names)
     paired = {}
-    if model.last_iterate_state is not None and any(p[0] == row for p in PAIRED_ROWS.values()):
-        average = {k: v.clone() for k, v in model.state_dict().items()}  # the same run, scored the other ways
-        for paired_row, (_, which, tta) in [(k, v) for k, v in PAIRED_ROWS.items() if v[0] == row]:
-            model.load_state_dict(model.last_iterate_state if which == "last" else average)
-            model.cfg.tta = tta
-            paired[paired_row] = _evaluate(model, targets, refs, names)
-        model.load_state_dict(average)
-        model.cfg.tta = "none"
+    if model.last_iterate_state is not None:  # the same run, scored the other ways
+        paired = score_ways(model, {k: v[1:] for k, v in PAIRED_ROWS.items() if v[0] == row},
+                            lambda m: _evaluate(m, targets, refs, names))
     return {"train_s": round(secs, 1), "final_losses": {k: round(v, 4) for k, v in last.items()},
             "guard": model.guard_report, "randomise_used": model.randomise_used,
             "weight_average": model.weight_average, **dd, "volumes": volumes,

@@ -81,16 +81,12 @@ def run_variant(name: str, seed: int, ctx: dict) -> dict:
         if ev.step % 25 == 0:
             trace.append({"step": ev.step, **{k: round(v, 4) for k, v in ev.losses.items()}})
     secs = time.perf_counter() - t0
-    scores = _score(model, ctx)
     paired = {}
     if model.last_iterate_state is not None:  # round 13: the same run scored four ways (weights x inference)
-        average = {k: v.clone() for k, v in model.state_dict().items()}
-        for weights_name, state in (("last", model.last_iterate_state), ("ema", average)):
-            model.load_state_dict(state)
-            for tta in TTAS:
-                model.cfg.tta = tta
-                paired[weights_name + ("" if tta == "none" else "_" + tta)] = _score(model, ctx)
-        model.cfg.tta = "none"
+        ways = {w + ("" if tta == "none" else "_" + tta): (w, tta) for w in ("last", "ema") for tta in TTAS}
+        paired = bench.score_ways(model, ways, lambda m: _score(m, ctx))
+    own = "ema" + ("" if model.cfg.tta == "none" else "_" + model.cfg.tta)
+    scores = paired[own] if paired else _score(model, ctx)  # what the run ended with: its average, its own tta
     return {"train_s": round(secs, 1), **scores, "dd_floor_step": dd_floor_step, "trace": trace,
             **({"paired": paired} if paired else {}),
             **({"source_val_curve": {**curve, str(ctx["steps"]): scores["source_val_dice"]}} if curve else {})}

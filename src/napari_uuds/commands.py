@@ -214,7 +214,7 @@ def _adapt(args, ctx, t_start: float) -> int:
                 extra = {"train": to_dict(tcfg), "loss_weights": to_dict(loss_weights), "final_losses": last,
                          "guard": model.guard_report,
                          "randomise_used": model.randomise_used,
-                         "weight_average": getattr(model, "weight_average", None),
+                         "weight_average": model.weight_average,
                          "sources": [str(p) for p in args.source], "targets": [str(p) for p in args.target],
                          # what a later fine-tune on corrections reloads the source with
                          "source_labels": [str(p) for p in args.source_label],

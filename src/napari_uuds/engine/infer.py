@@ -100,7 +100,7 @@ def predict_slices(model: UUDS, slices: torch.Tensor, batch_size: int = 16, doma
         with _autocast(dev):
             syn, logits = model.infer(x, t_d, t_s)
         p = logits.float().softmax(1)
-        if getattr(model.cfg, "tta", "none") == "d8":  # the seven other rotations and mirrorings, mapped back
+        if model.cfg.tta == "d8":  # the seven other rotations and mirrorings, mapped back
             for k, flip in D8[1:]:
                 with _autocast(dev):
                     _, lg = model.infer(_dihedral(x, k, flip), t_d, t_s)

@@ -241,14 +241,21 @@ class UUDSController(ReviewActions):
             return
         self.model.cfg.tta = tta
         if self.target is not None and self.prediction is not None and not self.status.running:
-            axis = self.model.cfg.axis
-            i = self.current_index()
-            where = slab(axis, i, i + 1)
-            before = np.array(self.prediction.seg[where], copy=True)
-            self.predict_current_slice()
-            flipped = float((self.prediction.seg[where] != before).mean())
+            i, flipped, _ = self._repredict_slice_and_compare()
             self.status.message = (f"test-time augmentation {tta} on slice {i}: {flipped:.1%} of its pixels changed "
                                    "class; Re-predict volume applies it everywhere")
+
+    def _repredict_slice_and_compare(self) -> tuple[int, float, float]:
+        """Re-predict the slice on screen; return its index, the fraction of its pixels that changed class and the
+        mean absolute change of its synthetic source (grey values in [-1, 1])."""
+        axis = self.model.cfg.axis
+        i = self.current_index()
+        where = slab(axis, i, i + 1)
+        before_seg = np.array(self.prediction.seg[where], copy=True)
+        before_syn = np.array(self.prediction.synthetic[where], copy=True)
+        self.predict_current_slice()
+        flipped = float((self.prediction.seg[where] != before_seg).mean())
+        return i, flipped, float(np.abs(self.prediction.synthetic[where] - before_syn).mean())
 
     def set_prompt(self, text: str) -> None:
         """New domain prompt: used from the next training step, and the current slice is re-predicted."""
@@ -259,14 +266,7 @@ class UUDSController(ReviewActions):
             if self.prediction is None:
                 self.predict_current_slice()
                 return
-            axis = self.model.cfg.axis
-            i = self.current_index()
-            where = slab(axis, i, i + 1)
-            before_seg = np.array(self.prediction.seg[where], copy=True)
-            before_syn = np.array(self.prediction.synthetic[where], copy=True)
-            self.predict_current_slice()
-            flipped = float((self.prediction.seg[where] != before_seg).mean())
-            change = float(np.abs(self.prediction.synthetic[where] - before_syn).mean())
+            i, flipped, change = self._repredict_slice_and_compare()
             self.status.message = (f"prompt \"{self.model.cfg.domain_text(text)}\" on slice {i}: {flipped:.1%} of its "
                                    f"pixels changed class; the synthetic source moved by {change / 2:.1%} of its range")
 
