@@ -98,6 +98,8 @@ ADAPT_ROWS: dict[str, tuple[str, dict, dict, dict]] = {
     # 12; the default without it (rounds 4-11's default) is row uuds_no_pseudo_band below
     # round 11: only the lower bound of the band (the pseudo label is raised, never cut)
     "uuds_pseudo_floor": ("uuds", {}, {"pseudo_prior": "floor"}, {}),
+    # round 14's candidate: scale augmentation of the source slices (log-uniform in [1/1.4, 1.4])
+    "uuds_zoom": ("uuds", {}, {"zoom": 1.4}, {}),
     # the default without pass-specific batch-norm statistics: round 3's default, whose one-lever-off rows follow
     "uuds_no_pass_bn": ("uuds", {"pass_bn": False}, {}, {}),
     # one lever of the default off
@@ -117,7 +119,7 @@ SOURCE_ROWS = {"lower": {"randomise": "none"}, "gin_only": {"randomise": "gin"},
 ROWS = ["lower", "histmatch", "pseudo", "gin_only", "uuds_paper", "uuds", "uuds_no_gin", "uuds_gin",
         "uuds_gin_dd_printed", "uuds_gin_no_body_mask", "uuds_gin_no_guard", "uuds_gin_mm", "uuds_gin_size_log",
         "uuds_gin_into_segmenter", "uuds_gin_both", "gin_only_both", "uuds_useg_present",
-        "uuds_useg_ce", "uuds_useg_detached", "uuds_pseudo_floor", "uuds_tta", "uuds_no_ema_tta", "uuds_no_ema",
+        "uuds_useg_ce", "uuds_useg_detached", "uuds_pseudo_floor", "uuds_zoom", "uuds_tta", "uuds_no_ema_tta", "uuds_no_ema",
         "uuds_no_pseudo_band",
         "uuds_no_pass_bn", "uuds_dd_printed", "uuds_no_body_mask", "uuds_no_guard", "uuds_no_domain_prompt",
         "uuds_no_seg_prompt", "uuds_no_uncertainty", "tcsa", "uuds+tcsa", "upper"]

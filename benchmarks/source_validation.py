@@ -61,7 +61,7 @@ def run_variant(name: str, seed: int, ctx: dict) -> dict:
     weights = LossWeights(**wkw)
     torch.manual_seed(seed)
     model = UUDS(cfg, clip_weights=None, seed=seed)
-    src, tgt = samplers(ctx["train"], ctx["targets"], tcfg.fg_fraction, seed)
+    src, tgt = samplers(ctx["train"], ctx["targets"], tcfg.fg_fraction, seed, tcfg.contrast_invert, tcfg.zoom)
     # the floor of Eq. 1: log sigmoid(-2 / tau) as printed, 0 in the InfoNCE form ("within 1 %": under 0.01)
     printed = weights.dd_form == "printed"
     floor = math.log(1.0 / (1.0 + math.exp(2.0 / weights.tau_dd))) if printed else 0.0

@@ -133,3 +133,36 @@ def test_auto_scale_gives_the_cord_the_same_size_in_both_contrasts(cord):
     # the mm-per-voxel spacing is 1 in both, so at a common scale the cord's pixel area matches its mm^2 area
     assert abs(per_pixel["mm"] - 1) < abs(per_pixel["fit"] - 1)
     assert load_targets([cord["t1"]], 2, 128)[0].geom.frame is None  # the default stays fitted
+
+
+def test_zoom_magnifies_pads_with_background_and_keeps_labels_nearest():
+    from napari_uuds.engine.slices import zoom_slices
+    x = torch.full((2, 1, 64, 64), -1.0)
+    x[:, :, 24:40, 24:40] = 0.5  # a 16 x 16 square at the centre
+    y = torch.zeros(2, 64, 64, dtype=torch.long)
+    y[:, 24:40, 24:40] = 1
+    y[:, 30, 30] = 255  # an ignored pixel stays ignored (nearest, never blended)
+    xz, yz = zoom_slices(x, y, [2.0, 0.5])
+    area = (yz > 0).sum(dim=(1, 2)).tolist()
+    assert abs(area[0] - 16 * 16 * 4) <= 2 * 32 + 2 and abs(area[1] - 8 * 8) <= 2 * 8 + 2
+    assert set(torch.unique(yz).tolist()) <= {0, 1, 255} and (yz[0] == 255).any()
+    assert xz[1, 0, 0, 0].item() == -1.0 and xz[1, 0, :8].eq(-1.0).all()  # padded with background
+    assert xz.shape == x.shape and yz.shape == y.shape and yz.dtype == y.dtype
+    # the label follows the image: where the image is the square's grey, the label is the square's
+    assert ((xz[:, 0] > 0.4) == (yz > 0)).float().mean() > 0.98
+
+
+def test_zoom_one_leaves_the_batches_as_they_were_and_zoom_changes_sizes():
+    img = torch.full((4, 1, 32, 32), -1.0)
+    img[:, :, 8:24, 8:24] = 0.3
+    lab = torch.zeros(4, 32, 32, dtype=torch.long)
+    lab[:, 8:24, 8:24] = 1
+    a = SliceSampler([img], [lab], seed=3).sample(6, augment=True)
+    b = SliceSampler([img], [lab], seed=3, zoom=1.0).sample(6, augment=True)
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+    z = SliceSampler([img], [lab], seed=3, zoom=1.4).sample(64, augment=True)[1]
+    areas = (z > 0).sum(dim=(1, 2)).float()
+    assert areas.min() < 16 * 16 * 0.8 and areas.max() > 16 * 16 * 1.25  # both ways, within [1/1.4, 1.4]^2
+    assert areas.min() >= 16 * 16 / 1.4 ** 2 - 40 and areas.max() <= 16 * 16 * 1.4 ** 2 + 40
+    with pytest.raises(ValueError):
+        SliceSampler([img], [lab], zoom=0.5)

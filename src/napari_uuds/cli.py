@@ -125,6 +125,9 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--contrast-invert", type=_unit_float, default=0.0, metavar="P",
                    help="augmentation: invert the contrast of source slices with probability P (helps when the "
                         "target inverts tissue contrasts, e.g. CSF bright in T2, dark in T1)")
+    a.add_argument("--zoom", type=float, default=None, metavar="Z",
+                   help="augmentation: magnify each source slice by a factor drawn log-uniformly in [1/Z, Z] "
+                        "(1: off; default: the recipe's)")
     a.add_argument("--alpha", type=_nonneg_float, default=LossWeights().alpha, metavar="W",
                    help="weight of L_DD, Eq. 1-2, after --dd-scale (see docs/method.md, reading 5)")
     a.add_argument("--dd-scale", choices=list(DD_SCALES), default=LossWeights().dd_scale,

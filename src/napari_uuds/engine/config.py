@@ -278,6 +278,9 @@ class TrainConfig:
     augment: bool = True
     #: probability of inverting a source slice's contrast (augmentation for contrast-inverting shifts).
     contrast_invert: float = 0.0
+    #: scale augmentation of the source slices: each magnified by a factor drawn log-uniformly in [1/zoom, zoom]
+    #: (labels alike); 1: off. Fitting each scan to the frame magnifies objects differently per scan (round 14)
+    zoom: float = 1.0
     #: collapse and drift guards (engine/guards.py): hold the target terms back while the predicted target object
     #: volume or the synthetic source's grey values leave their bands
     guard: bool = True
@@ -303,6 +306,8 @@ class TrainConfig:
         if not (math.isfinite(self.lr) and self.lr > 0):
             raise UUDSError(f"learning rate must be a finite number > 0, not {self.lr}")
         _check_numbers(self, ("weight_decay",), "the")
+        if not (math.isfinite(self.zoom) and self.zoom >= 1.0):
+            raise UUDSError(f"zoom must be a finite factor >= 1 (1: no scale augmentation), not {self.zoom}")
         if not 0 <= self.seed < 2 ** 32:
             raise UUDSError(f"seed must lie in 0 .. 2**32 - 1, not {self.seed}")
         if not 0.0 <= self.threshold <= 1.0:

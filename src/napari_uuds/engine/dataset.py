@@ -110,8 +110,10 @@ def load_targets(images: list[str | Path], axis: int, size: int) -> list[Prepare
 
 
 def samplers(sources: list[PreparedVolume], targets: list[PreparedVolume], fg_fraction: float, seed: int,
-             invert_p: float = 0.0) -> tuple[SliceSampler, SliceSampler]:
+             invert_p: float = 0.0, zoom: float = 1.0) -> tuple[SliceSampler, SliceSampler]:
+    """Batches of labelled source and unlabelled target slices; ``zoom`` (scale augmentation) applies to the
+    source only, where the labels teach an object's size."""
     src = SliceSampler([p.image for p in sources], [p.label for p in sources], fg_fraction, seed,
-                       invert_p=invert_p)
+                       invert_p=invert_p, zoom=zoom)
     tgt = SliceSampler([p.image for p in targets], None, 0.0, seed + 1)
     return src, tgt

@@ -50,7 +50,8 @@ class AdaptJob:
 
     def samplers(self) -> tuple[SliceSampler, SliceSampler]:
         t = self.train_cfg
-        return samplers(self.sources, self.targets, t.fg_fraction, self.dist.seed(t.seed), t.contrast_invert)
+        return samplers(self.sources, self.targets, t.fg_fraction, self.dist.seed(t.seed), t.contrast_invert,
+                        t.zoom)
 
     def train(self, control: TrainControl | None = None, start_step: int | None = None,
               optimizer_state: dict | None = None, log_every: int = 1,

@@ -162,9 +162,13 @@ class SliceSampler:
     """
 
     def __init__(self, images: list[torch.Tensor], labels: list[torch.Tensor] | None = None,
-                 fg_fraction: float = 0.5, seed: int = 0, min_anatomy: float = 0.02, invert_p: float = 0.0):
+                 fg_fraction: float = 0.5, seed: int = 0, min_anatomy: float = 0.02, invert_p: float = 0.0,
+                 zoom: float = 1.0):
+        if not zoom >= 1.0:
+            raise ValueError(f"zoom must be at least 1 (1: off), not {zoom}")
         self.images = images
         self.invert_p = invert_p
+        self.zoom = zoom
         self.labels = labels
         self.fg_fraction = fg_fraction
         self.rng = np.random.default_rng(seed)
@@ -208,7 +212,9 @@ class SliceSampler:
 
     def _augment(self, x: torch.Tensor, y: torch.Tensor | None):
         """Flips, 90-degree rotations, a mild random gamma and, with probability ``invert_p``, contrast
-        inversion of the anatomy (background stays at -1); the same geometry on labels.
+        inversion of the anatomy (background stays at -1); with ``zoom`` > 1 each slice is first magnified by a
+        factor drawn log-uniformly in [1 / zoom, zoom] about its centre (background padded in, labels nearest);
+        the same geometry on labels.
 
         The draws are made per slice on the host, in a fixed order; the arithmetic runs batched on the
         tensors' device (a handful of kernels whatever the batch size)."""
@@ -219,6 +225,9 @@ class SliceSampler:
             flips.append(bool(self.rng.integers(2)))
             gammas.append(float(np.exp(self.rng.uniform(-0.3, 0.3))))
             inverts.append(bool(self.invert_p) and bool(self.rng.random() < self.invert_p))
+        if self.zoom > 1.0:  # drawn after the others, so that zoom 1 leaves every earlier draw as it was
+            scales = np.exp(self.rng.uniform(-np.log(self.zoom), np.log(self.zoom), size=b))
+            x, y = zoom_slices(x, y, scales)
         x = _rotate_flip(x, ks, flips)
         y = None if y is None else _rotate_flip(y, ks, flips)
         gamma = _host_to(torch.tensor(gammas, dtype=x.dtype), x.device).view(b, *([1] * (x.ndim - 1)))
@@ -227,6 +236,26 @@ class SliceSampler:
             inv = _host_to(torch.tensor(inverts), x.device).view(b, *([1] * (x.ndim - 1)))
             x = torch.where(inv & (x > -0.98), -x, x)
         return x, y
+
+
+def zoom_slices(x: torch.Tensor, y: torch.Tensor | None, scales) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Magnify slice b of ``x`` (B, C, H, W; background -1) by ``scales[b]`` about the frame's centre: > 1 crops,
+    < 1 pads with background. Labels ``y`` (B, H, W) or (B, 1, H, W) follow with nearest-neighbour sampling
+    (0 where padded), so ignored pixels (255) stay ignored."""
+    b = x.shape[0]
+    inv = _host_to(torch.as_tensor(1.0 / np.asarray(scales, dtype=np.float32)), x.device)
+    theta = torch.zeros(b, 2, 3, device=x.device, dtype=torch.float32)
+    theta[:, 0, 0] = inv
+    theta[:, 1, 1] = inv
+    grid = F.affine_grid(theta, [b, 1, *x.shape[-2:]], align_corners=False)
+    xz = F.grid_sample((x.float() + 1.0), grid.to(x.device), mode="bilinear", padding_mode="zeros",
+                       align_corners=False) - 1.0
+    xz = xz.to(x.dtype)
+    if y is None:
+        return xz, None
+    y4 = y if y.ndim == 4 else y.unsqueeze(1)
+    yz = F.grid_sample(y4.float(), grid, mode="nearest", padding_mode="zeros", align_corners=False).to(y.dtype)
+    return xz, (yz if y.ndim == 4 else yz.squeeze(1))
 
 
 def _host_to(t: torch.Tensor, device: torch.device) -> torch.Tensor:
