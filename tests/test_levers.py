@@ -272,3 +272,47 @@ def test_d8_test_time_augmentation_makes_the_prediction_follow_a_rotated_slice(t
     assert ckpt.load_checkpoint(tmp_path / "w")[0].cfg.tta == "none"
     with pytest.raises(UUDSError, match="test-time augmentation"):
         ModelConfig(tta="d4")
+
+
+# -- round 15: a mean teacher labels the target --------------------------------------------------------------------
+def test_mean_teacher_copies_then_averages_and_never_moves_the_student():
+    from napari_uuds.engine.train import MeanTeacher
+
+    class Lin(torch.nn.Linear):
+        optimizer_state = None
+        last_iterate_state = None
+
+    lin = Lin(1, 1, bias=False)
+    lin.optimizer_state = {"big": torch.zeros(3)}  # never copied into the teacher
+    teacher = MeanTeacher(lin, decay=0.75, start=2)
+    for step in range(1, 8):  # the weight equals the step number; step 1 lies before the start
+        lin.weight.data.fill_(float(step))
+        teacher.update(step)
+    # steps 2, 3, 4, 5: copy then running mean (3.5); then EMA 1 - 0.75: 3.5 + (6 - 3.5) / 4 = 4.125; + (7 - 4.125) / 4
+    assert teacher.net.weight.item() == pytest.approx(4.125 + (7 - 4.125) / 4)
+    assert lin.weight.item() == 7.0 and lin.optimizer_state is not None and teacher.net.optimizer_state is None
+    assert not teacher.net.weight.requires_grad and not teacher.net.training
+    assert teacher.report() == {"decay": 0.75, "from_step": 2, "updates": 6}
+
+
+def test_training_with_a_mean_teacher_labels_the_target_from_the_warm_up_on(cord):
+    from napari_uuds.engine.dataset import load_source_pairs, load_targets, samplers
+    from napari_uuds.engine.model import UUDS
+    from napari_uuds.engine.train import train
+
+    cfg = ModelConfig.for_arch("tiny", image_size=64, class_names=["cord"], source_modality="T2")
+    src = load_source_pairs([cord["t2"]], [cord["t2_seg"]], 1, cfg.axis, cfg.image_size)
+    tgt = load_targets([cord["t1"]], cfg.axis, cfg.image_size)
+    runs = {}
+    for decay in (0.0, 0.9):
+        torch.manual_seed(0)
+        model = UUDS(cfg)
+        s, t = samplers(src, tgt, 0.5, 0)
+        tcfg = TrainConfig(steps=5, batch_size=2, ema_decay=0.0, teacher_decay=decay, warmup_steps=2, guard=False)
+        runs[decay] = (model, [e.losses for e in train(model, s, t, tcfg) if e.kind == "step"])
+    (plain, plain_losses), (taught, taught_losses) = runs[0.0], runs[0.9]
+    assert taught_losses[:2] == plain_losses[:2]  # before the warm-up's end nobody labels the target
+    assert taught_losses[2]["useg"] != plain_losses[2]["useg"]  # from then on the teacher does
+    assert taught.teacher_report == {"decay": 0.9, "from_step": 2, "updates": 4} and plain.teacher_report is None
+    with pytest.raises(UUDSError, match="teacher decay"):
+        TrainConfig(teacher_decay=1.0)

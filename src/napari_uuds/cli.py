@@ -125,6 +125,9 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--contrast-invert", type=_unit_float, default=0.0, metavar="P",
                    help="augmentation: invert the contrast of source slices with probability P (helps when the "
                         "target inverts tissue contrasts, e.g. CSF bright in T2, dark in T1)")
+    a.add_argument("--teacher-decay", type=float, default=None, metavar="D",
+                   help="pseudo labels from a mean teacher, an EMA of the weights with decay D from the warm-up on "
+                        "(0: the network labels its own output, the paper; default: the recipe's)")
     a.add_argument("--zoom", type=float, default=None, metavar="Z",
                    help="augmentation: magnify each source slice by a factor drawn log-uniformly in [1/Z, Z] "
                         "(1: off; default: the recipe's)")

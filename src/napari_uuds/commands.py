@@ -106,7 +106,7 @@ def _adapt(args, ctx, t_start: float) -> int:
     m_over, t_over, w_over = recipe_overrides(args.recipe)
     for store, key, value in ((m_over, "body_mask", args.body_mask), (m_over, "pass_bn", args.pass_bn),
                               (m_over, "tta", args.tta), (t_over, "ema_decay", args.ema_decay),
-                              (t_over, "zoom", args.zoom),
+                              (t_over, "zoom", args.zoom), (t_over, "teacher_decay", args.teacher_decay),
                               (t_over, "randomise", args.randomise),
                               (t_over, "guard", args.guard), (w_over, "dd_form", args.dd_form),
                               (w_over, "useg_absent", args.useg_absent), (w_over, "useg_form", args.useg_form),
@@ -216,6 +216,7 @@ def _adapt(args, ctx, t_start: float) -> int:
                          "guard": model.guard_report,
                          "randomise_used": model.randomise_used,
                          "weight_average": model.weight_average,
+                         **({"teacher": model.teacher_report} if model.teacher_report else {}),
                          "sources": [str(p) for p in args.source], "targets": [str(p) for p in args.target],
                          # what a later fine-tune on corrections reloads the source with
                          "source_labels": [str(p) for p in args.source_label],

@@ -296,6 +296,9 @@ class TrainConfig:
     #: 0.99: round 13 of docs/method.md's rule (held-out source +1.6 Dice over four seeds, paired, no collapse);
     #: 0: off, the model ends with the last step's weights (the paper's letter, and rounds 1-12)
     ema_decay: float = 0.99
+    #: the pseudo labels of Eq. 6-7 from a mean teacher (an EMA of the weights with this decay, from the warm-up on,
+    #: reading the target batch as inference does; train.MeanTeacher) instead of the network's own output; 0: off
+    teacher_decay: float = 0.0
     num_threads: int = 0  # torch CPU threads, 0: leave torch's default
 
     def __post_init__(self) -> None:
@@ -306,6 +309,8 @@ class TrainConfig:
         if not (math.isfinite(self.lr) and self.lr > 0):
             raise UUDSError(f"learning rate must be a finite number > 0, not {self.lr}")
         _check_numbers(self, ("weight_decay",), "the")
+        if not 0.0 <= self.teacher_decay < 1.0:
+            raise UUDSError(f"teacher decay must lie in [0, 1), not {self.teacher_decay}")
         if not (math.isfinite(self.zoom) and self.zoom >= 1.0):
             raise UUDSError(f"zoom must be a finite factor >= 1 (1: no scale augmentation), not {self.zoom}")
         if not 0 <= self.seed < 2 ** 32:

@@ -96,6 +96,7 @@ class UUDS(nn.Module):
         self.randomise_used: dict | None = None  # the source randomisation a run used (randomise=auto decides)
         self.weight_average: dict | None = None  # the weight average a run ended with (train.WeightAverage.report)
         self.last_iterate_state: dict | None = None  # the last step's weights beside that average (benchmarks)
+        self.teacher_report: dict | None = None  # the mean teacher a run's pseudo labels came from (train.MeanTeacher)
 
     @property
     def tcsa_feature_dim(self) -> int:

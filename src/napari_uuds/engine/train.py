@@ -6,6 +6,7 @@ step), the uncertainty threshold and the domain prompt text (both read at every 
 """
 from __future__ import annotations
 
+import copy
 import functools
 import math
 import random
@@ -184,6 +185,58 @@ class WeightAverage:
         return {"decay": self.decay, "from_step": self.start + 1, "updates": self.updates}
 
 
+class MeanTeacher:
+    """A copy of the model whose weights follow an exponential moving average of the student's from step ``start``
+    on (mean teacher, Tarvainen and Valpola 2017; docs/method.md, round 15; not in the paper): it reads the target
+    batch, in inference mode, for the pseudo labels of Eq. 6-7, so that the student does not label its own output.
+
+    The n-th update after ``start`` moves the teacher by max(1 - decay, 1 / n) (the first copies the student), as
+    :class:`WeightAverage` does. Not saved with the weights: a resumed run starts its teacher again."""
+
+    def __init__(self, model: UUDS, decay: float, start: int):
+        self.student, self.decay, self.start = model, decay, start
+        self.net: UUDS | None = None
+        self.updates = 0
+
+    @property
+    def ready(self) -> bool:
+        return self.net is not None
+
+    @torch.no_grad()
+    def update(self, step: int) -> None:
+        if step < self.start:
+            return
+        self.updates += 1
+        if self.net is None:
+            keep = self.student.optimizer_state, self.student.last_iterate_state
+            self.student.optimizer_state = self.student.last_iterate_state = None  # not copied with the weights
+            try:
+                self.net = copy.deepcopy(self.student)
+            finally:
+                self.student.optimizer_state, self.student.last_iterate_state = keep
+            self.net.requires_grad_(False)
+            self.net.eval()
+            return
+        w = max(1.0 - self.decay, 1.0 / self.updates)
+        own = self.net.state_dict()
+        for k, v in self.student.state_dict().items():
+            if own[k].is_floating_point():
+                own[k].lerp_(v.detach(), w)
+            else:
+                own[k].copy_(v)
+
+    @torch.no_grad()
+    def probs(self, xt: torch.Tensor, prompt_text: str | None = None) -> torch.Tensor:
+        """Class probabilities of the target batch as the teacher segments it (the path inference takes)."""
+        if prompt_text is not None:
+            self.net.domain_prompt.set_text(prompt_text)
+        _, logits = self.net.infer(xt)
+        return logits.float().softmax(1)
+
+    def report(self) -> dict:
+        return {"decay": self.decay, "from_step": self.start, "updates": self.updates}
+
+
 @dataclass
 class TrainEvent:
     kind: str  # "start" | "step" | "preview" | "done" | "stopped" | "diverged"
@@ -261,6 +314,10 @@ def train(model: UUDS, source: SliceSampler, target: SliceSampler, cfg: TrainCon
     # the weight average covers the second half of what this call trains
     average = WeightAverage(model, cfg.ema_decay, start_step + (total - start_step) // 2) if cfg.ema_decay > 0 else None
     model.last_iterate_state, model.weight_average = None, None
+    # round 15's option: the pseudo labels come from a mean teacher, from the warm-up on
+    teacher = MeanTeacher(model, cfg.teacher_decay, max(cfg.warmup, start_step)) \
+        if (cfg.teacher_decay > 0 and adapt) else None
+    model.teacher_report = None
     diverged = False
     yield TrainEvent("start", start_step, total, message=f"training {cfg.method} ({cfg.mode}) on {device}{note}")
     t0 = time.perf_counter()
@@ -308,7 +365,11 @@ def train(model: UUDS, source: SliceSampler, target: SliceSampler, cfg: TrainCon
                     "id": loss_id(out.rec_s, id_target),
                 }
                 probs = out.logits_ts.float().softmax(1)
-                pl, mask = pseudo_label(probs.detach(), chi)
+                labeller = probs.detach()  # who labels the target: the network itself (the paper), or its teacher
+                taught = teacher is not None and teacher.ready and target_now
+                if taught:
+                    labeller = teacher.probs(xt, mcfg.domain_text(prompt) if prompt is not None else None)
+                pl, mask = pseudo_label(labeller, chi)
                 certain = mask.mean()
                 if mcfg.body_mask:  # nothing outside the body: background there, and certain
                     outside = (xt[:, 0] <= BACKGROUND)
@@ -316,10 +377,15 @@ def train(model: UUDS, source: SliceSampler, target: SliceSampler, cfg: TrainCon
                     certain = (mask * inside).sum() / inside.sum().clamp(min=1.0)  # logged: of the body's pixels
                     pl = pl.masked_fill(outside, 0)
                     mask = mask.masked_fill(outside, 1.0)
-                pl_seen = pl  # what the network predicts: the guard reads this, never the projection below
+                # what the network predicts: the guard reads this, never the projection below nor a teacher's label
+                pl_seen = pl
+                if taught:
+                    pl_seen = probs.detach().argmax(1)
+                    if mcfg.body_mask:
+                        pl_seen = pl_seen.masked_fill(outside, 0)
                 if cfg.pseudo_prior != "none" and target_now and source_fraction > 0:
                     # the source's size (rounds 10-11), only where a target term reads the pseudo label
-                    pl, mask = project_pseudo_label(probs.detach(), pl, mask, xt[:, 0] > BACKGROUND, source_fraction,
+                    pl, mask = project_pseudo_label(labeller, pl, mask, xt[:, 0] > BACKGROUND, source_fraction,
                                                     high=2.0 if cfg.pseudo_prior == "band" else math.inf)
                 if cfg.uses_uuds:
                     if mcfg.use_seg_prompt:
@@ -349,6 +415,8 @@ def train(model: UUDS, source: SliceSampler, target: SliceSampler, cfg: TrainCon
             seen += cfg.batch_size
             if average is not None:
                 average.update(step)
+            if teacher is not None:
+                teacher.update(step)
             if step % log_every == 0 or step == total:
                 el = time.perf_counter() - t0
                 rate = seen / el if el > 0 else 0.0
@@ -391,6 +459,9 @@ def train(model: UUDS, source: SliceSampler, target: SliceSampler, cfg: TrainCon
     finally:
         model.optimizer_state = opt.state_dict() if opt is not None else None
         model.trained_steps = step
+        if teacher is not None:
+            model.teacher_report = teacher.report()
+            teacher.net = None  # its copy of the weights goes with it
         if average is not None and not diverged:
             model.last_iterate_state = average.apply()
             if model.last_iterate_state is not None:
