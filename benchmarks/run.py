@@ -67,6 +67,8 @@ PROTOCOLS = {
 #: rows that train with target terms. ``uuds`` is the engine's defaults, whatever they are; ``uuds_paper`` the
 #: paper's letter (config.RECIPES["paper"]); the ``uuds_no_*`` rows switch one lever of the default off.
 _PM, _PT, _PW = RECIPES["paper"]
+#: TCSA's network: no UUDS prompts, the authors' text-conditioned head
+_TCSA_M = {"use_domain_prompt": False, "use_seg_prompt": False, "text_head": True}
 ADAPT_ROWS: dict[str, tuple[str, dict, dict, dict]] = {
     "uuds": ("uuds", {}, {}, {}),
     "uuds_paper": ("uuds", _PM, {**_PT, "recipe": "paper"}, _PW),
@@ -112,8 +114,18 @@ ADAPT_ROWS: dict[str, tuple[str, dict, dict, dict]] = {
     "uuds_no_domain_prompt": ("uuds", {"use_domain_prompt": False}, {}, {}),
     "uuds_no_seg_prompt": ("uuds", {"use_seg_prompt": False}, {}, {}),
     "uuds_no_uncertainty": ("uuds", {}, {"use_uncertainty": False}, {}),
-    "tcsa": ("tcsa", {"use_domain_prompt": False, "use_seg_prompt": False}, {}, {}),
-    "uuds+tcsa": ("uuds+tcsa", {}, {}, {}),
+    "tcsa": ("tcsa", _TCSA_M, {}, {}),
+    "uuds+tcsa": ("uuds+tcsa", {"text_head": True}, {}, {}),
+    # issue 18: one term of TCSA as its authors build it off at a time, and the prototype term's other forms
+    "tcsa_no_adv": ("tcsa", _TCSA_M, {}, {"adv": 0.0}),
+    "tcsa_no_proto": ("tcsa", _TCSA_M, {}, {"proto": 0.0}),
+    "tcsa_no_text_head": ("tcsa", {**_TCSA_M, "text_head": False}, {}, {}),
+    "tcsa_no_cov": ("tcsa", _TCSA_M, {}, {"cov": 0.0}),
+    "tcsa_mpcl": ("tcsa", _TCSA_M, {}, {"proto_form": "mpcl"}),
+    "tcsa_infonce": ("tcsa", _TCSA_M, {}, {"proto_form": "infonce"}),
+    # before issue 18: the project's first reading (no adversary, no text head, InfoNCE prototypes, entropy 0.1)
+    "tcsa_v1": ("tcsa", {"use_domain_prompt": False, "use_seg_prompt": False}, {},
+                {"adv": 0.0, "proto_form": "infonce", "ent": 0.1}),
 }
 #: rows trained on labelled volumes only (no target term); ``gin_only`` is source randomisation alone
 SOURCE_ROWS = {"lower": {"randomise": "none"}, "gin_only": {"randomise": "gin"},
@@ -124,7 +136,8 @@ ROWS = ["lower", "histmatch", "pseudo", "gin_only", "uuds_paper", "uuds", "uuds_
         "uuds_useg_ce", "uuds_useg_detached", "uuds_pseudo_floor", "uuds_zoom", "uuds_teacher", "uuds_tta", "uuds_no_ema_tta", "uuds_no_ema",
         "uuds_no_pseudo_band",
         "uuds_no_pass_bn", "uuds_dd_printed", "uuds_no_body_mask", "uuds_no_guard", "uuds_no_domain_prompt",
-        "uuds_no_seg_prompt", "uuds_no_uncertainty", "tcsa", "uuds+tcsa", "upper"]
+        "uuds_no_seg_prompt", "uuds_no_uncertainty", "tcsa", "uuds+tcsa", "tcsa_no_adv", "tcsa_no_proto",
+        "tcsa_no_text_head", "tcsa_no_cov", "tcsa_mpcl", "tcsa_infonce", "tcsa_v1", "upper"]
 #: rows scored from another row's runs (round 13): the default's run scored with its last step's weights instead of
 #: their average (``uuds_no_ema``: rounds 4-12's way), and with test-time augmentation: row -> (the row that trains,
 #: weights, tta). The weight average changes nothing in training, so these are the same runs, paired.
@@ -175,7 +188,7 @@ def protocol_config(proto: dict, arch: str = "tiny", image_size: int | None = No
     names = proto["classes"]
     return ModelConfig.for_arch(arch, image_size=image_size, class_names=names,
                                 class_descriptions=[DESCRIPTIONS.get(n, n) for n in names],
-                                source_modality=proto["source"].upper())
+                                source_modality=proto["source"].upper(), target_modality=proto["target"].upper())
 
 
 def load_protocol(data: Path, proto: dict, cfg: ModelConfig, upper: bool = False) -> dict:

@@ -196,8 +196,19 @@ def test_multiclass_label_map_and_tcsa_method(vols, tmp_path, capsys, method):
     assert cfg["model"]["class_descriptions"] == ["necrotic core", "swollen tissue", "bright rim"]
     assert cfg["train"]["method"] == method
     assert cfg["model"]["use_domain_prompt"] is (method == "uuds+tcsa")
+    # the authors' text-conditioned head, for the CLIP text tower's width, the target named after its file
+    assert cfg["model"]["text_head"] is True and cfg["model"]["target_modality"] == "tgt"
+    assert cfg["model"]["text_head_dim"] == 128 and cfg["loss_weights"]["proto_form"] == "centre"
     seg = np.asarray(nib.load(str(out / "tgt_seg.nii.gz")).dataobj)
     assert seg.max() <= 3
+    # the weights predict again on their own (the class texts travel with them), and the ablation has no head
+    assert main(["predict", "--quiet", "--weights", str(out), "--image", str(vols["tgt"]), "--out",
+                 str(tmp_path / "again")]) == 0
+    assert np.array_equal(np.asarray(nib.load(str(tmp_path / "again" / "tgt_seg.nii.gz")).dataobj), seg)
+    assert main([*argv[:argv.index("--out") + 1], str(tmp_path / "plain"), *argv[argv.index("--out") + 2:],
+                 "--no-text-head", "--proto-form", "mpcl"]) == 0
+    plain = json.loads((tmp_path / "plain" / "config.json").read_text())
+    assert plain["model"]["text_head"] is False and plain["loss_weights"]["proto_form"] == "mpcl"
 
 
 def test_bad_label_map_and_descriptions(vols, tmp_path, capsys):

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from napari_uuds.engine.config import ModelConfig, TrainConfig
+from napari_uuds.engine.config import LossWeights, ModelConfig, TrainConfig
 from napari_uuds.engine.dataset import samplers
 from napari_uuds.engine.errors import UUDSError
 from napari_uuds.engine.losses import IGNORE_LABEL, loss_seg
@@ -142,8 +142,9 @@ def _data(cfg, n_classes):
     return SliceSampler([src], [torch.stack(labs)[:, None]], 0.5, 0), SliceSampler([-src], None, 0.0, 1)
 
 
-@pytest.mark.parametrize("method", ["tcsa", "uuds+tcsa"])
-def test_training_with_tcsa_terms_multiclass(method):
+@pytest.mark.parametrize("method,form", [("tcsa", "centre"), ("uuds+tcsa", "centre"), ("tcsa", "mpcl"),
+                                         ("tcsa", "infonce")])
+def test_training_with_tcsa_terms_multiclass(method, form):
     cfg = ModelConfig.for_arch("tiny", image_size=64, class_names=["a", "b", "c"],
                                use_domain_prompt=method != "tcsa", use_seg_prompt=method != "tcsa")
     torch.manual_seed(0)
@@ -151,14 +152,19 @@ def test_training_with_tcsa_terms_multiclass(method):
     src, tgt = _data(cfg, 3)
     tcfg = TrainConfig(steps=3, batch_size=4, warmup_steps=1, method=method, text_encoder="clip", threshold=1.0,
                        dd_warmup=True)
-    events = list(train(model, src, tgt, tcfg))
+    events = list(train(model, src, tgt, tcfg, LossWeights(proto_form=form)))
     steps = [e for e in events if e.kind == "step"]
-    assert {"cov_s", "proto_s"} <= set(steps[0].losses) and "cov_t" not in steps[0].losses
-    assert {"cov_t", "proto_t", "ent"} <= set(steps[1].losses)  # target terms after the warm-up
+    # source terms from the start; the centre form has no source-only term (it compares the two domains' centres)
+    assert "cov_s" in steps[0].losses and ("proto_s" in steps[0].losses) == (form != "centre")
+    assert not ({"cov_t", "proto_t", "adv", "disc"} & set(steps[0].losses))
+    # target terms after the warm-up: the adversarial term and its discriminator's loss; no direct entropy term
+    assert {"cov_t", "proto_t", "adv", "disc"} <= set(steps[1].losses) and "ent" not in steps[1].losses
     assert "dd_s" not in steps[0].losses  # L_DD waits for the warm-up (dd_warmup)
     assert ("dd_s" in steps[1].losses) == (method == "uuds+tcsa")
     assert all(np.isfinite(v) for e in steps for v in e.losses.values())
     assert model(torch.zeros(2, 1, 64, 64), torch.zeros(2, 1, 64, 64)).logits_s.shape[1] == 4
+    with pytest.raises(UUDSError, match="prototype form"):
+        LossWeights(proto_form="arcface")
 
 
 def test_source_only_mode_has_no_target_terms(tiny_cfg, cord):
@@ -178,3 +184,110 @@ def test_bad_method_mode_and_encoder():
     for kw in ({"method": "cyclegan"}, {"mode": "target"}, {"text_encoder": "bert"}, {"dd_flow": "detached"}):
         with pytest.raises(UUDSError, match="choose one of"):
             TrainConfig(**kw)
+
+
+# -- issue 18: the authors' structure --------------------------------------------------------------------------------
+def test_mpcl_by_hand_with_its_angular_margin():
+    from napari_uuds.engine.tcsa import loss_mpcl
+
+    centres = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    theta = 0.3  # one pixel at angle 0.3 from class 0's centre, labelled 0
+    feats = torch.tensor([math.cos(theta), math.sin(theta)]).view(1, 2, 1, 1)
+    labels = torch.zeros(1, 1, 1, dtype=torch.long)
+    m, tau = 0.4, 0.5
+    got = loss_mpcl(feats, labels, centres, torch.ones(1, 1, 1), m, tau=tau, base_tau=1.0)
+    pos, neg = math.cos(theta + m) / tau, math.cos(math.pi / 2 - theta) / tau
+    want = tau * -(pos - math.log(math.exp(pos) + math.exp(neg)))
+    assert got.item() == pytest.approx(want, rel=1e-5)
+    # the margin makes the same pixel cost more; unselected pixels cost nothing
+    assert got > loss_mpcl(feats, labels, centres, torch.ones(1, 1, 1), 0.0, tau=tau, base_tau=1.0)
+    assert loss_mpcl(feats, labels, centres, torch.zeros(1, 1, 1), m).item() == 0.0
+
+
+def test_centre_pseudo_labels_select_by_the_gap_between_the_two_nearest_centres():
+    from napari_uuds.engine.tcsa import centre_pseudo_labels
+
+    centres = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    feats = torch.tensor([[1.0, 0.05], [0.7, 0.72]]).t().reshape(1, 2, 1, 2)  # clear class 0; near the bisector
+    labels, select = centre_pseudo_labels(feats, centres, threshold=0.25)
+    assert labels.flatten().tolist() == [0, 1] and select.flatten().tolist() == [1.0, 0.0]
+
+
+def test_class_centres_blend_and_the_centre_mse_pulls_target_features_to_the_source():
+    from napari_uuds.engine.tcsa import ClassCentres, loss_centre_mse
+
+    src, trg = ClassCentres(2, 3, momentum=0.5), ClassCentres(2, 3, momentum=0.5)
+    present = torch.tensor([True, False])
+    c, valid = src.blend(torch.tensor([[2.0, 0, 0], [9.0, 9, 9]]), present)  # class 1 absent: not taken
+    assert torch.equal(c[0], torch.tensor([2.0, 0, 0])) and valid.tolist() == [True, False]
+    c, _ = src.blend(torch.tensor([[4.0, 0, 0], [0.0, 0, 0]]), present)
+    assert torch.allclose(c[0], torch.tensor([3.0, 0, 0]))  # 0.5 old + 0.5 batch
+    p_t = torch.tensor([[0.0, 1.0, 0.0], [0.0, 0.0, 0.0]], requires_grad=True)
+    c_t, valid_t = trg.blend(p_t, present)
+    loss = loss_centre_mse(c.detach(), c_t, valid & valid_t)
+    assert loss.item() == pytest.approx((9 + 1) / 3)
+    loss.backward()
+    assert p_t.grad[0, 0] < 0 and p_t.grad[0, 1] > 0 and p_t.grad[1].abs().sum() == 0  # towards (3, 0, 0)
+
+
+def test_the_discriminator_learns_to_tell_the_domains_and_its_generator_term_moves_only_the_segmenter():
+    from napari_uuds.engine.discriminator import OutputAdversary, PatchDiscriminator, self_information
+
+    probs = torch.tensor([0.9, 0.1]).view(1, 2, 1, 1)
+    assert self_information(probs).sum().item() == pytest.approx(
+        -(0.9 * math.log2(0.9) + 0.1 * math.log2(0.1)), rel=1e-5)  # its sum is the normalised entropy
+    assert PatchDiscriminator(2, 8)(torch.zeros(2, 2, 64, 64)).shape == (2, 1, 6, 6)
+    torch.manual_seed(0)
+    adv = OutputAdversary(2, 8, torch.device("cpu"), lr=1e-3)
+    confident = torch.zeros(4, 2, 32, 32)
+    confident[:, 0] = 0.99
+    confident[:, 1] = 0.01
+    unsure = torch.full((4, 2, 32, 32), 0.5)
+    first = adv.step(confident, unsure).item()
+    for _ in range(30):
+        last = adv.step(confident, unsure).item()
+    assert last < first * 0.5  # confident maps (source) and unsure ones (target) are told apart
+    adv.opt.zero_grad(set_to_none=True)
+    logits_t = torch.zeros(4, 2, 32, 32, requires_grad=True)
+    g = adv.generator_loss(logits_t.softmax(1))
+    g.backward()
+    assert logits_t.grad is not None and logits_t.grad.abs().sum() > 0
+    assert all(p.grad is None for p in adv.disc.parameters())  # the discriminator is not moved by it
+    assert all(p.requires_grad for p in adv.disc.parameters())  # and trains again at its own step
+
+
+def test_the_text_conditioned_head_reads_the_modality_texts_and_travels_with_the_weights(tmp_path):
+    from napari_uuds.engine import checkpoint as ckpt
+    from napari_uuds.engine.text_head import SOURCE, TARGET
+
+    cfg = ModelConfig.for_arch("tiny", image_size=64, class_names=["a", "b"], use_domain_prompt=False,
+                               use_seg_prompt=False, text_head=True, source_modality="T2", target_modality="T1")
+    assert cfg.text_head_dim > 0
+    torch.manual_seed(0)
+    model = UUDS(cfg)
+    src, tgt = _data(cfg, 2)
+    events = list(train(model, src, tgt, TrainConfig(steps=2, batch_size=4, warmup_steps=1, method="tcsa",
+                                                     text_encoder="clip", threshold=1.0)))
+    assert events[-1].kind == "done" and bool(model.text_head.text_ready)
+    texts = model.text_head.class_text
+    assert texts.shape == (2, 3, cfg.text_head_dim) and not torch.equal(texts[SOURCE], texts[TARGET])
+    # the head's generated weights: the gradient reaches the text path and the controller
+    model.train()
+    out = model(torch.randn(2, 1, 64, 64), torch.randn(2, 1, 64, 64), None)
+    (out.logits_s.sum() + out.logits_ts.sum()).backward()
+    assert model.text_head.controller[-1].weight.grad.abs().sum() > 0
+    assert model.text_head.text_to_vision[0].weight.grad is not None
+    # with a trained controller, the class texts condition the prediction: the target's texts steer the target path
+    model.eval()
+    with torch.no_grad():
+        model.text_head.controller[-1].weight.normal_(0, 0.05)
+        x = torch.randn(1, 1, 64, 64)
+        before = model.infer(x)[1]
+        model.text_head.class_text[SOURCE].mul_(-1.0)
+        assert torch.allclose(model.infer(x)[1], before)  # inference reads the target modality's row only
+        model.text_head.class_text[TARGET].mul_(-1.0)
+        assert not torch.allclose(model.infer(x)[1], before)
+    ckpt.save_checkpoint(model, tmp_path / "run")
+    back, _ = ckpt.load_checkpoint(tmp_path / "run")
+    assert back.cfg.text_head and torch.equal(back.text_head.class_text, model.text_head.class_text)
+    assert bool(back.text_head.text_ready)

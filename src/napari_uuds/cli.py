@@ -6,7 +6,7 @@ import math
 import sys
 import warnings
 
-from .engine.config import (ARCHS, DD_FLOWS, DD_FORMS, DD_SCALES, DEVICES, FINETUNE_STEPS, LossWeights, METHODS,
+from .engine.config import (ARCHS, DD_FLOWS, DD_FORMS, DD_SCALES, DEVICES, FINETUNE_STEPS, LossWeights, METHODS, PROTO_FORMS,
                             ModelConfig, RANDOMISERS, RANDOMISE_INTO, RECIPES, TEXT_ENCODERS, TrainConfig, USEG_ABSENT,
                             USEG_FLOWS, USEG_FORMS, PSEUDO_PRIORS, TTAS, WARMUP_STEPS)
 from .engine.errors import UUDSError
@@ -99,6 +99,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help='domain prompt; {source} stands for --source-modality (default "A photo of a {source}")')
     a.add_argument("--source-modality", default=None, metavar="NAME",
                    help="source contrast named in the domain prompt (default: the first source file's name)")
+    a.add_argument("--target-modality", default=None, metavar="NAME",
+                   help="the target contrast's name, in the class texts of TCSA's text head (default: the first "
+                        "target's file name)")
     a.add_argument("--class-name", action="append", default=None, metavar="NAME",
                    help="foreground class name(s) for the segmentation prompt; label value k is the k-th name "
                         "(default: one class, 'object')")
@@ -131,6 +134,10 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--zoom", type=float, default=None, metavar="Z",
                    help="augmentation: magnify each source slice by a factor drawn log-uniformly in [1/Z, Z] "
                         "(1: off; default: the recipe's)")
+    a.add_argument("--proto-form", choices=list(PROTO_FORMS), default=LossWeights().proto_form,
+                   help="TCSA's prototype term: centre (the authors' compiled 'Ours': source and target class centres "
+                        "pulled together), mpcl (their margin pixel-to-centre contrast), infonce (this project's first "
+                        "reading)")
     a.add_argument("--alpha", type=_nonneg_float, default=LossWeights().alpha, metavar="W",
                    help="weight of L_DD, Eq. 1-2, after --dd-scale (see docs/method.md, reading 5)")
     a.add_argument("--dd-scale", choices=list(DD_SCALES), default=LossWeights().dd_scale,
@@ -194,6 +201,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "object has the same size in pixels in source and target; auto: the scale at which every "
                         "body of the run fits; 0: fit each slice to the frame")
     a.add_argument("--no-domain-prompt", action="store_true", help="ablation: no domain prompt (and no L_DD)")
+    a.add_argument("--no-text-head", action="store_true",
+                   help="ablation (TCSA methods): the static segmentation head instead of the text-conditioned one")
     a.add_argument("--no-seg-prompt", action="store_true", help="ablation: no segmentation prompt (no SAM, no L_BSCL)")
     a.add_argument("--no-uncertainty", action="store_true", help="ablation: no uncertainty-masked target loss (Eq. 8)")
     a.add_argument("--resume", default=None, metavar="DIR", help="continue training from a weights folder")

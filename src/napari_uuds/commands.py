@@ -120,6 +120,8 @@ def _adapt(args, ctx, t_start: float) -> int:
             args.model, image_size=args.image_size, axis=args.axis,
             class_names=args.class_name or ["object"], class_descriptions=args.class_description or [],
             source_modality=args.source_modality or volume_name(args.source[0]),
+            target_modality=args.target_modality or volume_name(args.target[0]),
+            text_head=args.method != "uuds" and not args.no_text_head,
             domain_prompt=args.domain_prompt or DEFAULT_DOMAIN_PROMPT,
             # TCSA alone has no prompts: its text enters through the class-description relations only
             use_domain_prompt=not args.no_domain_prompt and args.method != "tcsa",
@@ -131,7 +133,7 @@ def _adapt(args, ctx, t_start: float) -> int:
                        contrast_invert=args.contrast_invert, method=args.method, text_encoder=args.text_encoder,
                        dd_flow=args.dd_flow, dd_warmup=args.dd_warmup, randomise_p=args.randomise_p,
                        randomise_into=args.randomise_into, **t_over)
-    loss_weights = LossWeights(alpha=args.alpha, dd_scale=args.dd_scale, **w_over)
+    loss_weights = LossWeights(alpha=args.alpha, dd_scale=args.dd_scale, proto_form=args.proto_form, **w_over)
     device = resolve_device(args.device)
 
     # every input is read and checked before anything is written

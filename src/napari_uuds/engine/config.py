@@ -44,6 +44,9 @@ USEG_ABSENT = ("smooth", "skip")
 #: another's however few they are (class-balanced self-training, as CBST, Zou et al. ECCV 2018); docs/method.md,
 #: round 9.
 USEG_FORMS = ("dice", "ce_balanced")
+#: TCSA's prototype term (engine/tcsa.py): the authors' compiled "Ours" (centre MSE), their MPCL, this project's first
+#: reading (InfoNCE against a source memory)
+PROTO_FORMS = ("centre", "mpcl", "infonce")
 #: What Eq. 8 trains: ``all`` = every module on the path (the paper's letter: the translator too); ``segmenter`` = the
 #: segmentation path only: the target's synthetic source and generator features are detached before the segmenter
 #: reads them for Eq. 8, so the translator (DAMs, image decoder) cannot lower L_useg by erasing the object
@@ -89,6 +92,14 @@ CLIP_WEIGHTS = ("auto", "openai", "none")
 DEFAULT_DOMAIN_PROMPT = "A photo of a {source}"
 
 
+def _text_dim(arch: str) -> int:
+    """Width of the class text embeddings the text head will read: all-MiniLM-L6-v2's 384 where the optional extra is
+    installed (text_embed's ``auto``), else the CLIP text tower's (RN50 1024, tiny 128)."""
+    from .text_embed import minilm_available  # here: text_embed imports this module's users
+
+    return 384 if minilm_available() else (1024 if arch == "rn50" else 128)
+
+
 @dataclass
 class ModelConfig:
     arch: str = "tiny"
@@ -127,6 +138,14 @@ class ModelConfig:
     pass_bn: bool = True
     #: test-time augmentation (see TTAS). A config.json without the key reads as "none" (checkpoint.read_config).
     tta: str = "none"
+    #: TCSA's text-conditioned segmentation head (engine/text_head.py; the authors' model): the class texts of the
+    #: segmented image's modality generate a dynamic 1x1 convolution on the decoder's last map. On for the TCSA
+    #: methods (the CLI, the widget and the benchmark set it), off for UUDS.
+    text_head: bool = False
+    #: width of the class text embeddings the head reads (0 with text_head: resolved from the text encoder now)
+    text_head_dim: int = 0
+    #: the target modality's name, in the target's class texts of the text head
+    target_modality: str = "target"
 
     def __post_init__(self) -> None:
         if self.arch not in ARCHS:
@@ -142,6 +161,8 @@ class ModelConfig:
             raise UUDSError(f"mm per pixel must be 0 (fit each slice to the frame) or positive, not {self.mm_per_pixel}")
         if self.tta not in TTAS:
             raise UUDSError(f"unknown test-time augmentation '{self.tta}', choose one of {', '.join(TTAS)}")
+        if self.text_head and self.text_head_dim <= 0:
+            self.text_head_dim = _text_dim(self.arch)
         if self.image_size % 32 or self.image_size < 64:
             raise UUDSError(f"image size must be a multiple of 32 and at least 64, not {self.image_size}")
 
@@ -190,15 +211,23 @@ class LossWeights:
     tau_bscl: float = 0.1  # temperature of L_BSCL
     # TCSA-UDA terms (engine/tcsa.py)
     cov: float = 1.0  # vision-language covariance cosine loss, source + target
-    proto: float = 1.0  # prototype alignment, source + target
-    ent: float = 0.1  # target entropy minimisation
+    proto: float = 1.0  # prototype alignment, source + target (its form: proto_form)
+    #: the target's direct entropy minimisation; 0 since issue 18: the authors' "Ours" reads the entropy adversarially
+    #: (adv) instead (0.1 before)
+    ent: float = 0.0
+    #: the adversarial output-space term on the target's self-information maps (engine/discriminator.py;
+    #: LAMBDA_ADV_MAIN of the authors' configs)
+    adv: float = 0.003
+    #: prototype term (tcsa.PROTO_FORMS): centre = the authors' compiled "Ours" (MSE between source and target class
+    #: centres), mpcl = their margin pixel-to-centre contrast, infonce = this project's first reading
+    proto_form: str = "centre"
     #: object-size prior on the target (losses.loss_size; not in the paper): 0 = off
     size: float = 0.0
     tau_proto: float = 0.1  # temperature of the prototype InfoNCE
     proto_momentum: float = 0.9  # EMA of the semantic prototype memory
 
     def __post_init__(self) -> None:
-        _check_numbers(self, ("alpha", "beta", "gamma", "lam", "cov", "proto", "ent", "size", "proto_momentum"),
+        _check_numbers(self, ("alpha", "beta", "gamma", "lam", "cov", "proto", "ent", "adv", "size", "proto_momentum"),
                        "loss weight")
         for name in ("tau_dd", "tau_bscl", "tau_proto"):
             if not (math.isfinite(getattr(self, name)) and getattr(self, name) > 0):
@@ -211,6 +240,8 @@ class LossWeights:
             raise UUDSError(f"unknown L_useg rule '{self.useg_absent}', choose one of {', '.join(USEG_ABSENT)}")
         if self.useg_form not in USEG_FORMS:
             raise UUDSError(f"unknown L_useg form '{self.useg_form}', choose one of {', '.join(USEG_FORMS)}")
+        if self.proto_form not in PROTO_FORMS:
+            raise UUDSError(f"unknown prototype form '{self.proto_form}', choose one of {', '.join(PROTO_FORMS)}")
 
     @property
     def dd_weight(self) -> float:

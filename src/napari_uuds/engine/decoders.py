@@ -92,8 +92,9 @@ class SegDecoder(nn.Module):
         self.widths = ws
 
     def forward(self, x: torch.Tensor, skips: list[torch.Tensor], gen: list[torch.Tensor],
-                image: torch.Tensor, feats: list[torch.Tensor] | None = None) -> torch.Tensor:
-        """Logits (B, C, S, S); pass a list as ``feats`` to collect the stage features S/16 .. S/1."""
+                image: torch.Tensor, feats: list[torch.Tensor] | None = None, head=None) -> torch.Tensor:
+        """Logits (B, C, S, S); pass a list as ``feats`` to collect the stage features S/16 .. S/1; ``head`` (a
+        callable on the last map) replaces the static 1x1 head (TCSA's text-conditioned head)."""
         enc = [skips[3], skips[2], torch.cat([skips[0], skips[1]], 1), None, None]
         h = self.inp(x)
         for i, stage in enumerate(self.stages):
@@ -106,4 +107,4 @@ class SegDecoder(nn.Module):
             h = stage(torch.cat(parts, 1))
             if feats is not None:
                 feats.append(h)
-        return self.head(h)
+        return self.head(h) if head is None else head(h)

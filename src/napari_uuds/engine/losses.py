@@ -256,4 +256,4 @@ def total_loss(terms: dict[str, torch.Tensor], w: LossWeights) -> torch.Tensor:
             + w.gamma * (g("useg", z) + g("seg", z) + g("tseg", z)) + w.lam * g("id", z)
             # TCSA-UDA terms (engine/tcsa.py), zero unless the method includes tcsa
             + w.cov * (g("cov_s", z) + g("cov_t", z)) + w.proto * (g("proto_s", z) + g("proto_t", z))
-            + w.ent * g("ent", z) + w.size * g("size", z))
+            + w.ent * g("ent", z) + w.adv * g("adv", z) + w.size * g("size", z))

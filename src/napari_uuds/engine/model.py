@@ -27,6 +27,7 @@ from .dam import DomainAdaptationModule
 from .decoders import ImageDecoder, SegDecoder, stage_widths
 from . import passnorm
 from .prompts import DomainPrompt, SegPrompt
+from .text_head import SOURCE, TARGET, TextConditionedHead
 
 
 #: which segmentation-decoder stage feeds the prototype alignment (0: S/16 ... 4: S/1); 1 = S/8.
@@ -89,6 +90,9 @@ class UUDS(nn.Module):
         self.proj = ProjectionHead(ch[4], cfg.proj_dim)
         seg_in = ch[4] + (len(cfg.class_names) if cfg.use_seg_prompt else 0)
         self.seg_decoder = SegDecoder(seg_in, ch[:4], gen_dims, cfg.decoder_width, cfg.n_classes)
+        # TCSA's text-conditioned head (the authors' model); its static 1x1 head then replaces seg_decoder.head
+        self._content_dim = ch[4]
+        self.text_head = self._new_text_head(cfg.text_head_dim) if cfg.text_head else None
         # training state that travels with the weights (train() sets them; checkpoints save trained_steps)
         self.trained_steps: int = 0
         self.optimizer_state: dict | None = None  # for resuming; None once training is over
@@ -97,6 +101,24 @@ class UUDS(nn.Module):
         self.weight_average: dict | None = None  # the weight average a run ended with (train.WeightAverage.report)
         self.last_iterate_state: dict | None = None  # the last step's weights beside that average (benchmarks)
         self.teacher_report: dict | None = None  # the mean teacher a run's pseudo labels came from (train.MeanTeacher)
+
+    def _new_text_head(self, text_dim: int) -> TextConditionedHead:
+        return TextConditionedHead(self._content_dim, self.seg_decoder.widths[-1], text_dim, self.cfg.n_classes,
+                                   d=256 if self.cfg.arch == "rn50" else 64, heads=self.cfg.attn_heads)
+
+    def fit_text_head(self, embeddings: torch.Tensor) -> bool:
+        """Give TCSA's text head its class texts ``[2, C, E]``. A head that never had texts is rebuilt for their
+        width E if it differs (the config's width was a guess: the text encoder is chosen when training starts);
+        returns False, changing nothing, where a head that has texts would need another width."""
+        head = self.text_head
+        if tuple(embeddings.shape) != tuple(head.class_text.shape):
+            if bool(head.text_ready):
+                return False
+            device = head.class_text.device
+            self.cfg.text_head_dim = int(embeddings.shape[-1])
+            self.text_head = head = self._new_text_head(self.cfg.text_head_dim).to(device)
+        head.set_text(embeddings)
+        return True
 
     @property
     def tcsa_feature_dim(self) -> int:
@@ -119,16 +141,22 @@ class UUDS(nn.Module):
         return Translation(image, gen)
 
     def segment(self, taps: dict, gen: list[torch.Tensor], image: torch.Tensor,
-                t_s: torch.Tensor | None, feats: list[torch.Tensor] | None = None) -> torch.Tensor:
+                t_s: torch.Tensor | None, feats: list[torch.Tensor] | None = None, modality: int = TARGET
+                ) -> torch.Tensor:
         """Segment a *translated* image (~x^s or x^{t->s}) from its taps and its generator features
-        (``feats``, a list, collects the segmentation decoder's stage features S/16 .. S/1)."""
+        (``feats``, a list, collects the segmentation decoder's stage features S/16 .. S/1). ``modality``: whose
+        class texts condition TCSA's text head (SOURCE for the source's reconstruction, TARGET otherwise)."""
         content = taps["content"]
+        head = None
+        if self.text_head is not None:
+            raw = content
+            head = lambda h: self.text_head(h, raw, modality)  # noqa: E731
         if t_s is not None:
             content, scores = self.sam(t_s, content)
             x = torch.cat([content, scores.to(content.dtype)], 1)
         else:
             x = content
-        return self.seg_decoder(x, taps["skips"], gen, image, feats)
+        return self.seg_decoder(x, taps["skips"], gen, image, feats, head)
 
     def embed(self, taps: dict, t_s: torch.Tensor | None) -> torch.Tensor:
         """z of L_BSCL: the projection of the SAM-updated content X_c (Eq. 4)."""
@@ -180,7 +208,7 @@ class UUDS(nn.Module):
             taps_rs, taps_ts = _split(self.taps(torch.cat([seg_in, syn.image])), n)
         dec_s: list[torch.Tensor] = []
         dec_ts: list[torch.Tensor] = []
-        logits_s = self.segment(taps_rs, rec.gen, seg_in, t_s, dec_s)
+        logits_s = self.segment(taps_rs, rec.gen, seg_in, t_s, dec_s, SOURCE)
         if detach_target_seg:
             with passnorm.route(self.clip.visual, passnorm.TRANSLATED):
                 _, taps_seg = _split(self.taps(torch.cat([seg_in.detach(), syn.image.detach()])), n)

@@ -59,3 +59,18 @@ def class_text_relations(model, encoder: str = "auto") -> tuple[torch.Tensor, st
         encoder = "minilm" if minilm_available() else "clip"
     emb = embed_minilm(texts) if encoder == "minilm" else embed_clip(model, texts)
     return relation_matrix(emb), encoder
+
+
+def modality_texts(cfg) -> list[list[str]]:
+    """The class texts of TCSA's text head, per modality (source, target): background + each class, said of the
+    modality (the authors' embeddings are modality-specific; their wording is not public, this one is ours)."""
+    return [[f"{text}, in a {modality} image" for text in cfg.class_texts()]
+            for modality in (cfg.source_modality, cfg.target_modality)]
+
+
+def class_modality_embeddings(model, encoder: str = "auto") -> tuple[torch.Tensor, str]:
+    """[2, C, E] embeddings of :func:`modality_texts` and the encoder used (``auto``: minilm where installed)."""
+    if encoder == "auto":
+        encoder = "minilm" if minilm_available() else "clip"
+    rows = [embed_minilm(t) if encoder == "minilm" else embed_clip(model, t) for t in modality_texts(model.cfg)]
+    return torch.stack(rows), encoder

@@ -27,8 +27,9 @@ from .losses import (has_object, loss_bscl, loss_dd, loss_id, loss_seg, loss_siz
 from .model import UUDS
 from .guards import AdaptationGuard, batch_statistics, object_fraction
 from .randomise import AUTO_W1, BACKGROUND, gin, resolve_randomise
-from .tcsa import PrototypeMemory, tcsa_terms
-from .text_embed import class_text_relations
+from .discriminator import OutputAdversary
+from .tcsa import TcsaState, tcsa_terms
+from .text_embed import class_modality_embeddings, class_text_relations
 from .slices import SliceSampler
 
 
@@ -281,6 +282,11 @@ def train(model: UUDS, source: SliceSampler, target: SliceSampler, cfg: TrainCon
         target.to(device)
         if target_labelled is not None:
             target_labelled.to(device)
+    head_note = ""
+    if cfg.uses_tcsa and model.text_head is not None:  # the head's class texts, as the descriptions are now
+        emb, enc = class_modality_embeddings(model, cfg.text_encoder)  # (before DDP and the optimiser: it may rebuild the head)
+        if not model.fit_text_head(emb):
+            head_note = f"; the text head keeps its saved class texts (the {enc} encoder gives another width)"
     if cuda and cfg.channels_last:
         model.to(memory_format=torch.channels_last)
     net = distributed.wrap(model, dist_ctx, device)  # the model itself for one process
@@ -298,9 +304,14 @@ def train(model: UUDS, source: SliceSampler, target: SliceSampler, cfg: TrainCon
     text_rel, memory, note = None, None, ""
     if cfg.uses_tcsa:
         text_rel, encoder = class_text_relations(model, cfg.text_encoder)
-        memory = PrototypeMemory(mcfg.n_classes, model.tcsa_feature_dim,
-                                 weights.proto_momentum, device)
-        note = f"; TCSA text relations from {encoder}"
+        memory = TcsaState(weights.proto_form, mcfg.n_classes, model.tcsa_feature_dim, weights.proto_momentum, device)
+        note = f"; TCSA text relations from {encoder}{head_note}"
+    # TCSA's adversarial output-space term (engine/discriminator.py): a discriminator beside the model, from the
+    # warm-up on; width 64 (the authors') for RN50, 16 for the tiny model
+    adversary = None
+    if cfg.uses_tcsa and adapt and weights.adv > 0:
+        adversary = OutputAdversary(mcfg.n_classes, 64 if mcfg.arch == "rn50" else 16, device,
+                                    wrap=lambda d: distributed.wrap(d, dist_ctx, device))
     # randomise="auto": decided once, from the grey values of the two domains (no label, no random draw)
     mode = cfg.randomise if (adapt or cfg.randomise != "auto") else "none"  # source only: no target to compare
     randomise, w1 = resolve_randomise(mode, source.images, target.images)
@@ -406,11 +417,16 @@ def train(model: UUDS, source: SliceSampler, target: SliceSampler, cfg: TrainCon
                     terms["tseg"] = loss_seg(out.logits_ts[-n_lab:], yl)
                 if cfg.uses_tcsa:
                     terms.update(tcsa_terms(out, ys, probs, pl, mask, memory, text_rel, weights.tau_proto,
-                                            target_terms=target_now))
+                                            target_terms=target_now, entropy=weights.ent > 0))
+                    if adversary is not None and target_now:
+                        terms["adv"] = adversary.generator_loss(probs)
                 loss = total_loss(terms, weights)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+            disc_loss = None
+            if adversary is not None and target_now:  # the discriminator's half of the step, on detached maps
+                disc_loss = adversary.step(out.logits_s.detach().float().softmax(1), probs.detach())
             step += 1
             seen += cfg.batch_size
             if average is not None:
@@ -422,6 +438,9 @@ def train(model: UUDS, source: SliceSampler, target: SliceSampler, cfg: TrainCon
                 rate = seen / el if el > 0 else 0.0
                 names = [*terms, "total", "certain"]
                 parts = [*(v.detach().float() for v in terms.values()), loss.detach().float(), certain.float()]
+                if disc_loss is not None:
+                    names.append("disc")
+                    parts.append(disc_loss.float())
                 # the guards look from the warm-up on, at the logged steps (their figures ride the same host sync)
                 stats = batch_statistics(pl_seen, xt, out.syn_t, xs) if (guard is not None and warm) else None
                 if stats is not None:

@@ -59,7 +59,8 @@ class UUDSController(ReviewActions):
 
     # -- inputs ------------------------------------------------------------------------------
     def model_config(self) -> ModelConfig:
-        return self.params.model_config()
+        name = getattr(self.target_layer, "name", None)
+        return self.params.model_config(str(name) if name else None)
 
     def prepare(self, source, source_labels, target) -> None:
         """Validate the chosen layers and slice them for training (raises UUDSError with what to do)."""
@@ -69,8 +70,9 @@ class UUDSController(ReviewActions):
             self.status.message = inputs.note
         if self.model is not None and (self.model.cfg.image_size != cfg.image_size
                                        or self.model.cfg.class_names != cfg.class_names
-                                       or (self.model.cfg.use_seg_prompt, self.model.cfg.use_domain_prompt)
-                                       != (cfg.use_seg_prompt, cfg.use_domain_prompt)):
+                                       or (self.model.cfg.use_seg_prompt, self.model.cfg.use_domain_prompt,
+                                           self.model.cfg.text_head)
+                                       != (cfg.use_seg_prompt, cfg.use_domain_prompt, cfg.text_head)):
             self.model = None  # another task or method: a fresh model
         geo = self.model.cfg if self.model is not None else cfg  # a model kept slices as it was trained
         self._data = ([prepare_volume(inputs.source, geo.axis, geo.image_size, inputs.labels, geo.mm_per_pixel)],

@@ -53,14 +53,16 @@ class Params:
         given = list(self.class_descriptions) + [""] * len(names)
         return [d.strip() or n for d, n in zip(given, names)]
 
-    def model_config(self) -> ModelConfig:
+    def model_config(self, target_modality: str | None = None) -> ModelConfig:
         """The network these parameters ask for (TCSA alone has no prompts: its text enters through the class
-        relations)."""
+        relations and its text-conditioned head, which the TCSA methods use; ``target_modality``: the target layer's
+        name, for the head's target class texts)."""
         prompts = self.method != "tcsa"
         return ModelConfig.for_arch(self.arch, image_size=self.image_size or None, axis=self.axis,
                                     class_names=self.class_names(), class_descriptions=self.descriptions(),
                                     source_modality=self.source_modality, domain_prompt=self.domain_prompt,
-                                    use_domain_prompt=prompts, use_seg_prompt=prompts, tta=self.tta)
+                                    use_domain_prompt=prompts, use_seg_prompt=prompts, tta=self.tta,
+                                    text_head=self.method != "uuds", target_modality=target_modality or "target")
 
     def train_config(self) -> TrainConfig:
         """The training run these parameters ask for."""
