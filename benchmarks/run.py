@@ -221,7 +221,9 @@ def _train(cfg: ModelConfig, sources: list[PreparedVolume], targets: list[Prepar
 
 
 def _evaluate(model: UUDS, targets: list[PreparedVolume], refs: list[Volume], class_names: list[str],
-              matched: list[np.ndarray] | None = None) -> list[dict]:
+              matched: list[np.ndarray] | None = None, save: Path | None = None) -> list[dict]:
+    """Score each target; ``save``: also write each predicted mask there (``<volume>.npz``, for label-free statistics
+    across runs such as the agreement of seeds, benchmarks/agreement.py)."""
     rows = []
     for i, (tp, ref) in enumerate(zip(targets, refs)):
         if matched is not None:  # already normalised (and matched): identity normalisation
@@ -230,7 +232,11 @@ def _evaluate(model: UUDS, targets: list[PreparedVolume], refs: list[Volume], cl
         else:
             pred = predict_volume(model, tp.volume, norm=tp.norm)
         r = score_classes(pred.seg, ref.data, tp.volume.spacing, class_names)
-        rows.append({"volume": tp.volume.name if len(targets) == 1 else Path(tp.volume.path).parent.name,
+        name = tp.volume.name if len(targets) == 1 else Path(tp.volume.path).parent.name
+        if save is not None:
+            save.mkdir(parents=True, exist_ok=True)
+            np.savez_compressed(save / f"{name}.npz", seg=pred.seg.astype(np.uint8))
+        rows.append({"volume": name,
                      "dice": round(r["dice"], 3), "assd_mm": None if r["assd_mm"] is None else round(r["assd_mm"], 3),
                      "empty_prediction": r["empty_prediction"],
                      # label-free: predicted object volume (mm^3), to set against the source's (collapse guard)
@@ -307,7 +313,8 @@ def run_row(row: str, seed: int, ctx: dict) -> dict:
     model, secs, last = _train(ModelConfig(**{**cfg_kw, **mx}), sources, targets, tcfg, weights=weights)
     dd = {"dd_flow": tcfg.dd_flow, "dd_warmup": tcfg.dd_warmup, "dd_scale": weights.dd_scale,
           "dd_form": weights.dd_form} if tcfg.uses_dd(model.cfg) else {}
-    volumes = _evaluate(model, targets, refs, names)
+    masks = ctx.get("save_masks")
+    volumes = _evaluate(model, targets, refs, names, save=Path(masks) / ctx["protocol"] / f"{row}_s{seed}" if masks else None)
     paired = {}
     if model.last_iterate_state is not None:  # the same run, scored the other ways
         paired = score_ways(model, {k: v[1:] for k, v in PAIRED_ROWS.items() if v[0] == row},
@@ -411,6 +418,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--device", default="auto")
     ap.add_argument("--fresh", action="store_true", help="ignore results already in the JSON")
     ap.add_argument("--results", default=str(RESULTS), help="folder for the JSON files and quality.md")
+    ap.add_argument("--save-masks", default=None, metavar="DIR",
+                    help="also save every adaptation run's predicted target masks under DIR/<protocol>/<row>_s<seed>/ "
+                         "(label-free statistics across runs: benchmarks/agreement.py)")
     args = ap.parse_args(argv)
 
     proto = PROTOCOLS[args.protocol]
@@ -426,6 +436,7 @@ def main(argv: list[str] | None = None) -> int:
     ctx = {"model_kw": model_kw, "steps": args.steps, "batch_size": args.batch_size, "lr": args.lr,
            "device": args.device, "threshold": args.threshold, "text_encoder": args.text_encoder,
            "pseudo_steps": args.pseudo_steps or max(args.steps // 2, 1), "class_names": names, "lower_models": {},
+           "save_masks": args.save_masks, "protocol": args.protocol,
            **load_protocol(data, proto, cfg, upper=True)}
     results = Path(args.results)
     results.mkdir(parents=True, exist_ok=True)

@@ -2,6 +2,7 @@
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
@@ -25,3 +26,21 @@ def test_no_plateau_from_a_partial_window_or_a_falling_loss():
     # the steps up to `start` (the warm-up) are not looked at
     warm = [(s, 5.0) for s in range(10, 201, 10)] + [(s, 5.0 - 0.004 * (s - 200)) for s in range(210, 501, 10)]
     assert gpu_speed.plateau_step(warm, 200, window=50, rel=0.02) is None
+
+
+def test_agreement_of_seeds_is_the_mean_pairwise_dice_of_their_masks(tmp_path):
+    import agreement
+
+    a = np.zeros((8, 8, 4), np.uint8)
+    a[2:6, 2:6] = 1
+    shifted = np.roll(a, 2, axis=0)  # the same size in another place: overlaps half
+    for seed, m in ((0, a), (1, a), (2, shifted)):
+        d = tmp_path / "C" / f"uuds_s{seed}"
+        d.mkdir(parents=True)
+        np.savez_compressed(d / "t1.npz", seg=m)
+    lone = tmp_path / "C" / "lower_s0"
+    lone.mkdir()
+    np.savez_compressed(lone / "t1.npz", seg=a)
+    res = agreement.agreement(tmp_path / "C")
+    assert set(res) == {"uuds"}  # one seed has no pair
+    assert res["uuds"]["pairs"] == 3 and res["uuds"]["volumes"]["t1"] == pytest.approx((100 + 50 + 50) / 3, abs=0.01)
