@@ -152,14 +152,15 @@ def test_zoom_magnifies_pads_with_background_and_keeps_labels_nearest():
     assert ((xz[:, 0] > 0.4) == (yz > 0)).float().mean() > 0.98
 
 
-def test_zoom_one_leaves_the_batches_as_they_were_and_zoom_changes_sizes():
+def test_zoom_near_one_changes_nothing_but_the_image_resampling_and_zoom_changes_sizes():
     img = torch.full((4, 1, 32, 32), -1.0)
-    img[:, :, 8:24, 8:24] = 0.3
+    img[:, :, 8:24, 8:24] = torch.linspace(-0.5, 0.9, 16)  # a ramp, so that resampling would show
     lab = torch.zeros(4, 32, 32, dtype=torch.long)
     lab[:, 8:24, 8:24] = 1
     a = SliceSampler([img], [lab], seed=3).sample(6, augment=True)
-    b = SliceSampler([img], [lab], seed=3, zoom=1.0).sample(6, augment=True)
-    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+    b = SliceSampler([img], [lab], seed=3, zoom=1.0 + 1e-6).sample(6, augment=True)  # the same draws, then a zoom
+    assert torch.equal(a[1], b[1]) and torch.allclose(a[0], b[0], atol=1e-4)
+    assert (b[0][:, 0][b[1] == 0] == -1.0).all()  # no rim: outside the body, exactly the background
     z = SliceSampler([img], [lab], seed=3, zoom=1.4).sample(64, augment=True)[1]
     areas = (z > 0).sum(dim=(1, 2)).float()
     assert areas.min() < 16 * 16 * 0.8 and areas.max() > 16 * 16 * 1.25  # both ways, within [1/1.4, 1.4]^2

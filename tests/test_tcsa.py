@@ -202,6 +202,8 @@ def test_mpcl_by_hand_with_its_angular_margin():
     # the margin makes the same pixel cost more; unselected pixels cost nothing
     assert got > loss_mpcl(feats, labels, centres, torch.ones(1, 1, 1), 0.0, tau=tau, base_tau=1.0)
     assert loss_mpcl(feats, labels, centres, torch.zeros(1, 1, 1), m).item() == 0.0
+    # an unseen centre is no negative: with class 1 unseen, the pixel's only logit is its own (loss 0)
+    assert loss_mpcl(feats, labels, centres, torch.ones(1, 1, 1), m, valid=torch.tensor([True, False])).item() == 0.0
 
 
 def test_centre_pseudo_labels_select_by_the_gap_between_the_two_nearest_centres():
@@ -211,6 +213,9 @@ def test_centre_pseudo_labels_select_by_the_gap_between_the_two_nearest_centres(
     feats = torch.tensor([[1.0, 0.05], [0.7, 0.72]]).t().reshape(1, 2, 1, 2)  # clear class 0; near the bisector
     labels, select = centre_pseudo_labels(feats, centres, threshold=0.25)
     assert labels.flatten().tolist() == [0, 1] and select.flatten().tolist() == [1.0, 0.0]
+    # a centre never seen (class 1 here) is never chosen
+    labels, select = centre_pseudo_labels(feats, centres, threshold=0.25, valid=torch.tensor([True, False]))
+    assert labels.flatten().tolist() == [0, 0]
 
 
 def test_class_centres_blend_and_the_centre_mse_pulls_target_features_to_the_source():
@@ -276,7 +281,7 @@ def test_the_text_conditioned_head_reads_the_modality_texts_and_travels_with_the
     out = model(torch.randn(2, 1, 64, 64), torch.randn(2, 1, 64, 64), None)
     (out.logits_s.sum() + out.logits_ts.sum()).backward()
     assert model.text_head.controller[-1].weight.grad.abs().sum() > 0
-    assert model.text_head.text_to_vision[0].weight.grad is not None
+    assert model.text_head.text_to_vision[0].weight.grad.abs().sum() > 0  # (trained two steps: the controller moved)
     # with a trained controller, the class texts condition the prediction: the target's texts steer the target path
     model.eval()
     with torch.no_grad():

@@ -126,6 +126,9 @@ def read_config(folder: str | Path) -> dict[str, Any]:
             meta = json.loads(wmeta["config"])
         meta["model"].setdefault("pass_bn", False)  # written before pass-specific statistics existed
         meta["model"].setdefault("tta", "none")  # written before test-time augmentation existed
+        if isinstance(meta.get("loss_weights"), dict):  # written before TCSA followed its authors (issue 18)
+            meta["loss_weights"].setdefault("proto_form", "infonce")
+            meta["loss_weights"].setdefault("adv", 0.0)
         from_dict(ModelConfig, meta["model"])
     except (ValueError, KeyError, TypeError, OSError) as exc:  # JSON, encoding, folder-named-config, ...
         raise UUDSError(f"unreadable config ({type(exc).__name__}: {exc})", cpath) from None

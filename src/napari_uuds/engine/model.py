@@ -90,9 +90,11 @@ class UUDS(nn.Module):
         self.proj = ProjectionHead(ch[4], cfg.proj_dim)
         seg_in = ch[4] + (len(cfg.class_names) if cfg.use_seg_prompt else 0)
         self.seg_decoder = SegDecoder(seg_in, ch[:4], gen_dims, cfg.decoder_width, cfg.n_classes)
-        # TCSA's text-conditioned head (the authors' model); its static 1x1 head then replaces seg_decoder.head
+        # TCSA's text-conditioned head (the authors' model) replaces the segmentation decoder's static 1x1 head
         self._content_dim = ch[4]
         self.text_head = self._new_text_head(cfg.text_head_dim) if cfg.text_head else None
+        if self.text_head is not None:
+            self.seg_decoder.head = nn.Identity()  # never used: no dead parameters in the optimiser or the averages
         # training state that travels with the weights (train() sets them; checkpoints save trained_steps)
         self.trained_steps: int = 0
         self.optimizer_state: dict | None = None  # for resuming; None once training is over

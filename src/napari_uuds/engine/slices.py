@@ -240,7 +240,7 @@ class SliceSampler:
 
 def zoom_slices(x: torch.Tensor, y: torch.Tensor | None, scales) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Magnify slice b of ``x`` (B, C, H, W; background -1) by ``scales[b]`` about the frame's centre: > 1 crops,
-    < 1 pads with background. Labels ``y`` (B, H, W) or (B, 1, H, W) follow with nearest-neighbour sampling
+    < 1 pads with background (exactly -1 outside the body's resampled outline). Labels ``y`` (B, H, W) or (B, 1, H, W) follow with nearest-neighbour sampling
     (0 where padded), so ignored pixels (255) stay ignored."""
     b = x.shape[0]
     inv = _host_to(torch.as_tensor(1.0 / np.asarray(scales, dtype=np.float32)), x.device)
@@ -250,7 +250,10 @@ def zoom_slices(x: torch.Tensor, y: torch.Tensor | None, scales) -> tuple[torch.
     grid = F.affine_grid(theta, [b, 1, *x.shape[-2:]], align_corners=False)
     xz = F.grid_sample((x.float() + 1.0), grid.to(x.device), mode="bilinear", padding_mode="zeros",
                        align_corners=False) - 1.0
-    xz = xz.to(x.dtype)
+    # the body's outline follows nearest-neighbour, so that the blend at its edge leaves no faint rim above the
+    # background level (which a contrast inversion would turn bright)
+    body = F.grid_sample((x.float() > -0.98).float(), grid, mode="nearest", padding_mode="zeros", align_corners=False)
+    xz = torch.where(body > 0.5, xz, torch.full_like(xz, -1.0)).to(x.dtype)
     if y is None:
         return xz, None
     y4 = y if y.ndim == 4 else y.unsqueeze(1)

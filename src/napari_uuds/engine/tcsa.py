@@ -167,15 +167,20 @@ def loss_centre_mse(c_src: torch.Tensor, c_trg: torch.Tensor, valid: torch.Tenso
 
 
 def loss_mpcl(feats: torch.Tensor, labels: torch.Tensor, centres: torch.Tensor, select: torch.Tensor,
-              margin: float, tau: float = MPCL_TEMPERATURE, base_tau: float = MPCL_TEMPERATURE) -> torch.Tensor:
+              margin: float, tau: float = MPCL_TEMPERATURE, base_tau: float = MPCL_TEMPERATURE,
+              valid: torch.Tensor | None = None) -> torch.Tensor:
     """Margin-based pixel-to-centre contrast (MPCL, the authors' ``utils/loss.py``): every selected pixel's
     L2-normalised feature against the normalised class centres, cos / tau, with an additive angular margin on its own
     class (cos(theta + m), falling back to cos - m sin(m) past theta = pi - m); loss -(tau / base_tau) log softmax at
-    its class, averaged over the selected pixels. feats (B, D, h, w); labels and select (B, h, w). (The authors
-    subtract the row maximum of the positive and negative logits separately; here one softmax, the intended form.)"""
+    its class, averaged over the selected pixels. feats (B, D, h, w); labels and select (B, h, w); ``valid`` (C,):
+    the centres seen so far (the others are no negatives, and pixels of an unseen class are not selected). (The
+    authors subtract the row maximum of the positive and negative logits separately; here one softmax, the intended
+    form.)"""
     f = F.normalize(feats.float(), dim=1, eps=EPS).movedim(1, -1).reshape(-1, feats.shape[1])
     y = labels.reshape(-1).long()
     sel = select.reshape(-1).float()
+    if valid is not None:
+        sel = sel * valid.to(y.device)[y].float()
     if float(sel.sum()) == 0.0:
         return feats.sum() * 0.0
     c = F.normalize(centres.float(), dim=1, eps=EPS)
@@ -185,17 +190,22 @@ def loss_mpcl(feats: torch.Tensor, labels: torch.Tensor, centres: torch.Tensor, 
     phi = torch.where(cos > math.cos(math.pi - margin), phi, cos - math.sin(math.pi - margin) * margin)
     pos = F.one_hot(y, c.shape[0]).bool()
     logits = torch.where(pos, phi, cos) / tau
+    if valid is not None:
+        logits = logits.masked_fill(~valid.to(logits.device).unsqueeze(0), float("-inf"))
     nll = -(logits.log_softmax(1)[pos])  # (N,)
     return (tau / base_tau) * (nll * sel).sum() / sel.sum().clamp_min(1e-4)
 
 
-def centre_pseudo_labels(feats: torch.Tensor, centres: torch.Tensor, threshold: float = MPCL_PIXEL_SELECTION
-                         ) -> tuple[torch.Tensor, torch.Tensor]:
+def centre_pseudo_labels(feats: torch.Tensor, centres: torch.Tensor, threshold: float = MPCL_PIXEL_SELECTION,
+                         valid: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Target labels of MPCL (the authors' ``train_mpscl``): the nearest centre by cosine, selected where the top-1
-    cosine exceeds the top-2 by ``threshold``. feats (B, D, h, w) -> labels, select (B, h, w)."""
+    cosine exceeds the top-2 by ``threshold``; ``valid``: the centres seen so far (the others are never chosen).
+    feats (B, D, h, w) -> labels, select (B, h, w)."""
     f = F.normalize(feats.detach().float(), dim=1, eps=EPS)
     c = F.normalize(centres.float(), dim=1, eps=EPS)
     cos = torch.einsum("bdhw,cd->bchw", f, c)
+    if valid is not None:
+        cos = cos.masked_fill(~valid.to(cos.device).view(1, -1, 1, 1), -2.0)  # below any cosine
     top = cos.topk(min(2, c.shape[0]), dim=1).values
     gap = top[:, 0] - top[:, 1] if top.shape[1] > 1 else torch.ones_like(top[:, 0])
     return cos.argmax(1), (gap > threshold).float()
@@ -248,22 +258,25 @@ def tcsa_terms(out, ys: torch.Tensor, probs_t: torch.Tensor, pseudo: torch.Tenso
         centres, _ = state.src.blend(p.detach(), present)
         size = tuple(out.dec_s.shape[-2:])
         terms["proto_s"] = loss_mpcl(out.dec_s, _down_labels(y, size), centres,
-                                     _down_labels(valid.long(), size).float(), MPCL_SOURCE_MARGIN)
+                                     _down_labels(valid.long(), size).float(), MPCL_SOURCE_MARGIN,
+                                     valid=state.src.valid)
     else:  # centre: the source's centres now, with the gradient of this batch
         c_src, src_valid = state.src.blend(p, present)
     if target_terms:
         w = soft_class_weights(pseudo, n_classes, tuple(out.enc_ts.shape[-2:]), certain)
         p, present = class_prototypes(out.enc_ts, w)
         terms["cov_t"] = loss_vl_cov(p, present, text_relations)
-        w = soft_class_weights(pseudo, n_classes, tuple(out.dec_ts.shape[-2:]), certain)
+        if form == "centre":  # the authors' target centres: the arg max of the prediction, every pixel
+            w = soft_class_weights(probs_t.detach().argmax(1), n_classes, tuple(out.dec_ts.shape[-2:]))
+        else:
+            w = soft_class_weights(pseudo, n_classes, tuple(out.dec_ts.shape[-2:]), certain)
         p, present = class_prototypes(out.dec_ts, w)
         if form == "infonce":
             terms["proto_t"] = loss_proto_align(p, present, memory.g, memory.valid, tau)
         elif form == "mpcl":
-            labels_t, select = centre_pseudo_labels(out.dec_ts, state.src.c)
-            terms["proto_t"] = MPCL_TARGET_WEIGHT * loss_mpcl(out.dec_ts, labels_t, state.src.c,
-                                                              select * state.src.valid.any().float(),
-                                                              MPCL_TARGET_MARGIN)
+            labels_t, select = centre_pseudo_labels(out.dec_ts, state.src.c, valid=state.src.valid)
+            terms["proto_t"] = MPCL_TARGET_WEIGHT * loss_mpcl(out.dec_ts, labels_t, state.src.c, select,
+                                                              MPCL_TARGET_MARGIN, valid=state.src.valid)
         else:
             c_trg, trg_valid = state.trg.blend(p, present)
             terms["proto_t"] = loss_centre_mse(c_src, c_trg, src_valid & trg_valid)

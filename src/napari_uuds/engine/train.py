@@ -192,7 +192,8 @@ class MeanTeacher:
     batch, in inference mode, for the pseudo labels of Eq. 6-7, so that the student does not label its own output.
 
     The n-th update after ``start`` moves the teacher by max(1 - decay, 1 / n) (the first copies the student), as
-    :class:`WeightAverage` does. Not saved with the weights: a resumed run starts its teacher again."""
+    :class:`WeightAverage` does. Not saved with the weights: a resumed run (or a fine-tune) starts its teacher again,
+    a copy made after its first step, so that first step's pseudo labels are the network's own."""
 
     def __init__(self, model: UUDS, decay: float, start: int):
         self.student, self.decay, self.start = model, decay, start
@@ -232,7 +233,7 @@ class MeanTeacher:
         if prompt_text is not None:
             self.net.domain_prompt.set_text(prompt_text)
         _, logits = self.net.infer(xt)
-        return logits.float().softmax(1)
+        return logits.float().softmax(1)  # (under the caller's autocast, as inference runs)
 
     def report(self) -> dict:
         return {"decay": self.decay, "from_step": self.start, "updates": self.updates}
@@ -366,10 +367,14 @@ def train(model: UUDS, source: SliceSampler, target: SliceSampler, cfg: TrainCon
             held = guard is not None and guard.held  # the guard holds every target term back
             target_now = adapt and warm and not held  # the target terms (L_useg, size, TCSA's) train at this step
             dd_now = dd_on and (warm or not cfg.dd_warmup) and not held
+            taught = teacher is not None and teacher.ready and target_now
             with amp:
                 useg_now = cfg.uses_uuds and cfg.use_uncertainty and target_now
                 out = net(xs_in, xt, cfg.dd_flow if dd_now else None, rec_aug,
                           useg_now and cfg.useg_flow == "segmenter")
+                # the teacher reads the target batch as inference does (in the same precision)
+                teacher_probs = teacher.probs(xt, mcfg.domain_text(prompt) if prompt is not None else None) \
+                    if taught else None
             with torch.autocast(device.type, enabled=False):  # losses in float32, outside bf16 autocast
                 terms: dict[str, torch.Tensor] = {
                     "seg": loss_seg(out.logits_s, ys),
@@ -377,9 +382,8 @@ def train(model: UUDS, source: SliceSampler, target: SliceSampler, cfg: TrainCon
                 }
                 probs = out.logits_ts.float().softmax(1)
                 labeller = probs.detach()  # who labels the target: the network itself (the paper), or its teacher
-                taught = teacher is not None and teacher.ready and target_now
                 if taught:
-                    labeller = teacher.probs(xt, mcfg.domain_text(prompt) if prompt is not None else None)
+                    labeller = teacher_probs.float()
                 pl, mask = pseudo_label(labeller, chi)
                 certain = mask.mean()
                 if mcfg.body_mask:  # nothing outside the body: background there, and certain

@@ -74,6 +74,8 @@ class UUDSController(ReviewActions):
                                            self.model.cfg.text_head)
                                        != (cfg.use_seg_prompt, cfg.use_domain_prompt, cfg.text_head)):
             self.model = None  # another task or method: a fresh model
+        if self.model is not None and self.model.cfg.text_head:  # the text head's target texts follow the target
+            self.model.cfg.target_modality = cfg.target_modality
         geo = self.model.cfg if self.model is not None else cfg  # a model kept slices as it was trained
         self._data = ([prepare_volume(inputs.source, geo.axis, geo.image_size, inputs.labels, geo.mm_per_pixel)],
                       [prepare_volume(inputs.target, geo.axis, geo.image_size, mm_per_pixel=geo.mm_per_pixel)])
