@@ -30,13 +30,13 @@ class TextConditionedHead(nn.Module):
       (concatenated, projected to d), attends (multi-head) to the image tokens, then an MLP block;
     - mean over classes -> controller (Linear d -> d -> weights and bias of a 1x1 conv ``dec_dim`` -> ``mid``);
     - static head: 1x1 ``mid`` -> ``mid`` / 2, ReLU, 1x1 -> classes (the authors' 128 -> 64 -> C after a 256 -> 128
-      dynamic conv: ``mid`` is half the decoder's width).
+      dynamic conv: ``mid`` is half the decoder's width), no layer narrower than 16 channels.
     """
 
     def __init__(self, content_dim: int, dec_dim: int, text_dim: int, n_classes: int, d: int = 64, heads: int = 4):
         super().__init__()
         self.n_classes, self.dec_dim = n_classes, dec_dim
-        self.mid = max(8, dec_dim // 2)
+        self.mid = max(16, dec_dim // 2)  # never under the decoder's own floor of 16 channels
         self.register_buffer("class_text", torch.zeros(2, n_classes, text_dim))
         self.register_buffer("text_ready", torch.zeros((), dtype=torch.bool))
         groups = 8 if content_dim % 8 == 0 else 1
@@ -46,8 +46,8 @@ class TextConditionedHead(nn.Module):
         self.attn = nn.MultiheadAttention(d, heads, batch_first=True)
         self.mlp = nn.Sequential(nn.LayerNorm(d), nn.Linear(d, 2 * d), nn.GELU(), nn.Linear(2 * d, d))
         self.controller = nn.Sequential(nn.Linear(d, d), nn.ReLU(), nn.Linear(d, dec_dim * self.mid + self.mid))
-        self.static = nn.Sequential(nn.Conv2d(self.mid, max(4, self.mid // 2), 1), nn.ReLU(),
-                                    nn.Conv2d(max(4, self.mid // 2), n_classes, 1))
+        hidden = max(16, self.mid // 2)  # (a 4-channel ReLU layer here stalled the tiny model's training)
+        self.static = nn.Sequential(nn.Conv2d(self.mid, hidden, 1), nn.ReLU(), nn.Conv2d(hidden, n_classes, 1))
         # start the dynamic conv near a fixed one: small generated weights around a learnt base
         nn.init.zeros_(self.controller[-1].weight)
         nn.init.zeros_(self.controller[-1].bias)
