@@ -218,7 +218,8 @@ def test_weight_average_is_a_running_mean_then_an_ema_of_the_steps_after_its_sta
     assert WeightAverage(lin, 0.9, start=10).apply() is None  # nothing averaged yet: the weights stay
 
 
-def test_training_with_the_weight_average_trains_the_same_and_ends_with_the_average(cord):
+def _cord_runs(cord, configs: list[TrainConfig]) -> list[tuple]:
+    """(model, logged losses) of one tiny cord run per config, each from the same seed and the same batches."""
     from napari_uuds.engine.dataset import load_source_pairs, load_targets, samplers
     from napari_uuds.engine.model import UUDS
     from napari_uuds.engine.train import train
@@ -226,15 +227,18 @@ def test_training_with_the_weight_average_trains_the_same_and_ends_with_the_aver
     cfg = ModelConfig.for_arch("tiny", image_size=64, class_names=["cord"], source_modality="T2")
     src = load_source_pairs([cord["t2"]], [cord["t2_seg"]], 1, cfg.axis, cfg.image_size)
     tgt = load_targets([cord["t1"]], cfg.axis, cfg.image_size)
-    runs = {}
-    for decay in (0.0, 0.9):
+    runs = []
+    for tcfg in configs:
         torch.manual_seed(0)
         model = UUDS(cfg)
         s, t = samplers(src, tgt, 0.5, 0)
-        losses = [e.losses for e in train(model, s, t, TrainConfig(steps=4, batch_size=2, ema_decay=decay))
-                  if e.kind == "step"]
-        runs[decay] = (model, losses)
-    (plain, plain_losses), (averaged, averaged_losses) = runs[0.0], runs[0.9]
+        runs.append((model, [e.losses for e in train(model, s, t, tcfg) if e.kind == "step"]))
+    return runs
+
+
+def test_training_with_the_weight_average_trains_the_same_and_ends_with_the_average(cord):
+    (plain, plain_losses), (averaged, averaged_losses) = _cord_runs(
+        cord, [TrainConfig(steps=4, batch_size=2, ema_decay=decay) for decay in (0.0, 0.9)])
     assert averaged_losses == plain_losses  # the average draws nothing and moves no gradient
     assert plain.last_iterate_state is None and plain.weight_average is None
     assert averaged.weight_average == {"decay": 0.9, "from_step": 3, "updates": 2}
@@ -296,21 +300,9 @@ def test_mean_teacher_copies_then_averages_and_never_moves_the_student():
 
 
 def test_training_with_a_mean_teacher_labels_the_target_from_the_warm_up_on(cord):
-    from napari_uuds.engine.dataset import load_source_pairs, load_targets, samplers
-    from napari_uuds.engine.model import UUDS
-    from napari_uuds.engine.train import train
-
-    cfg = ModelConfig.for_arch("tiny", image_size=64, class_names=["cord"], source_modality="T2")
-    src = load_source_pairs([cord["t2"]], [cord["t2_seg"]], 1, cfg.axis, cfg.image_size)
-    tgt = load_targets([cord["t1"]], cfg.axis, cfg.image_size)
-    runs = {}
-    for decay in (0.0, 0.9):
-        torch.manual_seed(0)
-        model = UUDS(cfg)
-        s, t = samplers(src, tgt, 0.5, 0)
-        tcfg = TrainConfig(steps=5, batch_size=2, ema_decay=0.0, teacher_decay=decay, warmup_steps=2, guard=False)
-        runs[decay] = (model, [e.losses for e in train(model, s, t, tcfg) if e.kind == "step"])
-    (plain, plain_losses), (taught, taught_losses) = runs[0.0], runs[0.9]
+    (plain, plain_losses), (taught, taught_losses) = _cord_runs(
+        cord, [TrainConfig(steps=5, batch_size=2, ema_decay=0.0, teacher_decay=decay, warmup_steps=2, guard=False)
+               for decay in (0.0, 0.9)])
     assert taught_losses[:2] == plain_losses[:2]  # before the warm-up's end nobody labels the target
     assert taught_losses[2]["useg"] != plain_losses[2]["useg"]  # from then on the teacher does
     assert taught.teacher_report == {"decay": 0.9, "from_step": 2, "updates": 4} and plain.teacher_report is None

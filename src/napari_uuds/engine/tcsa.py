@@ -108,28 +108,6 @@ def loss_entropy(probs: torch.Tensor) -> torch.Tensor:
     return entropy_map(probs.float()).mean()
 
 
-class PrototypeMemory:
-    """High-level semantic prototypes G (C, D): an exponential moving average of source prototypes.
-
-    Source labels are the trustworthy ones, so G follows the source; both domains are aligned to it.
-    """
-
-    def __init__(self, n_classes: int, dim: int, momentum: float = 0.9, device=None):
-        self.g = torch.zeros(n_classes, dim, device=device)
-        self.valid = torch.zeros(n_classes, dtype=torch.bool, device=device)
-        self.momentum = momentum
-
-    @torch.no_grad()
-    def update(self, protos: torch.Tensor, present: torch.Tensor) -> None:
-        protos = protos.detach().float().to(self.g.device)
-        present = present.to(self.g.device)
-        fresh = present & ~self.valid
-        keep = present & self.valid
-        self.g[fresh] = protos[fresh]
-        self.g[keep] = self.momentum * self.g[keep] + (1 - self.momentum) * protos[keep]
-        self.valid |= present
-
-
 # -- the authors' prototype terms (issue 18; docs/notes/tcsa-authors-code.md) ---------------------------------------
 #: centre momentum (CLASS_CENTER_M of the authors' "Ours" configs): c <- m c + (1 - m) batch centre
 CENTRE_MOMENTUM = 0.01
@@ -157,6 +135,25 @@ class ClassCentres:
         self.c = new.detach()
         self.valid = self.valid | present
         return new, self.valid.clone()
+
+
+class PrototypeMemory(ClassCentres):
+    """High-level semantic prototypes G (C, D): an exponential moving average of source prototypes (the blend of
+    :class:`ClassCentres`, without gradient).
+
+    Source labels are the trustworthy ones, so G follows the source; both domains are aligned to it.
+    """
+
+    def __init__(self, n_classes: int, dim: int, momentum: float = 0.9, device=None):
+        super().__init__(n_classes, dim, momentum, device)
+
+    @property
+    def g(self) -> torch.Tensor:
+        return self.c
+
+    @torch.no_grad()
+    def update(self, protos: torch.Tensor, present: torch.Tensor) -> None:
+        self.blend(protos.detach().to(self.c.device), present.to(self.c.device))
 
 
 def loss_centre_mse(c_src: torch.Tensor, c_trg: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:

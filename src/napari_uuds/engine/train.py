@@ -142,6 +142,17 @@ class LastFiniteWeights:
         return self.step
 
 
+@torch.no_grad()
+def _move_towards(average: dict[str, torch.Tensor], current: dict[str, torch.Tensor], w: float) -> None:
+    """One step of an average of weights, in place: floating tensors move by ``w`` towards ``current``, integer
+    buffers (batch counts) take its values (:class:`WeightAverage`, :class:`MeanTeacher`)."""
+    for k, v in current.items():
+        if average[k].is_floating_point():
+            average[k].lerp_(v.detach(), w)
+        else:
+            average[k].copy_(v)
+
+
 class WeightAverage:
     """An exponential moving average of the weights and floating buffers (batch-norm statistics) over the steps after
     ``start`` (docs/method.md, round 13; not in the paper).
@@ -165,13 +176,7 @@ class WeightAverage:
         if self.state is None:
             self.state = {k: v.detach().clone() for k, v in current.items()}
             return
-        w = max(1.0 - self.decay, 1.0 / self.updates)
-        for k, v in current.items():
-            avg = self.state[k]
-            if avg.is_floating_point():
-                avg.lerp_(v.detach(), w)
-            else:
-                avg.copy_(v)
+        _move_towards(self.state, current, max(1.0 - self.decay, 1.0 / self.updates))
 
     def apply(self) -> dict[str, torch.Tensor] | None:
         """Load the average into the model; return the last step's weights, on the host so that no accelerator memory
@@ -219,13 +224,7 @@ class MeanTeacher:
             self.net.requires_grad_(False)
             self.net.eval()
             return
-        w = max(1.0 - self.decay, 1.0 / self.updates)
-        own = self.net.state_dict()
-        for k, v in self.student.state_dict().items():
-            if own[k].is_floating_point():
-                own[k].lerp_(v.detach(), w)
-            else:
-                own[k].copy_(v)
+        _move_towards(self.net.state_dict(), self.student.state_dict(), max(1.0 - self.decay, 1.0 / self.updates))
 
     @torch.no_grad()
     def probs(self, xt: torch.Tensor, prompt_text: str | None = None) -> torch.Tensor:
