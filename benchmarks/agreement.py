@@ -6,7 +6,13 @@ place (docs/method.md, round 1), the agreement of seeds can. Reads the masks ``b
 wrote (``DIR/<protocol>/<row>_s<seed>/<volume>.npz``) and prints, per row, the mean Dice between every pair of seeds'
 predictions, per volume and overall; ``--json`` writes them.
 
+With ``--area-source LABEL --area-target IMAGE`` (one target volume, as protocol C) it also prints each seed's
+predicted object's mean cross-section (mm^2 over the axial slices that hold any of it) over the source label's, and
+the median |log| of that ratio per row (round 16's H2; label-free: only the source's label is read; for the cord,
+the same subject in both scans, the ratio should be near 1 whatever length of neck each scan covers).
+
     python benchmarks/agreement.py --masks DIR --protocol C
+    python benchmarks/agreement.py --masks DIR --protocol C --area-source cord/t2_seg.nii.gz --area-target cord/t1.nii.gz
 """
 from __future__ import annotations
 
@@ -16,6 +22,7 @@ import json
 import re
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 
 
@@ -46,17 +53,56 @@ def agreement(folder: Path) -> dict:
     return out
 
 
+def cross_section_mm2(mask: np.ndarray, affine: np.ndarray) -> float:
+    """Mean object area (mm^2) over the axial slices (the array axis nearest superior-inferior) that hold any."""
+    codes = nib.aff2axcodes(affine)
+    axis = next(i for i, c in enumerate(codes) if c in "SI")
+    zooms = np.sqrt((affine[:3, :3] ** 2).sum(0))
+    area = float(np.prod([z for i, z in enumerate(zooms) if i != axis]))
+    per = (mask > 0).sum(axis=tuple(i for i in range(3) if i != axis))
+    return float(per[per > 0].mean() * area) if (per > 0).any() else 0.0
+
+
+def cross_sections(folder: Path, source_label: Path, target_image: Path) -> dict:
+    """{row: {"per_seed": {seed: ratio}, "median_abs_log": ...}}: the predicted target object's mean cross-section
+    over the source label's."""
+    lab = nib.load(source_label)
+    ref = cross_section_mm2(np.asarray(lab.dataobj), lab.affine)
+    aff = nib.load(target_image).affine
+    out: dict[str, dict] = {}
+    for d in sorted(p for p in folder.iterdir() if p.is_dir()):
+        m = re.fullmatch(r"(.+)_s(\d+)", d.name)
+        files = sorted(d.glob("*.npz"))
+        if not m or len(files) != 1:
+            continue
+        ratio = cross_section_mm2(np.load(files[0])["seg"], aff) / ref
+        out.setdefault(m.group(1), {"per_seed": {}})["per_seed"][int(m.group(2))] = round(ratio, 3)
+    for r in out.values():
+        logs = [abs(np.log(v)) if v > 0 else float("inf") for v in r["per_seed"].values()]
+        r["median_abs_log"] = round(float(np.median(logs)), 4)
+    return {"source_mm2": round(ref, 2), "rows": out}
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--masks", required=True, help="the --save-masks folder of benchmarks/run.py")
     ap.add_argument("--protocol", required=True)
     ap.add_argument("--json", default=None, help="write the figures here")
+    ap.add_argument("--area-source", default=None, metavar="LABEL", help="the source's label (NIfTI), for H2")
+    ap.add_argument("--area-target", default=None, metavar="IMAGE", help="the target image (NIfTI; its affine)")
     args = ap.parse_args(argv)
     res = agreement(Path(args.masks) / args.protocol)
     for row, r in res.items():
         print(f"{row:28s} seeds {r['seeds']}  mean pairwise Dice {r['mean']}  per volume {r['volumes']}")
+    doc = {"protocol": args.protocol, "rows": res}
+    if args.area_source and args.area_target:
+        cs = cross_sections(Path(args.masks) / args.protocol, Path(args.area_source), Path(args.area_target))
+        print(f"source cross-section {cs['source_mm2']} mm^2")
+        for row, r in cs["rows"].items():
+            print(f"{row:28s} cross-section / source's per seed {r['per_seed']}  median |log| {r['median_abs_log']}")
+        doc["cross_section"] = cs
     if args.json:
-        Path(args.json).write_text(json.dumps({"protocol": args.protocol, "rows": res}, indent=1))
+        Path(args.json).write_text(json.dumps(doc, indent=1))
     return 0
 
 

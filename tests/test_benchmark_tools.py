@@ -44,3 +44,27 @@ def test_agreement_of_seeds_is_the_mean_pairwise_dice_of_their_masks(tmp_path):
     res = agreement.agreement(tmp_path / "C")
     assert set(res) == {"uuds"}  # one seed has no pair
     assert res["uuds"]["pairs"] == 3 and res["uuds"]["volumes"]["t1"] == pytest.approx((100 + 50 + 50) / 3, abs=0.01)
+
+
+def test_cross_section_ratio_reads_the_axial_axis_and_the_voxel_size(tmp_path):
+    import agreement
+    import nibabel as nib
+
+    # the source: a 4 x 4 voxel object on 3 of 10 axial slices, voxels 0.5 x 0.5 x 2 mm, axial axis last (RAS)
+    src = np.zeros((8, 8, 10), np.uint8)
+    src[2:6, 2:6, 3:6] = 1
+    nib.save(nib.Nifti1Image(src, np.diag([0.5, 0.5, 2.0, 1.0])), tmp_path / "src_seg.nii.gz")
+    assert agreement.cross_section_mm2(src, np.diag([0.5, 0.5, 2.0, 1.0])) == pytest.approx(4.0)
+    # the target: 1 mm voxels, the axial axis first (S along array axis 0); an 8-voxel cross-section on 7 slices
+    tgt_aff = np.array([[0, 0, 1, 0], [0, 1, 0, 0], [1, 0, 0, 0], [0, 0, 0, 1.0]])
+    nib.save(nib.Nifti1Image(np.zeros((12, 6, 6), np.float32), tgt_aff), tmp_path / "t1.nii.gz")
+    pred = np.zeros((12, 6, 6), np.uint8)
+    pred[2:9, 1:3, 1:5] = 1
+    for seed, m in ((0, pred), (1, np.zeros_like(pred))):
+        d = tmp_path / "masks" / "C" / f"uuds_s{seed}"
+        d.mkdir(parents=True)
+        np.savez_compressed(d / "t1.npz", seg=m)
+    cs = agreement.cross_sections(tmp_path / "masks" / "C", tmp_path / "src_seg.nii.gz", tmp_path / "t1.nii.gz")
+    assert cs["source_mm2"] == pytest.approx(4.0)
+    assert cs["rows"]["uuds"]["per_seed"] == {0: 2.0, 1: 0.0}  # an empty mask: ratio 0, |log| infinite
+    assert cs["rows"]["uuds"]["median_abs_log"] == float("inf")

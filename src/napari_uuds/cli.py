@@ -159,6 +159,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default: the recipe's)")
     a.add_argument("--randomise-p", type=_unit_float, default=T.randomise_p, metavar="P",
                    help="fraction of source slices that are randomised")
+    a.add_argument("--randomise-invert", type=_unit_float, default=None, metavar="P",
+                   help="of the randomised slices, the fraction first inverted (bright <-> dark) on the translator's "
+                        "input, so that it learns to bring either polarity back to the source's (default: the "
+                        "recipe's)")
     a.add_argument("--dd-form", choices=list(DD_FORMS), default=None,
                    help="L_DD (Eq. 1-2): infonce (-log softmax of the similarities; fades once the domains are apart) "
                         "or printed (the paper's letter; never fades) (default: the recipe's)")

@@ -108,6 +108,7 @@ def _adapt(args, ctx, t_start: float) -> int:
                               (m_over, "tta", args.tta), (t_over, "ema_decay", args.ema_decay),
                               (t_over, "zoom", args.zoom), (t_over, "teacher_decay", args.teacher_decay),
                               (t_over, "randomise", args.randomise),
+                              (t_over, "randomise_invert", args.randomise_invert),
                               (t_over, "guard", args.guard), (w_over, "dd_form", args.dd_form),
                               (w_over, "useg_absent", args.useg_absent), (w_over, "useg_form", args.useg_form),
                               (t_over, "useg_flow", args.useg_flow), (t_over, "pseudo_prior", args.pseudo_prior)):

@@ -321,6 +321,9 @@ class TrainConfig:
     #: source randomisation (see RANDOMISERS) and the fraction of source slices it is applied to
     randomise: str = "auto"
     randomise_p: float = 0.8
+    #: of the randomised slices, the fraction first inverted over the anatomy (the translator's input only; L_id still
+    #: asks for the clean slice), so that the translator learns either polarity back to the source's (round 16)
+    randomise_invert: float = 0.0
     #: where the randomised slice enters (see RANDOMISE_INTO)
     randomise_into: str = "translator"
     #: the recipe these settings came from (see RECIPES), for the record
@@ -370,6 +373,8 @@ class TrainConfig:
             raise UUDSError(f"unknown L_useg flow '{self.useg_flow}', choose one of {', '.join(USEG_FLOWS)}")
         if not 0.0 <= self.randomise_p <= 1.0:
             raise UUDSError(f"randomisation fraction must lie in [0, 1], not {self.randomise_p}")
+        if not 0.0 <= self.randomise_invert <= 1.0:
+            raise UUDSError(f"randomised-slice inversion probability must lie in [0, 1], not {self.randomise_invert}")
         if not (math.isfinite(self.ema_decay) and 0.0 <= self.ema_decay < 1.0):
             raise UUDSError(f"EMA decay must lie in [0, 1), not {self.ema_decay}")
         if self.recipe not in RECIPES:

@@ -55,7 +55,7 @@ def resolve_randomise(mode: str, source: list[torch.Tensor], target: list[torch.
 
 
 def gin(x: torch.Tensor, rng: np.random.Generator, p: float = 0.8, layers: int = 4, width: int = 2,
-        body: torch.Tensor | None = None) -> torch.Tensor:
+        body: torch.Tensor | None = None, invert: float = 0.0) -> torch.Tensor:
     """Randomise the contrast of a fraction ``p`` of the slices of ``x`` (B, 1, H, W) in [-1, 1].
 
     Per randomised slice: ``layers`` random conv layers (1 -> width -> ... -> 1 channels, kernel 1 or 3,
@@ -63,6 +63,11 @@ def gin(x: torch.Tensor, rng: np.random.Generator, p: float = 0.8, layers: int =
     with the slice by alpha ~ U(0, 1), then mapped to [-1, 1] over the anatomy; background stays -1.
     Slices not drawn are returned unchanged. ``body`` (B, 1, H, W, bool): where the anatomy lies, for an ``x``
     whose background is not exactly -1 (a reconstruction); default ``x > BACKGROUND``.
+
+    ``invert`` (``TrainConfig.randomise_invert``; round 16 of docs/method.md): each randomised slice is first inverted
+    over its anatomy with this probability, so that the mixture's dominant polarity is no longer always the source's
+    (``alpha * h + (1 - alpha) * x`` keeps x's polarity with weight 1 - alpha). 0 draws nothing extra: the same random
+    numbers, the same output as without it.
     """
     b = x.shape[0]
     pick = [bool(rng.random() < p) for _ in range(b)]
@@ -70,11 +75,16 @@ def gin(x: torch.Tensor, rng: np.random.Generator, p: float = 0.8, layers: int =
     if not idx:
         return x
     n = len(idx)
+    flips = [bool(rng.random() < invert) for _ in range(n)] if invert > 0 else []
     sel = torch.tensor(idx, device=x.device)
     xi = x.index_select(0, sel).float()
     body = xi > BACKGROUND if body is None else body.index_select(0, sel)
     # zero-centred input inside the anatomy: the random network sees structure, not the -1 offset
-    h = torch.where(body, (xi + 1) / 2, torch.zeros_like(xi))
+    clean = torch.where(body, (xi + 1) / 2, torch.zeros_like(xi))
+    if any(flips):  # the drawn slices inverted over the anatomy: bright <-> dark, background kept
+        flip = torch.tensor(flips, device=x.device).view(n, 1, 1, 1)
+        clean = torch.where(flip & body, 1.0 - clean, clean)
+    h = clean
     cin = 1
     for li in range(layers):
         cout = 1 if li == layers - 1 else width
@@ -86,7 +96,6 @@ def gin(x: torch.Tensor, rng: np.random.Generator, p: float = 0.8, layers: int =
         if li < layers - 1:
             h = F.leaky_relu(h, 0.2)
         cin = cout
-    clean = torch.where(body, (xi + 1) / 2, torch.zeros_like(xi))
     h = h * body
     norm_c = clean.flatten(1).norm(dim=1).clamp_min(1e-6)
     norm_h = h.flatten(1).norm(dim=1).clamp_min(1e-6)

@@ -357,11 +357,12 @@ def train(model: UUDS, source: SliceSampler, target: SliceSampler, cfg: TrainCon
             xt = xt.to(device, non_blocking=True).contiguous(memory_format=mf)
             ys = ys.to(device, non_blocking=True)
             # source randomisation: the translator reads the randomised slice, L_id asks for the clean one
-            xs_in = gin(xs, source.rng, cfg.randomise_p) if randomise == "gin" else xs
+            xs_in = gin(xs, source.rng, cfg.randomise_p, invert=cfg.randomise_invert) if randomise == "gin" else xs
             id_target = xs_in if cfg.randomise_into == "segmenter" else xs
             rec_aug = None
             if randomise == "gin" and cfg.randomise_into == "both":  # the segmenter reads a second draw
-                rec_aug = functools.partial(gin, rng=source.rng, p=cfg.randomise_p, body=xs > BACKGROUND)
+                rec_aug = functools.partial(gin, rng=source.rng, p=cfg.randomise_p, body=xs > BACKGROUND,
+                                            invert=cfg.randomise_invert)
             warm = step >= cfg.warmup
             held = guard is not None and guard.held  # the guard holds every target term back
             target_now = adapt and warm and not held  # the target terms (L_useg, size, TCSA's) train at this step
