@@ -1,11 +1,15 @@
+import atexit
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 # the widget saves corrections under the user data folder (platformdirs): never the tester's own
-os.environ["XDG_DATA_HOME"] = __import__("tempfile").mkdtemp(prefix="napari-uuds-test-data-")
+os.environ["XDG_DATA_HOME"] = tempfile.mkdtemp(prefix="napari-uuds-test-data-")
+atexit.register(shutil.rmtree, os.environ["XDG_DATA_HOME"], ignore_errors=True)  # no folder left per test session
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT / "sample_data" / "cord"

@@ -53,3 +53,16 @@ def test_unreadable_checkpoint(tmp_path):
     (tmp_path / "config.json").write_text("{not json")
     with pytest.raises(UUDSError, match="unreadable config"):
         read_config(tmp_path)
+
+
+def test_configs_written_before_a_default_changed_keep_their_recipe(tiny_model, tmp_path):
+    """A fine-tune reads the run's recipe from config.json: settings that did not exist when it was written read as
+    what the engine did then (TCSA's loss before issue 18, plain GIN before round 16), not as today's defaults."""
+    save_checkpoint(tiny_model, tmp_path)
+    meta = json.loads((tmp_path / "config.json").read_text())
+    meta["train"] = {"randomise": "gin", "randomise_p": 0.8}
+    meta["loss_weights"] = {"proto": 0.1}
+    (tmp_path / "config.json").write_text(json.dumps(meta))
+    got = read_config(tmp_path)
+    assert got["train"]["randomise_invert"] == 0.0 and got["train"]["randomise"] == "gin"
+    assert (got["loss_weights"]["proto_form"], got["loss_weights"]["adv"]) == ("infonce", 0.0)

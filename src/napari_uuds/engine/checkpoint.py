@@ -129,6 +129,8 @@ def read_config(folder: str | Path) -> dict[str, Any]:
         if isinstance(meta.get("loss_weights"), dict):  # written before TCSA followed its authors (issue 18)
             meta["loss_weights"].setdefault("proto_form", "infonce")
             meta["loss_weights"].setdefault("adv", 0.0)
+        if isinstance(meta.get("train"), dict):  # written before round 16 inverted GIN's slices (a fine-tune's recipe)
+            meta["train"].setdefault("randomise_invert", 0.0)
         from_dict(ModelConfig, meta["model"])
     except (ValueError, KeyError, TypeError, OSError) as exc:  # JSON, encoding, folder-named-config, ...
         raise UUDSError(f"unreadable config ({type(exc).__name__}: {exc})", cpath) from None
