@@ -60,8 +60,8 @@ class UUDSWidget(Container):
         self.randomise = ComboBox(choices=list(RANDOMISERS), value=self.params.randomise,
                                   label="source randomisation")
         self.randomise.tooltip = ("gin: the source's contrast is scrambled by random shallow conv nets while the model "
-                                  "learns, so that it does not rely on one contrast (helps when the target inverts "
-                                  "tissue contrasts, as T1 against T2); auto: gin only where the target's grey values lie far "
+                                  "learns, half of them inverted first, so that it does not rely on one contrast "
+                                  "(helps when the target inverts tissue contrasts, as T1 against T2); auto: gin only where the target's grey values lie far "
                                   "from the source's; none: the source as it is")
         self.arch = ComboBox(choices=list(ARCHS), value=self.params.arch, label="model")
         self.weights = ComboBox(choices=list(CLIP_WEIGHTS), value=self.params.clip_weights, label="CLIP weights")
