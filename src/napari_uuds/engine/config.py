@@ -402,9 +402,9 @@ class TrainConfig:
 #: Named bundles of settings: ``uuds`` = the engine's defaults (the dataclass defaults above: L_DD in its InfoNCE
 #: form, nothing outside the body, the guards, source randomisation ``auto`` (round 2 of the rule of docs/method.md),
 #: pass-specific batch-norm statistics (round 4), the pseudo label's size band with 600 steps (round 12), the weights
-#: averaged over the run's second half (round 13), GIN's randomised slices inverted half the time (round 16)); ``paper`` = the paper's letter (L_DD as printed, no guard,
-#: predictions anywhere in the frame, shared batch-norm statistics, the pseudo label as Eq. 6-7 print it, the last
-#: step's weights). Each maps to
+#: averaged over the run's second half (round 13), GIN's randomised slices inverted half the time (round 16));
+#: ``paper`` = the paper's letter (L_DD as printed, no guard, predictions anywhere in the frame, shared batch-norm
+#: statistics, the pseudo label as Eq. 6-7 print it, the last step's weights, no randomisation). Each maps to
 #: overrides of (ModelConfig, TrainConfig, LossWeights).
 RECIPES: dict[str, tuple[dict[str, Any], dict[str, Any], dict[str, Any]]] = {
     "uuds": ({}, {}, {}),
