@@ -32,15 +32,20 @@ def dice(a: np.ndarray, b: np.ndarray) -> float:
     return 100.0 if total == 0 else 200.0 * float((a & b).sum()) / total
 
 
-def agreement(folder: Path) -> dict:
-    """{row: {"seeds": [...], "pairs": n, "volumes": {volume: mean pairwise Dice}, "mean": ...}}."""
+def seed_runs(folder: Path) -> dict[str, dict[int, Path]]:
+    """{row: {seed: folder}} of the ``<row>_s<seed>`` folders ``run.py --save-masks`` wrote."""
     runs: dict[str, dict[int, Path]] = {}
     for d in sorted(p for p in folder.iterdir() if p.is_dir()):
         m = re.fullmatch(r"(.+)_s(\d+)", d.name)
         if m:
             runs.setdefault(m.group(1), {})[int(m.group(2))] = d
+    return runs
+
+
+def agreement(folder: Path) -> dict:
+    """{row: {"seeds": [...], "pairs": n, "volumes": {volume: mean pairwise Dice}, "mean": ...}}."""
     out = {}
-    for row, seeds in sorted(runs.items()):
+    for row, seeds in sorted(seed_runs(folder).items()):
         if len(seeds) < 2:
             continue
         names = sorted(set.intersection(*(set(p.stem for p in d.glob("*.npz")) for d in seeds.values())))
@@ -57,7 +62,7 @@ def cross_section_mm2(mask: np.ndarray, affine: np.ndarray) -> float:
     """Mean object area (mm^2) over the axial slices (the array axis nearest superior-inferior) that hold any."""
     codes = nib.aff2axcodes(affine)
     axis = next(i for i, c in enumerate(codes) if c in "SI")
-    zooms = np.sqrt((affine[:3, :3] ** 2).sum(0))
+    zooms = nib.affines.voxel_sizes(affine)
     area = float(np.prod([z for i, z in enumerate(zooms) if i != axis]))
     per = (mask > 0).sum(axis=tuple(i for i in range(3) if i != axis))
     return float(per[per > 0].mean() * area) if (per > 0).any() else 0.0
@@ -70,13 +75,12 @@ def cross_sections(folder: Path, source_label: Path, target_image: Path) -> dict
     ref = cross_section_mm2(np.asarray(lab.dataobj), lab.affine)
     aff = nib.load(target_image).affine
     out: dict[str, dict] = {}
-    for d in sorted(p for p in folder.iterdir() if p.is_dir()):
-        m = re.fullmatch(r"(.+)_s(\d+)", d.name)
-        files = sorted(d.glob("*.npz"))
-        if not m or len(files) != 1:
-            continue
-        ratio = cross_section_mm2(np.load(files[0])["seg"], aff) / ref
-        out.setdefault(m.group(1), {"per_seed": {}})["per_seed"][int(m.group(2))] = round(ratio, 3)
+    for row, seeds in sorted(seed_runs(folder).items()):
+        for seed, d in sorted(seeds.items()):
+            files = sorted(d.glob("*.npz"))
+            if len(files) == 1:  # one target volume (protocol C)
+                ratio = cross_section_mm2(np.load(files[0])["seg"], aff) / ref
+                out.setdefault(row, {"per_seed": {}})["per_seed"][seed] = round(ratio, 3)
     for r in out.values():
         logs = [abs(np.log(v)) if v > 0 else float("inf") for v in r["per_seed"].values()]
         r["median_abs_log"] = round(float(np.median(logs)), 4)
