@@ -193,6 +193,9 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--pass-bn", action=argparse.BooleanOptionalAction, default=None,
                    help="keep separate batch-norm statistics for raw and translated slices in the image encoder "
                         "(default: the recipe's; on in uuds, chosen by round 4 of docs/method.md's rule)")
+    a.add_argument("--fine-skips", action=argparse.BooleanOptionalAction, default=None,
+                   help="let the translator's image decoder read the slice itself at half and full resolution "
+                        "(round 17 of docs/method.md) (default: the recipe's)")
     a.add_argument("--ema-decay", type=float, default=None, metavar="D",
                    help="end with an exponential moving average of the weights over the run's second half, with this "
                         "decay (0: off, the last step's weights) (default: the recipe's)")

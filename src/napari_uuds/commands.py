@@ -105,6 +105,7 @@ def _adapt(args, ctx, t_start: float) -> int:
     resume_meta = ckpt.read_config(args.resume) if args.resume else None
     m_over, t_over, w_over = recipe_overrides(args.recipe)
     for store, key, value in ((m_over, "body_mask", args.body_mask), (m_over, "pass_bn", args.pass_bn),
+                              (m_over, "fine_skips", args.fine_skips),
                               (m_over, "tta", args.tta), (t_over, "ema_decay", args.ema_decay),
                               (t_over, "zoom", args.zoom), (t_over, "teacher_decay", args.teacher_decay),
                               (t_over, "randomise", args.randomise),

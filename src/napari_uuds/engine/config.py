@@ -139,6 +139,10 @@ class ModelConfig:
     #: (pass 2) (engine/passnorm.py; chosen by round 4 of docs/method.md's rule). A config.json without the key
     #: (written before it existed) reads as False (checkpoint.read_config).
     pass_bn: bool = True
+    #: the image decoder's S/2 and S/1 stages also read the slice being translated (round 17 of docs/method.md): the
+    #: encoder's finest map is S/4, so without them the synthetic source holds no detail finer than four pixels.
+    #: A config.json without the key (written before it existed) reads as False (checkpoint.read_config).
+    fine_skips: bool = False
     #: test-time augmentation (see TTAS). A config.json without the key reads as "none" (checkpoint.read_config).
     tta: str = "none"
     #: TCSA's text-conditioned segmentation head (engine/text_head.py; the authors' model): the class texts of the
@@ -408,7 +412,7 @@ class TrainConfig:
 #: overrides of (ModelConfig, TrainConfig, LossWeights).
 RECIPES: dict[str, tuple[dict[str, Any], dict[str, Any], dict[str, Any]]] = {
     "uuds": ({}, {}, {}),
-    "paper": ({"body_mask": False, "pass_bn": False}, {"randomise": "none", "randomise_invert": 0.0, "guard": False,
+    "paper": ({"body_mask": False, "pass_bn": False, "fine_skips": False}, {"randomise": "none", "randomise_invert": 0.0, "guard": False,
                                                        "pseudo_prior": "none", "ema_decay": 0.0},
               {"dd_form": "printed"}),
 }

@@ -54,25 +54,35 @@ def stage_widths(width: int, n: int = 5, floor: int = 16) -> list[int]:
 
 
 class ImageDecoder(nn.Module):
-    """skip_dims: channels of the domain-adapted skips at S/16, S/8, S/4 (0: none)."""
+    """skip_dims: channels of the domain-adapted skips at S/16, S/8, S/4 (0: none). ``fine``: the S/2 and S/1 stages
+    also read the image being translated (``ModelConfig.fine_skips``), average-pooled to S/2 for the S/2 stage."""
 
-    def __init__(self, in_dim: int, width: int, skip_dims: tuple[int, int, int] = (0, 0, 0)):
+    def __init__(self, in_dim: int, width: int, skip_dims: tuple[int, int, int] = (0, 0, 0), fine: bool = False):
         super().__init__()
         ws = stage_widths(width)
-        extra = list(skip_dims) + [0, 0]
+        self.fine = fine
+        extra = list(skip_dims) + ([1, 1] if fine else [0, 0])
         self.inp = nn.Sequential(nn.Conv2d(in_dim, ws[0], 1), ResBlock(ws[0], ws[0]))
         self.stages = nn.ModuleList(ResBlock(ws[max(i - 1, 0)] + extra[i], ws[i]) for i in range(5))
         self.out = nn.Conv2d(ws[-1], 1, 3, padding=1)
         self.widths = ws
 
-    def forward(self, x: torch.Tensor, skips: list[torch.Tensor] | None = None
+    def forward(self, x: torch.Tensor, skips: list[torch.Tensor] | None = None, image: torch.Tensor | None = None
                 ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """``image`` (B, 1, S, S): the slice being translated, required where ``fine``."""
+        if self.fine and image is None:
+            raise ValueError("this image decoder reads the translated slice at S/2 and S/1: pass image")
         h = self.inp(x)
         feats = []
         for i, stage in enumerate(self.stages):
             h = F.interpolate(h, scale_factor=2, mode="bilinear", align_corners=False)
             if skips is not None and i < len(skips):
                 h = torch.cat([h, skips[i].to(h.dtype)], 1)
+            if self.fine and i >= 3:
+                fine = image.to(h.dtype)
+                if fine.shape[-1] != h.shape[-1]:
+                    fine = F.adaptive_avg_pool2d(fine, h.shape[-2:])
+                h = torch.cat([h, fine], 1)
             h = stage(h)
             feats.append(h)  # S/16, S/8, S/4, S/2, S/1
         return torch.tanh(self.out(h).float()).to(x.dtype), feats

@@ -82,7 +82,7 @@ class UUDS(nn.Module):
         self.skip_dams = nn.ModuleList(
             DomainAdaptationModule(text_dim, emb, cin, w, cfg.attn_heads, cfg.use_domain_prompt)
             for cin, w in zip((ch[3], ch[2], ch[0] + ch[1]), ws[:3]))
-        self.image_decoder = ImageDecoder(inner, cfg.decoder_width, tuple(ws[:3]))
+        self.image_decoder = ImageDecoder(inner, cfg.decoder_width, tuple(ws[:3]), fine=cfg.fine_skips)
         gen_dims = self.image_decoder.widths
         if cfg.use_seg_prompt:
             self.seg_prompt = SegPrompt(self.clip, self.tokenizer, cfg.class_names, cfg.n_ctx, seed=seed)
@@ -134,12 +134,14 @@ class UUDS(nn.Module):
     def encode_seg_prompt(self) -> torch.Tensor | None:
         return self.seg_prompt() if self.cfg.use_seg_prompt else None
 
-    def translate(self, taps: dict, t_d: torch.Tensor | None) -> Translation:
+    def translate(self, taps: dict, t_d: torch.Tensor | None, image: torch.Tensor | None = None) -> Translation:
+        """The image decoder's output from the encoder taps of ``image`` (the slice being translated: read at S/2 and
+        S/1 where ``ModelConfig.fine_skips``)."""
         x_d = self.dam(t_d, taps["domain"], taps["content"])
         sk = taps["skips"]
         levels = (sk[3], sk[2], torch.cat([sk[0], sk[1]], 1))
         skips = [dam(t_d, taps["domain"], lv) for dam, lv in zip(self.skip_dams, levels)]
-        image, gen = self.image_decoder(x_d, skips)
+        image, gen = self.image_decoder(x_d, skips, image)
         return Translation(image, gen)
 
     def segment(self, taps: dict, gen: list[torch.Tensor], image: torch.Tensor,
@@ -200,8 +202,8 @@ class UUDS(nn.Module):
         n = xs.shape[0]
         # pass 1: source and target together, so batch norm sees both domains as at inference
         taps_s, taps_t = _split(self.taps(torch.cat([xs, xt.to(xs.dtype)])), n)
-        rec = self.translate(taps_s, t_d)
-        syn = self.translate(taps_t, t_d)
+        rec = self.translate(taps_s, t_d, xs)
+        syn = self.translate(taps_t, t_d, xt.to(xs.dtype))
         z_s = self.embed(taps_s, t_s)
         # pass 2: both translations. The source is segmented through exactly the path a target takes
         # (translate, re-encode, segment with the generator's features), so L_seg trains the inference path.
@@ -237,7 +239,7 @@ class UUDS(nn.Module):
             t_d = self.encode_domain_prompt()
         if t_s is None:
             t_s = self.encode_seg_prompt()
-        syn = self.translate(self.taps(xt), t_d)
+        syn = self.translate(self.taps(xt), t_d, xt)
         with passnorm.route(self.clip.visual, passnorm.TRANSLATED):
             taps = self.taps(syn.image)
         logits = self.segment(taps, syn.gen, syn.image, t_s)
