@@ -225,6 +225,47 @@ def test_pass_bn_keeps_a_second_set_of_statistics_and_survives_a_checkpoint(tmp_
     assert old_model.cfg.pass_bn is False
 
 
+# -- round 17: the translator reads the slice at S/2 and S/1 ------------------------------------------------------------
+def test_fine_skips_read_the_slice_at_full_resolution_and_survive_a_checkpoint(tmp_path):
+    """The encoder's finest map is S/4; with fine skips the image decoder's S/1 stage reads the slice's own pixels
+    through trained weights, and the setting travels with the weights (an older config.json reads as off)."""
+    from napari_uuds.engine import checkpoint as ckpt
+    from napari_uuds.engine.decoders import ImageDecoder
+    from napari_uuds.engine.model import UUDS
+
+    with pytest.raises(ValueError, match="pass image"):
+        ImageDecoder(16, 32, fine=True)(torch.zeros(1, 16, 2, 2))
+    plain = UUDS(ModelConfig.for_arch("tiny", image_size=64, class_names=["disc"]))
+    torch.manual_seed(0)
+    model = UUDS(ModelConfig.for_arch("tiny", image_size=64, class_names=["disc"], fine_skips=True))
+    first = model.image_decoder.stages[4].body[0]  # the S/1 stage's first convolution; its last input is the slice
+    assert first.in_channels == plain.image_decoder.stages[4].body[0].in_channels + 1
+    assert model.image_decoder.stages[3].body[0].in_channels == plain.image_decoder.stages[3].body[0].in_channels + 1
+    model.train()
+    xs, xt = torch.rand(4, 1, 64, 64) * 2 - 1, torch.rand(4, 1, 64, 64) - 1
+    out = model(xs, xt)
+    (out.rec_s - xs).abs().mean().backward()  # L_id's form: the gradient reaches the weights reading the slice
+    assert first.weight.grad[:, -1].abs().sum() > 0
+    model.eval()
+    x = torch.rand(1, 1, 64, 64) * 2 - 1
+    with torch.no_grad():
+        before = model.infer(x)[0]
+        first.weight[:, -1] += 0.5  # only the weights on the slice's own channel change
+        assert before.sub(model.infer(x)[0]).abs().max() > 1e-4
+    assert not ModelConfig(**recipe_overrides("paper")[0]).fine_skips  # the paper's letter has no such skip
+    ckpt.save_checkpoint(model, tmp_path / "w")
+    back, _ = ckpt.load_checkpoint(tmp_path / "w")
+    assert back.cfg.fine_skips is True
+    with torch.no_grad():
+        torch.testing.assert_close(back.infer(x)[0], model.infer(x)[0])
+    ckpt.save_checkpoint(plain, tmp_path / "old")
+    meta = json.loads((tmp_path / "old" / "config.json").read_text())
+    del meta["model"]["fine_skips"]  # written before the option existed
+    (tmp_path / "old" / "config.json").write_text(json.dumps(meta))
+    assert ckpt.read_config(tmp_path / "old")["model"]["fine_skips"] is False
+    assert ckpt.load_checkpoint(tmp_path / "old")[0].cfg.fine_skips is False
+
+
 # -- round 13: the weights a run ends with, and test-time augmentation ------------------------------------------------
 def test_weight_average_is_a_running_mean_then_an_ema_of_the_steps_after_its_start():
     from napari_uuds.engine.train import WeightAverage
