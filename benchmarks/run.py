@@ -136,7 +136,7 @@ SOURCE_ROWS = {"lower": {"randomise": "none"}, "gin_only": {"randomise": "gin"},
 ROWS = ["lower", "histmatch", "pseudo", "gin_only", "uuds_paper", "uuds", "uuds_no_gin", "uuds_gin",
         "uuds_gin_dd_printed", "uuds_gin_no_body_mask", "uuds_gin_no_guard", "uuds_gin_mm", "uuds_gin_size_log",
         "uuds_gin_into_segmenter", "uuds_gin_both", "gin_only_both", "uuds_useg_present",
-        "uuds_useg_ce", "uuds_useg_detached", "uuds_pseudo_floor", "uuds_zoom", "uuds_teacher", "uuds_invert", "uuds_fine", "uuds_tta", "uuds_no_ema_tta", "uuds_no_ema",
+        "uuds_useg_ce", "uuds_useg_detached", "uuds_pseudo_floor", "uuds_zoom", "uuds_teacher", "uuds_invert", "uuds_fine", "uuds_edges", "uuds_tta", "uuds_no_ema_tta", "uuds_no_ema",
         "uuds_no_pseudo_band",
         "uuds_no_pass_bn", "uuds_dd_printed", "uuds_no_body_mask", "uuds_no_guard", "uuds_no_domain_prompt",
         "uuds_no_seg_prompt", "uuds_no_uncertainty", "tcsa", "uuds+tcsa", "tcsa_no_adv", "tcsa_no_proto",
@@ -145,7 +145,9 @@ ROWS = ["lower", "histmatch", "pseudo", "gin_only", "uuds_paper", "uuds", "uuds_
 #: their average (``uuds_no_ema``: rounds 4-12's way), and with test-time augmentation: row -> (the row that trains,
 #: weights, tta). The weight average changes nothing in training, so these are the same runs, paired.
 PAIRED_ROWS = {"uuds_no_ema": ("uuds", "last", "none"), "uuds_tta": ("uuds", "ema", "d8"),
-               "uuds_no_ema_tta": ("uuds", "last", "d8")}
+               "uuds_no_ema_tta": ("uuds", "last", "d8"),
+               # round 18: the same run's prediction with the boundary refined on the target's edges
+               "uuds_edges": ("uuds", "ema", "none", "edges")}
 MAIN_ROWS = {"lower", "histmatch", "pseudo", "gin_only", "uuds_paper", "uuds", "upper"}
 DESCRIPTIONS = {
     "tumour": "a brain tumour with surrounding oedema",
@@ -249,18 +251,19 @@ def _evaluate(model: UUDS, targets: list[PreparedVolume], refs: list[Volume], cl
     return rows
 
 
-def score_ways(model: UUDS, ways: dict[str, tuple[str, str]], score) -> dict:
-    """One trained run scored several ways (round 13): ``ways`` = name -> (weights, tta), weights ``last`` (the last
-    step's, ``model.last_iterate_state``) or ``ema`` (the average the run ended with). Returns name -> score(model);
-    the model ends as it came (the average loaded, its own tta)."""
+def score_ways(model: UUDS, ways: dict[str, tuple], score) -> dict:
+    """One trained run scored several ways (round 13): ``ways`` = name -> (weights, tta[, refine]), weights ``last``
+    (the last step's, ``model.last_iterate_state``) or ``ema`` (the average the run ended with), refine (round 18)
+    default "none". Returns name -> score(model, name); the model
+    ends as it came (the average loaded, its own tta and refinement)."""
     average = {k: v.clone() for k, v in model.state_dict().items()}
-    own_tta, out = model.cfg.tta, {}
-    for name, (which, tta) in ways.items():
+    own, out = (model.cfg.tta, model.cfg.refine), {}
+    for name, (which, tta, *refine) in ways.items():
         model.load_state_dict(model.last_iterate_state if which == "last" else average)
-        model.cfg.tta = tta
-        out[name] = score(model)
+        model.cfg.tta, model.cfg.refine = tta, (refine[0] if refine else "none")
+        out[name] = score(model, name)
     model.load_state_dict(average)
-    model.cfg.tta = own_tta
+    model.cfg.tta, model.cfg.refine = own
     return out
 
 
@@ -321,7 +324,8 @@ def run_row(row: str, seed: int, ctx: dict) -> dict:
     paired = {}
     if model.last_iterate_state is not None:  # the same run, scored the other ways
         paired = score_ways(model, {k: v[1:] for k, v in PAIRED_ROWS.items() if v[0] == row},
-                            lambda m: _evaluate(m, targets, refs, names))
+                            lambda m, way: _evaluate(m, targets, refs, names, save=Path(masks) / ctx["protocol"] /
+                                                     f"{way}_s{seed}" if masks else None))
     return {"train_s": round(secs, 1), "final_losses": {k: round(v, 4) for k, v in last.items()},
             "guard": model.guard_report, "randomise_used": model.randomise_used,
             "weight_average": model.weight_average,

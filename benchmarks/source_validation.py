@@ -53,6 +53,10 @@ VARIANTS: dict[str, tuple[str, dict, dict, dict]] = {
 }
 
 
+#: the ways one run is scored (weights x test-time augmentation, round 13; the refined boundary, round 18)
+WAYS = ["last", "last_d8", "ema", "ema_d8", "ema_edges"]
+
+
 def run_variant(name: str, seed: int, ctx: dict) -> dict:
     method, mkw, tkw, wkw = VARIANTS[name]
     cfg = ModelConfig(**{**ctx["model_kw"], **mkw})
@@ -84,7 +88,10 @@ def run_variant(name: str, seed: int, ctx: dict) -> dict:
     paired = {}
     if model.last_iterate_state is not None:  # round 13: the same run scored four ways (weights x inference)
         ways = {w + ("" if tta == "none" else "_" + tta): (w, tta) for w in ("last", "ema") for tta in TTAS}
-        paired = bench.score_ways(model, ways, lambda m: _score(m, ctx))
+        ways["ema_edges"] = ("ema", "none", "edges")  # round 18: the boundary refined on the image's own edges
+        own = "ema" + ("" if model.cfg.tta == "none" else "_" + model.cfg.tta)
+        ways = {k: v for k, v in ways.items() if not ctx.get("ways") or k in ctx["ways"] or k == own}
+        paired = bench.score_ways(model, ways, lambda m, _way: _score(m, ctx))
     own = "ema" + ("" if model.cfg.tta == "none" else "_" + model.cfg.tta)
     scores = paired[own] if paired else _score(model, ctx)  # what the run ended with: its average, its own tta
     return {"train_s": round(secs, 1), **scores, "dd_floor_step": dd_floor_step, "trace": trace,
@@ -138,6 +145,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="also score the held-out source at these steps (a label-free learning curve)")
     ap.add_argument("--warmup", type=int, default=None,
                     help="warm-up steps before the target terms join (default: the engine's, min(50, --steps / 4))")
+    ap.add_argument("--ways", nargs="*", default=None, choices=WAYS,
+                    help="score only these ways of each run (and the one it ended with; default: all)")
     ap.add_argument("--results", default=str(bench.RESULTS))
     args = ap.parse_args(argv)
 
@@ -148,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     sources = bench._load(data, proto, proto["train"], proto["source"], cfg, True)
     ctx = {"model_kw": {k: getattr(cfg, k) for k in cfg.__dataclass_fields__}, "steps": args.steps,
            "batch_size": args.batch_size, "lr": args.lr, "class_names": names, "eval_at": set(args.eval_at),
-           "warmup": args.warmup,
+           "warmup": args.warmup, "ways": args.ways,
            "train": sources[:-1], "val": sources[-1],
            "targets": bench._load(data, proto, proto["test"], proto["target"], cfg, False)}
     out = Path(args.results) / f"source_validation_{args.protocol}.json"

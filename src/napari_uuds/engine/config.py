@@ -64,6 +64,8 @@ DD_FORMS = ("printed", "infonce")
 #: probabilities averaged over the slice's eight rotations and mirrorings (the dihedral group the training's
 #: augmentation draws from), each mapped back before averaging (docs/method.md, round 13).
 TTAS = ("none", "d8")
+#: boundary refinements after a volume is predicted (engine/refine.py; round 18 of docs/method.md)
+REFINES = ("none", "edges")
 #: Source randomisation (engine/randomise.py): ``gin`` = random shallow conv nets scramble the source's contrast;
 #: ``none`` = the source as it is; ``auto`` = gin where the raw target's grey values lie far from the source's (W1 >
 #: randomise.AUTO_W1, label-free, measured before training), else none (docs/method.md, reading 16).
@@ -143,6 +145,9 @@ class ModelConfig:
     #: encoder's finest map is S/4, so without them the synthetic source holds no detail finer than four pixels.
     #: A config.json without the key (written before it existed) reads as False (checkpoint.read_config).
     fine_skips: bool = False
+    #: boundary refinement of a predicted volume (see REFINES): "edges" lets the target's own edges move the boundary
+    #: within 2 voxels (engine/refine.py). A config.json without the key reads as "none" (checkpoint.read_config).
+    refine: str = "none"
     #: test-time augmentation (see TTAS). A config.json without the key reads as "none" (checkpoint.read_config).
     tta: str = "none"
     #: TCSA's text-conditioned segmentation head (engine/text_head.py; the authors' model): the class texts of the
@@ -166,6 +171,8 @@ class ModelConfig:
                             "class(es): give one description per class")
         if not self.mm_per_pixel >= 0:
             raise UUDSError(f"mm per pixel must be 0 (fit each slice to the frame) or positive, not {self.mm_per_pixel}")
+        if self.refine not in REFINES:
+            raise UUDSError(f"unknown refinement '{self.refine}', choose one of {', '.join(REFINES)}")
         if self.tta not in TTAS:
             raise UUDSError(f"unknown test-time augmentation '{self.tta}', choose one of {', '.join(TTAS)}")
         if self.text_head and self.text_head_dim <= 0:
@@ -412,7 +419,7 @@ class TrainConfig:
 #: overrides of (ModelConfig, TrainConfig, LossWeights).
 RECIPES: dict[str, tuple[dict[str, Any], dict[str, Any], dict[str, Any]]] = {
     "uuds": ({}, {}, {}),
-    "paper": ({"body_mask": False, "pass_bn": False, "fine_skips": False}, {"randomise": "none", "randomise_invert": 0.0, "guard": False,
+    "paper": ({"body_mask": False, "pass_bn": False, "fine_skips": False, "refine": "none"}, {"randomise": "none", "randomise_invert": 0.0, "guard": False,
                                                        "pseudo_prior": "none", "ema_decay": 0.0},
               {"dd_form": "printed"}),
 }

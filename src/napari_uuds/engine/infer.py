@@ -19,6 +19,7 @@ from .body import body_mask
 from .dataset import plan_for, slabs
 from .losses import certain_mask, entropy_map
 from .model import UUDS
+from .refine import snap_to_edges
 from .slices import SliceGeometry, from_square, to_square
 from .volumes import NormParams, Volume, normalisation_params
 
@@ -155,7 +156,18 @@ def iter_predict_volume(model: UUDS, volume: Volume, batch_size: int = 16, domai
         del out, s, p, body, slices
         release_host_memory(collect=False)  # this batch's temporaries: back to the system (a few ms)
         yield idx[axis].stop, shape[axis]
+    if cfg.refine == "edges":  # round 18: the target's own edges move the boundary within a narrow band
+        seg = refine_seg(cfg, seg, raw, norm, volume.spacing)
     return VolumePrediction(syn, probs, seg, ent)
+
+
+def refine_seg(cfg, seg: np.ndarray, raw: np.ndarray, norm: NormParams, spacing) -> np.ndarray:
+    """``seg`` after the model's boundary refinement (``cfg.refine``) on the raw volume ``raw`` (the same grid, a
+    slab or a slice of the scan included), normalised as the model reads it; unchanged for "none"."""
+    if cfg.refine == "none":
+        return seg
+    image = norm.apply(raw)
+    return snap_to_edges(seg, image, spacing, body_mask(image, cfg.axis) if cfg.body_mask else None)
 
 
 def square_slab(cfg, raw: np.ndarray, norm: NormParams, plan: SliceGeometry, idx: tuple

@@ -22,7 +22,8 @@ from ..engine.dataset import PreparedVolume, prepare_volume, slab
 from ..engine.errors import UUDSError
 from ..engine.review import SliceScore
 from ..engine.job import AdaptJob, build_model
-from ..engine.infer import VolumePrediction, assemble, iter_predict_volume, predict_slices, run_to_end
+from ..engine.infer import (VolumePrediction, assemble, iter_predict_volume, predict_slices, refine_seg,
+                            run_to_end)
 from ..engine.slices import SliceGeometry, from_square
 from ..engine.train import TrainControl, TrainEvent, resolve_device
 from .corrections import Corrections, default_run_folder
@@ -308,6 +309,8 @@ class UUDSController(ReviewActions):
         body = body_mask(self.target.norm.apply(self.target.volume.data[where]), one.axis) \
             if self.model.cfg.body_mask else None  # as predict_volume does: nothing outside the body
         pred = assemble(syn.float().cpu(), probs, one, body, keep_probs=False)
+        pred.seg = refine_seg(self.model.cfg, pred.seg, self.target.volume.data[where], self.target.norm,
+                              self.target.volume.spacing)  # as predict_volume does (on this slice alone)
         for key in ("synthetic", "seg", "entropy"):
             getattr(self.prediction, key)[where] = getattr(pred, key)
         self._show_prediction()

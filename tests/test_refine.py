@@ -1,0 +1,78 @@
+"""Round 18's boundary refinement (engine/refine.py): the image's own edges move a mask's boundary within a band."""
+import json
+
+import numpy as np
+import pytest
+from scipy import ndimage
+
+from napari_uuds.engine import checkpoint as ckpt
+from napari_uuds.engine.config import ModelConfig, recipe_overrides
+from napari_uuds.engine.errors import UUDSError
+from napari_uuds.engine.infer import predict_volume
+from napari_uuds.engine.refine import BAND_VOXELS, snap_to_edges
+from napari_uuds.engine.volumes import load_volume
+
+
+def _cylinder(noise=0.1, seed=0):
+    """A bright rod (radius 10 voxels) in a dark ring (to 13) on a grey background, with noise."""
+    z, y, x = np.mgrid[:12, :48, :48]
+    r = np.hypot(y - 24, x - 24)
+    img = np.where(r < 10, 1.0, 0.0) + np.where((r >= 10) & (r < 13), -0.5, 0.0)
+    return img + np.random.default_rng(seed).normal(0, noise, r.shape), r
+
+
+def _dice(a, b):
+    return 2 * (a & b).sum() / (a.sum() + b.sum())
+
+
+@pytest.mark.parametrize("radius", [8.5, 11.5])
+def test_a_boundary_within_the_band_moves_to_the_image_edge(radius):
+    img, r = _cylinder()
+    truth = r < 10
+    seg = (r < radius).astype(np.uint8)
+    out = snap_to_edges(seg, img)
+    assert _dice(out > 0, truth) > 0.97 > _dice(seg > 0, truth) + 0.1
+    far = np.abs(r - radius) > BAND_VOXELS + 0.5  # nothing outside the band changes
+    np.testing.assert_array_equal(out[far], seg[far])
+
+
+def test_edges_beyond_the_band_and_thin_parts_are_left_alone():
+    img, r = _cylinder()
+    seg = np.zeros(img.shape, np.uint8)
+    seg[:, 2:4, 2:4] = 1  # a thin part with no seed once the band is cut away: kept as it is
+    seg[r < 6] = 1  # the edge at 10 lies beyond the band (6 + 2): the boundary cannot jump to it
+    out = snap_to_edges(seg, img)
+    assert out[:, 2:4, 2:4].all()
+    assert (out[(r >= 8.6) & (r < 20)] == 0).all() and out[r < 6 - BAND_VOXELS - 0.5].all()
+    body = r < 40
+    seg2 = (r < 11.5).astype(np.uint8)
+    seg2[:, :2, :2] = 1  # outside the body: background whatever the walker says
+    assert not snap_to_edges(seg2, img, body=body)[~body].any()
+    assert snap_to_edges(np.zeros_like(seg), img).sum() == 0  # nothing to refine
+    with pytest.raises(ValueError, match="same 3D grid"):
+        snap_to_edges(seg[:, :, :5], img)
+
+
+def test_refine_is_an_option_of_the_model_with_the_paper_and_old_configs_off(tiny_model, tmp_path, cord):
+    assert ModelConfig(**recipe_overrides("paper")[0]).refine == "none"
+    with pytest.raises(UUDSError, match="unknown refinement"):
+        ModelConfig(refine="crf")
+    vol = load_volume(cord["t1"])
+    tiny_model.cfg.refine = "none"
+    plain = predict_volume(tiny_model, vol)
+    tiny_model.cfg.refine = "edges"
+    try:
+        refined = predict_volume(tiny_model, vol)
+    finally:
+        tiny_model.cfg.refine = "none"
+    np.testing.assert_array_equal(refined.entropy, plain.entropy)  # the network's uncertainty is not touched
+    changed = refined.seg != plain.seg  # only within the band around the network's boundary (unit voxels here)
+    obj = plain.seg > 0
+    near = (ndimage.distance_transform_edt(obj) <= BAND_VOXELS) & obj | \
+        (ndimage.distance_transform_edt(~obj) <= BAND_VOXELS) & ~obj
+    assert not (changed & ~near).any()
+    ckpt.save_checkpoint(tiny_model, tmp_path / "old")
+    meta = json.loads((tmp_path / "old" / "config.json").read_text())
+    del meta["model"]["refine"]  # written before the option existed
+    (tmp_path / "old" / "config.json").write_text(json.dumps(meta))
+    assert ckpt.read_config(tmp_path / "old")["model"]["refine"] == "none"
