@@ -200,6 +200,29 @@ def test_test_time_augmentation_box_repredicts_the_slice_and_is_saved(ready, tmp
     assert w.tta.value and w.params.tta == "d8"
 
 
+def test_refine_box_repredicts_the_slice_through_the_refinement_and_is_saved(ready, tmp_path, monkeypatch):
+    from napari_uuds.engine import infer
+    from napari_uuds.engine.checkpoint import read_config
+
+    viewer, w = ready
+    w.steps.value = 1
+    w.ctl.adapt_and_segment(w.source.value, w.source_labels.value, w.target.value)
+    assert w.ctl.model.cfg.refine == w.params.refine == "none" and not w.refine.value
+    seen = []
+    real = infer.snap_to_edges
+    monkeypatch.setattr(infer, "snap_to_edges", lambda seg, *a, **k: seen.append(seg.shape) or real(seg, *a, **k))
+    w.refine.value = True  # the click: the slice on screen, predicted and refined
+    axis = w.ctl.model.cfg.axis
+    assert len(seen) == 1 and seen[0][axis] == 1 and w.ctl.model.cfg.refine == "edges"
+    assert "boundary refinement edges" in w.status.message
+    w.ctl.save_weights(tmp_path / "w")
+    assert read_config(tmp_path / "w")["model"]["refine"] == "edges"
+    w.refine.value = False
+    assert w.ctl.model.cfg.refine == "none" and len(seen) == 1  # off: no refinement on the re-predicted slice
+    w.ctl.load_weights(tmp_path / "w")
+    assert w.refine.value and w.params.refine == "edges"
+
+
 def test_stop_ends_the_worker(ready, qtbot):
     viewer, w = ready
     w.steps.value = 10_000

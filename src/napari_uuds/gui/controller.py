@@ -250,6 +250,18 @@ class UUDSController(ReviewActions):
             self.status.message = (f"test-time augmentation {tta} on slice {i}: {flipped:.1%} of its pixels changed "
                                    "class; Re-predict volume applies it everywhere")
 
+    def set_refine(self, refine: str) -> None:
+        """Boundary refinement on the target's edges on or off for every later prediction; the slice on screen is
+        re-predicted at once (the whole volume with Re-predict volume)."""
+        self.params.refine = refine
+        if self.model is None:
+            return
+        self.model.cfg.refine = refine
+        if self.target is not None and self.prediction is not None and not self.status.running:
+            i, flipped, _ = self._repredict_slice_and_compare()
+            self.status.message = (f"boundary refinement {refine} on slice {i}: {flipped:.1%} of its pixels changed "
+                                   "class; Re-predict volume applies it everywhere")
+
     def _repredict_slice_and_compare(self) -> tuple[int, float, float]:
         """Re-predict the slice on screen; return its index, the fraction of its pixels that changed class and the
         mean absolute change of its synthetic source (grey values in [-1, 1])."""

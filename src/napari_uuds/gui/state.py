@@ -37,6 +37,8 @@ class Params:
     threshold: float = _T.threshold
     #: test-time augmentation of every prediction: none | d8 (the eight rotations and mirrorings; engine/infer.py)
     tta: str = _M.tta
+    #: boundary refinement of every prediction: none | edges (the image's own edges move it; engine/refine.py)
+    refine: str = _M.refine
     axis: int = _M.axis
     preview_every: int = 20
     seed: int = _T.seed
@@ -62,6 +64,7 @@ class Params:
                                     class_names=self.class_names(), class_descriptions=self.descriptions(),
                                     source_modality=self.source_modality, domain_prompt=self.domain_prompt,
                                     use_domain_prompt=prompts, use_seg_prompt=prompts, tta=self.tta,
+                                    refine=self.refine,
                                     text_head=self.method != "uuds", target_modality=target_modality or "target")
 
     def train_config(self) -> TrainConfig:
@@ -76,6 +79,7 @@ class Params:
         self.class_descriptions = list(cfg.class_descriptions)
         self.source_modality = cfg.source_modality
         self.tta = cfg.tta
+        self.refine = cfg.refine
         self.threshold = float(train.get("threshold", self.threshold))
 
 
