@@ -106,7 +106,8 @@ def _adapt(args, ctx, t_start: float) -> int:
     m_over, t_over, w_over = recipe_overrides(args.recipe)
     for store, key, value in ((m_over, "body_mask", args.body_mask), (m_over, "pass_bn", args.pass_bn),
                               (m_over, "fine_skips", args.fine_skips),
-                              (m_over, "tta", args.tta), (m_over, "refine", args.refine), (t_over, "ema_decay", args.ema_decay),
+                              (m_over, "tta", args.tta), (m_over, "refine", args.refine),
+                              (t_over, "ema_decay", args.ema_decay),
                               (t_over, "zoom", args.zoom), (t_over, "teacher_decay", args.teacher_decay),
                               (t_over, "randomise", args.randomise),
                               (t_over, "randomise_invert", args.randomise_invert),

@@ -419,8 +419,8 @@ class TrainConfig:
 #: overrides of (ModelConfig, TrainConfig, LossWeights).
 RECIPES: dict[str, tuple[dict[str, Any], dict[str, Any], dict[str, Any]]] = {
     "uuds": ({}, {}, {}),
-    "paper": ({"body_mask": False, "pass_bn": False, "fine_skips": False, "refine": "none"}, {"randomise": "none", "randomise_invert": 0.0, "guard": False,
-                                                       "pseudo_prior": "none", "ema_decay": 0.0},
+    "paper": ({"body_mask": False, "pass_bn": False, "fine_skips": False, "refine": "none"},
+              {"randomise": "none", "randomise_invert": 0.0, "guard": False, "pseudo_prior": "none", "ema_decay": 0.0},
               {"dd_form": "printed"}),
 }
 
