@@ -144,8 +144,8 @@ ROWS = ["lower", "histmatch", "pseudo", "gin_only", "uuds_paper", "uuds", "uuds_
 #: rows scored from another row's runs (round 13): the default's run scored with its last step's weights instead of
 #: their average (``uuds_no_ema``: rounds 4-12's way), and with test-time augmentation: row -> (the row that trains,
 #: weights, tta). The weight average changes nothing in training, so these are the same runs, paired.
-PAIRED_ROWS = {"uuds_no_ema": ("uuds", "last", "none"), "uuds_tta": ("uuds", "ema", "d8"),
-               "uuds_no_ema_tta": ("uuds", "last", "d8"),
+PAIRED_ROWS = {"uuds_no_ema": ("uuds", "last", "none", "none"), "uuds_tta": ("uuds", "ema", "d8", "none"),
+               "uuds_no_ema_tta": ("uuds", "last", "d8", "none"),
                # round 18: the same run's prediction with the boundary refined on the target's edges
                "uuds_edges": ("uuds", "ema", "none", "edges")}
 MAIN_ROWS = {"lower", "histmatch", "pseudo", "gin_only", "uuds_paper", "uuds", "upper"}
@@ -251,16 +251,16 @@ def _evaluate(model: UUDS, targets: list[PreparedVolume], refs: list[Volume], cl
     return rows
 
 
-def score_ways(model: UUDS, ways: dict[str, tuple], score) -> dict:
-    """One trained run scored several ways (round 13): ``ways`` = name -> (weights, tta[, refine]), weights ``last``
-    (the last step's, ``model.last_iterate_state``) or ``ema`` (the average the run ended with), refine (round 18)
-    default "none". Returns name -> score(model, name); the model
-    ends as it came (the average loaded, its own tta and refinement)."""
+def score_ways(model: UUDS, ways: dict[str, tuple[str, str, str]], score) -> dict:
+    """One trained run scored several ways (round 13): ``ways`` = name -> (weights, tta, refine), weights ``last``
+    (the last step's, ``model.last_iterate_state``) or ``ema`` (the average the run ended with), refine a boundary
+    refinement (round 18). Returns name -> score(model, name); the model ends as it came (the average loaded, its own
+    tta and refinement)."""
     average = {k: v.clone() for k, v in model.state_dict().items()}
     own, out = (model.cfg.tta, model.cfg.refine), {}
-    for name, (which, tta, *refine) in ways.items():
+    for name, (which, tta, refine) in ways.items():
         model.load_state_dict(model.last_iterate_state if which == "last" else average)
-        model.cfg.tta, model.cfg.refine = tta, (refine[0] if refine else "none")
+        model.cfg.tta, model.cfg.refine = tta, refine
         out[name] = score(model, name)
     model.load_state_dict(average)
     model.cfg.tta, model.cfg.refine = own

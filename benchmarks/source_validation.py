@@ -86,13 +86,12 @@ def run_variant(name: str, seed: int, ctx: dict) -> dict:
             trace.append({"step": ev.step, **{k: round(v, 4) for k, v in ev.losses.items()}})
     secs = time.perf_counter() - t0
     paired = {}
+    own = "ema" + ("" if model.cfg.tta == "none" else "_" + model.cfg.tta)
     if model.last_iterate_state is not None:  # round 13: the same run scored four ways (weights x inference)
-        ways = {w + ("" if tta == "none" else "_" + tta): (w, tta) for w in ("last", "ema") for tta in TTAS}
+        ways = {w + ("" if tta == "none" else "_" + tta): (w, tta, "none") for w in ("last", "ema") for tta in TTAS}
         ways["ema_edges"] = ("ema", "none", "edges")  # round 18: the boundary refined on the image's own edges
-        own = "ema" + ("" if model.cfg.tta == "none" else "_" + model.cfg.tta)
         ways = {k: v for k, v in ways.items() if not ctx.get("ways") or k in ctx["ways"] or k == own}
         paired = bench.score_ways(model, ways, lambda m, _way: _score(m, ctx))
-    own = "ema" + ("" if model.cfg.tta == "none" else "_" + model.cfg.tta)
     scores = paired[own] if paired else _score(model, ctx)  # what the run ended with: its average, its own tta
     return {"train_s": round(secs, 1), **scores, "dd_floor_step": dd_floor_step, "trace": trace,
             **({"paired": paired} if paired else {}),

@@ -34,17 +34,16 @@ def snap_to_edges(seg: np.ndarray, image: np.ndarray, spacing=(1.0, 1.0, 1.0), b
         return seg.copy()
     spacing = tuple(float(s) for s in spacing)
     width = band_voxels * min(spacing)
+    classes = np.unique(seg)
     band = np.zeros(seg.shape, bool)
-    for c in np.unique(seg):  # within `width` mm of the boundary of any class, on either side
+    for c in classes:  # within `width` mm of the boundary of any class, on either side
         inside = seg == c
         band |= inside & (ndimage.distance_transform_edt(inside, sampling=spacing) <= width)
     if body is not None:
         band &= np.asarray(body, bool)
     labels = seg.astype(np.int32) + 1  # seeds: 1 background, c + 1 class c; 0: the band, to be decided
     labels[band] = 0
-    for c in np.unique(seg):  # a class part with no seed left keeps its predicted voxels (seeded)
-        if c == 0:
-            continue
+    for c in classes[classes > 0]:  # a class part with no seed left keeps its predicted voxels (seeded)
         parts, n = ndimage.label(seg == c)
         seeded = np.unique(parts[(labels == c + 1) & (parts > 0)])
         lost = np.isin(parts, np.setdiff1d(np.arange(1, n + 1), seeded))

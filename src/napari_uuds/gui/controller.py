@@ -241,26 +241,24 @@ class UUDSController(ReviewActions):
     def set_tta(self, tta: str) -> None:
         """Test-time augmentation on or off for every later prediction; the slice on screen is re-predicted at once
         (the whole volume with Re-predict volume)."""
-        self.params.tta = tta
-        if self.model is None:
-            return
-        self.model.cfg.tta = tta
-        if self.target is not None and self.prediction is not None and not self.status.running:
-            i, flipped, _ = self._repredict_slice_and_compare()
-            self.status.message = (f"test-time augmentation {tta} on slice {i}: {flipped:.1%} of its pixels changed "
-                                   "class; Re-predict volume applies it everywhere")
+        self._set_prediction_option("tta", tta, "test-time augmentation")
 
     def set_refine(self, refine: str) -> None:
         """Boundary refinement on the target's edges on or off for every later prediction; the slice on screen is
         re-predicted at once (the whole volume with Re-predict volume)."""
-        self.params.refine = refine
+        self._set_prediction_option("refine", refine, "boundary refinement")
+
+    def _set_prediction_option(self, key: str, value: str, what: str) -> None:
+        """Set a prediction setting of the parameters and the model's config (``key``, the same name in both) and
+        re-predict the slice on screen with it, saying how much changed."""
+        setattr(self.params, key, value)
         if self.model is None:
             return
-        self.model.cfg.refine = refine
+        setattr(self.model.cfg, key, value)
         if self.target is not None and self.prediction is not None and not self.status.running:
             i, flipped, _ = self._repredict_slice_and_compare()
-            self.status.message = (f"boundary refinement {refine} on slice {i}: {flipped:.1%} of its pixels changed "
-                                   "class; Re-predict volume applies it everywhere")
+            self.status.message = (f"{what} {value} on slice {i}: {flipped:.1%} of its pixels changed class; "
+                                   "Re-predict volume applies it everywhere")
 
     def _repredict_slice_and_compare(self) -> tuple[int, float, float]:
         """Re-predict the slice on screen; return its index, the fraction of its pixels that changed class and the
