@@ -1,11 +1,11 @@
 """Corrections benchmark: a simulated user corrects k slices of each target volume, the model fine-tunes on them.
 
 After adaptation (the engine's default recipe, as row ``uuds`` of ``run.py``), the k slices of each target
-volume that the review ranks most uncertain (``engine/review.py``) are replaced by their ground truth, the
+volume that the review takes first (``engine/review.py``, its default order) are replaced by their ground truth, the
 model fine-tunes on them (``engine/finetune.py``), the volume is predicted again and the corrected slices keep
 the user's labels; the whole volume is scored. The same with k slices drawn at random among the slices that
-show anatomy. k = 0 is the adapted model as it is. Target labels play the user's corrections and score; they
-choose nothing.
+show anatomy, and (``uncertain_spread``) the review's order until 2026-12-01, on the same adapted models. k = 0 is the
+adapted model as it is. Target labels play the user's corrections and score; they choose nothing.
 
 Writes ``benchmarks/results/corrections_<protocol>.json`` (curves: Dice % as the mean over volumes and seeds)
 and ``corrections_<protocol>.svg`` (Dice against corrected slices per volume, uncertainty-ranked and random).
@@ -37,8 +37,11 @@ from napari_uuds.engine.metrics import score_classes  # noqa: E402
 from napari_uuds.engine.review import keep_corrections, rank_slices  # noqa: E402
 
 KS = (0, 1, 2, 4, 8)
-#: uncertain: the review's order (engine/review.py); random: k slices that show anatomy, drawn at random
-STRATEGIES = ("uncertain", "random")
+#: uncertain: the review's order (engine/review.py, coverage); uncertain_spread: its spread order (the default until
+#: 2026-12-01); random: k slices that show anatomy, drawn at random
+STRATEGIES = ("uncertain", "uncertain_spread", "random")
+#: the review order each "uncertain" strategy takes (uncertain_topk: an earlier run's plain top-k, see --topk-from)
+ORDER_OF = {"uncertain": "coverage", "uncertain_spread": "spread", "uncertain_topk": "score"}
 
 
 def anatomy_slices(prepared) -> list[int]:
@@ -48,8 +51,8 @@ def anatomy_slices(prepared) -> list[int]:
 
 
 def choose(strategy: str, k: int, pred, prepared, axis: int, chi: float, rng: np.random.Generator) -> list[int]:
-    if strategy in ("uncertain", "uncertain_topk"):  # the review's order (spread along the axis), or by score alone
-        return [s.index for s in rank_slices(pred.entropy, pred.seg, axis, chi, spread=strategy == "uncertain")[:k]]
+    if strategy in ORDER_OF:
+        return [s.index for s in rank_slices(pred.entropy, pred.seg, axis, chi, order=ORDER_OF[strategy])[:k]]
     pool = anatomy_slices(prepared)
     return sorted(int(i) for i in rng.choice(pool, size=min(k, len(pool)), replace=False))
 
@@ -110,14 +113,14 @@ def summarise(runs: dict) -> dict:
 
 
 def svg_plot(doc: dict, path: Path) -> None:
-    """Dice against corrected slices, both strategies (a dependency-free SVG)."""
+    """Dice against corrected slices, every strategy (a dependency-free SVG)."""
     w, h, left, bottom, top, right = 480, 320, 56, 44, 28, 120
     xs = {k: left + (w - left - right) * i / (len(KS) - 1) for i, k in enumerate(KS)}
 
     def y(d: float) -> float:
         return top + (h - top - bottom) * (1 - d / 100)
 
-    colours = {"uncertain": "#d62728", "random": "#1f77b4"}
+    colours = {"uncertain": "#d62728", "uncertain_spread": "#ff9896", "random": "#1f77b4"}
     parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-family="sans-serif" font-size="12">',
              f'<rect width="{w}" height="{h}" fill="white"/>',
              f'<text x="{left}" y="16">{doc["protocol"]}: Dice % after k corrected slices per volume '

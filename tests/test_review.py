@@ -10,8 +10,8 @@ from napari_uuds.engine.finetune import corrected_sampler, corrected_slices, fin
 from napari_uuds.engine.infer import predict_volume
 from napari_uuds.engine.metrics import score
 from napari_uuds.engine.model import UUDS
-from napari_uuds.engine.review import (apply_corrections, edited_slices, keep_corrections, labelled_slices,
-                                       rank_slices, slice_scores)
+from napari_uuds.engine.review import (ORDERS, apply_corrections, coverage_order, edited_slices, keep_corrections,
+                                       labelled_slices, rank_slices, slice_scores)
 from napari_uuds.engine.train import train
 
 
@@ -33,6 +33,51 @@ def test_rank_counts_entropy_around_the_object_and_in_the_uncertain_region():
     assert [r.index for r in rank_slices(ent, seg, axis=2, chi=0.5, margin=1, exclude={3})] == [1]
     # another slicing axis ranks along it
     assert [r.index for r in rank_slices(np.moveaxis(ent, 2, 0), np.moveaxis(seg, 2, 0), axis=0, margin=1)] == [3, 1]
+
+
+def _ring_volume(per_slice_rim: list[float]) -> tuple[np.ndarray, np.ndarray]:
+    """One object on every slice along axis 2, its rim as uncertain as ``per_slice_rim`` says."""
+    n = len(per_slice_rim)
+    ent, seg = np.zeros((24, 24, n), np.float32), np.zeros((24, 24, n), np.uint8)
+    seg[9:15, 9:15] = 1
+    for z, v in enumerate(per_slice_rim):
+        ent[8:16, 8:16, z] = v
+        ent[10:14, 10:14, z] = 0.0  # certain inside: the uncertainty is a rim, as on the cord
+    return ent, seg
+
+
+def test_coverage_order_tiles_flat_scores_from_the_middle_and_never_starts_at_an_end():
+    # the cord's case: every slice as uncertain, give or take noise (docs/method.md, "Review order, round 2")
+    rng = np.random.default_rng(0)
+    ent, seg = _ring_volume(list(0.3 + 0.01 * rng.random(64)))
+    picks = [r.index for r in rank_slices(ent, seg, axis=2)]
+    assert sorted(picks) == list(range(64))  # every scored slice is in the review, once
+    assert 24 <= picks[0] <= 40  # the middle of the extent first
+    assert all(4 <= p <= 59 for p in picks[:3])  # no end slice among the first picks
+    first4 = sorted(picks[:4])
+    assert min(np.diff(first4)) >= 8  # they spread over the extent
+    # the old orders stay selectable, and only known orders are
+    by_score = [r.index for r in rank_slices(ent, seg, axis=2, order="score")]
+    scores, _ = slice_scores(ent, seg, axis=2)
+    assert by_score[0] == int(np.argmax(scores)) and set(by_score) == set(picks)
+    assert set(r.index for r in rank_slices(ent, seg, axis=2, order="spread")) == set(picks)
+    assert ORDERS[0] == "coverage"
+    with pytest.raises(ValueError, match="review order"):
+        rank_slices(ent, seg, axis=2, order="entropy")
+
+
+def test_coverage_order_goes_to_a_peak_first_and_counts_corrected_slices_as_covered():
+    rim = [0.05] * 40
+    rim[25:30] = [0.9] * 5  # a run of very uncertain slices (a tumour's hard part)
+    ent, seg = _ring_volume(rim)
+    picks = [r.index for r in rank_slices(ent, seg, axis=2)]
+    assert 25 <= picks[0] <= 29
+    # a slice the user corrected covers its neighbourhood: the next pick goes elsewhere, and it is not offered again
+    after = [r.index for r in rank_slices(ent, seg, axis=2, exclude={picks[0]})]
+    assert picks[0] not in after and abs(after[0] - picks[0]) > 2
+    # coverage_order on its own: the gain of a slice is the uncovered score near it
+    assert coverage_order([], np.zeros(3)) == []
+    assert coverage_order([0, 1, 2, 3, 4], np.array([0, 0, 0, 0, 5.0]), sigma=0.5)[0] == 4
 
 
 def test_edited_and_labelled_slices_and_keeping_corrections():

@@ -3,10 +3,14 @@
 A slice's *review score* is the entropy (Eq. 5, normalised to [0, 1]) summed over where it matters: the
 predicted object grown by ``margin`` pixels in the slice's plane (its boundary, where a mask is most often
 wrong), together with the uncertain region (entropy >= chi, Eq. 7's complement: an object the model half
-sees but did not predict). Slices are ranked by it, highest first; slices that score 0 (certain
-background everywhere) are left out. Summing, not averaging, sends the user first to the slices where a
-correction changes the most voxels. The order spreads along the axis: neighbours of a slice already ranked wait
-for a later pass, so that a few corrections cover the object rather than one place of it.
+sees but did not predict). Slices that score 0 (certain background everywhere) are left out. Summing, not
+averaging, counts the voxels a correction can change.
+
+The review's order (``ORDERS``; docs/method.md, "Review order"): ``coverage`` (the default) is a greedy facility
+location: a correction teaches its slice's neighbourhood (a Gaussian of sigma = L / 8 slices, L the scored extent),
+and each next slice is the one that covers the most uncertainty not yet covered; with flat scores it tiles the
+extent from the middle out, with a peak it goes to the peak. ``spread``: by score, neighbours within r of a slice
+taken waiting for a later pass (the order until 2026-12-01); ``score``: by score alone.
 
 Corrections are whole slices: a slice the user edited is taken as labelled, all of it (the voxels the user
 left alone were looked at and kept), and every other slice stays unlabelled.
@@ -20,8 +24,13 @@ from scipy import ndimage
 
 #: pixels the predicted object is grown by, in the slice's plane, before its entropy is summed
 MARGIN = 3
-#: the review's spread: r = round(scored slices / SPREAD_DIVISOR) (docs/method.md, "Review order")
+#: the spread order's radius: r = round(scored slices / SPREAD_DIVISOR) (docs/method.md, "Review order")
 SPREAD_DIVISOR = 16
+#: the coverage order's reach of one correction: sigma = scored slices / COVERAGE_DIVISOR (docs/method.md,
+#: "Review order, round 2")
+COVERAGE_DIVISOR = 8
+#: the review's orders, the default first
+ORDERS = ("coverage", "spread", "score")
 
 
 @dataclass(frozen=True)
@@ -71,17 +80,48 @@ def spread_order(indices: list[int], radius: int, near: set[int] | frozenset[int
     return out
 
 
+def coverage_order(indices: list[int], scores: np.ndarray, near: set[int] | frozenset[int] = frozenset(),
+                   sigma: float | None = None) -> list[int]:
+    """``indices`` (the scored slices) in the order of a greedy facility location: each next slice is the one that adds
+    most to V = sum_j scores[j] * max_{i taken} K(i - j), K(d) = exp(-d^2 / 2 sigma^2), sigma = max(1, len(indices) /
+    COVERAGE_DIVISOR) by default, j over ``indices``; the slices in ``near`` (already corrected) count as taken.
+    Ties: the higher score, then the lower index."""
+    if not indices:
+        return []
+    idx = np.asarray(indices)
+    s = np.asarray(scores, np.float64)[idx]
+    sigma = max(1.0, len(idx) / COVERAGE_DIVISOR) if sigma is None else float(sigma)
+    k = np.exp(-((idx[:, None] - idx[None, :]) ** 2) / (2 * sigma ** 2))  # k[i, j]: how much taking i covers j
+    covered = np.zeros(len(idx))
+    for n in near:
+        covered = np.maximum(covered, np.exp(-((n - idx) ** 2) / (2 * sigma ** 2)))
+    free = np.array([int(i) not in near for i in idx])
+    out = []
+    for _ in range(int(free.sum())):
+        gains = np.round(np.maximum(k - covered[None, :], 0.0) @ s, 9)
+        cand = np.flatnonzero(free)
+        i = int(cand[np.lexsort((idx[cand], -s[cand], -gains[cand]))[0]])  # most gain, then score, then lower index
+        free[i] = False
+        covered = np.maximum(covered, k[i])
+        out.append(int(idx[i]))
+    return out
+
+
 def rank_slices(entropy: np.ndarray, seg: np.ndarray, axis: int, chi: float = 0.5, margin: int = MARGIN,
-                exclude: set[int] | frozenset[int] = frozenset(), spread: bool = True) -> list[SliceScore]:
-    """Slices worth reviewing (score above 0), ``exclude`` (already corrected) left out. ``spread`` (the review's
-    order): the best slice first, then the best one more than r slices from those taken (:func:`spread_order`,
-    r = :func:`spread_radius` of the number of scored slices), so that the first few slices cover the object's
-    extent instead of being neighbours; without it, by score alone (ties: lower index first)."""
+                exclude: set[int] | frozenset[int] = frozenset(), order: str = "coverage") -> list[SliceScore]:
+    """Slices worth reviewing (score above 0), ``exclude`` (already corrected) left out, in the review's ``order``
+    (one of ``ORDERS``, see the module's docstring): ``coverage`` (:func:`coverage_order`), ``spread``
+    (:func:`spread_order`, r = :func:`spread_radius` of the number of scored slices) or ``score`` (highest first, ties:
+    lower index first). The extent (L) counts every scored slice, the corrected ones included."""
+    if order not in ORDERS:
+        raise ValueError(f"review order must be one of {ORDERS}, not {order!r}")
     scores, counts = slice_scores(entropy, seg, axis, chi, margin)
-    order = [i for i in sorted(range(len(scores)), key=lambda i: (-scores[i], i)) if scores[i] > 0]
-    if spread:  # the radius from every scored slice, corrected ones included: it is the object's extent
-        order = spread_order(order, spread_radius(len(order)), set(exclude))
-    return [SliceScore(i, float(scores[i]), int(counts[i])) for i in order if i not in exclude]
+    ranked = [i for i in sorted(range(len(scores)), key=lambda i: (-scores[i], i)) if scores[i] > 0]
+    if order == "spread":
+        ranked = spread_order(ranked, spread_radius(len(ranked)), set(exclude))
+    elif order == "coverage":
+        ranked = coverage_order(sorted(ranked), scores, set(exclude))
+    return [SliceScore(i, float(scores[i]), int(counts[i])) for i in ranked if i not in exclude]
 
 
 def edited_slices(current: np.ndarray, shown: np.ndarray, axis: int) -> list[int]:
