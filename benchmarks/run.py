@@ -107,6 +107,8 @@ ADAPT_ROWS: dict[str, tuple[str, dict, dict, dict]] = {
     "uuds_invert": ("uuds", {}, {"randomise_invert": 0.5}, {}),
     # round 17's candidate: the image decoder reads the slice at S/2 and S/1
     "uuds_fine": ("uuds", {"fine_skips": True}, {}, {}),
+    # round 19's candidate: the target's pseudo label refined on the slice's edges before Eq. 8 reads it
+    "uuds_pseudo_edges": ("uuds", {}, {"pseudo_refine": "edges"}, {}),
     # the default without pass-specific batch-norm statistics: round 3's default, whose one-lever-off rows follow
     "uuds_no_pass_bn": ("uuds", {"pass_bn": False}, {}, {}),
     # one lever of the default off
@@ -136,7 +138,7 @@ SOURCE_ROWS = {"lower": {"randomise": "none"}, "gin_only": {"randomise": "gin"},
 ROWS = ["lower", "histmatch", "pseudo", "gin_only", "uuds_paper", "uuds", "uuds_no_gin", "uuds_gin",
         "uuds_gin_dd_printed", "uuds_gin_no_body_mask", "uuds_gin_no_guard", "uuds_gin_mm", "uuds_gin_size_log",
         "uuds_gin_into_segmenter", "uuds_gin_both", "gin_only_both", "uuds_useg_present",
-        "uuds_useg_ce", "uuds_useg_detached", "uuds_pseudo_floor", "uuds_zoom", "uuds_teacher", "uuds_invert", "uuds_fine", "uuds_edges", "uuds_tta", "uuds_no_ema_tta", "uuds_no_ema",
+        "uuds_useg_ce", "uuds_useg_detached", "uuds_pseudo_floor", "uuds_zoom", "uuds_teacher", "uuds_invert", "uuds_fine", "uuds_edges", "uuds_pseudo_edges", "uuds_pseudo_edges_refined", "uuds_tta", "uuds_no_ema_tta", "uuds_no_ema",
         "uuds_no_pseudo_band",
         "uuds_no_pass_bn", "uuds_dd_printed", "uuds_no_body_mask", "uuds_no_guard", "uuds_no_domain_prompt",
         "uuds_no_seg_prompt", "uuds_no_uncertainty", "tcsa", "uuds+tcsa", "tcsa_no_adv", "tcsa_no_proto",
@@ -147,7 +149,8 @@ ROWS = ["lower", "histmatch", "pseudo", "gin_only", "uuds_paper", "uuds", "uuds_
 PAIRED_ROWS = {"uuds_no_ema": ("uuds", "last", "none", "none"), "uuds_tta": ("uuds", "ema", "d8", "none"),
                "uuds_no_ema_tta": ("uuds", "last", "d8", "none"),
                # round 18: the same run's prediction with the boundary refined on the target's edges
-               "uuds_edges": ("uuds", "ema", "none", "edges")}
+               "uuds_edges": ("uuds", "ema", "none", "edges"),
+               "uuds_pseudo_edges_refined": ("uuds_pseudo_edges", "ema", "none", "edges")}
 MAIN_ROWS = {"lower", "histmatch", "pseudo", "gin_only", "uuds_paper", "uuds", "upper"}
 DESCRIPTIONS = {
     "tumour": "a brain tumour with surrounding oedema",

@@ -254,13 +254,13 @@ def test_recipe_and_lever_options_reach_the_run(vols, tmp_path):
     argv = ["adapt", "--quiet", "--recipe", "paper", "--randomise", "gin", "--dd-form", "infonce", "--body-mask",
             "--useg-absent", "skip", "--randomise-into", "both", "--useg-form", "ce_balanced", "--useg-flow", "segmenter",
             "--pseudo-prior", "band", "--ema-decay", "0.5", "--tta", "d8", "--randomise-invert", "0.25",
-            "--fine-skips", "--refine", "edges", "--source", vols["img"], "--source-label", vols["lab"], "--target", vols["tgt"], "--out",
+            "--fine-skips", "--refine", "edges", "--pseudo-refine", "edges", "--source", vols["img"], "--source-label", vols["lab"], "--target", vols["tgt"], "--out",
             str(tmp_path / "mixed"), "--steps", "1", "--batch-size", "2", "--image-size", "64"]
     assert main([str(a) for a in argv]) == 0  # an explicit option wins over the recipe
     cfg = json.loads((tmp_path / "mixed" / "config.json").read_text())
     assert cfg["train"]["randomise"] == "gin" and cfg["loss_weights"]["dd_form"] == "infonce"
     assert cfg["train"]["randomise_invert"] == 0.25 and cfg["model"]["fine_skips"] is True
-    assert cfg["model"]["refine"] == "edges"
+    assert cfg["model"]["refine"] == "edges" and cfg["train"]["pseudo_refine"] == "edges"
     assert cfg["model"]["body_mask"] is True and cfg["train"]["guard"] is False
     assert cfg["loss_weights"]["useg_absent"] == "skip" and cfg["train"]["randomise_into"] == "both"
     assert cfg["loss_weights"]["useg_form"] == "ce_balanced" and cfg["train"]["useg_flow"] == "segmenter"

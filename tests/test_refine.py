@@ -9,7 +9,7 @@ from napari_uuds.engine import checkpoint as ckpt
 from napari_uuds.engine.config import ModelConfig, recipe_overrides
 from napari_uuds.engine.errors import UUDSError
 from napari_uuds.engine.infer import predict_volume
-from napari_uuds.engine.refine import BAND_VOXELS, snap_to_edges
+from napari_uuds.engine.refine import BAND_VOXELS, PSEUDO_BAND_PX, refine_pseudo_label, snap_slices_to_edges, snap_to_edges
 from napari_uuds.engine.volumes import load_volume
 
 
@@ -76,3 +76,31 @@ def test_refine_is_an_option_of_the_model_with_the_paper_and_old_configs_off(tin
     del meta["model"]["refine"]  # written before the option existed
     (tmp_path / "old" / "config.json").write_text(json.dumps(meta))
     assert ckpt.read_config(tmp_path / "old")["model"]["refine"] == "none"
+
+
+def test_pseudo_labels_move_to_each_slices_edges_and_the_moved_pixels_become_certain():
+    import torch
+
+    img, r = _cylinder()  # 12 slices along axis 0 of a bright rod in a dark ring
+    truth = r < 10
+    too_big = (r < 12).astype(np.int64)  # a pseudo label 2 pixels out, as the cord's ring of CSF
+    out = snap_slices_to_edges(too_big, img)
+    assert _dice(out > 0, truth) > 0.95 > _dice(too_big > 0, truth) + 0.05
+    far = np.abs(r - 12) > PSEUDO_BAND_PX + 0.5
+    np.testing.assert_array_equal(out[far], too_big[far])  # nothing outside the band changes
+    # each slice on its own: a slice with no object, or no body, is left as it was
+    empty = too_big.copy()
+    empty[3] = 0
+    body = np.ones(img.shape, bool)
+    body[5] = False
+    out2 = snap_slices_to_edges(empty, img, body)
+    assert (out2[3] == 0).all() and np.array_equal(out2[5], empty[5]) and _dice(out2[7] > 0, truth[7]) > 0.95
+    with pytest.raises(ValueError, match="same"):
+        snap_slices_to_edges(too_big[:, :10], img)
+    # as training uses it: tensors in, tensors out; only the moved pixels turn certain
+    pl = torch.from_numpy(too_big)
+    mask = torch.zeros(pl.shape)
+    new_pl, new_mask = refine_pseudo_label(pl, mask, torch.from_numpy(img).float(), body_mask=False)
+    moved = (new_pl != pl)
+    assert moved.any() and bool((new_mask[moved] == 1).all()) and bool((new_mask[~moved] == 0).all())
+    assert new_pl.dtype == pl.dtype

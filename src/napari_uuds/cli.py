@@ -8,7 +8,7 @@ import warnings
 
 from .engine.config import (ARCHS, DD_FLOWS, DD_FORMS, DD_SCALES, DEVICES, FINETUNE_STEPS, LossWeights, METHODS, PROTO_FORMS,
                             ModelConfig, RANDOMISERS, RANDOMISE_INTO, RECIPES, TEXT_ENCODERS, TrainConfig, USEG_ABSENT,
-                            USEG_FLOWS, USEG_FORMS, PSEUDO_PRIORS, REFINES, TTAS, WARMUP_STEPS)
+                            USEG_FLOWS, USEG_FORMS, PSEUDO_PRIORS, PSEUDO_REFINES, REFINES, TTAS, WARMUP_STEPS)
 from .engine.errors import UUDSError
 
 from .engine.volumes import parse_label_map  # noqa: F401  (re-exported: the option's parser)
@@ -181,6 +181,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "pseudo-labelled object held within 0.5-2 times the source's object fraction of the body) or "
                         "floor (raised to 0.5 times where it holds less, never cut) "
                         "(default: the recipe's; uuds: band, paper: none)")
+    a.add_argument("--pseudo-refine", choices=list(PSEUDO_REFINES), default=None,
+                   help="the target's pseudo label refined on the slice's own edges before L_useg reads it: none, or "
+                        "edges (a random walker moves its boundary within 3 pixels; round 19's candidate, not the "
+                        "default) (default: the recipe's)")
     a.add_argument("--randomise-into", choices=list(RANDOMISE_INTO), default=T.randomise_into,
                    help="where GIN's randomised slice enters: translator (its input; L_id asks for the clean slice), "
                         "segmenter (L_id asks for the randomised slice) or both (and a second draw on the "

@@ -113,7 +113,8 @@ def _adapt(args, ctx, t_start: float) -> int:
                               (t_over, "randomise_invert", args.randomise_invert),
                               (t_over, "guard", args.guard), (w_over, "dd_form", args.dd_form),
                               (w_over, "useg_absent", args.useg_absent), (w_over, "useg_form", args.useg_form),
-                              (t_over, "useg_flow", args.useg_flow), (t_over, "pseudo_prior", args.pseudo_prior)):
+                              (t_over, "useg_flow", args.useg_flow), (t_over, "pseudo_prior", args.pseudo_prior),
+                              (t_over, "pseudo_refine", args.pseudo_refine)):
         if value is not None:  # an explicit option wins over the recipe
             store[key] = value
     if resume_meta:

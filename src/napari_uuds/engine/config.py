@@ -56,6 +56,11 @@ USEG_FLOWS = ("all", "segmenter")
 #: batch's object pixels lie within 0.5-2 times the source's object fraction of the body; ``floor`` = raised to 0.5
 #: times where it holds less, never cut (losses.project_pseudo_label; docs/method.md, rounds 10-11).
 PSEUDO_PRIORS = ("none", "band", "floor")
+#: The target's pseudo label refined on the target slice's own edges before Eq. 8 reads it (round 19's candidate;
+#: not in the paper): ``none`` = as the network labels it; ``edges`` = the pixels within
+#: ``refine.PSEUDO_BAND_PX`` of a class boundary re-assigned by a random walker on the slice
+#: (refine.snap_slices_to_edges), the pixels it moved supervised.
+PSEUDO_REFINES = ("none", "edges")
 #: Form of L_DD (Eq. 1-2): ``printed`` = log softmax of the cosine *distances* (the paper's letter; its gradient
 #: never fades), ``infonce`` = -log softmax of the cosine *similarities* (the contrastive form; it fades once the
 #: domains are apart). docs/method.md, reading 5.
@@ -296,6 +301,8 @@ class TrainConfig:
     useg_flow: str = "all"
     #: size prior on the target's pseudo label (see PSEUDO_PRIORS)
     pseudo_prior: str = "band"
+    #: the target's pseudo label refined on the slice's edges (see PSEUDO_REFINES; round 19's candidate)
+    pseudo_refine: str = "none"
     #: steps before the target terms join: L_useg always; L_DD too where ``dd_warmup``.
     #: -1 (auto): min(WARMUP_STEPS, steps // 4): 50 from 200 steps up (round 12's default length ran with 50, round 6's
     #: probe's), a quarter of a shorter run so that its target terms still join
@@ -382,6 +389,9 @@ class TrainConfig:
                             f"{', '.join(RANDOMISE_INTO)}")
         if self.pseudo_prior not in PSEUDO_PRIORS:
             raise UUDSError(f"unknown pseudo-label prior '{self.pseudo_prior}', choose one of {', '.join(PSEUDO_PRIORS)}")
+        if self.pseudo_refine not in PSEUDO_REFINES:
+            raise UUDSError(f"unknown pseudo-label refinement '{self.pseudo_refine}', choose one of "
+                            f"{', '.join(PSEUDO_REFINES)}")
         if self.useg_flow not in USEG_FLOWS:
             raise UUDSError(f"unknown L_useg flow '{self.useg_flow}', choose one of {', '.join(USEG_FLOWS)}")
         if not 0.0 <= self.randomise_p <= 1.0:
@@ -420,7 +430,8 @@ class TrainConfig:
 RECIPES: dict[str, tuple[dict[str, Any], dict[str, Any], dict[str, Any]]] = {
     "uuds": ({}, {}, {}),
     "paper": ({"body_mask": False, "pass_bn": False, "fine_skips": False, "refine": "none"},
-              {"randomise": "none", "randomise_invert": 0.0, "guard": False, "pseudo_prior": "none", "ema_decay": 0.0},
+              {"randomise": "none", "randomise_invert": 0.0, "guard": False, "pseudo_prior": "none", "ema_decay": 0.0,
+               "pseudo_refine": "none"},
               {"dd_form": "printed"}),
 }
 

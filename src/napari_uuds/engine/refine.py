@@ -13,18 +13,23 @@ from __future__ import annotations
 import warnings
 
 import numpy as np
+import torch
 from scipy import ndimage
 
 #: half-width of the unlabelled band around the predicted boundary, in voxels of the target's finest spacing
 BAND_VOXELS = 2.0
 #: the random walker's edge penalty on the target standardised inside the band's box (skimage's default value)
 BETA = 130.0
+#: half-width of the band around a pseudo label's boundary, in pixels of the model's square slice (round 19: the
+#: segmenter's coarsest skip is S/4, so one cell of it spans four pixels; three reach across most of one)
+PSEUDO_BAND_PX = 3.0
 
 
 def snap_to_edges(seg: np.ndarray, image: np.ndarray, spacing=(1.0, 1.0, 1.0), body: np.ndarray | None = None,
-                  band_voxels: float = BAND_VOXELS, beta: float = BETA) -> np.ndarray:
+                  band_voxels: float = BAND_VOXELS, beta: float = BETA, mode: str = "cg_j") -> np.ndarray:
     """``seg`` (integer classes, 0 background) with the voxels within ``band_voxels`` of a class boundary
-    re-assigned by a random walker on ``image`` (same grid). ``body``: voxels outside it stay background."""
+    re-assigned by a random walker on ``image`` (same grid). ``body``: voxels outside it stay background. ``mode``:
+    the walker's solver (skimage's; "bf", a direct solve, is faster for a small band)."""
     from skimage.segmentation import random_walker
 
     seg = np.asarray(seg)
@@ -58,9 +63,43 @@ def snap_to_edges(seg: np.ndarray, image: np.ndarray, spacing=(1.0, 1.0, 1.0), b
         return seg.copy()
     with warnings.catch_warnings():  # probabilities a little outside [0, 1] from the solver's tolerance: harmless
         warnings.filterwarnings("ignore", message="The probability range is outside")
-        walked = random_walker(crop, labels[box], beta=beta, mode="cg_j", spacing=spacing, tol=1e-4)
+        walked = random_walker(crop, labels[box], beta=beta, mode=mode, spacing=spacing, tol=1e-4)
     out = seg.copy()
     out[box] = (walked - 1).astype(seg.dtype)
     if body is not None:
         out[~np.asarray(body, bool)] = 0
     return out
+
+
+def snap_slices_to_edges(labels: np.ndarray, images: np.ndarray, body: np.ndarray | None = None,
+                         band_px: float = PSEUDO_BAND_PX, beta: float = BETA) -> np.ndarray:
+    """:func:`snap_to_edges` for a batch of 2D slices (B, H, W), each on its own (round 19's pseudo labels, refined on
+    the model's square target slices before Eq. 8 reads them); ``body`` (B, H, W): pixels outside stay background."""
+    labels, images = np.asarray(labels), np.asarray(images)
+    if labels.shape != images.shape or labels.ndim != 3:
+        raise ValueError(f"labels {labels.shape} and slices {images.shape} must be the same (B, H, W) batch")
+    out = labels.copy()
+    reach = int(np.ceil(band_px)) + 3  # the band and the walker's margin around the object
+    for i in range(labels.shape[0]):
+        b = None if body is None else np.asarray(body[i], bool)
+        fg = labels[i] > 0
+        if not fg.any() or (b is not None and not b.any()):
+            continue
+        rows, cols = np.nonzero(fg)
+        box = (slice(max(int(rows.min()) - reach, 0), int(rows.max()) + reach + 1),
+               slice(max(int(cols.min()) - reach, 0), int(cols.max()) + reach + 1))
+        out[i][box] = snap_to_edges(labels[i][box][None], images[i][box][None], (1.0, 1.0, 1.0),
+                                    None if b is None else b[box][None], band_px, beta, mode="bf")[0]
+    return out
+
+
+def refine_pseudo_label(pseudo, mask, slices, body_mask: bool = True, background: float = -0.98):
+    """Round 19's candidate (``TrainConfig.pseudo_refine = "edges"``): the target batch's pseudo label (B, H, W) refined
+    on its slices (B, H, W, normalised, background -1) by :func:`snap_slices_to_edges`; the pixels whose label moved
+    become certain in ``mask`` (B, H, W), so that Eq. 8 supervises them. ``body_mask``: nothing outside the body (pixels
+    at or under ``background``) changes. Returns (pseudo, mask) as tensors on their devices, without gradient."""
+    img = slices.detach().float().cpu().numpy()
+    lab = pseudo.detach().cpu().numpy()
+    new = snap_slices_to_edges(lab, img, img > background if body_mask else None)
+    moved = torch.from_numpy(new != lab).to(mask.device)
+    return torch.from_numpy(new).to(pseudo.device, pseudo.dtype), torch.where(moved, torch.ones_like(mask), mask)

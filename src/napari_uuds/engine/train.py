@@ -27,6 +27,7 @@ from .losses import (has_object, loss_bscl, loss_dd, loss_id, loss_seg, loss_siz
 from .model import UUDS
 from .guards import AdaptationGuard, batch_statistics, object_fraction
 from .randomise import AUTO_W1, BACKGROUND, gin, resolve_randomise
+from .refine import refine_pseudo_label
 from .discriminator import OutputAdversary
 from .tcsa import TcsaState, tcsa_terms
 from .text_embed import class_modality_embeddings, class_text_relations
@@ -402,6 +403,9 @@ def train(model: UUDS, source: SliceSampler, target: SliceSampler, cfg: TrainCon
                     # the source's size (rounds 10-11), only where a target term reads the pseudo label
                     pl, mask = project_pseudo_label(labeller, pl, mask, xt[:, 0] > BACKGROUND, source_fraction,
                                                     high=2.0 if cfg.pseudo_prior == "band" else math.inf)
+                if cfg.pseudo_refine == "edges" and useg_now:
+                    # round 19: the slice's own edges move the pseudo label's boundary; what they moved supervises
+                    pl, mask = refine_pseudo_label(pl, mask, xt[:, 0], mcfg.body_mask, BACKGROUND)
                 if cfg.uses_uuds:
                     if mcfg.use_seg_prompt:
                         terms["bscl"] = loss_bscl(out.z_s, has_object(ys), weights.tau_bscl)
