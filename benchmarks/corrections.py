@@ -114,7 +114,7 @@ def summarise(runs: dict) -> dict:
 
 def svg_plot(doc: dict, path: Path) -> None:
     """Dice against corrected slices, every strategy (a dependency-free SVG)."""
-    w, h, left, bottom, top, right = 480, 320, 56, 44, 28, 120
+    w, h, left, bottom, top, right = 560, 320, 56, 44, 28, 170
     xs = {k: left + (w - left - right) * i / (len(KS) - 1) for i, k in enumerate(KS)}
 
     def y(d: float) -> float:
@@ -179,7 +179,8 @@ def main(argv: list[str] | None = None) -> int:
             old = json.loads(Path(args.topk_from).read_text())["runs"]
             same = {sd: old[sd]["curves"]["random"] == runs[sd]["curves"]["random"] for sd in old if sd in runs}
             extra = {"uncertain_topk": {sd: {"curve": {k: float(np.mean(v)) for k, v in old[sd]["curves"]["uncertain"].items()},
-                                             "slices": {kk: vv for kk, vv in old[sd]["slices"].items() if kk.startswith("uncertain")},
+                                             "slices": {kk: vv for kk, vv in old[sd]["slices"].items()
+                                                        if kk.split("_")[0] == "uncertain" and kk.split("_")[1].isdigit()},
                                              "commit": old_commit}
                                         for sd in old},
                      "topk_random_reproduced": same}

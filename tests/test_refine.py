@@ -104,3 +104,11 @@ def test_pseudo_labels_move_to_each_slices_edges_and_the_moved_pixels_become_cer
     moved = (new_pl != pl)
     assert moved.any() and bool((new_mask[moved] == 1).all()) and bool((new_mask[~moved] == 0).all())
     assert new_pl.dtype == pl.dtype
+    # the path training takes: a bf16 batch, the body kept (background at -1 never becomes the object)
+    bg = torch.from_numpy(img).to(torch.bfloat16)
+    bg[:, :, 20:24] = -1.0  # a stripe of "air" across the rod: outside the body
+    out_pl, _ = refine_pseudo_label(pl, mask, bg, body_mask=True)
+    assert bool((pl[:, :, 20:24] == 1).any()) and bool((out_pl[:, :, 20:24] == 0).all())
+    assert bool((out_pl[:, :, 28:] != pl[:, :, 28:]).any())  # elsewhere the boundary still moves
+    with pytest.raises(ValueError, match="ignore value"):
+        snap_slices_to_edges(np.full(img.shape, 255), img)

@@ -16,6 +16,8 @@ import numpy as np
 import torch
 from scipy import ndimage
 
+from .losses import IGNORE_LABEL
+
 #: half-width of the unlabelled band around the predicted boundary, in voxels of the target's finest spacing
 BAND_VOXELS = 2.0
 #: the random walker's edge penalty on the target standardised inside the band's box (skimage's default value)
@@ -78,6 +80,8 @@ def snap_slices_to_edges(labels: np.ndarray, images: np.ndarray, body: np.ndarra
     labels, images = np.asarray(labels), np.asarray(images)
     if labels.shape != images.shape or labels.ndim != 3:
         raise ValueError(f"labels {labels.shape} and slices {images.shape} must be the same (B, H, W) batch")
+    if (labels == IGNORE_LABEL).any():  # an unlabelled pixel is no class to seed from or snap to
+        raise ValueError(f"pseudo labels with the ignore value {IGNORE_LABEL} cannot be refined")
     out = labels.copy()
     reach = int(np.ceil(band_px)) + 3  # the band and the walker's margin around the object
     for i in range(labels.shape[0]):

@@ -29,6 +29,8 @@ SPREAD_DIVISOR = 16
 #: the coverage order's reach of one correction: sigma = scored slices / COVERAGE_DIVISOR (docs/method.md,
 #: "Review order, round 2")
 COVERAGE_DIVISOR = 8
+#: the coverage kernel's floor: K under it counts as 0 (beyond about 5.3 sigma)
+KERNEL_FLOOR = 1e-6
 #: the review's orders, the default first
 ORDERS = ("coverage", "spread", "score")
 
@@ -92,17 +94,24 @@ def coverage_order(indices: list[int], scores: np.ndarray, near: set[int] | froz
     s = np.asarray(scores, np.float64)[idx]
     sigma = max(1.0, len(idx) / COVERAGE_DIVISOR) if sigma is None else float(sigma)
     k = np.exp(-((idx[:, None] - idx[None, :]) ** 2) / (2 * sigma ** 2))  # k[i, j]: how much taking i covers j
+    k[k < KERNEL_FLOOR] = 0.0  # beyond about 5 sigma a correction covers nothing (and each pick updates locally)
     covered = np.zeros(len(idx))
     for n in near:
         covered = np.maximum(covered, np.exp(-((n - idx) ** 2) / (2 * sigma ** 2)))
     free = np.array([int(i) not in near for i in idx])
+    gains = np.maximum(k - covered[None, :], 0.0) @ s  # what taking each slice adds to V; kept up to date below
     out = []
     for _ in range(int(free.sum())):
-        gains = np.round(np.maximum(k - covered[None, :], 0.0) @ s, 9)
         cand = np.flatnonzero(free)
-        i = int(cand[np.lexsort((idx[cand], -s[cand], -gains[cand]))[0]])  # most gain, then score, then lower index
+        g = np.round(gains[cand], 9)
+        cand = cand[g == g.max()]  # most gain, then the higher score, then the lower index
+        i = int(cand[np.lexsort((idx[cand], -s[cand]))[0]])
         free[i] = False
-        covered = np.maximum(covered, k[i])
+        new = np.maximum(covered, k[i])
+        j = np.flatnonzero(new > covered)  # only the slices whose cover rose change anyone's gain
+        if len(j):
+            gains -= (np.maximum(k[:, j] - covered[j], 0.0) - np.maximum(k[:, j] - new[j], 0.0)) @ s[j]
+        covered = new
         out.append(int(idx[i]))
     return out
 
@@ -119,8 +128,9 @@ def rank_slices(entropy: np.ndarray, seg: np.ndarray, axis: int, chi: float = 0.
     ranked = [i for i in sorted(range(len(scores)), key=lambda i: (-scores[i], i)) if scores[i] > 0]
     if order == "spread":
         ranked = spread_order(ranked, spread_radius(len(ranked)), set(exclude))
-    elif order == "coverage":
-        ranked = coverage_order(sorted(ranked), scores, set(exclude))
+    elif order == "coverage":  # sigma from the extent, the corrected slices in it (their entropy is 0 once corrected)
+        extent = len(set(ranked) | set(exclude))
+        ranked = coverage_order(sorted(ranked), scores, set(exclude), max(1.0, extent / COVERAGE_DIVISOR))
     return [SliceScore(i, float(scores[i]), int(counts[i])) for i in ranked if i not in exclude]
 
 

@@ -54,7 +54,8 @@ class ReviewActions:
         return new
 
     def review(self) -> list[SliceScore]:
-        """Rank the target's slices by uncertainty around the object (engine/review.py), corrected ones left out."""
+        """The review's order of the target's slices (engine/review.py: coverage of the uncertainty around the object),
+        corrected ones left out (and counted as covering their neighbours)."""
         if self.prediction is None or self.target is None:
             raise UUDSError("segment the whole target first (Adapt & segment, or Re-predict volume): the review "
                             "ranks its slices by uncertainty")

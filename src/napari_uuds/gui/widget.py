@@ -131,8 +131,9 @@ class UUDSWidget(Container):
             self.save_btn: "write model.safetensors + config.json to a folder (the command line reads it too)",
             self.load_btn: "load weights saved here or by napari-uuds adapt",
             self.export_btn: "write the selected layer (e.g. your corrected segmentation) as NIfTI on the scan's grid",
-            self.prev_btn: "the previous slice of the review (slices ranked by uncertainty around the object)",
-            self.next_btn: ("the next most uncertain slice: look at the yellow region, correct the segmentation there "
+            self.prev_btn: ("the previous slice of the review (the slices where a correction covers the most uncertainty "
+                            "around the object not yet covered: first where it is densest, then spread over the rest)"),
+            self.next_btn: ("the next slice of the review: look at the yellow region, correct the segmentation there "
                             "with napari's label tools; a slice you edit is yours from then on (never predicted over)"),
             self.finetune_steps: "steps of one fine-tune (100: under a minute for the tiny model on a 2-core CPU)",
             self.finetune_btn: ("learn from the slices you corrected (only those: the others stay unlabelled), then "
