@@ -17,6 +17,7 @@ import torch
 from scipy import ndimage
 
 from .losses import IGNORE_LABEL
+from .randomise import BACKGROUND
 
 #: half-width of the unlabelled band around the predicted boundary, in voxels of the target's finest spacing
 BAND_VOXELS = 2.0
@@ -97,7 +98,7 @@ def snap_slices_to_edges(labels: np.ndarray, images: np.ndarray, body: np.ndarra
     return out
 
 
-def refine_pseudo_label(pseudo, mask, slices, body_mask: bool = True, background: float = -0.98):
+def refine_pseudo_label(pseudo, mask, slices, body_mask: bool = True, background: float = BACKGROUND):
     """Round 19's candidate (``TrainConfig.pseudo_refine = "edges"``): the target batch's pseudo label (B, H, W) refined
     on its slices (B, H, W, normalised, background -1) by :func:`snap_slices_to_edges`; the pixels whose label moved
     become certain in ``mask`` (B, H, W), so that Eq. 8 supervises them. ``body_mask``: nothing outside the body (pixels

@@ -93,11 +93,15 @@ def coverage_order(indices: list[int], scores: np.ndarray, near: set[int] | froz
     idx = np.asarray(indices)
     s = np.asarray(scores, np.float64)[idx]
     sigma = max(1.0, len(idx) / COVERAGE_DIVISOR) if sigma is None else float(sigma)
-    k = np.exp(-((idx[:, None] - idx[None, :]) ** 2) / (2 * sigma ** 2))  # k[i, j]: how much taking i covers j
-    k[k < KERNEL_FLOOR] = 0.0  # beyond about 5 sigma a correction covers nothing (and each pick updates locally)
+
+    def kernel(d: np.ndarray) -> np.ndarray:  # beyond about 5 sigma a correction covers nothing
+        kd = np.exp(-(d ** 2) / (2 * sigma ** 2))
+        return np.where(kd < KERNEL_FLOOR, 0.0, kd)
+
+    k = kernel(idx[:, None] - idx[None, :])  # k[i, j]: how much taking i covers j
     covered = np.zeros(len(idx))
     for n in near:
-        covered = np.maximum(covered, np.exp(-((n - idx) ** 2) / (2 * sigma ** 2)))
+        covered = np.maximum(covered, kernel(n - idx))
     free = np.array([int(i) not in near for i in idx])
     gains = np.maximum(k - covered[None, :], 0.0) @ s  # what taking each slice adds to V; kept up to date below
     out = []

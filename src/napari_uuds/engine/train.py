@@ -405,7 +405,7 @@ def train(model: UUDS, source: SliceSampler, target: SliceSampler, cfg: TrainCon
                                                     high=2.0 if cfg.pseudo_prior == "band" else math.inf)
                 if cfg.pseudo_refine == "edges" and useg_now:
                     # round 19: the slice's own edges move the pseudo label's boundary; what they moved supervises
-                    pl, mask = refine_pseudo_label(pl, mask, xt[:, 0], mcfg.body_mask, BACKGROUND)
+                    pl, mask = refine_pseudo_label(pl, mask, xt[:, 0], mcfg.body_mask)
                 if cfg.uses_uuds:
                     if mcfg.use_seg_prompt:
                         terms["bscl"] = loss_bscl(out.z_s, has_object(ys), weights.tau_bscl)
