@@ -331,6 +331,7 @@ def run_row(row: str, seed: int, ctx: dict) -> dict:
                                                      f"{way}_s{seed}" if masks else None))
     return {"train_s": round(secs, 1), "final_losses": {k: round(v, 4) for k, v in last.items()},
             "guard": model.guard_report, "randomise_used": model.randomise_used,
+            "pseudo_refine_used": model.pseudo_refine_used,
             "weight_average": model.weight_average,
             **({"teacher": model.teacher_report} if model.teacher_report else {}), **dd, "volumes": volumes,
             **({"paired": paired} if paired else {})}

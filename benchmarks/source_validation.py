@@ -93,7 +93,8 @@ def run_variant(name: str, seed: int, ctx: dict) -> dict:
         ways = {k: v for k, v in ways.items() if not ctx.get("ways") or k in ctx["ways"] or k == own}
         paired = bench.score_ways(model, ways, lambda m, _way: _score(m, ctx))
     scores = paired[own] if paired else _score(model, ctx)  # what the run ended with: its average, its own tta
-    return {"train_s": round(secs, 1), **scores, "dd_floor_step": dd_floor_step, "trace": trace,
+    return {"train_s": round(secs, 1), **scores, "dd_floor_step": dd_floor_step,
+            "pseudo_refine_used": model.pseudo_refine_used, "trace": trace,
             **({"paired": paired} if paired else {}),
             **({"source_val_curve": {**curve, str(ctx["steps"]): scores["source_val_dice"]}} if curve else {})}
 

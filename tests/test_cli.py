@@ -266,6 +266,7 @@ def test_recipe_and_lever_options_reach_the_run(vols, tmp_path):
     assert cfg["loss_weights"]["useg_form"] == "ce_balanced" and cfg["train"]["useg_flow"] == "segmenter"
     assert cfg["train"]["pseudo_prior"] == "band"
     assert cfg["train"]["ema_decay"] == 0.5 and cfg["model"]["tta"] == "d8"
+    assert cfg["pseudo_refine_used"] == {"pseudo_refine": "edges"}  # what the run did is kept with its weights
 
 
 def test_mm_per_pixel_auto_is_recorded_and_outputs_stay_on_the_grid(vols, tmp_path):

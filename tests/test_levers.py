@@ -383,3 +383,39 @@ def test_training_with_refined_pseudo_labels_changes_only_the_target_term_and_is
     assert TrainConfig().pseudo_refine == "none" and TrainConfig(**recipe_overrides("paper")[1]).pseudo_refine == "none"
     with pytest.raises(UUDSError, match="pseudo-label refinement"):
         TrainConfig(pseudo_refine="crf")
+
+
+def _rod_past_its_edge(tmp_path):
+    """A bright rod (radius 12) whose label reaches 4 voxels past its edge (as a whole tumour's oedema does on
+    T1c), as NIfTI files: (image, label)."""
+    import nibabel as nib
+
+    yy, xx = np.mgrid[:64, :64]
+    r = np.hypot(yy - 32, xx - 30)
+    img = np.where(r < 12, 0.6, -0.2)[..., None] + np.random.default_rng(0).normal(0, 0.05, (64, 64, 8))
+    img[:4] = -1.0
+    lab = np.repeat((r < 16)[..., None], 8, 2).astype(np.uint8)
+    paths = tmp_path / "rod.nii.gz", tmp_path / "rod_seg.nii.gz"
+    for data, path in zip((img.astype(np.float32), lab), paths):
+        nib.save(nib.Nifti1Image(data, np.eye(4)), path)
+    return paths
+
+
+def test_automatic_refinement_decides_from_the_source_labels_and_trains_as_the_mode_it_chose(cord, tmp_path):
+    base = dict(steps=4, batch_size=2, ema_decay=0.0, warmup_steps=2, guard=False)
+    (edges, edges_losses), (auto, auto_losses) = _cord_runs(
+        cord, [TrainConfig(**base, pseudo_refine=p) for p in ("edges", "auto")])
+    assert auto_losses == edges_losses  # the cord's labels follow its edges: auto refines, the same run
+    used = auto.pseudo_refine_used
+    assert used["pseudo_refine"] == "edges" and used["edge_agreement"]["k"] > 0
+    assert edges.pseudo_refine_used == {"pseudo_refine": "edges"}  # asked for: nothing measured
+    image, label = _rod_past_its_edge(tmp_path)
+    rod = {"t2": image, "t2_seg": label, "t1": cord["t1"]}
+    (plain, plain_losses), (auto, auto_losses) = _cord_runs(
+        rod, [TrainConfig(**base, pseudo_refine=p) for p in ("none", "auto")])
+    assert auto_losses == plain_losses  # labels past the edges: auto does not refine, the default's run
+    assert auto.pseudo_refine_used["pseudo_refine"] == "none" and auto.pseudo_refine_used["edge_agreement"]["k"] < 0
+    for k, v in plain.state_dict().items():
+        assert torch.equal(auto.state_dict()[k], v)
+    (only, _), = _cord_runs(cord, [TrainConfig(**base, mode="source_only", pseudo_refine="auto")])
+    assert only.pseudo_refine_used == {"pseudo_refine": "none"}  # no target: nothing to refine, nothing measured

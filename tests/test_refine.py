@@ -3,13 +3,16 @@ import json
 
 import numpy as np
 import pytest
+import torch
 from scipy import ndimage
 
 from napari_uuds.engine import checkpoint as ckpt
 from napari_uuds.engine.config import ModelConfig, recipe_overrides
 from napari_uuds.engine.errors import UUDSError
 from napari_uuds.engine.infer import predict_volume
-from napari_uuds.engine.refine import BAND_VOXELS, PSEUDO_BAND_PX, refine_pseudo_label, snap_slices_to_edges, snap_to_edges
+from napari_uuds.engine.refine import (BAND_VOXELS, PSEUDO_BAND_PX, edge_agreement, refine_pseudo_label,
+                                      resolve_pseudo_refine, snap_slices_to_edges, snap_to_edges,
+                                      source_slices_for_agreement)
 from napari_uuds.engine.volumes import load_volume
 
 
@@ -112,3 +115,39 @@ def test_pseudo_labels_move_to_each_slices_edges_and_the_moved_pixels_become_cer
     assert bool((out_pl[:, :, 28:] != pl[:, :, 28:]).any())  # elsewhere the boundary still moves
     with pytest.raises(ValueError, match="ignore value"):
         snap_slices_to_edges(np.full(img.shape, 255), img)
+
+
+def _rod_slices(label_radius, n=6):
+    """Slices of a bright rod (radius 12) with noise and a strip of background, and a label of ``label_radius``."""
+    yy, xx = np.mgrid[:64, :64]
+    r = np.hypot(yy - 32, xx - 30)
+    img = np.clip(np.where(r < 12, 0.6, -0.2) + np.random.default_rng(0).normal(0, 0.05, (n, 64, 64)), -0.9, 1.0)
+    img[:, :4] = -1.0
+    return np.repeat((r < label_radius)[None], n, 0).astype(np.uint8), img
+
+
+def test_edge_agreement_is_positive_where_labels_follow_the_edges_and_negative_where_they_do_not():
+    follows = edge_agreement(*_rod_slices(12))
+    assert follows.k > 0.05 and follows.keep > -0.01  # the walker keeps a right boundary and repairs moved ones
+    assert follows.grow > 0.05 and follows.shrink > 0.05 and follows.slices == 6
+    past, inside = edge_agreement(*_rod_slices(16)), edge_agreement(*_rod_slices(8))
+    assert past.k < 0 and inside.k < 0  # labels 4 px past (or inside) the edge: the walker pulls away from them
+    assert inside.keep < -0.05
+    labels, img = _rod_slices(12)
+    labels[:3] = 0  # slices without the object are not read
+    assert edge_agreement(labels, img).slices == 3
+    with pytest.raises(ValueError, match="no source slice holds the object"):
+        edge_agreement(np.zeros_like(labels), img)
+
+
+def test_auto_resolves_from_the_source_and_reads_at_most_the_cap_of_slices():
+    labels, img = _rod_slices(12)
+    mode, k = resolve_pseudo_refine("auto", [torch.from_numpy(labels)[:, None]], [torch.from_numpy(img)[:, None].float()])
+    assert mode == "edges" and k.k > 0 and k.record()["slices"] == 6
+    assert resolve_pseudo_refine("auto", [torch.from_numpy(_rod_slices(16)[0])], [torch.from_numpy(img)])[0] == "none"
+    assert resolve_pseudo_refine("edges", None, []) == ("edges", None)  # asked for: nothing measured
+    assert resolve_pseudo_refine("auto", None, [img]) == ("none", None)  # no labels
+    many_labels = [np.zeros((40, 64, 64), np.uint8), labels]  # the first volume holds no object
+    many_labels[0][10:30] = labels[0]
+    lab, im = source_slices_for_agreement(many_labels, [np.repeat(img[:1], 40, 0), img], max_slices=5)
+    assert lab.shape == im.shape == (5, 64, 64) and lab.reshape(5, -1).any(1).all()

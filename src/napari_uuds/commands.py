@@ -221,6 +221,7 @@ def _adapt(args, ctx, t_start: float) -> int:
                 extra = {"train": to_dict(tcfg), "loss_weights": to_dict(loss_weights), "final_losses": last,
                          "guard": model.guard_report,
                          "randomise_used": model.randomise_used,
+                         "pseudo_refine_used": model.pseudo_refine_used,
                          "weight_average": model.weight_average,
                          **({"teacher": model.teacher_report} if model.teacher_report else {}),
                          "sources": [str(p) for p in args.source], "targets": [str(p) for p in args.target],

@@ -59,8 +59,9 @@ PSEUDO_PRIORS = ("none", "band", "floor")
 #: The target's pseudo label refined on the target slice's own edges before Eq. 8 reads it (round 19's candidate;
 #: not in the paper): ``none`` = as the network labels it; ``edges`` = the pixels within
 #: ``refine.PSEUDO_BAND_PX`` of a class boundary re-assigned by a random walker on the slice
-#: (refine.snap_slices_to_edges), the pixels it moved supervised.
-PSEUDO_REFINES = ("none", "edges")
+#: (refine.snap_slices_to_edges), the pixels it moved supervised; ``auto`` (round 20's candidate) = ``edges`` where the
+#: source's own labels follow its edges (refine.edge_agreement: K > 0), else ``none``, decided once before training.
+PSEUDO_REFINES = ("none", "edges", "auto")
 #: Form of L_DD (Eq. 1-2): ``printed`` = log softmax of the cosine *distances* (the paper's letter; its gradient
 #: never fades), ``infonce`` = -log softmax of the cosine *similarities* (the contrastive form; it fades once the
 #: domains are apart). docs/method.md, reading 5.

@@ -100,6 +100,7 @@ class UUDS(nn.Module):
         self.optimizer_state: dict | None = None  # for resuming; None once training is over
         self.guard_report: dict | None = None  # the guards' last figures (engine/guards.py)
         self.randomise_used: dict | None = None  # the source randomisation a run used (randomise=auto decides)
+        self.pseudo_refine_used: dict | None = None  # the pseudo-label refinement a run used (pseudo_refine=auto decides)
         self.weight_average: dict | None = None  # the weight average a run ended with (train.WeightAverage.report)
         self.last_iterate_state: dict | None = None  # the last step's weights beside that average (benchmarks)
         self.teacher_report: dict | None = None  # the mean teacher a run's pseudo labels came from (train.MeanTeacher)

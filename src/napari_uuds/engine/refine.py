@@ -11,6 +11,7 @@ No label is read, and nothing outside the band changes.
 from __future__ import annotations
 
 import warnings
+from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
@@ -26,6 +27,10 @@ BETA = 130.0
 #: half-width of the band around a pseudo label's boundary, in pixels of the model's square slice (round 19: the
 #: segmenter's coarsest skip is S/4, so one cell of it spans four pixels; three reach across most of one)
 PSEUDO_BAND_PX = 3.0
+#: round 20's error model: a label's boundary moved this many pixels out and in (inside the band of PSEUDO_BAND_PX)
+AGREEMENT_SHIFT_PX = 2
+#: round 20: at most this many source slices (those holding the object, evenly spaced) are read for K
+AGREEMENT_MAX_SLICES = 256
 
 
 def snap_to_edges(seg: np.ndarray, image: np.ndarray, spacing=(1.0, 1.0, 1.0), body: np.ndarray | None = None,
@@ -108,3 +113,84 @@ def refine_pseudo_label(pseudo, mask, slices, body_mask: bool = True, background
     new = snap_slices_to_edges(lab, img, img > background if body_mask else None)
     moved = torch.from_numpy(new != lab).to(mask.device)
     return torch.from_numpy(new).to(pseudo.device, pseudo.dtype), torch.where(moved, torch.ones_like(mask), mask)
+
+
+@dataclass(frozen=True)
+class EdgeAgreement:
+    """Round 20's K (:func:`edge_agreement`) and its three parts (Dice change from refining, pooled over slices)."""
+    k: float
+    keep: float  # the label itself: Dice(refined L, L) - 1, never above 0
+    grow: float  # L dilated by AGREEMENT_SHIFT_PX: Dice(refined, L) - Dice(dilated, L)
+    shrink: float  # L eroded by AGREEMENT_SHIFT_PX: the same for the eroded label
+    slices: int
+
+    def record(self) -> dict:
+        return {key: (round(v, 4) if isinstance(v, float) else v) for key, v in asdict(self).items()}
+
+
+def _dice(a: np.ndarray, b: np.ndarray) -> float:
+    total = float(a.sum() + b.sum())
+    return 2.0 * float((a & b).sum()) / total if total else 1.0
+
+
+def edge_agreement(labels: np.ndarray, images: np.ndarray, shift_px: int = AGREEMENT_SHIFT_PX,
+                   band_px: float = PSEUDO_BAND_PX, background: float = BACKGROUND) -> EdgeAgreement:
+    """Round 20's statistic K: do a source's labels follow its image's edges? ``labels`` (B, H, W; 0 background,
+    any class > 0 is the object, the ignore value is background) and ``images`` (B, H, W; normalised, background at
+    or under ``background``): the source's slices in the model's frame. The binary label L and L with its boundary
+    moved ``shift_px`` pixels out and in (a disk, inside the body) are each refined as round 19 refines a pseudo label
+    (:func:`snap_slices_to_edges`); K is the mean of the three Dice changes towards L. K > 0: the walker moves wrong
+    boundaries towards the labels by more than it moves the right one away."""
+    from skimage.morphology import disk
+
+    labels, images = np.asarray(labels), np.asarray(images, np.float32)
+    if labels.shape != images.shape or labels.ndim != 3:
+        raise ValueError(f"labels {labels.shape} and slices {images.shape} must be the same (B, H, W) batch")
+    body = images > background
+    truth = (labels > 0) & (labels != IGNORE_LABEL) & body
+    keep = truth.reshape(len(truth), -1).any(1)
+    truth, images, body = truth[keep], images[keep], body[keep]
+    if not len(truth):
+        raise ValueError("no source slice holds the object: the labels' edge agreement is undefined")
+    se = disk(shift_px)[None]  # in-plane only: each slice on its own
+    grown = ndimage.binary_dilation(truth, se) & body
+    shrunk = ndimage.binary_erosion(truth, se, border_value=1)
+    parts = []
+    for version in (truth, grown, shrunk):
+        refined = snap_slices_to_edges(version.astype(np.uint8), images, body, band_px) > 0
+        parts.append(_dice(refined, truth) - _dice(version, truth))
+    return EdgeAgreement(float(np.mean(parts)), *(float(p) for p in parts), slices=int(len(truth)))
+
+
+def source_slices_for_agreement(labels: list, images: list, max_slices: int = AGREEMENT_MAX_SLICES):
+    """The source's (labels, images) as (B, H, W) numpy stacks for :func:`edge_agreement`: the slices holding the
+    object (any label > 0 but the ignore value) of every volume, at most ``max_slices`` of them, evenly spaced over
+    the cohort; ``labels`` and ``images``: per volume, (n, 1, S, S) or (n, S, S) tensors or arrays."""
+    picks = []
+    for v, lab in enumerate(labels):
+        lab = lab.detach().cpu().numpy() if isinstance(lab, torch.Tensor) else np.asarray(lab)
+        lab = lab.reshape(lab.shape[0], -1)
+        held = np.nonzero(((lab > 0) & (lab != IGNORE_LABEL)).any(1))[0]
+        picks += [(v, int(i)) for i in held]
+    if len(picks) > max_slices:
+        picks = [picks[int(j)] for j in np.linspace(0, len(picks) - 1, max_slices).round().astype(int)]
+
+    def take(stack, v, i):
+        x = stack[v][i]
+        x = x.detach().cpu().float().numpy() if isinstance(x, torch.Tensor) else np.asarray(x, np.float32)
+        return x.reshape(x.shape[-2:])
+    if not picks:
+        raise ValueError("no source slice holds the object: the labels' edge agreement is undefined")
+    return (np.stack([take(labels, v, i) for v, i in picks]).astype(np.uint8),
+            np.stack([take(images, v, i) for v, i in picks]).astype(np.float32))
+
+
+def resolve_pseudo_refine(mode: str, labels: list | None, images: list) -> tuple[str, EdgeAgreement | None]:
+    """``auto`` (round 20) -> ``edges`` where the source's labels follow its edges (K > 0), else ``none``; other
+    modes unchanged (K not computed). No labels (source-only data): ``none``."""
+    if mode != "auto":
+        return mode, None
+    if not labels:
+        return "none", None
+    agreement = edge_agreement(*source_slices_for_agreement(labels, images))
+    return ("edges" if agreement.k > 0 else "none"), agreement

@@ -27,7 +27,7 @@ from .losses import (has_object, loss_bscl, loss_dd, loss_id, loss_seg, loss_siz
 from .model import UUDS
 from .guards import AdaptationGuard, batch_statistics, object_fraction
 from .randomise import AUTO_W1, BACKGROUND, gin, resolve_randomise
-from .refine import refine_pseudo_label
+from .refine import refine_pseudo_label, resolve_pseudo_refine
 from .discriminator import OutputAdversary
 from .tcsa import TcsaState, tcsa_terms
 from .text_embed import class_modality_embeddings, class_text_relations
@@ -319,6 +319,14 @@ def train(model: UUDS, source: SliceSampler, target: SliceSampler, cfg: TrainCon
     model.randomise_used = {"randomise": randomise, **({"raw_w1": round(w1, 4)} if w1 is not None else {})}
     if w1 is not None:
         note += f"; source randomisation {randomise} (target-source grey-value W1 {w1:.2f}, GIN above {AUTO_W1})"
+    # pseudo_refine="auto" (round 20): decided once, from the source's labels and slices (no target, no random draw)
+    refine_mode = cfg.pseudo_refine if (adapt or cfg.pseudo_refine != "auto") else "none"
+    pseudo_refine, agreement = resolve_pseudo_refine(refine_mode, source.labels, source.images)
+    model.pseudo_refine_used = {"pseudo_refine": pseudo_refine,
+                                **({"edge_agreement": agreement.record()} if agreement is not None else {})}
+    if agreement is not None:
+        note += (f"; pseudo labels {'refined on the target' if pseudo_refine == 'edges' else 'not refined'} "
+                 f"(source labels' edge agreement K {agreement.k:+.3f}, refined above 0)")
     source_fraction = object_fraction(source.labels, source.images) if source.labels is not None else 0.0
     guard = AdaptationGuard(source_fraction) if (adapt and cfg.guard and source.labels is not None) else None
     model.guard_report = None
@@ -403,7 +411,7 @@ def train(model: UUDS, source: SliceSampler, target: SliceSampler, cfg: TrainCon
                     # the source's size (rounds 10-11), only where a target term reads the pseudo label
                     pl, mask = project_pseudo_label(labeller, pl, mask, xt[:, 0] > BACKGROUND, source_fraction,
                                                     high=2.0 if cfg.pseudo_prior == "band" else math.inf)
-                if cfg.pseudo_refine == "edges" and useg_now:
+                if pseudo_refine == "edges" and useg_now:
                     # round 19: the slice's own edges move the pseudo label's boundary; what they moved supervises
                     pl, mask = refine_pseudo_label(pl, mask, xt[:, 0], mcfg.body_mask)
                 if cfg.uses_uuds:
