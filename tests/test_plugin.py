@@ -185,6 +185,7 @@ def test_test_time_augmentation_box_repredicts_the_slice_and_is_saved(ready, tmp
 
     viewer, w = ready
     w.steps.value = 1
+    w.pseudo_refine.value = "auto"  # decided from the source before training, and kept with the weights
     w.ctl.adapt_and_segment(w.source.value, w.source_labels.value, w.target.value)
     assert w.ctl.model.cfg.tta == w.params.tta == "none" and not w.tta.value
     calls = []
@@ -195,6 +196,8 @@ def test_test_time_augmentation_box_repredicts_the_slice_and_is_saved(ready, tmp
     w.ctl.model.infer = real
     w.ctl.save_weights(tmp_path / "w")
     assert read_config(tmp_path / "w")["model"]["tta"] == "d8"
+    used = read_config(tmp_path / "w")["pseudo_refine_used"]
+    assert used["pseudo_refine"] == ("edges" if used["edge_agreement"]["k"] > 0 else "none")
     w.tta.value = False
     w.ctl.load_weights(tmp_path / "w")  # loaded weights bring their setting back to the box
     assert w.tta.value and w.params.tta == "d8"
@@ -472,6 +475,9 @@ def test_random_weights_note_stays_and_guard_warning_shows(ready, qtbot):
     assert w.randomise.value == "auto"  # the default recipe's
     w.randomise.value = "gin"
     assert w.ctl.train_config().randomise == "gin"
+    assert w.pseudo_refine.value == "none" == w.ctl.train_config().pseudo_refine  # the default recipe's
+    w.pseudo_refine.value = "auto"
+    assert w.ctl.train_config().pseudo_refine == "auto"
     w.ctl.prepare(w.source.value, w.source_labels.value, w.target.value)
     w.ctl.build_model()
     assert "CLIP weights are random" in w.notice.value

@@ -31,6 +31,8 @@ class Params:
     method: str = _T.method  # uuds | tcsa | uuds+tcsa
     #: source randomisation: auto | gin | none (engine/randomise.py; auto: the engine's default)
     randomise: str = _T.randomise
+    #: the target's pseudo labels refined on its edges while it trains: none | edges | auto (engine/refine.py)
+    pseudo_refine: str = _T.pseudo_refine
     text_encoder: str = _T.text_encoder
     source_modality: str = "source"
     domain_prompt: str = DEFAULT_DOMAIN_PROMPT
@@ -71,7 +73,8 @@ class Params:
         """The training run these parameters ask for."""
         return TrainConfig(steps=self.steps, batch_size=self.batch_size, lr=self.lr, seed=self.seed,
                            device=self.device, threshold=self.threshold, preview_every=self.preview_every,
-                           method=self.method, text_encoder=self.text_encoder, randomise=self.randomise)
+                           method=self.method, text_encoder=self.text_encoder, randomise=self.randomise,
+                           pseudo_refine=self.pseudo_refine)
 
     def adopt(self, cfg: ModelConfig, train: dict) -> None:
         """The fields that loaded weights fix (their network, classes and threshold) take the weights' values."""

