@@ -143,9 +143,40 @@ def svg_plot(doc: dict, path: Path) -> None:
     atomic_write(path, lambda tmp: Path(tmp).write_text("\n".join(parts)))
 
 
+#: what runs must share to be joined by ``--merge``
+SAME = ("protocol", "steps", "finetune_steps", "batch_size", "model", "ks", "commit", "torch")
+
+
+def merge(paths: list[str], results: Path) -> int:
+    """Join runs of the same settings (seeds split over processes) into one ``corrections_<protocol>.json``."""
+    docs = [json.loads(Path(p).read_text()) for p in paths]
+    for d, p in zip(docs[1:], paths[1:]):
+        differ = [k for k in SAME if d.get(k) != docs[0].get(k)]
+        if differ:
+            raise SystemExit(f"{p}: not the same settings as {paths[0]} ({', '.join(differ)})")
+    runs = {}
+    for d, p in zip(docs, paths):
+        twice = set(runs) & set(d["runs"])
+        if twice:
+            raise SystemExit(f"{p}: seed(s) {sorted(twice)} already in another file")
+        runs.update(d["runs"])
+    runs = dict(sorted(runs.items(), key=lambda kv: int(kv[0])))
+    doc = {**{k: docs[0][k] for k in ("protocol", "ks")}, **summarise(runs),
+           **{k: docs[0][k] for k in ("device", "torch", "commit", "steps", "finetune_steps", "batch_size", "model")},
+           "command": " | ".join(d["command"] for d in docs), "wall_s": [d["wall_s"] for d in docs],
+           "merged_from": [Path(p).name for p in paths], "runs": runs}
+    results.mkdir(parents=True, exist_ok=True)
+    out = results / f"corrections_{doc['protocol']}.json"
+    atomic_write(out, lambda tmp: Path(tmp).write_text(json.dumps(doc, indent=1)))
+    svg_plot(doc, results / f"corrections_{doc['protocol']}.svg")
+    print(json.dumps(doc["curves"]), f"fine-tune {doc['finetune_s']} s")
+    print(f"wrote {out}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--protocol", choices=["A1", "C"], required=True)
+    ap.add_argument("--protocol", choices=["A1", "C"], default=None, help="required unless --merge")
     ap.add_argument("--data", default=str(Path(__file__).resolve().parents[2] / "shared" / "data"))
     ap.add_argument("--seeds", nargs="*", type=int, default=[0, 1, 2])
     ap.add_argument("--steps", type=int, default=TrainConfig.steps,
@@ -158,7 +189,14 @@ def main(argv: list[str] | None = None) -> int:
                     help="an earlier run whose 'uncertain' was the plain top-k order (before the review spread its "
                          "picks): its curves are kept as 'uncertain_topk' for the seeds it ran, beside this run's; its "
                          "'random' curve must equal this run's on those seeds (the runs are reproducible)")
+    ap.add_argument("--merge", nargs="*", default=None, metavar="JSON",
+                    help="instead of running: join these runs of the same settings (seeds split over processes) "
+                         "into one file under --results")
     args = ap.parse_args(argv)
+    if args.merge:
+        return merge(args.merge, Path(args.results))
+    if args.protocol is None:
+        ap.error("--protocol is required")
     torch.set_num_threads(args.threads)
     proto = PROTOCOLS[args.protocol]
     data = Path(args.data)

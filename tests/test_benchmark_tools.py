@@ -1,4 +1,4 @@
-"""The GPU benchmark's plateau criterion (benchmarks/gpu_speed.py), on made-up loss curves."""
+"""Benchmark tools on made-up inputs: the GPU benchmark's plateau criterion, the seeds' agreement, the corrections merge."""
 import sys
 from pathlib import Path
 
@@ -68,3 +68,31 @@ def test_cross_section_ratio_reads_the_axial_axis_and_the_voxel_size(tmp_path):
     assert cs["source_mm2"] == pytest.approx(4.0)
     assert cs["rows"]["uuds"]["per_seed"] == {0: 2.0, 1: 0.0}  # an empty mask: ratio 0, |log| infinite
     assert cs["rows"]["uuds"]["median_abs_log"] == float("inf")
+
+
+def test_corrections_runs_split_over_processes_are_joined_and_re_summarised(tmp_path):
+    import json
+
+    corrections = pytest.importorskip("corrections")
+    ks = list(corrections.KS)
+
+    def doc(seeds, dice, commit="abc"):
+        runs = {str(sd): {"curves": {st: {str(k): [dice + sd, dice + sd + 2] for k in ks} for st in corrections.STRATEGIES},
+                          "finetune_s": [10.0 + sd], "slices": {}, "adapt_s": 1.0, "predict_s": []} for sd in seeds}
+        return {"protocol": "C", "ks": ks, "steps": 600, "finetune_steps": 100, "batch_size": 8, "model": "tiny",
+                "commit": commit, "torch": "t", "device": "cpu", "command": f"seeds {seeds}", "wall_s": 5.0,
+                "runs": runs, **corrections.summarise(runs)}
+    a, b, c = tmp_path / "a.json", tmp_path / "b.json", tmp_path / "c.json"
+    a.write_text(json.dumps(doc([0, 1], 50.0)))
+    b.write_text(json.dumps(doc([2], 60.0)))
+    assert corrections.main(["--merge", str(b), str(a), "--results", str(tmp_path / "out")]) == 0
+    joined = json.loads((tmp_path / "out" / "corrections_C.json").read_text())
+    assert list(joined["runs"]) == ["0", "1", "2"]  # in seed order, whichever file came first
+    # the mean over every volume of every seed: (50 + 52 + 51 + 53 + 62 + 64) / 6
+    assert joined["curves"]["random"]["2"] == pytest.approx(55.33, abs=0.01)
+    assert joined["finetune_s"] == pytest.approx(11.0) and (tmp_path / "out" / "corrections_C.svg").exists()
+    c.write_text(json.dumps(doc([3], 60.0, commit="other")))
+    with pytest.raises(SystemExit, match="not the same settings"):
+        corrections.main(["--merge", str(a), str(c), "--results", str(tmp_path / "out")])
+    with pytest.raises(SystemExit, match="already in another file"):
+        corrections.main(["--merge", str(a), str(a), "--results", str(tmp_path / "out")])
