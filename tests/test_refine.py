@@ -147,6 +147,8 @@ def test_auto_resolves_from_the_source_and_reads_at_most_the_cap_of_slices():
     assert resolve_pseudo_refine("auto", [torch.from_numpy(_rod_slices(16)[0])], [torch.from_numpy(img)])[0] == "none"
     assert resolve_pseudo_refine("edges", None, []) == ("edges", None)  # asked for: nothing measured
     assert resolve_pseudo_refine("auto", None, [img]) == ("none", None)  # no labels
+    # an object too small to survive the resampling into the frame: nothing to measure, nothing refined
+    assert resolve_pseudo_refine("auto", [np.zeros_like(labels)], [img]) == ("none", None)
     many_labels = [np.zeros((40, 64, 64), np.uint8), labels]  # the first volume holds no object
     many_labels[0][10:30] = labels[0]
     lab, im = source_slices_for_agreement(many_labels, [np.repeat(img[:1], 40, 0), img], max_slices=5)

@@ -165,7 +165,8 @@ def edge_agreement(labels: np.ndarray, images: np.ndarray, shift_px: int = AGREE
 def source_slices_for_agreement(labels: list, images: list, max_slices: int = AGREEMENT_MAX_SLICES):
     """The source's (labels, images) as (B, H, W) numpy stacks for :func:`edge_agreement`: the slices holding the
     object (any label > 0 but the ignore value) of every volume, at most ``max_slices`` of them, evenly spaced over
-    the cohort; ``labels`` and ``images``: per volume, (n, 1, S, S) or (n, S, S) tensors or arrays."""
+    the cohort (none: empty stacks); ``labels`` and ``images``: per volume, (n, 1, S, S) or (n, S, S) tensors or
+    arrays."""
     picks = []
     for v, lab in enumerate(labels):
         lab = lab.detach().cpu().numpy() if isinstance(lab, torch.Tensor) else np.asarray(lab)
@@ -180,7 +181,7 @@ def source_slices_for_agreement(labels: list, images: list, max_slices: int = AG
         x = x.detach().cpu().float().numpy() if isinstance(x, torch.Tensor) else np.asarray(x, np.float32)
         return x.reshape(x.shape[-2:])
     if not picks:
-        raise ValueError("no source slice holds the object: the labels' edge agreement is undefined")
+        return np.zeros((0, 1, 1), np.uint8), np.zeros((0, 1, 1), np.float32)
     return (np.stack([take(labels, v, i) for v, i in picks]).astype(np.uint8),
             np.stack([take(images, v, i) for v, i in picks]).astype(np.float32))
 
@@ -192,5 +193,8 @@ def resolve_pseudo_refine(mode: str, labels: list | None, images: list) -> tuple
         return mode, None
     if not labels:
         return "none", None
-    agreement = edge_agreement(*source_slices_for_agreement(labels, images))
+    lab, img = source_slices_for_agreement(labels, images)
+    if not len(lab):  # no slice of the model's frame holds the object (a label too small to survive the resampling)
+        return "none", None
+    agreement = edge_agreement(lab, img)
     return ("edges" if agreement.k > 0 else "none"), agreement
