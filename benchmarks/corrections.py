@@ -147,11 +147,13 @@ def svg_plot(doc: dict, path: Path) -> None:
 SAME = ("protocol", "steps", "finetune_steps", "batch_size", "model", "ks", "commit", "torch")
 
 
-def merge(paths: list[str], results: Path) -> int:
-    """Join runs of the same settings (seeds split over processes) into one ``corrections_<protocol>.json``."""
+def merge(paths: list[str], results: Path, mixed_commits: bool = False) -> int:
+    """Join runs of the same settings (seeds split over processes) into one ``corrections_<protocol>.json``;
+    ``mixed_commits``: runs of other commits may join (say why in the docs: the engine must train the same)."""
     docs = [json.loads(Path(p).read_text()) for p in paths]
+    same = [k for k in SAME if not (mixed_commits and k == "commit")]
     for d, p in zip(docs[1:], paths[1:]):
-        differ = [k for k in SAME if d.get(k) != docs[0].get(k)]
+        differ = [k for k in same if d.get(k) != docs[0].get(k)]
         if differ:
             raise SystemExit(f"{p}: not the same settings as {paths[0]} ({', '.join(differ)})")
     runs = {}
@@ -164,7 +166,7 @@ def merge(paths: list[str], results: Path) -> int:
     doc = {**{k: docs[0][k] for k in ("protocol", "ks")}, **summarise(runs),
            **{k: docs[0][k] for k in ("device", "torch", "commit", "steps", "finetune_steps", "batch_size", "model")},
            "command": " | ".join(d["command"] for d in docs), "wall_s": [d["wall_s"] for d in docs],
-           "merged_from": [Path(p).name for p in paths], "runs": runs}
+           "merged_from": [str(p) for p in paths], "commits": sorted({d["commit"] for d in docs}), "runs": runs}
     results.mkdir(parents=True, exist_ok=True)
     out = results / f"corrections_{doc['protocol']}.json"
     atomic_write(out, lambda tmp: Path(tmp).write_text(json.dumps(doc, indent=1)))
@@ -192,9 +194,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--merge", nargs="*", default=None, metavar="JSON",
                     help="instead of running: join these runs of the same settings (seeds split over processes) "
                          "into one file under --results")
+    ap.add_argument("--mixed-commits", action="store_true",
+                    help="with --merge: let runs of other commits join (when the engine trains the same)")
     args = ap.parse_args(argv)
     if args.merge:
-        return merge(args.merge, Path(args.results))
+        return merge(args.merge, Path(args.results), args.mixed_commits)
     if args.protocol is None:
         ap.error("--protocol is required")
     torch.set_num_threads(args.threads)

@@ -94,5 +94,7 @@ def test_corrections_runs_split_over_processes_are_joined_and_re_summarised(tmp_
     c.write_text(json.dumps(doc([3], 60.0, commit="other")))
     with pytest.raises(SystemExit, match="not the same settings"):
         corrections.main(["--merge", str(a), str(c), "--results", str(tmp_path / "out")])
+    assert corrections.main(["--merge", str(a), str(c), "--mixed-commits", "--results", str(tmp_path / "out")]) == 0
+    assert json.loads((tmp_path / "out" / "corrections_C.json").read_text())["commits"] == ["abc", "other"]
     with pytest.raises(SystemExit, match="already in another file"):
         corrections.main(["--merge", str(a), str(a), "--results", str(tmp_path / "out")])
