@@ -23,12 +23,14 @@ import run as bench  # noqa: E402
 
 from napari_uuds.engine.dataset import prepare_volume  # noqa: E402
 from napari_uuds.engine.refine import resolve_pseudo_refine  # noqa: E402
+from napari_uuds.engine.slices import SliceSampler  # noqa: E402
 from napari_uuds.engine.volumes import load_label, load_volume  # noqa: E402
 
 
 def agreement(sources) -> dict:
     t = time.perf_counter()
-    mode, k = resolve_pseudo_refine("auto", [p.label for p in sources], [p.image for p in sources])
+    sampler = SliceSampler([p.image for p in sources], [p.label for p in sources])
+    mode, k = resolve_pseudo_refine("auto", sampler)
     return {"decision": mode, **k.record(), "seconds": round(time.perf_counter() - t, 1),
             "volumes": [p.volume.name for p in sources]}
 

@@ -141,15 +141,24 @@ def test_edge_agreement_is_positive_where_labels_follow_the_edges_and_negative_w
 
 
 def test_auto_resolves_from_the_source_and_reads_at_most_the_cap_of_slices():
+    from napari_uuds.engine.slices import SliceSampler
+
+    def sampler(labels, img):
+        return SliceSampler([torch.from_numpy(img)[:, None].float()],
+                            None if labels is None else [torch.from_numpy(labels)[:, None]])
     labels, img = _rod_slices(12)
-    mode, k = resolve_pseudo_refine("auto", [torch.from_numpy(labels)[:, None]], [torch.from_numpy(img)[:, None].float()])
+    mode, k = resolve_pseudo_refine("auto", sampler(labels, img))
     assert mode == "edges" and k.k > 0 and k.record()["slices"] == 6
-    assert resolve_pseudo_refine("auto", [torch.from_numpy(_rod_slices(16)[0])], [torch.from_numpy(img)])[0] == "none"
-    assert resolve_pseudo_refine("edges", None, []) == ("edges", None)  # asked for: nothing measured
-    assert resolve_pseudo_refine("auto", None, [img]) == ("none", None)  # no labels
+    assert resolve_pseudo_refine("auto", sampler(_rod_slices(16)[0], img))[0] == "none"
+    assert resolve_pseudo_refine("edges", None) == ("edges", None)  # asked for: nothing measured
+    assert resolve_pseudo_refine("auto", sampler(None, img)) == ("none", None)  # no labels
     # an object too small to survive the resampling into the frame: nothing to measure, nothing refined
-    assert resolve_pseudo_refine("auto", [np.zeros_like(labels)], [img]) == ("none", None)
-    many_labels = [np.zeros((40, 64, 64), np.uint8), labels]  # the first volume holds no object
+    assert resolve_pseudo_refine("auto", sampler(np.zeros_like(labels), img)) == ("none", None)
+    many_labels = [np.zeros((40, 64, 64), np.uint8), labels]  # the first volume holds the object on 20 of 40 slices
     many_labels[0][10:30] = labels[0]
-    lab, im = source_slices_for_agreement(many_labels, [np.repeat(img[:1], 40, 0), img], max_slices=5)
+    many_images = [np.repeat(img[:1], 40, 0), img]
+    picks = SliceSampler([torch.from_numpy(i)[:, None].float() for i in many_images],
+                         [torch.from_numpy(lab)[:, None] for lab in many_labels]).foreground
+    assert len(picks) == 26
+    lab, im = source_slices_for_agreement(many_labels, many_images, picks, max_slices=5)
     assert lab.shape == im.shape == (5, 64, 64) and lab.reshape(5, -1).any(1).all()

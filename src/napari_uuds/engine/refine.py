@@ -162,17 +162,12 @@ def edge_agreement(labels: np.ndarray, images: np.ndarray, shift_px: int = AGREE
     return EdgeAgreement(float(np.mean(parts)), *(float(p) for p in parts), slices=int(len(truth)))
 
 
-def source_slices_for_agreement(labels: list, images: list, max_slices: int = AGREEMENT_MAX_SLICES):
-    """The source's (labels, images) as (B, H, W) numpy stacks for :func:`edge_agreement`: the slices holding the
-    object (any label > 0 but the ignore value) of every volume, at most ``max_slices`` of them, evenly spaced over
-    the cohort (none: empty stacks); ``labels`` and ``images``: per volume, (n, 1, S, S) or (n, S, S) tensors or
+def source_slices_for_agreement(labels: list, images: list, picks: list[tuple[int, int]],
+                                max_slices: int = AGREEMENT_MAX_SLICES):
+    """The source's (labels, images) as (B, H, W) numpy stacks for :func:`edge_agreement`: the slices ``picks``
+    ((volume, slice) pairs holding the object: a source ``SliceSampler``'s ``foreground``), at most ``max_slices`` of
+    them, evenly spaced over the cohort; ``labels`` and ``images``: per volume, (n, 1, S, S) or (n, S, S) tensors or
     arrays."""
-    picks = []
-    for v, lab in enumerate(labels):
-        lab = lab.detach().cpu().numpy() if isinstance(lab, torch.Tensor) else np.asarray(lab)
-        lab = lab.reshape(lab.shape[0], -1)
-        held = np.nonzero(((lab > 0) & (lab != IGNORE_LABEL)).any(1))[0]
-        picks += [(v, int(i)) for i in held]
     if len(picks) > max_slices:
         picks = [picks[int(j)] for j in np.linspace(0, len(picks) - 1, max_slices).round().astype(int)]
 
@@ -180,21 +175,18 @@ def source_slices_for_agreement(labels: list, images: list, max_slices: int = AG
         x = stack[v][i]
         x = x.detach().cpu().float().numpy() if isinstance(x, torch.Tensor) else np.asarray(x, np.float32)
         return x.reshape(x.shape[-2:])
-    if not picks:
-        return np.zeros((0, 1, 1), np.uint8), np.zeros((0, 1, 1), np.float32)
     return (np.stack([take(labels, v, i) for v, i in picks]).astype(np.uint8),
             np.stack([take(images, v, i) for v, i in picks]).astype(np.float32))
 
 
-def resolve_pseudo_refine(mode: str, labels: list | None, images: list) -> tuple[str, EdgeAgreement | None]:
+def resolve_pseudo_refine(mode: str, source) -> tuple[str, EdgeAgreement | None]:
     """``auto`` (round 20) -> ``edges`` where the source's labels follow its edges (K > 0), else ``none``; other
-    modes unchanged (K not computed). No labels (source-only data): ``none``."""
+    modes unchanged (K not computed). ``source``: the source's ``SliceSampler`` (its labels, images and the slices
+    that hold the object). No labels (source-only data), or no slice of the model's frame holding the object (a label
+    too small to survive the resampling): ``none``."""
     if mode != "auto":
         return mode, None
-    if not labels:
+    if source.labels is None or not source.foreground:
         return "none", None
-    lab, img = source_slices_for_agreement(labels, images)
-    if not len(lab):  # no slice of the model's frame holds the object (a label too small to survive the resampling)
-        return "none", None
-    agreement = edge_agreement(lab, img)
+    agreement = edge_agreement(*source_slices_for_agreement(source.labels, source.images, source.foreground))
     return ("edges" if agreement.k > 0 else "none"), agreement

@@ -321,7 +321,7 @@ def train(model: UUDS, source: SliceSampler, target: SliceSampler, cfg: TrainCon
         note += f"; source randomisation {randomise} (target-source grey-value W1 {w1:.2f}, GIN above {AUTO_W1})"
     # pseudo_refine="auto" (round 20): decided once, from the source's labels and slices (no target, no random draw)
     refine_mode = cfg.pseudo_refine if (adapt or cfg.pseudo_refine != "auto") else "none"
-    pseudo_refine, agreement = resolve_pseudo_refine(refine_mode, source.labels, source.images)
+    pseudo_refine, agreement = resolve_pseudo_refine(refine_mode, source)
     model.pseudo_refine_used = {"pseudo_refine": pseudo_refine,
                                 **({"edge_agreement": agreement.record()} if agreement is not None else {})}
     if agreement is not None:
