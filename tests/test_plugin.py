@@ -69,7 +69,7 @@ def test_the_readmes_gui_command_opens_a_ready_widget(qtbot, monkeypatch):
         width = w.native.width()
         worker = w.start_training(predict_after=True)  # the click
         assert worker is not None
-        qtbot.waitUntil(lambda: w.worker is None and w.ctl.prediction is not None, timeout=120_000)
+        qtbot.waitUntil(lambda: w.worker is None and w.ctl.prediction is not None and w.adapt_btn.enabled, timeout=120_000)
         qtbot.wait(200)
         assert w.status.step == 1
         # long status lines and notes wrap: the dock does not grow over the canvas
@@ -125,15 +125,17 @@ def test_training_through_the_worker_gives_four_layers(ready, qtbot):
     w.status.events.message.connect(lambda m: (threads.add(threading.current_thread().name), messages.append(m)))
     worker = w.start_training(predict_after=True)
     assert worker is not None and not w.adapt_btn.enabled and w.stop_btn.enabled
+    # done = training ended, the volume's prediction shown and its worker finished (the buttons come back on its
+    # `finished`, which Qt delivers after `returned` has set the prediction: waiting on the prediction alone races)
     qtbot.waitUntil(lambda: w.worker is None and OUTPUT_LAYERS["seg"] in viewer.layers
-                    and w.ctl.prediction is not None, timeout=180_000)
+                    and w.ctl.prediction is not None and w.adapt_btn.enabled, timeout=180_000)
     t1 = viewer.layers["T1 (target)"]
     for name in OUTPUT_LAYERS.values():
         layer = viewer.layers[name]
         assert layer.data.shape == t1.data.shape and tuple(layer.scale) == tuple(t1.scale)
     assert type(viewer.layers["segmentation"]).__name__ == "Labels"
     assert viewer.layers["entropy"].colormap.name == "inferno"
-    assert w.status.step == 3 and len(w.status.losses) == 3 and w.adapt_btn.enabled
+    assert w.status.step == 3 and len(w.status.losses) == 3 and not w.stop_btn.enabled
     from napari_uuds.gui.loss_plot import curves
 
     drawn = curves(w.plot.history)  # the plot has one curve per term, by step
