@@ -113,6 +113,8 @@ ADAPT_ROWS: dict[str, tuple[str, dict, dict, dict]] = {
     "uuds_no_pass_bn": ("uuds", {"pass_bn": False}, {}, {}),
     # one lever of the default off
     "uuds_no_pseudo_band": ("uuds", {}, {"pseudo_prior": "none"}, {}),
+    # round 21: the default without the pseudo label's refinement (rounds 16-20's default)
+    "uuds_no_pseudo_refine": ("uuds", {}, {"pseudo_refine": "none"}, {}),
     "uuds_dd_printed": ("uuds", {}, {}, {"dd_form": "printed"}),
     "uuds_no_body_mask": ("uuds", {"body_mask": False}, {}, {}),
     "uuds_no_guard": ("uuds", {}, {"guard": False}, {}),
@@ -139,7 +141,7 @@ ROWS = ["lower", "histmatch", "pseudo", "gin_only", "uuds_paper", "uuds", "uuds_
         "uuds_gin_dd_printed", "uuds_gin_no_body_mask", "uuds_gin_no_guard", "uuds_gin_mm", "uuds_gin_size_log",
         "uuds_gin_into_segmenter", "uuds_gin_both", "gin_only_both", "uuds_useg_present",
         "uuds_useg_ce", "uuds_useg_detached", "uuds_pseudo_floor", "uuds_zoom", "uuds_teacher", "uuds_invert", "uuds_fine", "uuds_edges", "uuds_pseudo_edges", "uuds_pseudo_edges_refined", "uuds_tta", "uuds_no_ema_tta", "uuds_no_ema",
-        "uuds_no_pseudo_band",
+        "uuds_no_pseudo_band", "uuds_no_pseudo_refine",
         "uuds_no_pass_bn", "uuds_dd_printed", "uuds_no_body_mask", "uuds_no_guard", "uuds_no_domain_prompt",
         "uuds_no_seg_prompt", "uuds_no_uncertainty", "tcsa", "uuds+tcsa", "tcsa_no_adv", "tcsa_no_proto",
         "tcsa_no_text_head", "tcsa_no_cov", "tcsa_mpcl", "tcsa_infonce", "tcsa_v1", "upper"]

@@ -380,7 +380,7 @@ def test_training_with_refined_pseudo_labels_changes_only_the_target_term_and_is
                for p in ("none", "edges")])
     assert refined_losses[:2] == plain_losses[:2]  # before the warm-up's end no pseudo label is read
     assert refined_losses[2]["useg"] != plain_losses[2]["useg"]  # the target's term reads the refined label
-    assert TrainConfig().pseudo_refine == "none" and TrainConfig(**recipe_overrides("paper")[1]).pseudo_refine == "none"
+    assert TrainConfig().pseudo_refine == "auto" and TrainConfig(**recipe_overrides("paper")[1]).pseudo_refine == "none"
     with pytest.raises(UUDSError, match="pseudo-label refinement"):
         TrainConfig(pseudo_refine="crf")
 

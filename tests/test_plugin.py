@@ -477,9 +477,9 @@ def test_random_weights_note_stays_and_guard_warning_shows(ready, qtbot):
     assert w.randomise.value == "auto"  # the default recipe's
     w.randomise.value = "gin"
     assert w.ctl.train_config().randomise == "gin"
-    assert w.pseudo_refine.value == "none" == w.ctl.train_config().pseudo_refine  # the default recipe's
-    w.pseudo_refine.value = "auto"
-    assert w.ctl.train_config().pseudo_refine == "auto"
+    assert w.pseudo_refine.value == "auto" == w.ctl.train_config().pseudo_refine  # the default recipe's
+    w.pseudo_refine.value = "none"
+    assert w.ctl.train_config().pseudo_refine == "none"
     w.ctl.prepare(w.source.value, w.source_labels.value, w.target.value)
     w.ctl.build_model()
     assert "CLIP weights are random" in w.notice.value

@@ -302,8 +302,9 @@ class TrainConfig:
     useg_flow: str = "all"
     #: size prior on the target's pseudo label (see PSEUDO_PRIORS)
     pseudo_prior: str = "band"
-    #: the target's pseudo label refined on the slice's edges (see PSEUDO_REFINES; round 19's candidate)
-    pseudo_refine: str = "none"
+    #: the target's pseudo label refined on the slice's edges (see PSEUDO_REFINES): "auto" since round 21 of
+    #: docs/method.md (edges where the source's labels follow its edges: on the cord, not on BraTS's T1c)
+    pseudo_refine: str = "auto"
     #: steps before the target terms join: L_useg always; L_DD too where ``dd_warmup``.
     #: -1 (auto): min(WARMUP_STEPS, steps // 4): 50 from 200 steps up (round 12's default length ran with 50, round 6's
     #: probe's), a quarter of a shorter run so that its target terms still join
@@ -424,7 +425,8 @@ class TrainConfig:
 #: Named bundles of settings: ``uuds`` = the engine's defaults (the dataclass defaults above: L_DD in its InfoNCE
 #: form, nothing outside the body, the guards, source randomisation ``auto`` (round 2 of the rule of docs/method.md),
 #: pass-specific batch-norm statistics (round 4), the pseudo label's size band with 600 steps (round 12), the weights
-#: averaged over the run's second half (round 13), GIN's randomised slices inverted half the time (round 16));
+#: averaged over the run's second half (round 13), GIN's randomised slices inverted half the time (round 16), the
+#: pseudo label refined on the target's edges where the source's labels follow the source's (round 21));
 #: ``paper`` = the paper's letter (L_DD as printed, no guard, predictions anywhere in the frame, shared batch-norm
 #: statistics, the pseudo label as Eq. 6-7 print it, the last step's weights, no randomisation). Each maps to
 #: overrides of (ModelConfig, TrainConfig, LossWeights).

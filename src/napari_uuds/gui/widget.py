@@ -66,10 +66,11 @@ class UUDSWidget(Container):
         self.pseudo_refine = ComboBox(choices=list(PSEUDO_REFINES), value=self.params.pseudo_refine,
                                       label="pseudo labels")
         self.pseudo_refine.tooltip = ("how the target's own predictions teach it while it trains. none: as the network "
-                                      "labels them (the default); edges: their boundary moved to the target's own edges "
-                                      "within 3 pixels (on the cord sample: 89.6 % Dice against 62.9 over five seeds; "
-                                      "on tumours it did not pass the held-out-source check); auto: edges only where "
-                                      "the source's labels follow the source's edges, decided before training. Edges and auto "
+                                      "labels them; edges: their boundary moved to the target's own edges within 3 pixels "
+                                      "(on the cord sample: 89.6 % Dice against 62.9 over five seeds); auto (the "
+                                      "default): edges only where the source's labels follow the source's edges, "
+                                      "decided before training (the cord's do, BraTS's whole tumour on T1c does not). "
+                                      "Edges and auto "
                                       "run a random walker on the CPU at every step (0.04-0.06 s a batch of 8: a few % of "
                                       "a CPU training step)")
         self.arch = ComboBox(choices=list(ARCHS), value=self.params.arch, label="model")
