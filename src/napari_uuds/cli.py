@@ -183,9 +183,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default: the recipe's; uuds: band, paper: none)")
     a.add_argument("--pseudo-refine", choices=list(PSEUDO_REFINES), default=None,
                    help="the target's pseudo label refined on the slice's own edges before L_useg reads it: none, or "
-                        "edges (a random walker moves its boundary within 3 pixels; round 19's candidate), or auto (edges "
-                        "where the source's labels follow its edges, decided before training; round 20's candidate) "
-                        "(default: the recipe's)")
+                        "edges (a random walker moves its boundary within 3 pixels; round 19), or auto (edges where the "
+                        "source's labels follow its edges, decided before training; round 21) "
+                        "(default: the recipe's; uuds: auto, paper: none)")
     a.add_argument("--randomise-into", choices=list(RANDOMISE_INTO), default=T.randomise_into,
                    help="where GIN's randomised slice enters: translator (its input; L_id asks for the clean slice), "
                         "segmenter (L_id asks for the randomised slice) or both (and a second draw on the "
