@@ -350,3 +350,18 @@ def test_finetune_reads_a_widget_run_folder(vols, tmp_path, capsys):
     assert main(["finetune", "--weights", str(a), "--image", str(vols["tgt"]), "--corrections", str(run),
                  "--out", str(tmp_path / "c")]) == 2
     assert "corrections.json: corrections drawn along axis 0; the weights slice along axis 2" in capsys.readouterr().err
+
+
+def test_adapt_says_what_it_decided_before_training(vols, tmp_path, capsys):
+    """The decisions the default takes from the data (source randomisation, pseudo-label refinement) are printed, with
+    the figures they were taken on, and kept in config.json."""
+    argv = ["adapt", "--source", vols["img"], "--source-label", vols["lab"], "--target", vols["tgt"],
+            "--out", tmp_path / "o", "--steps", "1", "--batch-size", "2", "--image-size", "64"]
+    assert main([str(a) for a in argv]) == 0
+    start = [line for line in capsys.readouterr().err.splitlines() if "napari-uuds adapt: training uuds" in line]
+    assert len(start) == 1, start
+    cfg = json.loads((tmp_path / "o" / "config.json").read_text())
+    k = cfg["pseudo_refine_used"]["edge_agreement"]["k"]
+    refined = cfg["pseudo_refine_used"]["pseudo_refine"] == "edges"
+    assert f"pseudo labels {'refined on the target' if refined else 'not refined'}" in start[0]
+    assert f"edge agreement K {k:+.3f}" in start[0] and "source randomisation" in start[0]
