@@ -70,9 +70,8 @@ class UUDSWidget(Container):
                                       "(on the cord sample: 89.6 % Dice against 62.9 over five seeds); auto (the "
                                       "default): edges only where the source's labels follow the source's edges, "
                                       "decided before training (the cord's do, BraTS's whole tumour on T1c does not). "
-                                      "Edges and auto "
-                                      "run a random walker on the CPU at every step (0.04-0.06 s a batch of 8: a few % of "
-                                      "a CPU training step)")
+                                      "Edges and auto run a random walker on the CPU at every step (0.04-0.06 s a batch "
+                                      "of 8: a few % of a CPU training step)")
         self.arch = ComboBox(choices=list(ARCHS), value=self.params.arch, label="model")
         self.weights = ComboBox(choices=list(CLIP_WEIGHTS), value=self.params.clip_weights, label="CLIP weights")
         self.device = ComboBox(choices=list(DEVICES), value=self.params.device, label="device")
