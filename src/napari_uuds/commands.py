@@ -199,10 +199,9 @@ def _adapt(args, ctx, t_start: float) -> int:
         try:
             with stop_on_signal(control.stop) if ctx.enabled else contextlib.nullcontext():
                 for ev in gen:
-                    if ev.kind == "start" and ev.message and main and not args.quiet:
-                        # what the run decided before its first step (source randomisation, pseudo-label refinement)
-                        bar.write(f"napari-uuds adapt: {ev.message}", file=sys.stderr)
-                    if ev.message and ev.kind == "step" and main:  # the guards' warnings and recoveries
+                    # the guards' warnings and recoveries (always); what the run decided before its first step
+                    # (source randomisation, pseudo-label refinement: not with --quiet)
+                    if ev.message and main and (ev.kind == "step" or (ev.kind == "start" and not args.quiet)):
                         bar.write(f"napari-uuds adapt: {ev.message}", file=sys.stderr)
                     if ev.kind == "step":
                         bar.update(ev.step - bar.n)
