@@ -151,3 +151,40 @@ def test_fine_tuning_on_two_corrected_slices_lifts_the_target_dice():
     d1 = score(after.seg[..., unedited], tl.data[..., unedited])["dice"]  # what the model learnt, on the others
     assert d0 < 20.0, d0
     assert d1 > d0 + 30.0, (d0, d1)
+
+
+def test_fine_tune_continues_the_runs_own_auto_decisions_and_keeps_their_record(tmp_path, monkeypatch):
+    """A fine-tune trains with what the adaptation's ``auto`` settings decided (the source randomisation, the
+    pseudo-label refinement), from the model in memory or from saved weights, without measuring the scans again; the
+    record of how they were decided (W1, K) stays with the weights."""
+    import napari_uuds.engine.train as train_mod
+    from napari_uuds.engine import checkpoint as ckpt
+    from napari_uuds.engine.finetune import inherit_decisions
+
+    (si, sl), (ti, tl) = _phantom(1, False), _phantom(2, True)
+    cfg = ModelConfig.for_arch("tiny", image_size=64, class_names=["disc"])
+    src, tgt = [prepare_volume(si, 2, 64, sl)], [prepare_volume(ti, 2, 64)]
+    torch.manual_seed(0)
+    model = UUDS(cfg, seed=0)
+    s, t = samplers(src, tgt, 0.5, 0)
+    base = dict(batch_size=2, seed=0, warmup_steps=1, ema_decay=0.0, guard=False)
+    for _ in train(model, s, t, TrainConfig(steps=2, **base)):
+        pass
+    decided = {"randomise": model.randomise_used, "pseudo_refine": model.pseudo_refine_used}
+    assert "raw_w1" in decided["randomise"] and "edge_agreement" in decided["pseudo_refine"]  # auto measured both
+    ckpt.save_checkpoint(model, tmp_path / "w")
+    loaded, meta = ckpt.load_checkpoint(tmp_path / "w")
+    assert meta["pseudo_refine_used"] == decided["pseudo_refine"] and loaded.randomise_used == decided["randomise"]
+    pinned = inherit_decisions(TrainConfig(**base), loaded)
+    assert (pinned.randomise, pinned.pseudo_refine) == (decided["randomise"]["randomise"],
+                                                       decided["pseudo_refine"]["pseudo_refine"])
+    assert inherit_decisions(TrainConfig(pseudo_refine="none"), loaded).pseudo_refine == "none"  # asked for: kept
+    assert inherit_decisions(TrainConfig(), UUDS(cfg, seed=0)) == TrainConfig()  # nothing decided yet: train decides
+    modes = []
+    for name in ("resolve_randomise", "resolve_pseudo_refine"):
+        real = getattr(train_mod, name)
+        monkeypatch.setattr(train_mod, name, lambda mode, *a, _real=real: (modes.append(mode), _real(mode, *a))[1])
+    lab = corrected_sampler([(tgt[0], tl.data, [4])], 0)
+    events = list(finetune(loaded, s, t, lab, TrainConfig(**base), steps=2))
+    assert events[-1].kind == "done" and len(modes) == 2 and "auto" not in modes  # nothing measured again
+    assert loaded.randomise_used == decided["randomise"] and loaded.pseudo_refine_used == decided["pseudo_refine"]

@@ -222,8 +222,6 @@ def _adapt(args, ctx, t_start: float) -> int:
                 outputs = [p.name for p in planned_outputs(out, names, False, bool(args.target_label))]
                 extra = {"train": to_dict(tcfg), "loss_weights": to_dict(loss_weights), "final_losses": last,
                          "guard": model.guard_report,
-                         "randomise_used": model.randomise_used,
-                         "pseudo_refine_used": model.pseudo_refine_used,
                          "weight_average": model.weight_average,
                          **({"teacher": model.teacher_report} if model.teacher_report else {}),
                          "sources": [str(p) for p in args.source], "targets": [str(p) for p in args.target],

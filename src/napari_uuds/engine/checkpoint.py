@@ -51,6 +51,15 @@ def nonfinite(tensors: dict[str, torch.Tensor]) -> list[str]:
     return [k for k, v in tensors.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
 
 
+#: what a run's ``auto`` settings decided, as ``train`` records it on the model (saved with the weights, restored on
+#: loading: a fine-tune continues with the same recipe, ``finetune.inherit_decisions``)
+DECISION_RECORDS = ("randomise_used", "pseudo_refine_used")
+
+
+def decision_records(model) -> dict[str, dict]:
+    return {k: getattr(model, k) for k in DECISION_RECORDS if isinstance(getattr(model, k, None), dict)}
+
+
 def save_checkpoint(model: UUDS, folder: str | Path, extra: dict[str, Any] | None = None,
                     overwrite: bool = False, optimizer_state: dict | None = None) -> Path:
     """Write weights, config and (when given) the optimizer state as one set (see the module's docstring).
@@ -69,6 +78,7 @@ def save_checkpoint(model: UUDS, folder: str | Path, extra: dict[str, Any] | Non
     save_id = uuid.uuid4().hex
     meta = {"format": FORMAT_VERSION, "save_id": save_id, "model": to_dict(model.cfg), "versions": versions(),
             "trained_steps": int(model.trained_steps), "domain_prompt_text": model.domain_prompt.text}
+    meta.update(decision_records(model))
     meta.update(extra or {})
     text = json.dumps(meta, indent=2)
     folder.mkdir(parents=True, exist_ok=True)
@@ -172,4 +182,7 @@ def load_checkpoint(folder: str | Path, device: str | torch.device = "cpu", expe
     if meta.get("domain_prompt_text"):
         model.domain_prompt.set_text(meta["domain_prompt_text"])
     model.trained_steps = int(meta.get("trained_steps", 0))
+    for key in DECISION_RECORDS:  # what the run's "auto" settings decided (a fine-tune keeps it)
+        if isinstance(meta.get(key), dict):
+            setattr(model, key, meta[key])
     return model.to(device).eval(), meta

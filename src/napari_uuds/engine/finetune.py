@@ -4,7 +4,8 @@ The run continues from the current weights with the method's own terms (the sour
 adapted as before) and one more: half of each target batch comes from the corrected slices, whose
 segmentation through the target's path is supervised (``tseg`` in :func:`~.train.train`). Slices the user
 did not correct stay unlabelled. After the run the volume is predicted again and the corrected slices keep
-the user's labels (:func:`~.review.keep_corrections`).
+the user's labels (:func:`~.review.keep_corrections`). Settings left to ``auto`` keep what the adaptation decided
+(:func:`inherit_decisions`).
 """
 from __future__ import annotations
 
@@ -50,6 +51,24 @@ def corrected_sampler(items: list[tuple[PreparedVolume, np.ndarray, list[int]]],
     return SliceSampler([p[0] for p in pairs], [p[1] for p in pairs], fg_fraction=0.5, seed=seed, min_anatomy=0.0)
 
 
+#: the run's own decisions that ``auto`` settings leave to the data, as the model records them (``train`` sets them;
+#: ``checkpoint`` saves them with the weights and restores them): attribute -> the TrainConfig field it decides
+DECISIONS = {"randomise_used": "randomise", "pseudo_refine_used": "pseudo_refine"}
+
+
+def inherit_decisions(cfg: TrainConfig, model) -> TrainConfig:
+    """``cfg`` with each ``auto`` setting replaced by what the model's own adaptation decided (the source
+    randomisation from the grey values, the pseudo-label refinement from the source's K): a fine-tune continues the
+    run's recipe instead of measuring the scans again (K takes 1-5 s a call). A setting asked for explicitly, or a
+    model with no record (weights saved before the record existed), is left to ``train``."""
+    changes = {}
+    for attr, field in DECISIONS.items():
+        used = getattr(model, attr, None)
+        if getattr(cfg, field) == "auto" and isinstance(used, dict) and used.get(field) not in (None, "auto"):
+            changes[field] = used[field]
+    return replace(cfg, **changes) if changes else cfg
+
+
 def finetune(model, source: SliceSampler, target: SliceSampler, labelled: SliceSampler, cfg: TrainConfig,
              weights: LossWeights | None = None, control: TrainControl | None = None,
              steps: int = FINETUNE_STEPS) -> Iterator[TrainEvent]:
@@ -59,5 +78,11 @@ def finetune(model, source: SliceSampler, target: SliceSampler, labelled: SliceS
     the model had already trained. A fine-tune ends with its last weights, not an average (round 13 of
     docs/method.md measured the average on adaptation runs, not on fine-tunes on corrections)."""
     start = int(model.trained_steps)
-    cfg = replace(cfg, steps=start + steps, warmup_steps=0, ema_decay=0.0)
-    yield from train(model, source, target, cfg, weights, control, start_step=start, target_labelled=labelled)
+    records = {attr: getattr(model, attr, None) for attr in DECISIONS}
+    cfg = replace(inherit_decisions(cfg, model), steps=start + steps, warmup_steps=0, ema_decay=0.0)
+    try:
+        yield from train(model, source, target, cfg, weights, control, start_step=start, target_labelled=labelled)
+    finally:  # the weights keep the record of how the decisions were made (the W1, the K), not just their outcome
+        for attr, rec in records.items():
+            if isinstance(rec, dict):
+                setattr(model, attr, rec)

@@ -414,9 +414,8 @@ class UUDSController(ReviewActions):
     def save_weights(self, folder: str | Path, overwrite: bool = False) -> Path:
         if self.model is None:
             raise UUDSError("nothing to save yet: train or load a model first")
-        used = {k: getattr(self.model, k, None) for k in ("randomise_used", "pseudo_refine_used")}
-        extra = {"saved_from": "napari widget", **{k: v for k, v in used.items() if v is not None}}
-        return ckpt.save_checkpoint(self.model, folder, extra, overwrite=overwrite)
+        # the run's decisions (randomise_used, pseudo_refine_used) go with the weights: save_checkpoint writes them
+        return ckpt.save_checkpoint(self.model, folder, {"saved_from": "napari widget"}, overwrite=overwrite)
 
     def load_weights(self, folder: str | Path) -> None:
         self.model, meta = ckpt.load_checkpoint(folder, "cpu")
