@@ -111,6 +111,19 @@ def _phantom(seed: int, inverted: bool):
     return phantom(seed, inverted)
 
 
+def _phantom_task():
+    """A disc phantom source and its contrast-inverted target, prepared at 64 px, with a fresh tiny model (seed 0)
+    and their samplers: (target image, target label, prepared target, model config, model, source and target
+    samplers)."""
+    (si, sl), (ti, tl) = _phantom(1, False), _phantom(2, True)
+    cfg = ModelConfig.for_arch("tiny", image_size=64, class_names=["disc"])
+    src, tgt = [prepare_volume(si, 2, 64, sl)], prepare_volume(ti, 2, 64)
+    torch.manual_seed(0)
+    model = UUDS(cfg, seed=0)
+    s, t = samplers(src, [tgt], 0.5, 0)
+    return ti, tl, tgt, cfg, model, s, t
+
+
 def test_corrected_slices_are_sliced_like_the_target():
     img, lab = _phantom(2, True)
     tp = prepare_volume(img, 2, 64, lab)
@@ -128,24 +141,19 @@ def test_corrected_slices_are_sliced_like_the_target():
 def test_fine_tuning_on_two_corrected_slices_lifts_the_target_dice():
     """Source-only training fails on the contrast-inverted target; two corrected target slices and a short
     fine-tune must find the disc on the whole volume (corrected slices scored as the user's)."""
-    (si, sl), (ti, tl) = _phantom(1, False), _phantom(2, True)
-    cfg = ModelConfig.for_arch("tiny", image_size=64, class_names=["disc"])
-    src, tgt = [prepare_volume(si, 2, 64, sl)], [prepare_volume(ti, 2, 64)]
-    torch.manual_seed(0)
-    model = UUDS(cfg, seed=0)
-    s, t = samplers(src, tgt, 0.5, 0)
+    ti, tl, tgt, cfg, model, s, t = _phantom_task()
     tcfg = TrainConfig(steps=40, batch_size=8, seed=0, mode="source_only", randomise="none")
     for _ in train(model, s, t, tcfg):
         pass
-    before = predict_volume(model, ti, norm=tgt[0].norm)
+    before = predict_volume(model, ti, norm=tgt.norm)
     d0 = score(before.seg, tl.data)["dice"]
     slices = [4, 11]
-    lab = corrected_sampler([(tgt[0], tl.data, slices)], 0)
+    lab = corrected_sampler([(tgt, tl.data, slices)], 0)
     events = list(finetune(model, s, t, lab, TrainConfig(batch_size=8, seed=0, randomise="none"), steps=40))
     assert events[-1].kind == "done" and model.trained_steps == 80
     assert model.weight_average is None  # a fine-tune ends with its last weights (round 13 measured adaptation only)
     assert all("tseg" in e.losses for e in events if e.kind == "step")
-    after = apply_corrections(predict_volume(model, ti, norm=tgt[0].norm), tl.data, slices, 2)
+    after = apply_corrections(predict_volume(model, ti, norm=tgt.norm), tl.data, slices, 2)
     np.testing.assert_array_equal(after.seg[..., slices], tl.data[..., slices])  # the user's slices kept
     unedited = [k for k in range(ti.data.shape[2]) if k not in slices]
     d1 = score(after.seg[..., unedited], tl.data[..., unedited])["dice"]  # what the model learnt, on the others
@@ -161,12 +169,7 @@ def test_fine_tune_continues_the_runs_own_auto_decisions_and_keeps_their_record(
     from napari_uuds.engine import checkpoint as ckpt
     from napari_uuds.engine.finetune import inherit_decisions
 
-    (si, sl), (ti, tl) = _phantom(1, False), _phantom(2, True)
-    cfg = ModelConfig.for_arch("tiny", image_size=64, class_names=["disc"])
-    src, tgt = [prepare_volume(si, 2, 64, sl)], [prepare_volume(ti, 2, 64)]
-    torch.manual_seed(0)
-    model = UUDS(cfg, seed=0)
-    s, t = samplers(src, tgt, 0.5, 0)
+    ti, tl, tgt, cfg, model, s, t = _phantom_task()
     base = dict(batch_size=2, seed=0, warmup_steps=1, ema_decay=0.0, guard=False)
     for _ in train(model, s, t, TrainConfig(steps=2, **base)):
         pass
@@ -184,7 +187,7 @@ def test_fine_tune_continues_the_runs_own_auto_decisions_and_keeps_their_record(
     for name in ("resolve_randomise", "resolve_pseudo_refine"):
         real = getattr(train_mod, name)
         monkeypatch.setattr(train_mod, name, lambda mode, *a, _real=real: (modes.append(mode), _real(mode, *a))[1])
-    lab = corrected_sampler([(tgt[0], tl.data, [4])], 0)
+    lab = corrected_sampler([(tgt, tl.data, [4])], 0)
     events = list(finetune(loaded, s, t, lab, TrainConfig(**base), steps=2))
     assert events[-1].kind == "done" and len(modes) == 2 and "auto" not in modes  # nothing measured again
     assert loaded.randomise_used == decided["randomise"] and loaded.pseudo_refine_used == decided["pseudo_refine"]

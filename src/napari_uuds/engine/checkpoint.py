@@ -52,8 +52,9 @@ def nonfinite(tensors: dict[str, torch.Tensor]) -> list[str]:
 
 
 #: what a run's ``auto`` settings decided, as ``train`` records it on the model (saved with the weights, restored on
-#: loading: a fine-tune continues with the same recipe, ``finetune.inherit_decisions``)
-DECISION_RECORDS = ("randomise_used", "pseudo_refine_used")
+#: loading: a fine-tune continues with the same recipe, ``finetune.inherit_decisions``): the model's attribute -> the
+#: TrainConfig field it decides
+DECISION_RECORDS = {"randomise_used": "randomise", "pseudo_refine_used": "pseudo_refine"}
 
 
 def decision_records(model) -> dict[str, dict]:

@@ -15,6 +15,7 @@ from typing import Iterator
 import numpy as np
 import torch
 
+from .checkpoint import DECISION_RECORDS, decision_records
 from .config import FINETUNE_STEPS, LossWeights, TrainConfig
 from .dataset import PreparedVolume, slab
 from .errors import UUDSError
@@ -51,18 +52,13 @@ def corrected_sampler(items: list[tuple[PreparedVolume, np.ndarray, list[int]]],
     return SliceSampler([p[0] for p in pairs], [p[1] for p in pairs], fg_fraction=0.5, seed=seed, min_anatomy=0.0)
 
 
-#: the run's own decisions that ``auto`` settings leave to the data, as the model records them (``train`` sets them;
-#: ``checkpoint`` saves them with the weights and restores them): attribute -> the TrainConfig field it decides
-DECISIONS = {"randomise_used": "randomise", "pseudo_refine_used": "pseudo_refine"}
-
-
 def inherit_decisions(cfg: TrainConfig, model) -> TrainConfig:
     """``cfg`` with each ``auto`` setting replaced by what the model's own adaptation decided (the source
     randomisation from the grey values, the pseudo-label refinement from the source's K): a fine-tune continues the
     run's recipe instead of measuring the scans again (K takes 1-5 s a call). A setting asked for explicitly, or a
     model with no record (weights saved before the record existed), is left to ``train``."""
     changes = {}
-    for attr, field in DECISIONS.items():
+    for attr, field in DECISION_RECORDS.items():
         used = getattr(model, attr, None)
         if getattr(cfg, field) == "auto" and isinstance(used, dict) and used.get(field) not in (None, "auto"):
             changes[field] = used[field]
@@ -78,11 +74,10 @@ def finetune(model, source: SliceSampler, target: SliceSampler, labelled: SliceS
     the model had already trained. A fine-tune ends with its last weights, not an average (round 13 of
     docs/method.md measured the average on adaptation runs, not on fine-tunes on corrections)."""
     start = int(model.trained_steps)
-    records = {attr: getattr(model, attr, None) for attr in DECISIONS}
+    records = decision_records(model)
     cfg = replace(inherit_decisions(cfg, model), steps=start + steps, warmup_steps=0, ema_decay=0.0)
     try:
         yield from train(model, source, target, cfg, weights, control, start_step=start, target_labelled=labelled)
     finally:  # the weights keep the record of how the decisions were made (the W1, the K), not just their outcome
         for attr, rec in records.items():
-            if isinstance(rec, dict):
-                setattr(model, attr, rec)
+            setattr(model, attr, rec)
