@@ -140,7 +140,7 @@ SOURCE_ROWS = {"lower": {"randomise": "none"}, "gin_only": {"randomise": "gin"},
 ROWS = ["lower", "histmatch", "pseudo", "gin_only", "uuds_paper", "uuds", "uuds_no_gin", "uuds_gin",
         "uuds_gin_dd_printed", "uuds_gin_no_body_mask", "uuds_gin_no_guard", "uuds_gin_mm", "uuds_gin_size_log",
         "uuds_gin_into_segmenter", "uuds_gin_both", "gin_only_both", "uuds_useg_present",
-        "uuds_useg_ce", "uuds_useg_detached", "uuds_pseudo_floor", "uuds_zoom", "uuds_teacher", "uuds_invert", "uuds_fine", "uuds_edges", "uuds_pseudo_edges", "uuds_pseudo_edges_refined", "uuds_tta", "uuds_no_ema_tta", "uuds_no_ema",
+        "uuds_useg_ce", "uuds_useg_detached", "uuds_pseudo_floor", "uuds_zoom", "uuds_teacher", "uuds_invert", "uuds_fine", "uuds_edges", "uuds_pseudo_edges", "uuds_pseudo_edges_refined", "uuds_largest", "uuds_tta", "uuds_no_ema_tta", "uuds_no_ema",
         "uuds_no_pseudo_band", "uuds_no_pseudo_refine",
         "uuds_no_pass_bn", "uuds_dd_printed", "uuds_no_body_mask", "uuds_no_guard", "uuds_no_domain_prompt",
         "uuds_no_seg_prompt", "uuds_no_uncertainty", "tcsa", "uuds+tcsa", "tcsa_no_adv", "tcsa_no_proto",
@@ -152,7 +152,9 @@ PAIRED_ROWS = {"uuds_no_ema": ("uuds", "last", "none", "none"), "uuds_tta": ("uu
                "uuds_no_ema_tta": ("uuds", "last", "d8", "none"),
                # round 18: the same run's prediction with the boundary refined on the target's edges
                "uuds_edges": ("uuds", "ema", "none", "edges"),
-               "uuds_pseudo_edges_refined": ("uuds_pseudo_edges", "ema", "none", "edges")}
+               "uuds_pseudo_edges_refined": ("uuds_pseudo_edges", "ema", "none", "edges"),
+               # round 23: the same run's prediction, its largest connected object only
+               "uuds_largest": ("uuds", "ema", "none", "none", "largest")}
 MAIN_ROWS = {"lower", "histmatch", "pseudo", "gin_only", "uuds_paper", "uuds", "upper"}
 DESCRIPTIONS = {
     "tumour": "a brain tumour with surrounding oedema",
@@ -256,19 +258,20 @@ def _evaluate(model: UUDS, targets: list[PreparedVolume], refs: list[Volume], cl
     return rows
 
 
-def score_ways(model: UUDS, ways: dict[str, tuple[str, str, str]], score) -> dict:
-    """One trained run scored several ways (round 13): ``ways`` = name -> (weights, tta, refine), weights ``last``
-    (the last step's, ``model.last_iterate_state``) or ``ema`` (the average the run ended with), refine a boundary
-    refinement (round 18). Returns name -> score(model, name); the model ends as it came (the average loaded, its own
-    tta and refinement)."""
+def score_ways(model: UUDS, ways: dict[str, tuple[str, ...]], score) -> dict:
+    """One trained run scored several ways (round 13): ``ways`` = name -> (weights, tta, refine[, objects]), weights
+    ``last`` (the last step's, ``model.last_iterate_state``) or ``ema`` (the average the run ended with), refine a
+    boundary refinement (round 18), objects what of the object is kept (round 23; default ``all``). Returns name ->
+    score(model, name); the model ends as it came (the average loaded, its own tta, refinement and objects)."""
     average = {k: v.clone() for k, v in model.state_dict().items()}
-    own, out = (model.cfg.tta, model.cfg.refine), {}
-    for name, (which, tta, refine) in ways.items():
+    own, out = (model.cfg.tta, model.cfg.refine, model.cfg.objects), {}
+    for name, way in ways.items():
+        which, tta, refine, objects = (*way, "all") if len(way) == 3 else way
         model.load_state_dict(model.last_iterate_state if which == "last" else average)
-        model.cfg.tta, model.cfg.refine = tta, refine
+        model.cfg.tta, model.cfg.refine, model.cfg.objects = tta, refine, objects
         out[name] = score(model, name)
     model.load_state_dict(average)
-    model.cfg.tta, model.cfg.refine = own
+    model.cfg.tta, model.cfg.refine, model.cfg.objects = own
     return out
 
 

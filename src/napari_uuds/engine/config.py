@@ -72,6 +72,9 @@ DD_FORMS = ("printed", "infonce")
 TTAS = ("none", "d8")
 #: boundary refinements after a volume is predicted (engine/refine.py; round 18 of docs/method.md)
 REFINES = ("none", "edges")
+#: what of a predicted volume's object is kept (engine/components.py; round 23 of docs/method.md): ``all`` = every
+#: piece; ``largest`` = its largest connected piece only (every class > 0 together), the rest background
+OBJECTS = ("all", "largest")
 #: Source randomisation (engine/randomise.py): ``gin`` = random shallow conv nets scramble the source's contrast;
 #: ``none`` = the source as it is; ``auto`` = gin where the raw target's grey values lie far from the source's (W1 >
 #: randomise.AUTO_W1, label-free, measured before training), else none (docs/method.md, reading 16).
@@ -154,6 +157,9 @@ class ModelConfig:
     #: boundary refinement of a predicted volume (see REFINES): "edges" lets the target's own edges move the boundary
     #: within 2 voxels (engine/refine.py). A config.json without the key reads as "none" (checkpoint.read_config).
     refine: str = "none"
+    #: what of a predicted volume's object is kept (see OBJECTS), after any refinement. A config.json without the key
+    #: reads as "all" (checkpoint.read_config).
+    objects: str = "all"
     #: test-time augmentation (see TTAS). A config.json without the key reads as "none" (checkpoint.read_config).
     tta: str = "none"
     #: TCSA's text-conditioned segmentation head (engine/text_head.py; the authors' model): the class texts of the
@@ -179,6 +185,8 @@ class ModelConfig:
             raise UUDSError(f"mm per pixel must be 0 (fit each slice to the frame) or positive, not {self.mm_per_pixel}")
         if self.refine not in REFINES:
             raise UUDSError(f"unknown refinement '{self.refine}', choose one of {', '.join(REFINES)}")
+        if self.objects not in OBJECTS:
+            raise UUDSError(f"unknown objects setting '{self.objects}', choose one of {', '.join(OBJECTS)}")
         if self.tta not in TTAS:
             raise UUDSError(f"unknown test-time augmentation '{self.tta}', choose one of {', '.join(TTAS)}")
         if self.text_head and self.text_head_dim <= 0:

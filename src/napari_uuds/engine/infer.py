@@ -19,6 +19,7 @@ from .body import body_mask
 from .dataset import plan_for, slabs
 from .losses import certain_mask, entropy_map
 from .model import UUDS
+from .components import keep_largest_object
 from .refine import snap_to_edges
 from .slices import SliceGeometry, from_square, to_square
 from .volumes import NormParams, Volume, normalisation_params
@@ -158,6 +159,8 @@ def iter_predict_volume(model: UUDS, volume: Volume, batch_size: int = 16, domai
         yield idx[axis].stop, shape[axis]
     if cfg.refine == "edges":  # round 18: the target's own edges move the boundary within a narrow band
         seg = refine_seg(cfg, seg, raw, norm, volume.spacing)
+    if cfg.objects == "largest":  # round 23: one object per volume, its largest piece (after any refinement)
+        seg = keep_largest_object(seg)
     return VolumePrediction(syn, probs, seg, ent)
 
 

@@ -1,0 +1,63 @@
+"""One object per volume: keep the largest connected piece of a predicted mask (round 23 of docs/method.md; not in
+the paper).
+
+A segmenter reads a volume slice by slice, so nothing in it knows that a tumour or a spinal cord is one object: a
+prediction can fall into dozens of separate pieces. Where the source's own labels are one object,
+:func:`keep_largest_object` keeps the largest 26-connected piece of the predicted object (every class > 0 together,
+so a multi-class tumour keeps its parts inside one whole) and makes everything else background: the post-processing
+nnU-Net decides on its validation labels (Isensee et al., Nature Methods 2021). :func:`resolve_objects` decides
+``auto`` from the source labels alone, before training. No label of the target is read.
+"""
+from __future__ import annotations
+
+from typing import Iterable
+
+import numpy as np
+from scipy import ndimage
+
+#: ``objects = "auto"`` keeps the largest piece where every source label holds at least this share of its object
+#: voxels in its largest piece (fixed by round 23's rule before any run)
+ONE_OBJECT_SHARE = 0.95
+#: 26-connectivity: pieces that touch at a corner are one piece
+_FULL = np.ones((3, 3, 3), bool)
+
+
+def _pieces(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The 26-connected pieces of a 2D or 3D boolean mask: (labelled array, voxels per piece (index 0 = piece 1))."""
+    structure = _FULL if mask.ndim == 3 else np.ones((3,) * mask.ndim, bool)
+    lab, n = ndimage.label(mask, structure)
+    return lab, np.bincount(lab.ravel(), minlength=n + 1)[1:]
+
+
+def keep_largest_object(seg: np.ndarray) -> np.ndarray:
+    """``seg`` (integer classes, 0 background) with every voxel outside the largest connected piece of the object
+    (all classes > 0 together) set to background; an empty mask comes back unchanged (a copy). Ties keep the piece
+    found first in C order."""
+    seg = np.asarray(seg)
+    obj = seg > 0
+    if not obj.any():
+        return seg.copy()
+    lab, sizes = _pieces(obj)
+    keep = lab == (int(np.argmax(sizes)) + 1)
+    return np.where(keep, seg, np.zeros((), seg.dtype))
+
+
+def largest_share(label: np.ndarray) -> float | None:
+    """The share of a label's object voxels (classes > 0 together) in its largest connected piece; None where the
+    label is empty."""
+    obj = np.asarray(label) > 0
+    if not obj.any():
+        return None
+    _, sizes = _pieces(obj)
+    return float(sizes.max() / sizes.sum())
+
+
+def resolve_objects(mode: str, labels: Iterable[np.ndarray | None]) -> tuple[str, list[float]]:
+    """``mode`` as a decision: ``all`` or ``largest`` as asked; ``auto`` = ``largest`` where every non-empty source
+    label (3D, on its own grid) holds at least :data:`ONE_OBJECT_SHARE` of its object in its largest piece, else
+    ``all`` (and ``all`` where no label holds any object). Returns (decision, each label's share)."""
+    if mode != "auto":
+        return mode, []
+    shares = [s for s in (largest_share(v) for v in labels if v is not None) if s is not None]
+    one = bool(shares) and min(shares) >= ONE_OBJECT_SHARE
+    return ("largest" if one else "all"), [round(s, 4) for s in shares]

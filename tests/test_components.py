@@ -1,0 +1,80 @@
+"""Round 23's one object per volume (engine/components.py): the largest connected piece of a predicted object."""
+import json
+
+import numpy as np
+import pytest
+
+from napari_uuds.engine import checkpoint as ckpt
+from napari_uuds.engine.components import (ONE_OBJECT_SHARE, keep_largest_object, largest_share,
+                                           resolve_objects)
+from napari_uuds.engine.config import ModelConfig
+from napari_uuds.engine.errors import UUDSError
+from napari_uuds.engine.infer import predict_volume
+from napari_uuds.engine.volumes import load_volume
+
+
+def _two_pieces():
+    """A 6x6x6 block of class 1 with a class-2 core, a 2x2x2 block elsewhere, and one voxel touching the big
+    block at a corner only (26-connected to it)."""
+    seg = np.zeros((16, 16, 16), np.uint8)
+    seg[1:7, 1:7, 1:7] = 1
+    seg[3:5, 3:5, 3:5] = 2
+    seg[10:12, 10:12, 10:12] = 1
+    seg[7, 7, 7] = 1
+    return seg
+
+
+def test_the_largest_piece_is_kept_with_its_classes_and_the_rest_is_background():
+    seg = _two_pieces()
+    out = keep_largest_object(seg)
+    assert out.dtype == seg.dtype and out.shape == seg.shape
+    assert not out[10:12, 10:12, 10:12].any()  # the small piece is gone
+    assert out[7, 7, 7] == 1  # touching at a corner is one piece (26-connectivity)
+    np.testing.assert_array_equal(out[:8, :8, :8], seg[:8, :8, :8])  # the kept piece keeps every class
+    assert (out == 2).sum() == 8
+
+
+def test_an_empty_mask_and_a_single_piece_come_back_unchanged():
+    empty = np.zeros((4, 4, 4), np.uint8)
+    np.testing.assert_array_equal(keep_largest_object(empty), empty)
+    one = _two_pieces()
+    one[10:12, 10:12, 10:12] = 0
+    np.testing.assert_array_equal(keep_largest_object(one), one)
+
+
+def test_the_share_and_the_auto_decision_read_only_the_labels_given():
+    seg = _two_pieces()
+    share = largest_share(seg)
+    assert share == pytest.approx((216 + 1) / (216 + 1 + 8))
+    assert largest_share(np.zeros((3, 3, 3))) is None
+    one = (seg > 0) & ~np.pad(np.ones((2, 2, 2), bool), ((10, 4), (10, 4), (10, 4)))
+    assert resolve_objects("auto", [one, None]) == ("largest", [1.0])
+    # one label with a second piece of a tenth of its voxels: below the share, every piece is kept
+    split = np.zeros((30, 30, 30), np.uint8)
+    split[:10, :10, :10] = 1
+    split[20:, 20:, 20:25] = 1  # 500 voxels beside 1000
+    assert largest_share(split) < ONE_OBJECT_SHARE
+    assert resolve_objects("auto", [one, split])[0] == "all"
+    assert resolve_objects("auto", [np.zeros((2, 2, 2))]) == ("all", [])
+    assert resolve_objects("largest", []) == ("largest", [])
+
+
+def test_objects_is_an_option_of_the_model_applied_after_prediction(tiny_model, tmp_path, cord):
+    with pytest.raises(UUDSError, match="unknown objects setting"):
+        ModelConfig(objects="biggest")
+    vol = load_volume(cord["t1"])
+    plain = predict_volume(tiny_model, vol)
+    tiny_model.cfg.objects = "largest"
+    try:
+        kept = predict_volume(tiny_model, vol)
+    finally:
+        tiny_model.cfg.objects = "all"
+    np.testing.assert_array_equal(kept.entropy, plain.entropy)  # the network's uncertainty is not touched
+    np.testing.assert_array_equal(kept.seg, keep_largest_object(plain.seg))
+    assert 0 < (kept.seg > 0).sum() < (plain.seg > 0).sum()  # the untrained model's mask is in pieces: some went
+    assert not (kept.seg & ~plain.seg.astype(bool)).any()  # only removes
+    ckpt.save_checkpoint(tiny_model, tmp_path / "old")
+    meta = json.loads((tmp_path / "old" / "config.json").read_text())
+    del meta["model"]["objects"]  # written before the option existed
+    (tmp_path / "old" / "config.json").write_text(json.dumps(meta))
+    assert ckpt.read_config(tmp_path / "old")["model"]["objects"] == "all"
