@@ -28,6 +28,27 @@ def test_no_plateau_from_a_partial_window_or_a_falling_loss():
     assert gpu_speed.plateau_step(warm, 200, window=50, rel=0.02) is None
 
 
+def test_largest_object_copies_each_mask_beside_it_for_the_agreement_of_seeds(tmp_path):
+    import agreement
+    import largest_object
+
+    a = np.zeros((10, 10, 4), np.uint8)
+    a[1:4, 1:4] = 1
+    b = a.copy()
+    a[7:10, 7:10] = 1  # seed 0: the same object and a second piece of the same size, found after it
+    b[7:9, 7:9, :2] = 1  # seed 1: a smaller second piece
+    for seed, m in ((0, a), (1, b)):
+        d = tmp_path / "A2" / f"uuds_s{seed}"
+        d.mkdir(parents=True)
+        np.savez_compressed(d / "pat0004.npz", seg=m)
+    figures = largest_object.process(tmp_path / "A2", ["uuds"])
+    assert figures["uuds"][0]["pat0004"] == {"pieces": 2, "largest_share": 0.5, "voxels": 72, "voxels_kept": 36}
+    assert figures["uuds"][1]["pat0004"]["voxels_kept"] == 36
+    res = agreement.agreement(tmp_path / "A2")
+    assert set(res) == {"uuds", "uuds_largest"}
+    assert res["uuds_largest"]["mean"] == 100.0 > res["uuds"]["mean"]  # both keep the first piece
+
+
 def test_agreement_of_seeds_is_the_mean_pairwise_dice_of_their_masks(tmp_path):
     import agreement
 

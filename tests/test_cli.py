@@ -250,17 +250,19 @@ def test_recipe_and_lever_options_reach_the_run(vols, tmp_path):
     cfg = json.loads((out / "config.json").read_text())
     assert (cfg["train"]["recipe"], cfg["train"]["randomise"], cfg["train"]["randomise_p"]) == ("uuds", "auto", 0.5)
     assert cfg["train"]["randomise_invert"] == 0.5  # round 16's default
+    assert cfg["model"]["objects"] == "all"  # round 23: the largest object only is an option, not the default
     assert cfg["loss_weights"]["dd_form"] == "infonce" and cfg["model"]["body_mask"] is True and cfg["train"]["guard"]
     argv = ["adapt", "--quiet", "--recipe", "paper", "--randomise", "gin", "--dd-form", "infonce", "--body-mask",
             "--useg-absent", "skip", "--randomise-into", "both", "--useg-form", "ce_balanced", "--useg-flow", "segmenter",
             "--pseudo-prior", "band", "--ema-decay", "0.5", "--tta", "d8", "--randomise-invert", "0.25",
-            "--fine-skips", "--refine", "edges", "--pseudo-refine", "edges", "--source", vols["img"], "--source-label", vols["lab"], "--target", vols["tgt"], "--out",
+            "--fine-skips", "--refine", "edges", "--objects", "largest", "--pseudo-refine", "edges", "--source", vols["img"], "--source-label", vols["lab"], "--target", vols["tgt"], "--out",
             str(tmp_path / "mixed"), "--steps", "1", "--batch-size", "2", "--image-size", "64"]
     assert main([str(a) for a in argv]) == 0  # an explicit option wins over the recipe
     cfg = json.loads((tmp_path / "mixed" / "config.json").read_text())
     assert cfg["train"]["randomise"] == "gin" and cfg["loss_weights"]["dd_form"] == "infonce"
     assert cfg["train"]["randomise_invert"] == 0.25 and cfg["model"]["fine_skips"] is True
     assert cfg["model"]["refine"] == "edges" and cfg["train"]["pseudo_refine"] == "edges"
+    assert cfg["model"]["objects"] == "largest"
     assert cfg["model"]["body_mask"] is True and cfg["train"]["guard"] is False
     assert cfg["loss_weights"]["useg_absent"] == "skip" and cfg["train"]["randomise_into"] == "both"
     assert cfg["loss_weights"]["useg_form"] == "ce_balanced" and cfg["train"]["useg_flow"] == "segmenter"
@@ -279,6 +281,35 @@ def test_mm_per_pixel_auto_is_recorded_and_outputs_stay_on_the_grid(vols, tmp_pa
     np.testing.assert_allclose(seg.affine, nib.load(str(vols["tgt"])).affine)
     rc = main(["predict", "--quiet", "--weights", str(out), "--image", str(vols["img"]), "--out", str(tmp_path / "p")])
     assert rc == 0 and nib.load(str(tmp_path / "p" / "img_seg.nii.gz")).shape == (24, 24, 12)
+
+
+def test_predict_post_processing_overrides_reach_the_cohort_path(vols, tmp_path):
+    """`predict --objects largest` keeps the largest piece of the same prediction; `--refine edges` gives what the
+    engine's own volume prediction gives with it (the cohort path ends each volume as predict_volume does)."""
+    from napari_uuds.engine import checkpoint as ckpt
+    from napari_uuds.engine.components import keep_largest_object
+    from napari_uuds.engine.infer import predict_volume
+    from napari_uuds.engine.volumes import load_volume
+
+    out = tmp_path / "a"
+    assert _adapt(vols, out) == 0
+    seg = {}
+    for name, opts in (("all", ["--objects", "all"]), ("largest", ["--objects", "largest"]),
+                       ("edges", ["--refine", "edges"])):
+        rc = main(["predict", "--quiet", "--weights", str(out), "--image", str(vols["tgt"]), "--out",
+                   str(tmp_path / name), *opts])
+        assert rc == 0
+        seg[name] = np.asarray(nib.load(str(tmp_path / name / "tgt_seg.nii.gz")).dataobj)
+    assert (seg["all"] > 0).sum() > (seg["largest"] > 0).sum() > 0  # the untrained mask is in pieces
+    np.testing.assert_array_equal(seg["largest"], keep_largest_object(seg["all"]))
+    cfg = json.loads((out / "config.json").read_text())["model"]
+    assert (cfg["objects"], cfg["refine"]) == ("all", "none")  # overrides, not saved
+    model, _ = ckpt.load_checkpoint(out)
+    model.cfg.refine = "edges"
+    vol = load_volume(vols["tgt"])
+    engine = predict_volume(model, vol).seg
+    assert (engine != seg["all"]).any()  # the refinement moved something
+    np.testing.assert_array_equal(seg["edges"], engine)
 
 
 def test_finetune_learns_from_corrected_slices_and_keeps_them(vols, tmp_path, capsys):

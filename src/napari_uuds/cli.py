@@ -8,7 +8,7 @@ import warnings
 
 from .engine.config import (ARCHS, DD_FLOWS, DD_FORMS, DD_SCALES, DEVICES, FINETUNE_STEPS, LossWeights, METHODS, PROTO_FORMS,
                             ModelConfig, RANDOMISERS, RANDOMISE_INTO, RECIPES, TEXT_ENCODERS, TrainConfig, USEG_ABSENT,
-                            USEG_FLOWS, USEG_FORMS, PSEUDO_PRIORS, PSEUDO_REFINES, REFINES, TTAS, WARMUP_STEPS)
+                            USEG_FLOWS, USEG_FORMS, PSEUDO_PRIORS, PSEUDO_REFINES, REFINES, OBJECTS, TTAS, WARMUP_STEPS)
 from .engine.errors import UUDSError
 
 from .engine.volumes import parse_label_map  # noqa: F401  (re-exported: the option's parser)
@@ -201,6 +201,10 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--refine", choices=list(REFINES), default=None,
                    help="boundary refinement after prediction: edges lets the target's own edges move the mask's "
                         "boundary within 2 voxels (round 18 of docs/method.md) (default: the recipe's)")
+    a.add_argument("--objects", choices=list(OBJECTS), default=None,
+                   help="what of each predicted volume's object is kept: all, or largest: its largest connected piece "
+                        "only (round 23 of docs/method.md: it helps the cord a little and costs BraTS FLAIR -> T1c "
+                        "much; not the default) (default: all)")
     a.add_argument("--fine-skips", action=argparse.BooleanOptionalAction, default=None,
                    help="let the translator's image decoder read the slice itself at half and full resolution "
                         "(round 17 of docs/method.md) (default: the recipe's)")
@@ -240,6 +244,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--refine", choices=list(REFINES), default=None,
                    help="override the saved boundary refinement (none, or edges: the image's own edges move the "
                         "boundary within 2 voxels)")
+    r.add_argument("--objects", choices=list(OBJECTS), default=None,
+                   help="override what of each volume's object is kept (all, or largest: its largest connected "
+                        "piece only)")
     r.add_argument("--device", choices=list(DEVICES), default=DEVICES[0])
     r.add_argument("--batch-size", type=_positive_int, default=16,
                    help="slices per forward pass (batches run across volume boundaries)")

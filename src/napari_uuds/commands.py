@@ -107,6 +107,7 @@ def _adapt(args, ctx, t_start: float) -> int:
     for store, key, value in ((m_over, "body_mask", args.body_mask), (m_over, "pass_bn", args.pass_bn),
                               (m_over, "fine_skips", args.fine_skips),
                               (m_over, "tta", args.tta), (m_over, "refine", args.refine),
+                              (m_over, "objects", args.objects),
                               (t_over, "ema_decay", args.ema_decay),
                               (t_over, "zoom", args.zoom), (t_over, "teacher_decay", args.teacher_decay),
                               (t_over, "randomise", args.randomise),
@@ -309,6 +310,8 @@ def cmd_predict(args) -> int:
         model.cfg.tta = args.tta
     if args.refine is not None:
         model.cfg.refine = args.refine
+    if args.objects is not None:
+        model.cfg.objects = args.objects
     chi = args.threshold if args.threshold is not None else meta.get("train", {}).get("threshold", 0.5)
     axis = model.cfg.axis
     sizes: dict[Path, tuple[int, int]] = {}  # (slices along the axis, voxels) from the headers, for bar and disk

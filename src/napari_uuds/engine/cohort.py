@@ -22,7 +22,7 @@ from nibabel.orientations import io_orientation
 
 from .dataset import plan_for, slab
 from .errors import UUDSError
-from .infer import VolumePrediction, assemble, predict_slices, release_host_memory, square_slab
+from .infer import VolumePrediction, assemble, finish_seg, predict_slices, release_host_memory, square_slab
 from .model import UUDS
 from .slices import SliceGeometry
 from .volumes import NIFTI_SUFFIXES, NormParams, Volume, load_volume, normalisation_params
@@ -124,7 +124,8 @@ def iter_cohort(model: UUDS, paths: list[Path], batch_size: int = 16, domain_pro
             vol.seg[idx], vol.ent[idx], vol.syn[idx] = out.seg, out.entropy, out.synthetic
             vol.left -= n
             at += n
-            if vol.left == 0:
+            if vol.left == 0:  # the volume is whole: its post-processing, as predict_volume ends
+                vol.seg = finish_seg(cfg, vol.seg, vol.volume.data, vol.norm, vol.volume.spacing)
                 yield CohortResult(vol.index, vol.path, vol.volume, VolumePrediction(vol.syn, None, vol.seg, vol.ent),
                                    seconds=time.perf_counter() - vol.t0)
         todo, filled = [], 0

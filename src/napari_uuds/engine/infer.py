@@ -157,11 +157,19 @@ def iter_predict_volume(model: UUDS, volume: Volume, batch_size: int = 16, domai
         del out, s, p, body, slices
         release_host_memory(collect=False)  # this batch's temporaries: back to the system (a few ms)
         yield idx[axis].stop, shape[axis]
-    if cfg.refine == "edges":  # round 18: the target's own edges move the boundary within a narrow band
-        seg = refine_seg(cfg, seg, raw, norm, volume.spacing)
-    if cfg.objects == "largest":  # round 23: one object per volume, its largest piece (after any refinement)
-        seg = keep_largest_object(seg)
+    seg = finish_seg(cfg, seg, raw, norm, volume.spacing)
     return VolumePrediction(syn, probs, seg, ent)
+
+
+def finish_seg(cfg, seg: np.ndarray, raw: np.ndarray, norm: NormParams, spacing) -> np.ndarray:
+    """A whole volume's segmentation after the model's post-processing, as every volume prediction ends (one volume,
+    a cohort): the boundary refinement (``cfg.refine``, round 18), then the objects kept (``cfg.objects``, round 23:
+    the largest connected piece needs the whole volume, so it never runs on a slice alone)."""
+    if cfg.refine != "none":
+        seg = refine_seg(cfg, seg, raw, norm, spacing)
+    if cfg.objects == "largest":
+        seg = keep_largest_object(seg)
+    return seg
 
 
 def refine_seg(cfg, seg: np.ndarray, raw: np.ndarray, norm: NormParams, spacing) -> np.ndarray:
