@@ -86,7 +86,8 @@ def main(argv: list[str] | None = None) -> int:
             for v, r in vols.items():
                 print(f"{row} s{seed} {v}: {r['pieces']} pieces, largest {r['largest_share']}, "
                       f"{r['voxels']} -> {r['voxels_kept']} voxels")
-    doc = {"protocol": args.protocol, "pieces": pieces}
+    doc = {"protocol": args.protocol, "command": "python benchmarks/largest_object.py " + " ".join(argv or sys.argv[1:]),
+           "commit": bench.git_commit(), "pieces": pieces}
     if args.score:
         doc["dice"] = score(folder, args.rows, Path(args.data), args.protocol)
         for variant, seeds in doc["dice"].items():
