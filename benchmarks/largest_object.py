@@ -23,7 +23,7 @@ import run as bench  # noqa: E402  (the quality benchmark: protocols and referen
 from agreement import seed_runs  # noqa: E402
 
 from napari_uuds.engine.atomic import atomic_write  # noqa: E402
-from napari_uuds.engine.components import _pieces, keep_largest_object  # noqa: E402
+from napari_uuds.engine.components import keep_largest_object, pieces  # noqa: E402
 from napari_uuds.engine.metrics import score_classes  # noqa: E402
 
 
@@ -40,7 +40,7 @@ def process(folder: Path, rows: list[str]) -> dict:
                 seg = np.load(f)["seg"]
                 kept = keep_largest_object(seg)
                 np.savez_compressed(dest / f.name, seg=kept)
-                _, sizes = _pieces(seg > 0)
+                _, sizes = pieces(seg > 0)
                 out.setdefault(row, {}).setdefault(seed, {})[f.stem] = {
                     "pieces": int(len(sizes)), "largest_share": round(float(sizes.max() / sizes.sum()), 3)
                     if len(sizes) else None, "voxels": int((seg > 0).sum()), "voxels_kept": int((kept > 0).sum())}
@@ -80,14 +80,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", default=None, help="write the figures here")
     args = ap.parse_args(argv)
     folder = Path(args.masks) / args.protocol
-    pieces = process(folder, args.rows)
-    for row, seeds in pieces.items():
+    figures = process(folder, args.rows)
+    for row, seeds in figures.items():
         for seed, vols in seeds.items():
             for v, r in vols.items():
                 print(f"{row} s{seed} {v}: {r['pieces']} pieces, largest {r['largest_share']}, "
                       f"{r['voxels']} -> {r['voxels_kept']} voxels")
     doc = {"protocol": args.protocol, "command": "python benchmarks/largest_object.py " + " ".join(argv or sys.argv[1:]),
-           "commit": bench.git_commit(), "pieces": pieces}
+           "commit": bench.git_commit(), "pieces": figures}
     if args.score:
         doc["dice"] = score(folder, args.rows, Path(args.data), args.protocol)
         for variant, seeds in doc["dice"].items():

@@ -302,12 +302,15 @@ def test_predict_post_processing_overrides_reach_the_cohort_path(vols, tmp_path)
         seg[name] = np.asarray(nib.load(str(tmp_path / name / "tgt_seg.nii.gz")).dataobj)
     assert (seg["all"] > 0).sum() > (seg["largest"] > 0).sum() > 0  # the untrained mask is in pieces
     np.testing.assert_array_equal(seg["largest"], keep_largest_object(seg["all"]))
+    summary = json.loads((tmp_path / "largest" / "summary.json").read_text())
+    assert {k: summary[k] for k in ("tta", "refine", "objects")} == {"tta": "none", "refine": "none",
+                                                                      "objects": "largest"}  # what ran is recorded
     cfg = json.loads((out / "config.json").read_text())["model"]
     assert (cfg["objects"], cfg["refine"]) == ("all", "none")  # overrides, not saved
     model, _ = ckpt.load_checkpoint(out)
     model.cfg.refine = "edges"
     vol = load_volume(vols["tgt"])
-    engine = predict_volume(model, vol).seg
+    engine = vol.to_file_order(predict_volume(model, vol).seg)  # the file's voxel order, as the command writes it
     assert (engine != seg["all"]).any()  # the refinement moved something
     np.testing.assert_array_equal(seg["edges"], engine)
 

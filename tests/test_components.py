@@ -34,6 +34,22 @@ def test_the_largest_piece_is_kept_with_its_classes_and_the_rest_is_background()
     assert (out == 2).sum() == 8
 
 
+def test_separate_classes_keep_a_piece_each_and_painted_pieces_are_never_dropped():
+    seg = np.zeros((20, 20, 20), np.uint8)
+    seg[1:9, 1:9, 1:9] = 1  # a liver, say
+    seg[12:15, 12:15, 12:15] = 2  # a kidney, elsewhere: its own class keeps its own piece
+    seg[17:19, 1:3, 1:3] = 1  # a speck of class 1
+    seg[1:3, 17:19, 17:19] = 2  # a speck of class 2
+    out = keep_largest_object(seg)
+    assert (out == 1).sum() == 512 and (out == 2).sum() == 27
+    painted = np.zeros(seg.shape, bool)
+    painted[18, 2, 2] = True  # the user marked the class-1 speck as object
+    out = keep_largest_object(seg, keep=painted)
+    assert (out == 1).sum() == 512 + 8 and (out == 2).sum() == 27
+    binary = (seg > 0).astype(np.uint8)  # one class: the largest piece only, whatever the other pieces are
+    assert (keep_largest_object(binary) > 0).sum() == 512
+
+
 def test_an_empty_mask_and_a_single_piece_come_back_unchanged():
     empty = np.zeros((4, 4, 4), np.uint8)
     np.testing.assert_array_equal(keep_largest_object(empty), empty)
@@ -72,7 +88,16 @@ def test_objects_is_an_option_of_the_model_applied_after_prediction(tiny_model, 
     np.testing.assert_array_equal(kept.entropy, plain.entropy)  # the network's uncertainty is not touched
     np.testing.assert_array_equal(kept.seg, keep_largest_object(plain.seg))
     assert 0 < (kept.seg > 0).sum() < (plain.seg > 0).sum()  # the untrained model's mask is in pieces: some went
-    assert not (kept.seg & ~plain.seg.astype(bool)).any()  # only removes
+    assert not ((kept.seg > 0) & (plain.seg == 0)).any()  # only removes
+    # after the boundary refinement, on what it left (infer.finish_seg's order)
+    tiny_model.cfg.objects, tiny_model.cfg.refine = "largest", "edges"
+    try:
+        both = predict_volume(tiny_model, vol)
+        tiny_model.cfg.objects = "all"
+        refined = predict_volume(tiny_model, vol)
+    finally:
+        tiny_model.cfg.objects, tiny_model.cfg.refine = "all", "none"
+    np.testing.assert_array_equal(both.seg, keep_largest_object(refined.seg))
     ckpt.save_checkpoint(tiny_model, tmp_path / "old")
     meta = json.loads((tmp_path / "old" / "config.json").read_text())
     del meta["model"]["objects"]  # written before the option existed

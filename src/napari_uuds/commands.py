@@ -354,7 +354,8 @@ def cmd_predict(args) -> int:
                 del r
                 release_host_memory()
         write_summary(out, rows, {"weights": str(w), "threshold": chi, "batch_size": args.batch_size,
-                                  "device": str(device)})
+                                  "device": str(device), "tta": model.cfg.tta, "refine": model.cfg.refine,
+                                  "objects": model.cfg.objects})
     skipped = sum(r["status"] == "skipped" for r in rows)
     print(f"wrote {out}: {len(rows) - skipped} segmented, {skipped} skipped (summary in {out / SUMMARY_CSV})")
     return EXIT_USER_ERROR if skipped else 0
@@ -528,7 +529,9 @@ def cmd_finetune(args) -> int:
         release_host_memory()
         with tqdm(total=target.image.shape[0], desc="segmenting", unit="slice", disable=args.quiet,
                   file=sys.stderr) as pbar:
-            pred = predict_volume(model, vol, progress=pbar.update, norm=target.norm)
+            # the painted object keeps its pieces whatever the model keeps (--objects largest)
+            painted = keep_corrections(np.zeros_like(corr.data), corr.data, slices, mcfg.axis) > 0
+            pred = predict_volume(model, vol, progress=pbar.update, norm=target.norm, keep=painted)
         apply_corrections(pred, corr.data, slices, mcfg.axis)
         try:
             write_prediction(pred, vol, out, name, tcfg.threshold)

@@ -116,9 +116,10 @@ def predict_slices(model: UUDS, slices: torch.Tensor, batch_size: int = 16, doma
 
 
 def predict_volume(model: UUDS, volume: Volume, batch_size: int = 16, domain_prompt: str | None = None,
-                   progress=None, norm: NormParams | None = None, keep_probs: bool = False) -> VolumePrediction:
+                   progress=None, norm: NormParams | None = None, keep_probs: bool = False,
+                   keep: np.ndarray | None = None) -> VolumePrediction:
     """Segment a whole volume (see :func:`iter_predict_volume`, which yields its progress)."""
-    return run_to_end(iter_predict_volume(model, volume, batch_size, domain_prompt, progress, norm, keep_probs))
+    return run_to_end(iter_predict_volume(model, volume, batch_size, domain_prompt, progress, norm, keep_probs, keep))
 
 
 def run_to_end(steps: Iterator):
@@ -131,12 +132,13 @@ def run_to_end(steps: Iterator):
 
 
 def iter_predict_volume(model: UUDS, volume: Volume, batch_size: int = 16, domain_prompt: str | None = None,
-                        progress=None, norm: NormParams | None = None, keep_probs: bool = False
-                        ) -> Iterator[tuple[int, int]]:
+                        progress=None, norm: NormParams | None = None, keep_probs: bool = False,
+                        keep: np.ndarray | None = None) -> Iterator[tuple[int, int]]:
     """Segment a whole volume, ``batch_size`` slices at a time: normalised, sliced, segmented and put back on the
     grid batch by batch (memory: the scan and the three outputs; the class probabilities on the scan's grid only with
-    ``keep_probs``). ``norm``: the volume's normalisation (default: computed from it). A generator: it yields
-    (slices done, slices in all) after each batch and returns the :class:`VolumePrediction`."""
+    ``keep_probs``). ``norm``: the volume's normalisation (default: computed from it). ``keep``: voxels a user painted as
+    object (see :func:`finish_seg`). A generator: it yields (slices done, slices in all) after each batch and returns
+    the :class:`VolumePrediction`."""
     cfg = model.cfg
     raw = volume.data
     norm = norm if norm is not None else normalisation_params(raw)
@@ -157,18 +159,20 @@ def iter_predict_volume(model: UUDS, volume: Volume, batch_size: int = 16, domai
         del out, s, p, body, slices
         release_host_memory(collect=False)  # this batch's temporaries: back to the system (a few ms)
         yield idx[axis].stop, shape[axis]
-    seg = finish_seg(cfg, seg, raw, norm, volume.spacing)
+    seg = finish_seg(cfg, seg, raw, norm, volume.spacing, keep)
     return VolumePrediction(syn, probs, seg, ent)
 
 
-def finish_seg(cfg, seg: np.ndarray, raw: np.ndarray, norm: NormParams, spacing) -> np.ndarray:
+def finish_seg(cfg, seg: np.ndarray, raw: np.ndarray, norm: NormParams, spacing, keep: np.ndarray | None = None
+               ) -> np.ndarray:
     """A whole volume's segmentation after the model's post-processing, as every volume prediction ends (one volume,
     a cohort): the boundary refinement (``cfg.refine``, round 18), then the objects kept (``cfg.objects``, round 23:
-    the largest connected piece needs the whole volume, so it never runs on a slice alone)."""
+    the largest connected piece needs the whole volume; ``keep``, the voxels a user painted as object, keeps every
+    piece that touches them)."""
     if cfg.refine != "none":
         seg = refine_seg(cfg, seg, raw, norm, spacing)
     if cfg.objects == "largest":
-        seg = keep_largest_object(seg)
+        seg = keep_largest_object(seg, keep)
     return seg
 
 

@@ -26,6 +26,7 @@ from ..engine.infer import (VolumePrediction, assemble, iter_predict_volume, pre
                             run_to_end)
 from ..engine.slices import SliceGeometry, from_square
 from ..engine.train import TrainControl, TrainEvent, resolve_device
+from ..engine.components import keep_largest_object
 from .corrections import Corrections, default_run_folder
 from .inputs import layer_volume, training_inputs
 from .names import OUTPUT_LAYERS
@@ -206,7 +207,15 @@ class UUDSController(ReviewActions):
             raise UUDSError("no model or target yet: train (or load weights) and choose a target image")
         self.model.to(resolve_device(self.params.device))
         return (yield from iter_predict_volume(self.model, self.target.volume, domain_prompt=self.params.domain_prompt,
-                                               norm=self.target.norm))
+                                               norm=self.target.norm, keep=self.painted()))
+
+    def painted(self) -> np.ndarray | None:
+        """The voxels the user painted as object on the corrected slices (None without corrections): what the
+        largest-object option never drops (engine/components.py)."""
+        c = self.corrections
+        if c is None or not c.slices or self.target is None or c.shape != tuple(self.target.volume.data.shape):
+            return None
+        return c.labels > 0
 
     def show_prediction(self, pred: VolumePrediction) -> VolumePrediction:
         """Main thread: cache the prediction (its entropy serves every later threshold) and update the layers."""
@@ -247,6 +256,26 @@ class UUDSController(ReviewActions):
         """Boundary refinement on the target's edges on or off for every later prediction; the slice on screen is
         re-predicted at once (the whole volume with Re-predict volume)."""
         self._set_prediction_option("refine", refine, "boundary refinement")
+
+    def set_objects(self, objects: str) -> None:
+        """Keep every piece of the predicted object, or only the largest (and the painted ones), in every later
+        prediction. Switched on, it applies to the whole volume at once (no network call); switched off, Re-predict
+        volume brings the other pieces back."""
+        self.params.objects = objects
+        if self.model is None:
+            return
+        self.model.cfg.objects = objects
+        if self.target is None or self.prediction is None or self.status.running:
+            return
+        if objects == "largest":
+            self.collect_corrections()  # what the user painted last counts
+            before = int((self.prediction.seg > 0).sum())
+            self.prediction.seg = keep_largest_object(self.prediction.seg, self.painted())
+            removed = before - int((self.prediction.seg > 0).sum())
+            self._show_prediction()
+            self.status.message = f"largest object kept: {removed} voxels of {before} in other pieces became background"
+        else:
+            self.status.message = "every piece is kept from the next prediction: Re-predict volume brings them back"
 
     def _set_prediction_option(self, key: str, value: str, what: str) -> None:
         """Set a prediction setting of the parameters and the model's config (``key``, the same name in both) and
@@ -323,6 +352,9 @@ class UUDSController(ReviewActions):
                               self.target.volume.spacing)  # as predict_volume does (on this slice alone)
         for key in ("synthetic", "seg", "entropy"):
             getattr(self.prediction, key)[where] = getattr(pred, key)
+        if self.model.cfg.objects == "largest":  # a volume's pieces: decided on the whole volume, as predict_volume does
+            self.collect_corrections()
+            self.prediction.seg = keep_largest_object(self.prediction.seg, self.painted())
         self._show_prediction()
         return i
 

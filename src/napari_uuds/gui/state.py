@@ -41,6 +41,9 @@ class Params:
     tta: str = _M.tta
     #: boundary refinement of every prediction: none | edges (the image's own edges move it; engine/refine.py)
     refine: str = _M.refine
+    #: what of every predicted volume's object is kept: all | largest (its largest connected piece, and every piece the
+    #: user painted; engine/components.py; an option, not the default: round 23 of docs/method.md)
+    objects: str = _M.objects
     axis: int = _M.axis
     preview_every: int = 20
     seed: int = _T.seed
@@ -66,7 +69,7 @@ class Params:
                                     class_names=self.class_names(), class_descriptions=self.descriptions(),
                                     source_modality=self.source_modality, domain_prompt=self.domain_prompt,
                                     use_domain_prompt=prompts, use_seg_prompt=prompts, tta=self.tta,
-                                    refine=self.refine,
+                                    refine=self.refine, objects=self.objects,
                                     text_head=self.method != "uuds", target_modality=target_modality or "target")
 
     def train_config(self) -> TrainConfig:
@@ -83,6 +86,7 @@ class Params:
         self.source_modality = cfg.source_modality
         self.tta = cfg.tta
         self.refine = cfg.refine
+        self.objects = cfg.objects
         self.threshold = float(train.get("threshold", self.threshold))
 
 

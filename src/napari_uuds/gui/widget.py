@@ -83,6 +83,7 @@ class UUDSWidget(Container):
         self.threshold = FloatSlider(value=self.params.threshold, min=0.0, max=1.0, step=0.01, label="uncertainty χ")
         self.tta = CheckBox(value=self.params.tta == "d8", text="test-time augmentation")
         self.refine = CheckBox(value=self.params.refine == "edges", text="refine the boundary on the image's edges")
+        self.objects = CheckBox(value=self.params.objects == "largest", text="keep the largest object only")
         # a trained (or loaded) model is continued only when asked: a second click must not silently go on from it
         self.continue_model = CheckBox(value=False, text="continue the current model", enabled=False)
         self.continue_model.tooltip = ("on: training goes on from the model trained or loaded before (its steps add "
@@ -133,6 +134,10 @@ class UUDSWidget(Container):
             self.refine: ("after each prediction, let the target's own edges move the mask's boundary by up to 2 voxels "
                           "(a random walker on the image); saved with the weights. Switched here, the slice on screen "
                           "is re-predicted"),
+            self.objects: ("keep only the largest connected piece of the predicted object in the whole volume (and "
+                           "every piece you painted); saved with the weights. It tidied the cord a little and cost "
+                           "BraTS FLAIR -> T1c much (round 23 of docs/method.md). Switched on here it applies at once; "
+                           "switched off, Re-predict volume brings the other pieces back"),
             self.adapt_btn: "train (source labels + unlabelled target), then segment the whole target",
             self.train_btn: "train only; Re-predict volume segments afterwards",
             self.stop_btn: "stop within one step; the weights learnt so far are kept",
@@ -157,7 +162,7 @@ class UUDSWidget(Container):
                      self.weights, self.device, self.steps, self.batch, self.lr, self.continue_model, self.adapt_btn,
                      self.train_btn,
                      self.stop_btn, self.progress, self.info, self.notice, self.prompt, self.threshold, self.tta,
-                     self.refine,
+                     self.refine, self.objects,
                      self.predict_btn,
                      self.review_row, self.finetune_steps, self.finetune_btn, self.load_corr_btn,
                      self.save_btn, self.load_btn, self.export_btn])
@@ -179,6 +184,7 @@ class UUDSWidget(Container):
         self.threshold.changed.connect(lambda v: self._guard(self.ctl.set_threshold, v))
         self.tta.changed.connect(lambda v: self._guard(self.ctl.set_tta, "d8" if v else "none"))
         self.refine.changed.connect(lambda v: self._guard(self.ctl.set_refine, "edges" if v else "none"))
+        self.objects.changed.connect(lambda v: self._guard(self.ctl.set_objects, "largest" if v else "all"))
         self._prompt_timer = _debounce(PROMPT_DEBOUNCE_MS, lambda: self._guard(self.ctl.set_prompt, self.prompt.value))
         self.prompt.changed.connect(lambda _v: self._prompt_timer.start())
         # widgets <- parameters (Load weights sets the checkpoint's class names, descriptions, modality...)
@@ -189,6 +195,7 @@ class UUDSWidget(Container):
         ev.threshold.connect(lambda v: _show(self.threshold, v))
         ev.tta.connect(lambda v: _show(self.tta, v == "d8"))
         ev.refine.connect(lambda v: _show(self.refine, v == "edges"))
+        ev.objects.connect(lambda v: _show(self.objects, v == "largest"))
         ev.class_descriptions.connect(self._show_descriptions)
         # status -> widgets
         self.status.events.message.connect(lambda m: setattr(self.info, "value", m))
