@@ -44,3 +44,21 @@ def tiny_model(tiny_cfg):
 
     torch.manual_seed(0)
     return UUDS(tiny_cfg).eval()
+
+
+@pytest.fixture()
+def predict_with():
+    """``predict_with(model, volume, **settings)``: the volume predicted with these ModelConfig settings (prediction
+    options such as refine, objects), the model's own settings restored afterwards."""
+    from napari_uuds.engine.infer import predict_volume
+
+    def run(model, volume, **settings):
+        own = {k: getattr(model.cfg, k) for k in settings}
+        for k, v in settings.items():
+            setattr(model.cfg, k, v)
+        try:
+            return predict_volume(model, volume)
+        finally:
+            for k, v in own.items():
+                setattr(model.cfg, k, v)
+    return run

@@ -75,28 +75,20 @@ def test_the_share_and_the_auto_decision_read_only_the_labels_given():
     assert resolve_objects("largest", []) == ("largest", [])
 
 
-def test_objects_is_an_option_of_the_model_applied_after_prediction(tiny_model, tmp_path, cord):
+def test_objects_is_an_option_of_the_model_applied_after_prediction(tiny_model, tmp_path, cord, predict_with):
     with pytest.raises(UUDSError, match="unknown objects setting"):
         ModelConfig(objects="biggest")
     vol = load_volume(cord["t1"])
     plain = predict_volume(tiny_model, vol)
-    tiny_model.cfg.objects = "largest"
-    try:
-        kept = predict_volume(tiny_model, vol)
-    finally:
-        tiny_model.cfg.objects = "all"
+    kept = predict_with(tiny_model, vol, objects="largest")
     np.testing.assert_array_equal(kept.entropy, plain.entropy)  # the network's uncertainty is not touched
     np.testing.assert_array_equal(kept.seg, keep_largest_object(plain.seg))
     assert 0 < (kept.seg > 0).sum() < (plain.seg > 0).sum()  # the untrained model's mask is in pieces: some went
     assert not ((kept.seg > 0) & (plain.seg == 0)).any()  # only removes
     # after the boundary refinement, on what it left (infer.finish_seg's order)
-    tiny_model.cfg.objects, tiny_model.cfg.refine = "largest", "edges"
-    try:
-        both = predict_volume(tiny_model, vol)
-        tiny_model.cfg.objects = "all"
-        refined = predict_volume(tiny_model, vol)
-    finally:
-        tiny_model.cfg.objects, tiny_model.cfg.refine = "all", "none"
+    both = predict_with(tiny_model, vol, objects="largest", refine="edges")
+    refined = predict_with(tiny_model, vol, refine="edges")
+    assert (tiny_model.cfg.objects, tiny_model.cfg.refine) == ("all", "none")
     np.testing.assert_array_equal(both.seg, keep_largest_object(refined.seg))
     ckpt.save_checkpoint(tiny_model, tmp_path / "old")
     meta = json.loads((tmp_path / "old" / "config.json").read_text())

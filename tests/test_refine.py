@@ -9,7 +9,6 @@ from scipy import ndimage
 from napari_uuds.engine import checkpoint as ckpt
 from napari_uuds.engine.config import ModelConfig, recipe_overrides
 from napari_uuds.engine.errors import UUDSError
-from napari_uuds.engine.infer import predict_volume
 from napari_uuds.engine.refine import (BAND_VOXELS, PSEUDO_BAND_PX, edge_agreement, refine_pseudo_label,
                                       resolve_pseudo_refine, snap_slices_to_edges, snap_to_edges,
                                       source_slices_for_agreement)
@@ -56,18 +55,13 @@ def test_edges_beyond_the_band_and_thin_parts_are_left_alone():
         snap_to_edges(seg[:, :, :5], img)
 
 
-def test_refine_is_an_option_of_the_model_with_the_paper_and_old_configs_off(tiny_model, tmp_path, cord):
+def test_refine_is_an_option_of_the_model_with_the_paper_and_old_configs_off(tiny_model, tmp_path, cord, predict_with):
     assert ModelConfig(**recipe_overrides("paper")[0]).refine == "none"
     with pytest.raises(UUDSError, match="unknown refinement"):
         ModelConfig(refine="crf")
     vol = load_volume(cord["t1"])
-    tiny_model.cfg.refine = "none"
-    plain = predict_volume(tiny_model, vol)
-    tiny_model.cfg.refine = "edges"
-    try:
-        refined = predict_volume(tiny_model, vol)
-    finally:
-        tiny_model.cfg.refine = "none"
+    plain = predict_with(tiny_model, vol, refine="none")
+    refined = predict_with(tiny_model, vol, refine="edges")
     np.testing.assert_array_equal(refined.entropy, plain.entropy)  # the network's uncertainty is not touched
     changed = refined.seg != plain.seg  # only within the band around the network's boundary (unit voxels here)
     obj = plain.seg > 0

@@ -529,13 +529,12 @@ def cmd_finetune(args) -> int:
         release_host_memory()
         with tqdm(total=target.image.shape[0], desc="segmenting", unit="slice", disable=args.quiet,
                   file=sys.stderr) as pbar:
+            kept = keep_corrections(np.zeros_like(corr.data), corr.data, slices, mcfg.axis)  # the corrected slices only
             # the painted object keeps its pieces whatever the model keeps (--objects largest)
-            painted = keep_corrections(np.zeros_like(corr.data), corr.data, slices, mcfg.axis) > 0
-            pred = predict_volume(model, vol, progress=pbar.update, norm=target.norm, keep=painted)
+            pred = predict_volume(model, vol, progress=pbar.update, norm=target.norm, keep=kept > 0)
         apply_corrections(pred, corr.data, slices, mcfg.axis)
         try:
             write_prediction(pred, vol, out, name, tcfg.threshold)
-            kept = keep_corrections(np.zeros_like(corr.data), corr.data, slices, mcfg.axis)  # the corrected slices only
             save_like(kept, vol, out / f"{name}_corrections.nii.gz", dtype=np.uint8)
         except OSError as exc:
             raise UUDSError(f"could not write the predictions ({exc.strerror or exc}); the weights are saved in {out}",

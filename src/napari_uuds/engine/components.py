@@ -20,14 +20,12 @@ from scipy import ndimage
 #: ``objects = "auto"`` keeps the largest piece where every source label holds at least this share of its object
 #: voxels in its largest piece (fixed by round 23's rule before any run)
 ONE_OBJECT_SHARE = 0.95
-#: 26-connectivity: pieces that touch at a corner are one piece
-_FULL = np.ones((3, 3, 3), bool)
 
 
 def pieces(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The 26-connected pieces of a 2D or 3D boolean mask: (labelled array, voxels per piece (index 0 = piece 1))."""
-    structure = _FULL if mask.ndim == 3 else np.ones((3,) * mask.ndim, bool)
-    lab, n = ndimage.label(mask, structure)
+    """The pieces of a 2D or 3D boolean mask, those touching at a corner included (8- or 26-connectivity): (labelled
+    array, voxels per piece (index 0 = piece 1))."""
+    lab, n = ndimage.label(mask, np.ones((3,) * mask.ndim, bool))
     return lab, np.bincount(lab.ravel(), minlength=n + 1)[1:]
 
 
