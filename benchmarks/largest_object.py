@@ -1,9 +1,10 @@
-"""Round 23 on masks already made: each kept mask with only its largest connected object (engine/components.py).
+"""Rounds 23-24 on masks already made: each kept mask with only its largest connected object (engine/components.py).
 
 Reads the masks ``benchmarks/run.py --save-masks DIR`` wrote (``DIR/<protocol>/<row>_s<seed>/<volume>.npz``) and, for
-the rows named, writes ``<row>_largest_s<seed>`` beside them with :func:`keep_largest_object` applied, so that
-``benchmarks/agreement.py`` reads both (round 23's L2). It prints, label-free, each mask's number of pieces, the share
-of its voxels in the largest, and its voxels before and after. With ``--score`` it also scores both against the
+the rows named, writes ``<row>_largest_s<seed>`` (``objects = "largest"``, round 23) and ``<row>_auto_s<seed>``
+(``objects = "auto"``: the largest where it holds at least 80 % of the mask, round 24) beside them, so that
+``benchmarks/agreement.py`` reads all three (the label-free gates L2 and M1). It prints, label-free, each mask's number
+of pieces, the share of its voxels in the largest, its voxels before and after, and what ``auto`` kept. With ``--score`` it also scores both against the
 protocol's target labels (Dice %, scoring only: round 23's rule decides on the source and on label-free figures).
 
     python benchmarks/largest_object.py --masks DIR --protocol A2 --rows uuds
@@ -23,32 +24,39 @@ import run as bench  # noqa: E402  (the quality benchmark: protocols and referen
 from agreement import seed_runs  # noqa: E402
 
 from napari_uuds.engine.atomic import atomic_write  # noqa: E402
-from napari_uuds.engine.components import keep_largest_object, pieces  # noqa: E402
+from napari_uuds.engine.components import keep_objects, pieces  # noqa: E402
 from napari_uuds.engine.metrics import score_classes  # noqa: E402
 
 
+#: the objects settings written beside each mask (engine/config.py OBJECTS, ``all`` being the mask itself)
+MODES = ("largest", "auto")
+
+
 def process(folder: Path, rows: list[str]) -> dict:
-    """Write the ``_largest`` copies of ``rows``; {row: {seed: {volume: label-free figures}}}."""
+    """Write the ``_largest`` and ``_auto`` copies of ``rows``; {row: {seed: {volume: label-free figures}}}."""
     out: dict = {}
     for row, seeds in sorted(seed_runs(folder).items()):
         if row not in rows:
             continue
         for seed, d in sorted(seeds.items()):
-            dest = folder / f"{row}_largest_s{seed}"
-            dest.mkdir(exist_ok=True)
+            for mode in MODES:
+                (folder / f"{row}_{mode}_s{seed}").mkdir(exist_ok=True)
             for f in sorted(d.glob("*.npz")):
                 seg = np.load(f)["seg"]
-                kept = keep_largest_object(seg)
-                np.savez_compressed(dest / f.name, seg=kept)
+                kept = {mode: keep_objects(seg, mode) for mode in MODES}
+                for mode, m in kept.items():
+                    np.savez_compressed(folder / f"{row}_{mode}_s{seed}" / f.name, seg=m)
                 _, sizes = pieces(seg > 0)
                 out.setdefault(row, {}).setdefault(seed, {})[f.stem] = {
                     "pieces": int(len(sizes)), "largest_share": round(float(sizes.max() / sizes.sum()), 3)
-                    if len(sizes) else None, "voxels": int((seg > 0).sum()), "voxels_kept": int((kept > 0).sum())}
+                    if len(sizes) else None, "voxels": int((seg > 0).sum()),
+                    "voxels_kept": int((kept["largest"] > 0).sum()),
+                    "auto_keeps_largest": bool((kept["auto"] != seg).any())}
     return out
 
 
 def score(folder: Path, rows: list[str], data: Path, protocol: str) -> dict:
-    """Dice % of ``row`` and ``row_largest`` against the protocol's target labels: {row: {seed: {volume: dice}}}."""
+    """Dice % of ``row``, ``row_largest`` and ``row_auto`` against the protocol's target labels: {row: {seed: {volume: dice}}}."""
     proto = bench.PROTOCOLS[protocol]
     cfg = bench.protocol_config(proto)
     refs = bench._reference_labels(data, proto, cfg)
@@ -57,7 +65,7 @@ def score(folder: Path, rows: list[str], data: Path, protocol: str) -> dict:
     runs = seed_runs(folder)
     out: dict = {}
     for row in rows:
-        for variant in (row, f"{row}_largest"):
+        for variant in (row, *(f"{row}_{mode}" for mode in MODES)):
             for seed, d in sorted(runs.get(variant, {}).items()):
                 for f in sorted(d.glob("*.npz")):
                     ref = by_name[f.stem]
@@ -85,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
         for seed, vols in seeds.items():
             for v, r in vols.items():
                 print(f"{row} s{seed} {v}: {r['pieces']} pieces, largest {r['largest_share']}, "
-                      f"{r['voxels']} -> {r['voxels_kept']} voxels")
+                      f"{r['voxels']} -> {r['voxels_kept']} voxels, auto {'largest' if r['auto_keeps_largest'] else 'all'}")
     doc = {"protocol": args.protocol, "command": "python benchmarks/largest_object.py " + " ".join(argv or sys.argv[1:]),
            "commit": bench.git_commit(), "pieces": figures}
     if args.score:

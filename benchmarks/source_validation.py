@@ -54,8 +54,8 @@ VARIANTS: dict[str, tuple[str, dict, dict, dict]] = {
 
 
 #: the ways one run is scored (weights x test-time augmentation, round 13; the refined boundary, round 18; the largest
-#: object, round 23)
-WAYS = ["last", "last_d8", "ema", "ema_d8", "ema_edges", "ema_largest"]
+#: object, rounds 23-24)
+WAYS = ["last", "last_d8", "ema", "ema_d8", "ema_edges", "ema_largest", "ema_auto"]
 
 
 def run_variant(name: str, seed: int, ctx: dict) -> dict:
@@ -92,6 +92,7 @@ def run_variant(name: str, seed: int, ctx: dict) -> dict:
         ways = {w + ("" if tta == "none" else "_" + tta): (w, tta, "none") for w in ("last", "ema") for tta in TTAS}
         ways["ema_edges"] = ("ema", "none", "edges")  # round 18: the boundary refined on the image's own edges
         ways["ema_largest"] = ("ema", "none", "none", "largest")  # round 23: the largest connected object only
+        ways["ema_auto"] = ("ema", "none", "none", "auto")  # round 24: the same where it holds 80 % of the prediction
         ways = {k: v for k, v in ways.items() if not ctx.get("ways") or k in ctx["ways"] or k == own}
         paired = bench.score_ways(model, ways, lambda m, _way: _score(m, ctx))
     scores = paired[own] if paired else _score(model, ctx)  # what the run ended with: its average, its own tta

@@ -1,12 +1,11 @@
-"""Round 23's one object per volume (engine/components.py): the largest connected piece of a predicted object."""
+"""Rounds 23-24's one object per volume (engine/components.py): the largest connected piece of a predicted object."""
 import json
 
 import numpy as np
 import pytest
 
 from napari_uuds.engine import checkpoint as ckpt
-from napari_uuds.engine.components import (ONE_OBJECT_SHARE, keep_largest_object, largest_share,
-                                           resolve_objects)
+from napari_uuds.engine.components import ONE_OBJECT_SHARE, keep_largest_object, keep_objects, largest_share
 from napari_uuds.engine.config import ModelConfig
 from napari_uuds.engine.errors import UUDSError
 from napari_uuds.engine.infer import predict_volume
@@ -58,21 +57,26 @@ def test_an_empty_mask_and_a_single_piece_come_back_unchanged():
     np.testing.assert_array_equal(keep_largest_object(one), one)
 
 
-def test_the_share_and_the_auto_decision_read_only_the_labels_given():
+def test_auto_keeps_the_largest_piece_only_where_it_holds_most_of_the_prediction():
     seg = _two_pieces()
     share = largest_share(seg)
-    assert share == pytest.approx((216 + 1) / (216 + 1 + 8))
+    assert share == pytest.approx((216 + 1) / (216 + 1 + 8)) and share >= ONE_OBJECT_SHARE == 0.8
     assert largest_share(np.zeros((3, 3, 3))) is None
-    one = (seg > 0) & ~np.pad(np.ones((2, 2, 2), bool), ((10, 4), (10, 4), (10, 4)))
-    assert resolve_objects("auto", [one, None]) == ("largest", [1.0])
-    # one label with a second piece of a tenth of its voxels: below the share, every piece is kept
+    assert keep_objects(seg, "all") is seg
+    np.testing.assert_array_equal(keep_objects(seg, "auto"), keep_largest_object(seg))  # 96 % in one piece
+    np.testing.assert_array_equal(keep_objects(seg, "largest"), keep_largest_object(seg))
+    # a second piece of half the first's voxels: 67 % in the largest, below the share, every piece is kept
     split = np.zeros((30, 30, 30), np.uint8)
     split[:10, :10, :10] = 1
     split[20:, 20:, 20:25] = 1  # 500 voxels beside 1000
     assert largest_share(split) < ONE_OBJECT_SHARE
-    assert resolve_objects("auto", [one, split])[0] == "all"
-    assert resolve_objects("auto", [np.zeros((2, 2, 2))]) == ("all", [])
-    assert resolve_objects("largest", []) == ("largest", [])
+    np.testing.assert_array_equal(keep_objects(split, "auto"), split)
+    assert (keep_objects(split, "largest") > 0).sum() == 1000
+    painted = np.zeros(split.shape, bool)
+    painted[25, 25, 22] = True  # a painted voxel in the smaller piece keeps it whatever is decided
+    np.testing.assert_array_equal(keep_objects(split, "largest", painted), split)
+    empty = np.zeros((4, 4, 4), np.uint8)
+    np.testing.assert_array_equal(keep_objects(empty, "auto"), empty)
 
 
 def test_objects_is_an_option_of_the_model_applied_after_prediction(tiny_model, tmp_path, cord, predict_with):
@@ -90,6 +94,8 @@ def test_objects_is_an_option_of_the_model_applied_after_prediction(tiny_model, 
     refined = predict_with(tiny_model, vol, refine="edges")
     assert (tiny_model.cfg.objects, tiny_model.cfg.refine) == ("all", "none")
     np.testing.assert_array_equal(both.seg, keep_largest_object(refined.seg))
+    auto = predict_with(tiny_model, vol, objects="auto")  # decided on the volume's own prediction
+    np.testing.assert_array_equal(auto.seg, keep_objects(plain.seg, "auto"))
     ckpt.save_checkpoint(tiny_model, tmp_path / "old")
     meta = json.loads((tmp_path / "old" / "config.json").read_text())
     del meta["model"]["objects"]  # written before the option existed

@@ -228,38 +228,42 @@ def test_refine_box_repredicts_the_slice_through_the_refinement_and_is_saved(rea
     assert w.refine.value and w.params.refine == "edges"
 
 
-def test_objects_box_keeps_the_largest_piece_and_every_painted_one_and_is_saved(ready, tmp_path):
+def test_objects_choice_keeps_the_largest_piece_and_every_painted_one_and_is_saved(ready, tmp_path):
     from napari_uuds.engine.checkpoint import read_config
     from napari_uuds.engine.components import keep_largest_object
 
     viewer, w = ready
     w.steps.value = 1
     w.ctl.adapt_and_segment(w.source.value, w.source_labels.value, w.target.value)
-    assert w.ctl.model.cfg.objects == w.params.objects == "all" and not w.objects.value
+    assert w.ctl.model.cfg.objects == w.params.objects == w.objects.value == "all"
     p = w.ctl.prediction
     p.seg[...] = 0
     p.seg[5:15, 5:15, 5:15] = 1  # the largest piece
     p.seg[20:23, 20:23, 20:23] = 1  # a small piece the user paints on
     p.seg[30:32, 30:32, 30:32] = 1  # a small piece nobody touches
+    p.seg[5:15, 40:50, 40:43] = 1  # a larger piece nobody touches
     w.ctl.show_prediction(p)
     seg = viewer.layers["segmentation"]
     axis = w.ctl.model.cfg.axis
     edited = np.array(seg.data)
     np.moveaxis(edited, axis, 0)[21][23, 23] = 1  # one more voxel on a slice through the small piece, touching it
     seg.data = edited  # an edit with the label tools
-    w.objects.value = True  # the click: the whole volume at once, no network call
+    w.objects.value = "auto"  # the largest holds 1000 of 1336 voxels (< 80 %): every piece stays
+    assert "less than 80 %" in w.status.message and w.ctl.model.cfg.objects == "auto"
+    assert int((np.asarray(seg.data) > 0).sum()) == 1336
+    w.objects.value = "largest"  # the click: the whole volume at once, no network call
     shown = np.asarray(seg.data)
     assert shown[5:15, 5:15, 5:15].all() and shown[20:23, 20:23, 20:23].all()  # kept: the largest, the painted
-    assert not shown[30:32, 30:32, 30:32].any()  # gone: the piece nobody painted
-    assert "8 voxels" in w.status.message and w.ctl.model.cfg.objects == "largest"
+    assert not shown[30:32, 30:32, 30:32].any() and not shown[5:15, 40:50, 40:43].any()  # gone: the unpainted
+    assert "308 voxels" in w.status.message and w.ctl.model.cfg.objects == "largest"
     w.ctl.predict_current_slice()  # a re-predicted slice: the pieces are decided on the whole volume again
     np.testing.assert_array_equal(w.ctl.prediction.seg, keep_largest_object(w.ctl.prediction.seg, w.ctl.painted()))
     w.ctl.save_weights(tmp_path / "w")
     assert read_config(tmp_path / "w")["model"]["objects"] == "largest"
-    w.objects.value = False
+    w.objects.value = "all"
     assert w.ctl.model.cfg.objects == "all" and "Re-predict volume" in w.status.message
-    w.ctl.load_weights(tmp_path / "w")  # loaded weights bring their setting back to the box
-    assert w.objects.value and w.params.objects == "largest"
+    w.ctl.load_weights(tmp_path / "w")  # loaded weights bring their setting back to the choice
+    assert w.objects.value == w.params.objects == "largest"
 
 
 def test_stop_ends_the_worker(ready, qtbot):

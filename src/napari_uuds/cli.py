@@ -202,9 +202,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="boundary refinement after prediction: edges lets the target's own edges move the mask's "
                         "boundary within 2 voxels (round 18 of docs/method.md) (default: the recipe's)")
     a.add_argument("--objects", choices=list(OBJECTS), default=None,
-                   help="what of each predicted volume's object is kept: all, or largest: its largest connected piece "
+                   help="what of each predicted volume's object is kept: all; largest: its largest connected piece "
                         "only (round 23 of docs/method.md: it helps the cord a little and costs BraTS FLAIR -> T1c "
-                        "much; not the default) (default: all)")
+                        "much); auto: the largest piece where it holds at least 80 %% of the volume's prediction, "
+                        "every piece otherwise (round 24) (default: all)")
     a.add_argument("--fine-skips", action=argparse.BooleanOptionalAction, default=None,
                    help="let the translator's image decoder read the slice itself at half and full resolution "
                         "(round 17 of docs/method.md) (default: the recipe's)")
@@ -245,8 +246,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="override the saved boundary refinement (none, or edges: the image's own edges move the "
                         "boundary within 2 voxels)")
     r.add_argument("--objects", choices=list(OBJECTS), default=None,
-                   help="override what of each volume's object is kept (all, or largest: its largest connected "
-                        "piece only)")
+                   help="override what of each volume's object is kept (all; largest: its largest connected "
+                        "piece only; auto: the largest where it holds at least 80 %% of the volume's prediction)")
     r.add_argument("--device", choices=list(DEVICES), default=DEVICES[0])
     r.add_argument("--batch-size", type=_positive_int, default=16,
                    help="slices per forward pass (batches run across volume boundaries)")

@@ -1,25 +1,23 @@
-"""One object per volume: keep the largest connected piece of a predicted mask (round 23 of docs/method.md; not in
-the paper).
+"""One object per volume: keep the largest connected piece of a predicted mask (rounds 23 and 24 of docs/method.md;
+not in the paper).
 
 A segmenter reads a volume slice by slice, so nothing in it knows that a tumour or a spinal cord is one object: a
 prediction can fall into dozens of separate pieces. :func:`keep_largest_object` keeps the largest 26-connected piece
 of the predicted object (every class > 0 together, so a multi-class tumour keeps its parts inside one whole) and makes
 everything else background: the post-processing nnU-Net decides on its validation labels (Isensee et al., Nature
-Methods 2021). An option (``ModelConfig.objects = "largest"``), not the default: round 23 wrote an ``auto`` form
-(:func:`resolve_objects`, from the source labels alone) that would have become the default had it passed its gates;
-it failed them (on BraTS FLAIR -> T1c the seeds keep different pieces), so nothing calls it but its test. No label of
-the target is read.
+Methods 2021). ``ModelConfig.objects`` chooses (:func:`keep_objects`): ``all`` keeps every piece, ``largest`` the
+largest always (round 23: it failed its gate, the seeds of BraTS FLAIR -> T1c keep different pieces), ``auto`` the
+largest only where the prediction is already mostly one piece, at least :data:`ONE_OBJECT_SHARE` of its voxels
+(round 24, decided per volume on the prediction itself). No label of the target is read.
 """
 from __future__ import annotations
-
-from typing import Iterable
 
 import numpy as np
 from scipy import ndimage
 
-#: ``objects = "auto"`` keeps the largest piece where every source label holds at least this share of its object
-#: voxels in its largest piece (fixed by round 23's rule before any run)
-ONE_OBJECT_SHARE = 0.95
+#: ``objects = "auto"`` keeps the largest piece of a volume's prediction where it holds at least this share of the
+#: predicted object's voxels, and every piece otherwise (fixed by round 24's rule before any of its runs)
+ONE_OBJECT_SHARE = 0.8
 
 
 def pieces(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -67,12 +65,15 @@ def largest_share(label: np.ndarray) -> float | None:
     return float(sizes.max() / sizes.sum())
 
 
-def resolve_objects(mode: str, labels: Iterable[np.ndarray | None]) -> tuple[str, list[float]]:
-    """``mode`` as a decision: ``all`` or ``largest`` as asked; ``auto`` = ``largest`` where every non-empty source
-    label (3D, on its own grid) holds at least :data:`ONE_OBJECT_SHARE` of its object in its largest piece, else
-    ``all`` (and ``all`` where no label holds any object). Returns (decision, each label's share)."""
-    if mode != "auto":
-        return mode, []
-    shares = [s for s in (largest_share(v) for v in labels if v is not None) if s is not None]
-    one = bool(shares) and min(shares) >= ONE_OBJECT_SHARE
-    return ("largest" if one else "all"), [round(s, 4) for s in shares]
+def keep_objects(seg: np.ndarray, mode: str, keep: np.ndarray | None = None) -> np.ndarray:
+    """``seg`` with what ``mode`` keeps of its object (``ModelConfig.objects``): ``all``, every piece (``seg`` itself);
+    ``largest``, :func:`keep_largest_object`; ``auto``, the same where the largest piece holds at least
+    :data:`ONE_OBJECT_SHARE` of the object's voxels, else every piece. ``keep``: painted voxels, as in
+    :func:`keep_largest_object` (the share is the prediction's own, painted voxels counted as they lie in ``seg``)."""
+    if mode == "all":
+        return seg
+    if mode == "auto":
+        share = largest_share(seg)
+        if share is None or share < ONE_OBJECT_SHARE:
+            return seg
+    return keep_largest_object(seg, keep)

@@ -72,9 +72,10 @@ DD_FORMS = ("printed", "infonce")
 TTAS = ("none", "d8")
 #: boundary refinements after a volume is predicted (engine/refine.py; round 18 of docs/method.md)
 REFINES = ("none", "edges")
-#: what of a predicted volume's object is kept (engine/components.py; round 23 of docs/method.md): ``all`` = every
-#: piece; ``largest`` = its largest connected piece only (every class > 0 together), the rest background
-OBJECTS = ("all", "largest")
+#: what of a predicted volume's object is kept (engine/components.py; rounds 23 and 24 of docs/method.md): ``all`` =
+#: every piece; ``largest`` = its largest connected piece only (every class > 0 together), the rest background;
+#: ``auto`` = the largest piece where it holds at least 80 % of the prediction (decided per volume), else every piece
+OBJECTS = ("all", "largest", "auto")
 #: Source randomisation (engine/randomise.py): ``gin`` = random shallow conv nets scramble the source's contrast;
 #: ``none`` = the source as it is; ``auto`` = gin where the raw target's grey values lie far from the source's (W1 >
 #: randomise.AUTO_W1, label-free, measured before training), else none (docs/method.md, reading 16).

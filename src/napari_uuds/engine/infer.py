@@ -19,7 +19,7 @@ from .body import body_mask
 from .dataset import plan_for, slabs
 from .losses import certain_mask, entropy_map
 from .model import UUDS
-from .components import keep_largest_object
+from .components import keep_objects
 from .refine import snap_to_edges
 from .slices import SliceGeometry, from_square, to_square
 from .volumes import NormParams, Volume, normalisation_params
@@ -166,14 +166,12 @@ def iter_predict_volume(model: UUDS, volume: Volume, batch_size: int = 16, domai
 def finish_seg(cfg, seg: np.ndarray, raw: np.ndarray, norm: NormParams, spacing, keep: np.ndarray | None = None
                ) -> np.ndarray:
     """A whole volume's segmentation after the model's post-processing, as every volume prediction ends (one volume,
-    a cohort): the boundary refinement (``cfg.refine``, round 18), then the objects kept (``cfg.objects``, round 23:
+    a cohort): the boundary refinement (``cfg.refine``, round 18), then the objects kept (``cfg.objects``, rounds 23-24:
     the largest connected piece needs the whole volume; ``keep``, the voxels a user painted as object, keeps every
     piece that touches them)."""
     if cfg.refine != "none":
         seg = refine_seg(cfg, seg, raw, norm, spacing)
-    if cfg.objects == "largest":
-        seg = keep_largest_object(seg, keep)
-    return seg
+    return keep_objects(seg, cfg.objects, keep)
 
 
 def refine_seg(cfg, seg: np.ndarray, raw: np.ndarray, norm: NormParams, spacing) -> np.ndarray:

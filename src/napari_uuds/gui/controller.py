@@ -26,7 +26,7 @@ from ..engine.infer import (VolumePrediction, assemble, iter_predict_volume, pre
                             run_to_end)
 from ..engine.slices import SliceGeometry, from_square
 from ..engine.train import TrainControl, TrainEvent, resolve_device
-from ..engine.components import keep_largest_object
+from ..engine.components import keep_objects
 from .corrections import Corrections, default_run_folder
 from .inputs import layer_volume, training_inputs
 from .names import OUTPUT_LAYERS
@@ -258,22 +258,25 @@ class UUDSController(ReviewActions):
         self._set_prediction_option("refine", refine, "boundary refinement")
 
     def set_objects(self, objects: str) -> None:
-        """Keep every piece of the predicted object, or only the largest (and the painted ones), in every later
-        prediction. Switched on, it applies to the whole volume at once (no network call); switched off, Re-predict
-        volume brings the other pieces back."""
+        """Keep every piece of the predicted object (``all``), only the largest (and the painted ones, ``largest``), or
+        the largest where it holds most of the prediction (``auto``), in every later prediction. ``largest`` and
+        ``auto`` apply to the whole volume at once (no network call); back to ``all``, Re-predict volume brings the
+        other pieces back."""
         self.params.objects = objects
         if self.model is None:
             return
         self.model.cfg.objects = objects
         if self.target is None or self.prediction is None or self.status.running:
             return
-        if objects == "largest":
+        if objects != "all":
             self.collect_corrections()  # what the user painted last counts
             before = int((self.prediction.seg > 0).sum())
-            self.prediction.seg = keep_largest_object(self.prediction.seg, self.painted())
+            self.prediction.seg = keep_objects(self.prediction.seg, objects, self.painted())
             removed = before - int((self.prediction.seg > 0).sum())
             self._show_prediction()
-            self.status.message = f"largest object kept: {removed} voxels of {before} in other pieces became background"
+            self.status.message = (f"largest object kept: {removed} voxels of {before} in other pieces became background"
+                                   if removed or objects == "largest" else
+                                   "every piece kept: the largest holds less than 80 % of the prediction")
         else:
             self.status.message = "every piece is kept from the next prediction: Re-predict volume brings them back"
 
@@ -352,9 +355,9 @@ class UUDSController(ReviewActions):
                               self.target.volume.spacing)  # as predict_volume does (on this slice alone)
         for key in ("synthetic", "seg", "entropy"):
             getattr(self.prediction, key)[where] = getattr(pred, key)
-        if self.model.cfg.objects == "largest":  # a volume's pieces: decided on the whole volume, as predict_volume does
+        if self.model.cfg.objects != "all":  # a volume's pieces: decided on the whole volume, as predict_volume does
             self.collect_corrections()
-            self.prediction.seg = keep_largest_object(self.prediction.seg, self.painted())
+            self.prediction.seg = keep_objects(self.prediction.seg, self.model.cfg.objects, self.painted())
         self._show_prediction()
         return i
 

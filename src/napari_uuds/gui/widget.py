@@ -83,7 +83,9 @@ class UUDSWidget(Container):
         self.threshold = FloatSlider(value=self.params.threshold, min=0.0, max=1.0, step=0.01, label="uncertainty χ")
         self.tta = CheckBox(value=self.params.tta == "d8", text="test-time augmentation")
         self.refine = CheckBox(value=self.params.refine == "edges", text="refine the boundary on the image's edges")
-        self.objects = CheckBox(value=self.params.objects == "largest", text="keep the largest object only")
+        self.objects = ComboBox(choices=[("every piece", "all"), ("the largest piece", "largest"),
+                                         ("the largest if >= 80 %", "auto")], value=self.params.objects,
+                                label="objects kept")
         # a trained (or loaded) model is continued only when asked: a second click must not silently go on from it
         self.continue_model = CheckBox(value=False, text="continue the current model", enabled=False)
         self.continue_model.tooltip = ("on: training goes on from the model trained or loaded before (its steps add "
@@ -134,10 +136,11 @@ class UUDSWidget(Container):
             self.refine: ("after each prediction, let the target's own edges move the mask's boundary by up to 2 voxels "
                           "(a random walker on the image); saved with the weights. Switched here, the slice on screen "
                           "is re-predicted"),
-            self.objects: ("keep only the largest connected piece of the predicted object in the whole volume (and "
-                           "every piece you painted); saved with the weights. It tidied the cord a little and cost "
-                           "BraTS FLAIR -> T1c much (round 23 of docs/method.md). Switched on here it applies at once; "
-                           "switched off, Re-predict volume brings the other pieces back"),
+            self.objects: ("what of the predicted object the whole volume keeps: every piece; only the largest "
+                           "connected piece (and every piece you painted), which tidied the cord a little and cost "
+                           "BraTS FLAIR -> T1c much (round 23 of docs/method.md); or the largest only where it holds "
+                           "at least 80 % of the prediction (round 24). Saved with the weights. Chosen here it applies "
+                           "at once; back to every piece, Re-predict volume brings the other pieces back"),
             self.adapt_btn: "train (source labels + unlabelled target), then segment the whole target",
             self.train_btn: "train only; Re-predict volume segments afterwards",
             self.stop_btn: "stop within one step; the weights learnt so far are kept",
@@ -184,7 +187,7 @@ class UUDSWidget(Container):
         self.threshold.changed.connect(lambda v: self._guard(self.ctl.set_threshold, v))
         self.tta.changed.connect(lambda v: self._guard(self.ctl.set_tta, "d8" if v else "none"))
         self.refine.changed.connect(lambda v: self._guard(self.ctl.set_refine, "edges" if v else "none"))
-        self.objects.changed.connect(lambda v: self._guard(self.ctl.set_objects, "largest" if v else "all"))
+        self.objects.changed.connect(lambda v: self._guard(self.ctl.set_objects, v))
         self._prompt_timer = _debounce(PROMPT_DEBOUNCE_MS, lambda: self._guard(self.ctl.set_prompt, self.prompt.value))
         self.prompt.changed.connect(lambda _v: self._prompt_timer.start())
         # widgets <- parameters (Load weights sets the checkpoint's class names, descriptions, modality...)
@@ -195,7 +198,7 @@ class UUDSWidget(Container):
         ev.threshold.connect(lambda v: _show(self.threshold, v))
         ev.tta.connect(lambda v: _show(self.tta, v == "d8"))
         ev.refine.connect(lambda v: _show(self.refine, v == "edges"))
-        ev.objects.connect(lambda v: _show(self.objects, v == "largest"))
+        ev.objects.connect(lambda v: _show(self.objects, v))
         ev.class_descriptions.connect(self._show_descriptions)
         # status -> widgets
         self.status.events.message.connect(lambda m: setattr(self.info, "value", m))
