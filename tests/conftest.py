@@ -62,3 +62,20 @@ def predict_with():
             for k, v in own.items():
                 setattr(model.cfg, k, v)
     return run
+
+
+@pytest.fixture()
+def saved_without():
+    """``saved_without(model, folder, key)``: the model's checkpoint written to ``folder`` with ``key`` taken out of
+    its config.json's model settings, as a checkpoint written before that setting existed reads; returns ``folder``."""
+    import json
+
+    from napari_uuds.engine import checkpoint as ckpt
+
+    def save(model, folder, key):
+        ckpt.save_checkpoint(model, folder)
+        meta = json.loads((folder / "config.json").read_text())
+        del meta["model"][key]
+        (folder / "config.json").write_text(json.dumps(meta))
+        return folder
+    return save

@@ -1,5 +1,4 @@
 """Rounds 23-24's one object per volume (engine/components.py): the largest connected piece of a predicted object."""
-import json
 
 import numpy as np
 import pytest
@@ -79,7 +78,7 @@ def test_auto_keeps_the_largest_piece_only_where_it_holds_most_of_the_prediction
     np.testing.assert_array_equal(keep_objects(empty, "auto"), empty)
 
 
-def test_objects_is_an_option_of_the_model_applied_after_prediction(tiny_model, tmp_path, cord, predict_with):
+def test_objects_is_an_option_of_the_model_applied_after_prediction(tiny_model, tmp_path, cord, predict_with, saved_without):
     with pytest.raises(UUDSError, match="unknown objects setting"):
         ModelConfig(objects="biggest")
     vol = load_volume(cord["t1"])
@@ -96,8 +95,5 @@ def test_objects_is_an_option_of_the_model_applied_after_prediction(tiny_model, 
     np.testing.assert_array_equal(both.seg, keep_largest_object(refined.seg))
     auto = predict_with(tiny_model, vol, objects="auto")  # decided on the volume's own prediction
     np.testing.assert_array_equal(auto.seg, keep_objects(plain.seg, "auto"))
-    ckpt.save_checkpoint(tiny_model, tmp_path / "old")
-    meta = json.loads((tmp_path / "old" / "config.json").read_text())
-    del meta["model"]["objects"]  # written before the option existed
-    (tmp_path / "old" / "config.json").write_text(json.dumps(meta))
+    saved_without(tiny_model, tmp_path / "old", "objects")  # written before the option existed
     assert ckpt.read_config(tmp_path / "old")["model"]["objects"] == "all"

@@ -1,6 +1,5 @@
 """The adaptation levers of the default recipe: GIN source randomisation, L_DD's InfoNCE form, the body mask,
 the collapse and drift guards, and the recipes that bundle them (docs/method.md)."""
-import json
 import math
 
 import numpy as np
@@ -186,7 +185,7 @@ def test_size_prior_is_zero_in_the_band_and_pulls_back_outside():
 
 
 # -- pass-specific batch-norm statistics (round 4's candidate) ---------------------------------------------------
-def test_pass_bn_keeps_a_second_set_of_statistics_and_survives_a_checkpoint(tmp_path):
+def test_pass_bn_keeps_a_second_set_of_statistics_and_survives_a_checkpoint(tmp_path, saved_without):
     from napari_uuds.engine import checkpoint as ckpt
     from napari_uuds.engine.model import UUDS
     from napari_uuds.engine.passnorm import PassBatchNorm2d
@@ -217,16 +216,12 @@ def test_pass_bn_keeps_a_second_set_of_statistics_and_survives_a_checkpoint(tmp_
     # a checkpoint written before the option existed (no key in config.json) is read as it was trained: off
     off = UUDS(ModelConfig.for_arch("tiny", image_size=64, class_names=["disc"], pass_bn=False))
     assert not any(isinstance(m, PassBatchNorm2d) for m in off.modules())
-    ckpt.save_checkpoint(off, tmp_path / "old")
-    meta = json.loads((tmp_path / "old" / "config.json").read_text())
-    del meta["model"]["pass_bn"]
-    (tmp_path / "old" / "config.json").write_text(json.dumps(meta))
-    old_model, _ = ckpt.load_checkpoint(tmp_path / "old")
+    old_model, _ = ckpt.load_checkpoint(saved_without(off, tmp_path / "old", "pass_bn"))
     assert old_model.cfg.pass_bn is False
 
 
 # -- round 17: the translator reads the slice at S/2 and S/1 ------------------------------------------------------------
-def test_fine_skips_read_the_slice_at_full_resolution_and_survive_a_checkpoint(tmp_path):
+def test_fine_skips_read_the_slice_at_full_resolution_and_survive_a_checkpoint(tmp_path, saved_without):
     """The encoder's finest map is S/4; with fine skips the image decoder's S/1 stage reads the slice's own pixels
     through trained weights, and the setting travels with the weights (an older config.json reads as off)."""
     from napari_uuds.engine import checkpoint as ckpt
@@ -258,10 +253,7 @@ def test_fine_skips_read_the_slice_at_full_resolution_and_survive_a_checkpoint(t
     assert back.cfg.fine_skips is True
     with torch.no_grad():
         torch.testing.assert_close(back.infer(x)[0], model.infer(x)[0])
-    ckpt.save_checkpoint(plain, tmp_path / "old")
-    meta = json.loads((tmp_path / "old" / "config.json").read_text())
-    del meta["model"]["fine_skips"]  # written before the option existed
-    (tmp_path / "old" / "config.json").write_text(json.dumps(meta))
+    saved_without(plain, tmp_path / "old", "fine_skips")  # written before the option existed
     assert ckpt.read_config(tmp_path / "old")["model"]["fine_skips"] is False
     assert ckpt.load_checkpoint(tmp_path / "old")[0].cfg.fine_skips is False
 
@@ -314,7 +306,7 @@ def test_training_with_the_weight_average_trains_the_same_and_ends_with_the_aver
         TrainConfig(ema_decay=1.0)
 
 
-def test_d8_test_time_augmentation_makes_the_prediction_follow_a_rotated_slice(tmp_path):
+def test_d8_test_time_augmentation_makes_the_prediction_follow_a_rotated_slice(tmp_path, saved_without):
     from napari_uuds.engine import checkpoint as ckpt
     from napari_uuds.engine.infer import predict_slices
     from napari_uuds.engine.model import UUDS
@@ -334,10 +326,7 @@ def test_d8_test_time_augmentation_makes_the_prediction_follow_a_rotated_slice(t
     model.cfg.tta = "d8"
     ckpt.save_checkpoint(model, tmp_path / "w")  # saved with the weights; a config without the key reads as none
     assert ckpt.load_checkpoint(tmp_path / "w")[0].cfg.tta == "d8"
-    meta = json.loads((tmp_path / "w" / "config.json").read_text())
-    del meta["model"]["tta"]
-    (tmp_path / "w" / "config.json").write_text(json.dumps(meta))
-    assert ckpt.load_checkpoint(tmp_path / "w")[0].cfg.tta == "none"
+    assert ckpt.load_checkpoint(saved_without(model, tmp_path / "old", "tta"))[0].cfg.tta == "none"
     with pytest.raises(UUDSError, match="test-time augmentation"):
         ModelConfig(tta="d4")
 

@@ -1,5 +1,4 @@
 """Round 18's boundary refinement (engine/refine.py): the image's own edges move a mask's boundary within a band."""
-import json
 
 import numpy as np
 import pytest
@@ -55,7 +54,7 @@ def test_edges_beyond_the_band_and_thin_parts_are_left_alone():
         snap_to_edges(seg[:, :, :5], img)
 
 
-def test_refine_is_an_option_of_the_model_with_the_paper_and_old_configs_off(tiny_model, tmp_path, cord, predict_with):
+def test_refine_is_an_option_of_the_model_with_the_paper_and_old_configs_off(tiny_model, tmp_path, cord, predict_with, saved_without):
     assert ModelConfig(**recipe_overrides("paper")[0]).refine == "none"
     with pytest.raises(UUDSError, match="unknown refinement"):
         ModelConfig(refine="crf")
@@ -68,10 +67,7 @@ def test_refine_is_an_option_of_the_model_with_the_paper_and_old_configs_off(tin
     near = (ndimage.distance_transform_edt(obj) <= BAND_VOXELS) & obj | \
         (ndimage.distance_transform_edt(~obj) <= BAND_VOXELS) & ~obj
     assert not (changed & ~near).any()
-    ckpt.save_checkpoint(tiny_model, tmp_path / "old")
-    meta = json.loads((tmp_path / "old" / "config.json").read_text())
-    del meta["model"]["refine"]  # written before the option existed
-    (tmp_path / "old" / "config.json").write_text(json.dumps(meta))
+    saved_without(tiny_model, tmp_path / "old", "refine")  # written before the option existed
     assert ckpt.read_config(tmp_path / "old")["model"]["refine"] == "none"
 
 
