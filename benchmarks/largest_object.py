@@ -4,8 +4,9 @@ Reads the masks ``benchmarks/run.py --save-masks DIR`` wrote (``DIR/<protocol>/<
 the rows named, writes ``<row>_largest_s<seed>`` (``objects = "largest"``, round 23) and ``<row>_auto_s<seed>``
 (``objects = "auto"``: the largest where it holds at least 80 % of the mask, round 24) beside them, so that
 ``benchmarks/agreement.py`` reads all three (the label-free gates L2 and M1). It prints, label-free, each mask's number
-of pieces, the share of its voxels in the largest, its voxels before and after, and what ``auto`` kept. With ``--score`` it also scores both against the
-protocol's target labels (Dice %, scoring only: round 23's rule decides on the source and on label-free figures).
+of pieces, the share of its voxels in the largest, and its voxels before and after (``largest``; ``auto``). With
+``--score`` it also scores all three against the protocol's target labels (Dice %, scoring only: the rules of rounds
+23 and 24 decide on the source and on label-free figures).
 
     python benchmarks/largest_object.py --masks DIR --protocol A2 --rows uuds
     python benchmarks/largest_object.py --masks DIR --protocol A2 --rows uuds --score --data DATA --json OUT.json
@@ -51,7 +52,7 @@ def process(folder: Path, rows: list[str]) -> dict:
                     "pieces": int(len(sizes)), "largest_share": round(float(sizes.max() / sizes.sum()), 3)
                     if len(sizes) else None, "voxels": int((seg > 0).sum()),
                     "voxels_kept": int((kept["largest"] > 0).sum()),
-                    "auto_keeps_largest": bool((kept["auto"] != seg).any())}
+                    "voxels_auto": int((kept["auto"] > 0).sum())}
     return out
 
 
@@ -93,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
         for seed, vols in seeds.items():
             for v, r in vols.items():
                 print(f"{row} s{seed} {v}: {r['pieces']} pieces, largest {r['largest_share']}, "
-                      f"{r['voxels']} -> {r['voxels_kept']} voxels, auto {'largest' if r['auto_keeps_largest'] else 'all'}")
+                      f"{r['voxels']} -> {r['voxels_kept']} voxels (auto: {r['voxels_auto']})")
     doc = {"protocol": args.protocol, "command": "python benchmarks/largest_object.py " + " ".join(argv or sys.argv[1:]),
            "commit": bench.git_commit(), "pieces": figures}
     if args.score:

@@ -43,9 +43,9 @@ def test_largest_object_copies_each_mask_beside_it_for_the_agreement_of_seeds(tm
         np.savez_compressed(d / "pat0004.npz", seg=m)
     figures = largest_object.process(tmp_path / "A2", ["uuds"])
     assert figures["uuds"][0]["pat0004"] == {"pieces": 2, "largest_share": 0.5, "voxels": 72, "voxels_kept": 36,
-                                             "auto_keeps_largest": False}  # half in each piece: auto keeps both
+                                             "voxels_auto": 72}  # half in each piece: auto keeps both
     assert figures["uuds"][1]["pat0004"]["voxels_kept"] == 36
-    assert figures["uuds"][1]["pat0004"]["auto_keeps_largest"]  # 36 of 44 voxels (82 %) in the largest
+    assert figures["uuds"][1]["pat0004"]["voxels_auto"] == 36  # 36 of 44 voxels (82 %) in the largest
     res = agreement.agreement(tmp_path / "A2")
     assert set(res) == {"uuds", "uuds_largest", "uuds_auto"}
     assert res["uuds_largest"]["mean"] == 100.0 > res["uuds"]["mean"]  # both keep the first piece
