@@ -1,7 +1,7 @@
 """Rounds 23-24 on masks already made: each kept mask with only its largest connected object (engine/components.py).
 
 Reads the masks ``benchmarks/run.py --save-masks DIR`` wrote (``DIR/<protocol>/<row>_s<seed>/<volume>.npz``) and, for
-the rows named, writes ``<row>_largest_s<seed>`` (``objects = "largest"``, round 23) and ``<row>_auto_s<seed>``
+the rows named, writes ``<row>_largest_s<seed>`` (``objects = "largest"``, round 23) and ``<row>_objauto_s<seed>``
 (``objects = "auto"``: the largest where it holds at least 80 % of the mask, round 24) beside them, so that
 ``benchmarks/agreement.py`` reads all three (the label-free gates L2 and M1). It prints, label-free, each mask's number
 of pieces, the share of its voxels in the largest, and its voxels before and after (``largest``; ``auto``). With
@@ -29,24 +29,25 @@ from napari_uuds.engine.components import keep_objects, pieces  # noqa: E402
 from napari_uuds.engine.metrics import score_classes  # noqa: E402
 
 
-#: the objects settings written beside each mask (engine/config.py OBJECTS, ``all`` being the mask itself)
-MODES = ("largest", "auto")
+#: the objects settings written beside each mask (engine/config.py OBJECTS; ``all`` is the mask itself) -> the suffix of
+#: their copies (``_objauto``, not ``_auto``: round 16's row ``uuds_auto`` was GIN's)
+MODES = {"largest": "largest", "auto": "objauto"}
 
 
 def process(folder: Path, rows: list[str]) -> dict:
-    """Write the ``_largest`` and ``_auto`` copies of ``rows``; {row: {seed: {volume: label-free figures}}}."""
+    """Write the ``_largest`` and ``_objauto`` copies of ``rows``; {row: {seed: {volume: label-free figures}}}."""
     out: dict = {}
     for row, seeds in sorted(seed_runs(folder).items()):
         if row not in rows:
             continue
         for seed, d in sorted(seeds.items()):
-            for mode in MODES:
-                (folder / f"{row}_{mode}_s{seed}").mkdir(exist_ok=True)
+            for suffix in MODES.values():
+                (folder / f"{row}_{suffix}_s{seed}").mkdir(exist_ok=True)
             for f in sorted(d.glob("*.npz")):
                 seg = np.load(f)["seg"]
                 kept = {mode: keep_objects(seg, mode) for mode in MODES}
                 for mode, m in kept.items():
-                    np.savez_compressed(folder / f"{row}_{mode}_s{seed}" / f.name, seg=m)
+                    np.savez_compressed(folder / f"{row}_{MODES[mode]}_s{seed}" / f.name, seg=m)
                 _, sizes = pieces(seg > 0)
                 out.setdefault(row, {}).setdefault(seed, {})[f.stem] = {
                     "pieces": int(len(sizes)), "largest_share": round(float(sizes.max() / sizes.sum()), 3)
@@ -57,7 +58,7 @@ def process(folder: Path, rows: list[str]) -> dict:
 
 
 def score(folder: Path, rows: list[str], data: Path, protocol: str) -> dict:
-    """Dice % of ``row``, ``row_largest`` and ``row_auto`` against the protocol's target labels: {row: {seed: {volume: dice}}}."""
+    """Dice % of ``row``, ``row_largest`` and ``row_objauto`` against the protocol's target labels: {row: {seed: {volume: dice}}}."""
     proto = bench.PROTOCOLS[protocol]
     cfg = bench.protocol_config(proto)
     refs = bench._reference_labels(data, proto, cfg)
@@ -66,7 +67,7 @@ def score(folder: Path, rows: list[str], data: Path, protocol: str) -> dict:
     runs = seed_runs(folder)
     out: dict = {}
     for row in rows:
-        for variant in (row, *(f"{row}_{mode}" for mode in MODES)):
+        for variant in (row, *(f"{row}_{suffix}" for suffix in MODES.values())):
             for seed, d in sorted(runs.get(variant, {}).items()):
                 for f in sorted(d.glob("*.npz")):
                     ref = by_name[f.stem]

@@ -47,11 +47,11 @@ def test_largest_object_copies_each_mask_beside_it_for_the_agreement_of_seeds(tm
     assert figures["uuds"][1]["pat0004"]["voxels_kept"] == 36
     assert figures["uuds"][1]["pat0004"]["voxels_auto"] == 36  # 36 of 44 voxels (82 %) in the largest
     res = agreement.agreement(tmp_path / "A2")
-    assert set(res) == {"uuds", "uuds_largest", "uuds_auto"}
+    assert set(res) == {"uuds", "uuds_largest", "uuds_objauto"}
     assert res["uuds_largest"]["mean"] == 100.0 > res["uuds"]["mean"]  # both keep the first piece
     # seed 1 alone loses its second piece: 36 voxels shared of 72 and 36, the seeds agree less than before
-    assert res["uuds_auto"]["mean"] == pytest.approx(200 * 36 / (72 + 36), abs=0.01)
-    assert res["uuds_auto"]["mean"] < res["uuds"]["mean"]
+    assert res["uuds_objauto"]["mean"] == pytest.approx(200 * 36 / (72 + 36), abs=0.01)
+    assert res["uuds_objauto"]["mean"] < res["uuds"]["mean"]
 
 
 def test_agreement_of_seeds_is_the_mean_pairwise_dice_of_their_masks(tmp_path):

@@ -287,7 +287,7 @@ def test_predict_post_processing_overrides_reach_the_cohort_path(vols, tmp_path)
     """`predict --objects largest` keeps the largest piece of the same prediction; `--refine edges` gives what the
     engine's own volume prediction gives with it (the cohort path ends each volume as predict_volume does)."""
     from napari_uuds.engine import checkpoint as ckpt
-    from napari_uuds.engine.components import keep_largest_object, keep_objects
+    from napari_uuds.engine.components import ONE_OBJECT_SHARE, keep_largest_object, keep_objects, largest_share
     from napari_uuds.engine.infer import predict_volume
     from napari_uuds.engine.volumes import load_volume
 
@@ -303,6 +303,7 @@ def test_predict_post_processing_overrides_reach_the_cohort_path(vols, tmp_path)
     assert (seg["all"] > 0).sum() > (seg["largest"] > 0).sum() > 0  # the untrained mask is in pieces
     np.testing.assert_array_equal(seg["largest"], keep_largest_object(seg["all"]))
     np.testing.assert_array_equal(seg["auto"], keep_objects(seg["all"], "auto"))  # decided on the volume itself
+    assert largest_share(seg["all"]) >= ONE_OBJECT_SHARE  # the pruning branch: so --objects auto reached the path
     summary = json.loads((tmp_path / "largest" / "summary.json").read_text())
     assert {k: summary[k] for k in ("tta", "refine", "objects")} == {"tta": "none", "refine": "none",
                                                                       "objects": "largest"}  # what ran is recorded

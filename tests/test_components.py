@@ -7,7 +7,7 @@ from napari_uuds.engine import checkpoint as ckpt
 from napari_uuds.engine.components import ONE_OBJECT_SHARE, keep_largest_object, keep_objects, largest_share
 from napari_uuds.engine.config import ModelConfig
 from napari_uuds.engine.errors import UUDSError
-from napari_uuds.engine.infer import predict_volume
+from napari_uuds.engine.infer import finish_seg, predict_volume
 from napari_uuds.engine.volumes import load_volume
 
 
@@ -74,6 +74,9 @@ def test_auto_keeps_the_largest_piece_only_where_it_holds_most_of_the_prediction
     painted = np.zeros(split.shape, bool)
     painted[25, 25, 22] = True  # a painted voxel in the smaller piece keeps it whatever is decided
     np.testing.assert_array_equal(keep_objects(split, "largest", painted), split)
+    two_painted = np.zeros(seg.shape, bool)
+    two_painted[10, 10, 10] = True  # auto removes pieces (96 %) but not a painted one
+    np.testing.assert_array_equal(keep_objects(seg, "auto", two_painted), seg)
     empty = np.zeros((4, 4, 4), np.uint8)
     np.testing.assert_array_equal(keep_objects(empty, "auto"), empty)
 
@@ -95,5 +98,13 @@ def test_objects_is_an_option_of_the_model_applied_after_prediction(tiny_model, 
     np.testing.assert_array_equal(both.seg, keep_largest_object(refined.seg))
     auto = predict_with(tiny_model, vol, objects="auto")  # decided on the volume's own prediction
     np.testing.assert_array_equal(auto.seg, keep_objects(plain.seg, "auto"))
+    # finish_seg, where every volume prediction ends, takes either branch of auto as the share says
+    norm = None  # unused without a refinement
+    for mask, pruned in ((_two_pieces(), True), (np.pad(_two_pieces(), ((0, 0), (0, 0), (0, 8)), mode="wrap"), False)):
+        share = largest_share(mask)
+        assert (share >= ONE_OBJECT_SHARE) == pruned
+        out = finish_seg(ModelConfig(objects="auto"), mask, mask, norm, (1.0, 1.0, 1.0))
+        np.testing.assert_array_equal(out, keep_largest_object(mask) if pruned else mask)
+        assert (out != mask).any() == pruned
     saved_without(tiny_model, tmp_path / "old", "objects")  # written before the option existed
     assert ckpt.read_config(tmp_path / "old")["model"]["objects"] == "all"

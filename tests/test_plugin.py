@@ -249,13 +249,16 @@ def test_objects_choice_keeps_the_largest_piece_and_every_painted_one_and_is_sav
     np.moveaxis(edited, axis, 0)[21][23, 23] = 1  # one more voxel on a slice through the small piece, touching it
     seg.data = edited  # an edit with the label tools
     w.objects.value = "auto"  # the largest holds 1000 of 1336 voxels (< 80 %): every piece stays
-    assert "less than 80 %" in w.status.message and w.ctl.model.cfg.objects == "auto"
+    assert "holds 75% of the prediction (under 80%)" in w.status.message and w.ctl.model.cfg.objects == "auto"
     assert int((np.asarray(seg.data) > 0).sum()) == 1336
     w.objects.value = "largest"  # the click: the whole volume at once, no network call
     shown = np.asarray(seg.data)
     assert shown[5:15, 5:15, 5:15].all() and shown[20:23, 20:23, 20:23].all()  # kept: the largest, the painted
     assert not shown[30:32, 30:32, 30:32].any() and not shown[5:15, 40:50, 40:43].any()  # gone: the unpainted
     assert "308 voxels" in w.status.message and w.ctl.model.cfg.objects == "largest"
+    w.objects.value = "auto"  # on what is left: 1000 of 1028 voxels in the largest, the rest painted: nothing goes
+    assert "(97% of the prediction): 0 voxels" in w.status.message
+    w.objects.value = "largest"
     w.ctl.predict_current_slice()  # a re-predicted slice: the pieces are decided on the whole volume again
     np.testing.assert_array_equal(w.ctl.prediction.seg, keep_largest_object(w.ctl.prediction.seg, w.ctl.painted()))
     w.ctl.save_weights(tmp_path / "w")

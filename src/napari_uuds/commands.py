@@ -530,7 +530,7 @@ def cmd_finetune(args) -> int:
         with tqdm(total=target.image.shape[0], desc="segmenting", unit="slice", disable=args.quiet,
                   file=sys.stderr) as pbar:
             kept = keep_corrections(np.zeros_like(corr.data), corr.data, slices, mcfg.axis)  # the corrected slices only
-            # the painted object keeps its pieces whatever the model keeps (--objects largest)
+            # the painted object keeps its pieces whatever the model keeps (--objects largest or auto)
             pred = predict_volume(model, vol, progress=pbar.update, norm=target.norm, keep=kept > 0)
         apply_corrections(pred, corr.data, slices, mcfg.axis)
         try:

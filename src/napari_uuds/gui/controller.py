@@ -26,7 +26,7 @@ from ..engine.infer import (VolumePrediction, assemble, iter_predict_volume, pre
                             run_to_end)
 from ..engine.slices import SliceGeometry, from_square
 from ..engine.train import TrainControl, TrainEvent, resolve_device
-from ..engine.components import keep_objects
+from ..engine.components import ONE_OBJECT_SHARE, keep_objects, largest_share
 from .corrections import Corrections, default_run_folder
 from .inputs import layer_volume, training_inputs
 from .names import OUTPUT_LAYERS
@@ -260,8 +260,9 @@ class UUDSController(ReviewActions):
     def set_objects(self, objects: str) -> None:
         """Keep every piece of the predicted object (``all``), only the largest (and the painted ones, ``largest``), or
         the largest where it holds most of the prediction (``auto``), in every later prediction. ``largest`` and
-        ``auto`` apply to the whole volume at once (no network call); back to ``all``, Re-predict volume brings the
-        other pieces back."""
+        ``auto`` apply to the whole volume at once (no network call), deciding on the mask as it stands (pieces an
+        earlier choice removed stay removed); Re-predict volume decides again on the network's own prediction and,
+        with ``all``, brings the other pieces back."""
         self.params.objects = objects
         if self.model is None:
             return
@@ -271,12 +272,18 @@ class UUDSController(ReviewActions):
         if objects != "all":
             self.collect_corrections()  # what the user painted last counts
             before = int((self.prediction.seg > 0).sum())
+            share = largest_share(self.prediction.seg)
             self.prediction.seg = keep_objects(self.prediction.seg, objects, self.painted())
             removed = before - int((self.prediction.seg > 0).sum())
             self._show_prediction()
-            self.status.message = (f"largest object kept: {removed} voxels of {before} in other pieces became background"
-                                   if removed or objects == "largest" else
-                                   "every piece kept: the largest holds less than 80 % of the prediction")
+            if share is None:
+                self.status.message = "nothing predicted: no piece to keep or remove"
+            elif objects == "auto" and share < ONE_OBJECT_SHARE:
+                self.status.message = (f"every piece kept: the largest holds {share:.0%} of the prediction (under "
+                                       f"{ONE_OBJECT_SHARE:.0%})")
+            else:
+                self.status.message = (f"largest object kept ({share:.0%} of the prediction): {removed} voxels of "
+                                       f"{before} in other, unpainted pieces became background")
         else:
             self.status.message = "every piece is kept from the next prediction: Re-predict volume brings them back"
 

@@ -42,7 +42,8 @@ class Params:
     #: boundary refinement of every prediction: none | edges (the image's own edges move it; engine/refine.py)
     refine: str = _M.refine
     #: what of every predicted volume's object is kept: all | largest (its largest connected piece, and every piece the
-    #: user painted; engine/components.py; an option, not the default: round 23 of docs/method.md)
+    #: user painted) | auto (the same where that piece holds at least 80 % of the prediction); engine/components.py,
+    #: rounds 23-24 of docs/method.md
     objects: str = _M.objects
     axis: int = _M.axis
     preview_every: int = 20
