@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from napari_uuds.engine import checkpoint as ckpt
-from napari_uuds.engine.components import ONE_OBJECT_SHARE, keep_largest_object, keep_objects, largest_share
+from napari_uuds.engine.components import ONE_OBJECT_SHARE, keep_largest_object, keep_objects, largest_share, objects_kept
 from napari_uuds.engine.config import ModelConfig
 from napari_uuds.engine.errors import UUDSError
 from napari_uuds.engine.infer import finish_seg, predict_volume
@@ -79,6 +79,22 @@ def test_auto_keeps_the_largest_piece_only_where_it_holds_most_of_the_prediction
     np.testing.assert_array_equal(keep_objects(seg, "auto", two_painted), seg)
     empty = np.zeros((4, 4, 4), np.uint8)
     np.testing.assert_array_equal(keep_objects(empty, "auto"), empty)
+
+
+def test_objects_kept_gives_the_share_it_decided_on():
+    seg, split = _two_pieces(), np.zeros((30, 30, 30), np.uint8)
+    split[:10, :10, :10] = 1
+    split[20:, 20:, 20:25] = 1
+    for mask in (seg, split):
+        for mode in ("largest", "auto"):
+            out, share = objects_kept(mask, mode)
+            assert share == pytest.approx(largest_share(mask))  # the share of the prediction, before anything goes
+            np.testing.assert_array_equal(out, keep_objects(mask, mode))
+    out, share = objects_kept(seg, "all")
+    assert out is seg and share is None  # every piece: nothing labelled
+    assert objects_kept(np.zeros((3, 3, 3)), "largest")[1] is None
+    with pytest.raises(ValueError, match="all, largest or auto"):
+        objects_kept(seg, "biggest")
 
 
 def test_objects_is_an_option_of_the_model_applied_after_prediction(tiny_model, tmp_path, cord, predict_with, saved_without):

@@ -36,11 +36,12 @@ def keep_largest_object(seg: np.ndarray, keep: np.ndarray | None = None) -> np.n
     (boolean, the same grid): voxels the user painted as object; every piece that touches them is kept too, so a
     correction never loses the object it marks. An empty mask comes back unchanged (a copy). Ties keep the piece found
     first in C order."""
-    seg = np.asarray(seg)
-    obj = seg > 0
-    if not obj.any():
-        return seg.copy()
-    lab, sizes = pieces(obj)
+    return objects_kept(seg, "largest", keep)[0]
+
+
+def _main_object(seg: np.ndarray, obj: np.ndarray, lab: np.ndarray, sizes: np.ndarray,
+                 keep: np.ndarray | None) -> np.ndarray:
+    """:func:`keep_largest_object` on a non-empty mask whose object ``obj`` is already in pieces (``lab``, ``sizes``)."""
     kept = np.zeros(len(sizes) + 1, bool)
     classes = np.unique(seg[obj])
     if len(classes) == 1:
@@ -65,15 +66,28 @@ def largest_share(label: np.ndarray) -> float | None:
     return float(sizes.max() / sizes.sum())
 
 
-def keep_objects(seg: np.ndarray, mode: str, keep: np.ndarray | None = None) -> np.ndarray:
-    """``seg`` with what ``mode`` keeps of its object (``ModelConfig.objects``): ``all``, every piece (``seg`` itself);
-    ``largest``, :func:`keep_largest_object`; ``auto``, the same where the largest piece holds at least
-    :data:`ONE_OBJECT_SHARE` of the object's voxels, else every piece. ``keep``: painted voxels, as in
-    :func:`keep_largest_object` (the share is the prediction's own, painted voxels counted as they lie in ``seg``)."""
+def objects_kept(seg: np.ndarray, mode: str, keep: np.ndarray | None = None) -> tuple[np.ndarray, float | None]:
+    """(``seg`` with what ``mode`` keeps of its object, the share of the object's voxels in its largest piece), the
+    volume labelled once. ``mode`` (``ModelConfig.objects``): ``all``, every piece (``seg`` itself; the share is not
+    computed, None); ``largest``, :func:`keep_largest_object`; ``auto``, the same where the largest piece holds at
+    least :data:`ONE_OBJECT_SHARE` of the object's voxels, else every piece. ``keep``: painted voxels, as in
+    :func:`keep_largest_object` (the share is the prediction's own, painted voxels counted as they lie in ``seg``).
+    An empty mask: share None; ``largest`` returns a copy, ``auto`` ``seg`` itself."""
     if mode == "all":
-        return seg
-    if mode == "auto":
-        share = largest_share(seg)
-        if share is None or share < ONE_OBJECT_SHARE:
-            return seg
-    return keep_largest_object(seg, keep)
+        return seg, None
+    if mode not in ("largest", "auto"):
+        raise ValueError(f"objects must be all, largest or auto, not {mode!r}")
+    seg = np.asarray(seg)
+    obj = seg > 0
+    if not obj.any():
+        return (seg.copy() if mode == "largest" else seg), None
+    lab, sizes = pieces(obj)
+    share = float(sizes.max() / sizes.sum())
+    if mode == "auto" and share < ONE_OBJECT_SHARE:
+        return seg, share
+    return _main_object(seg, obj, lab, sizes, keep), share
+
+
+def keep_objects(seg: np.ndarray, mode: str, keep: np.ndarray | None = None) -> np.ndarray:
+    """``seg`` with what ``mode`` keeps of its object: :func:`objects_kept` without the share."""
+    return objects_kept(seg, mode, keep)[0]

@@ -26,7 +26,7 @@ from ..engine.infer import (VolumePrediction, assemble, iter_predict_volume, pre
                             run_to_end)
 from ..engine.slices import SliceGeometry, from_square
 from ..engine.train import TrainControl, TrainEvent, resolve_device
-from ..engine.components import ONE_OBJECT_SHARE, keep_objects, largest_share
+from ..engine.components import ONE_OBJECT_SHARE, objects_kept
 from .corrections import Corrections, default_run_folder
 from .inputs import layer_volume, training_inputs
 from .names import OUTPUT_LAYERS
@@ -270,10 +270,8 @@ class UUDSController(ReviewActions):
         if self.target is None or self.prediction is None or self.status.running:
             return
         if objects != "all":
-            self.collect_corrections()  # what the user painted last counts
             before = int((self.prediction.seg > 0).sum())
-            share = largest_share(self.prediction.seg)
-            self.prediction.seg = keep_objects(self.prediction.seg, objects, self.painted())
+            share = self._keep_objects()
             removed = before - int((self.prediction.seg > 0).sum())
             self._show_prediction()
             if share is None:
@@ -286,6 +284,14 @@ class UUDSController(ReviewActions):
                                        f"{before} in other, unpainted pieces became background")
         else:
             self.status.message = "every piece is kept from the next prediction: Re-predict volume brings them back"
+
+    def _keep_objects(self) -> float | None:
+        """Apply the model's ``objects`` setting to the whole prediction as it stands, every piece the user painted
+        kept (the corrections collected first: what was painted last counts); returns the largest piece's share of
+        the prediction (None: nothing predicted)."""
+        self.collect_corrections()
+        self.prediction.seg, share = objects_kept(self.prediction.seg, self.model.cfg.objects, self.painted())
+        return share
 
     def _set_prediction_option(self, key: str, value: str, what: str) -> None:
         """Set a prediction setting of the parameters and the model's config (``key``, the same name in both) and
@@ -363,8 +369,7 @@ class UUDSController(ReviewActions):
         for key in ("synthetic", "seg", "entropy"):
             getattr(self.prediction, key)[where] = getattr(pred, key)
         if self.model.cfg.objects != "all":  # a volume's pieces: decided on the whole volume, as predict_volume does
-            self.collect_corrections()
-            self.prediction.seg = keep_objects(self.prediction.seg, self.model.cfg.objects, self.painted())
+            self._keep_objects()
         self._show_prediction()
         return i
 
