@@ -91,7 +91,9 @@ def run_seed(seed: int, ctx: dict) -> dict:
             t0 = time.perf_counter()
             dice = []
             for t, r, c in zip(targets, refs, chosen):
-                p = predict_volume(model, t.volume, norm=t.norm)
+                # as the widget and `finetune` do: a painted (corrected) piece is kept whatever objects decides
+                keep = keep_corrections(np.zeros_like(r.data), r.data, c, axis) > 0
+                p = predict_volume(model, t.volume, norm=t.norm, keep=keep)
                 dice.append(dice_of(keep_corrections(p.seg, r.data, c, axis), r, t.volume.spacing, names))
             out["predict_s"].append(round(time.perf_counter() - t0, 1))
             out["finetune_s"].append(round(ft_s, 1))

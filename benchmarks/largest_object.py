@@ -6,7 +6,9 @@ the rows named, writes ``<row>_largest_s<seed>`` (``objects = "largest"``, round
 ``benchmarks/agreement.py`` reads all three (the label-free gates L2 and M1). It prints, label-free, each mask's number
 of pieces, the share of its voxels in the largest, and its voxels before and after (``largest``; ``auto``). With
 ``--score`` it also scores all three against the protocol's target labels (Dice %, scoring only: the rules of rounds
-23 and 24 decide on the source and on label-free figures).
+23 and 24 decide on the source and on label-free figures). Since round 24 the engine's default keeps objects ``auto``,
+so run.py's ``uuds`` masks are already pruned: name the paired row ``uuds_objects_all`` (every piece) to start from
+the network's own masks.
 
     python benchmarks/largest_object.py --masks DIR --protocol A2 --rows uuds
     python benchmarks/largest_object.py --masks DIR --protocol A2 --rows uuds --score --data DATA --json OUT.json

@@ -14,7 +14,10 @@ whatever it is), ``uuds_no_gin`` / ``uuds_gin`` (source randomisation off / alwa
 rows that change one lever (``ADAPT_ROWS``), the paper's Table-3 ablations, ``tcsa``, ``uuds+tcsa`` and
 ``upper`` (supervised on the target contrast). The mapping of every row to its settings is ``ADAPT_ROWS`` and
 ``SOURCE_ROWS`` below; docs/method.md says why each exists.
-Target labels are read for scoring only.
+Target labels are read for scoring only. Every row's volumes are predicted through the engine's own path, so each
+keeps what the engine's default keeps of its predicted object (``objects auto`` since round 24, the bounds and the
+simple rows included; ``uuds_paper`` keeps every piece): the bounds quoted before round 24 (e.g. A1's 41.2 and 69.3
+at 600 steps) were measured with every piece kept.
 
 Writes ``benchmarks/results/quality_<protocol>.json`` after every run (a crash keeps what was done;
 re-running skips the (row, seed) pairs already there with the same settings) and regenerates
@@ -140,21 +143,24 @@ SOURCE_ROWS = {"lower": {"randomise": "none"}, "gin_only": {"randomise": "gin"},
 ROWS = ["lower", "histmatch", "pseudo", "gin_only", "uuds_paper", "uuds", "uuds_no_gin", "uuds_gin",
         "uuds_gin_dd_printed", "uuds_gin_no_body_mask", "uuds_gin_no_guard", "uuds_gin_mm", "uuds_gin_size_log",
         "uuds_gin_into_segmenter", "uuds_gin_both", "gin_only_both", "uuds_useg_present",
-        "uuds_useg_ce", "uuds_useg_detached", "uuds_pseudo_floor", "uuds_zoom", "uuds_teacher", "uuds_invert", "uuds_fine", "uuds_edges", "uuds_pseudo_edges", "uuds_pseudo_edges_refined", "uuds_largest", "uuds_tta", "uuds_no_ema_tta", "uuds_no_ema",
+        "uuds_useg_ce", "uuds_useg_detached", "uuds_pseudo_floor", "uuds_zoom", "uuds_teacher", "uuds_invert", "uuds_fine", "uuds_edges", "uuds_pseudo_edges", "uuds_pseudo_edges_refined", "uuds_largest", "uuds_objects_all", "uuds_tta", "uuds_no_ema_tta", "uuds_no_ema",
         "uuds_no_pseudo_band", "uuds_no_pseudo_refine",
         "uuds_no_pass_bn", "uuds_dd_printed", "uuds_no_body_mask", "uuds_no_guard", "uuds_no_domain_prompt",
         "uuds_no_seg_prompt", "uuds_no_uncertainty", "tcsa", "uuds+tcsa", "tcsa_no_adv", "tcsa_no_proto",
         "tcsa_no_text_head", "tcsa_no_cov", "tcsa_mpcl", "tcsa_infonce", "tcsa_v1", "upper"]
 #: rows scored from another row's runs (round 13): the default's run scored with its last step's weights instead of
 #: their average (``uuds_no_ema``: rounds 4-12's way), and with test-time augmentation: row -> (the row that trains,
-#: weights, tta). The weight average changes nothing in training, so these are the same runs, paired.
+#: weights, tta, refine[, objects]; without objects, the model's own). The weight average changes nothing in training,
+#: so these are the same runs, paired.
 PAIRED_ROWS = {"uuds_no_ema": ("uuds", "last", "none", "none"), "uuds_tta": ("uuds", "ema", "d8", "none"),
                "uuds_no_ema_tta": ("uuds", "last", "d8", "none"),
                # round 18: the same run's prediction with the boundary refined on the target's edges
                "uuds_edges": ("uuds", "ema", "none", "edges"),
                "uuds_pseudo_edges_refined": ("uuds_pseudo_edges", "ema", "none", "edges"),
                # round 23: the same run's prediction, its largest connected object only
-               "uuds_largest": ("uuds", "ema", "none", "none", "largest")}
+               "uuds_largest": ("uuds", "ema", "none", "none", "largest"),
+               # round 24's default (objects auto) off: every piece of the same run's prediction kept
+               "uuds_objects_all": ("uuds", "ema", "none", "none", "all")}
 MAIN_ROWS = {"lower", "histmatch", "pseudo", "gin_only", "uuds_paper", "uuds", "upper"}
 DESCRIPTIONS = {
     "tumour": "a brain tumour with surrounding oedema",
@@ -261,12 +267,13 @@ def _evaluate(model: UUDS, targets: list[PreparedVolume], refs: list[Volume], cl
 def score_ways(model: UUDS, ways: dict[str, tuple[str, ...]], score) -> dict:
     """One trained run scored several ways (round 13): ``ways`` = name -> (weights, tta, refine[, objects]), weights
     ``last`` (the last step's, ``model.last_iterate_state``) or ``ema`` (the average the run ended with), refine a
-    boundary refinement (round 18), objects what of the object is kept (round 23; default ``all``). Returns name ->
+    boundary refinement (round 18), objects what of the object is kept (round 23; default: the model's own, so a way
+    changes only what it names). Returns name ->
     score(model, name); the model ends as it came (the average loaded, its own tta, refinement and objects)."""
     average = {k: v.clone() for k, v in model.state_dict().items()}
     own, out = (model.cfg.tta, model.cfg.refine, model.cfg.objects), {}
     for name, way in ways.items():
-        which, tta, refine, objects = (*way, "all") if len(way) == 3 else way
+        which, tta, refine, objects = (*way, own[2]) if len(way) == 3 else way
         model.load_state_dict(model.last_iterate_state if which == "last" else average)
         model.cfg.tta, model.cfg.refine, model.cfg.objects = tta, refine, objects
         out[name] = score(model, name)
@@ -461,7 +468,10 @@ def main(argv: list[str] | None = None) -> int:
     results.mkdir(parents=True, exist_ok=True)
     out = results / f"quality_{args.protocol}.json"
     settings = {"steps": args.steps, "batch_size": args.batch_size, "lr": args.lr, "model": cfg.arch,
-                "image_size": cfg.image_size, "threshold": args.threshold, "pseudo_steps": ctx["pseudo_steps"]}
+                "image_size": cfg.image_size, "threshold": args.threshold, "pseudo_steps": ctx["pseudo_steps"],
+                # what every row's prediction keeps of its object unless the row says otherwise (round 24's default
+                # auto; a file without it was written with every piece kept: its runs are not mixed with these)
+                "objects": cfg.objects}
     doc = json.loads(out.read_text()) if out.exists() and not args.fresh else {}
     if doc and any(doc.get(k) != v for k, v in settings.items()):
         print(f"benchmark: settings differ from {out.name}: starting afresh", file=sys.stderr)

@@ -54,8 +54,10 @@ VARIANTS: dict[str, tuple[str, dict, dict, dict]] = {
 
 
 #: the ways one run is scored (weights x test-time augmentation, round 13; the refined boundary, round 18; the largest
-#: object, rounds 23-24)
-WAYS = ["last", "last_d8", "ema", "ema_d8", "ema_edges", "ema_largest", "ema_auto"]
+#: object, rounds 23-24; every piece kept, round 24's default off). Each way changes only what its name says: the rest is
+#: the model's own (since round 24 the default model keeps objects "auto", so for it ``ema`` and ``ema_auto`` are the
+#: same; the paper recipe's keeps "all")
+WAYS = ["last", "last_d8", "ema", "ema_d8", "ema_edges", "ema_largest", "ema_auto", "ema_all"]
 
 
 def run_variant(name: str, seed: int, ctx: dict) -> dict:
@@ -93,6 +95,7 @@ def run_variant(name: str, seed: int, ctx: dict) -> dict:
         ways["ema_edges"] = ("ema", "none", "edges")  # round 18: the boundary refined on the image's own edges
         ways["ema_largest"] = ("ema", "none", "none", "largest")  # round 23: the largest connected object only
         ways["ema_auto"] = ("ema", "none", "none", "auto")  # round 24: the same where it holds 80 % of the prediction
+        ways["ema_all"] = ("ema", "none", "none", "all")  # every piece (the default until round 24)
         ways = {k: v for k, v in ways.items() if not ctx.get("ways") or k in ctx["ways"] or k == own}
         paired = bench.score_ways(model, ways, lambda m, _way: _score(m, ctx))
     scores = paired[own] if paired else _score(model, ctx)  # what the run ended with: its average, its own tta
@@ -165,7 +168,8 @@ def main(argv: list[str] | None = None) -> int:
            "targets": bench._load(data, proto, proto["test"], proto["target"], cfg, False)}
     out = Path(args.results) / f"source_validation_{args.protocol}.json"
     settings = {"steps": args.steps, "batch_size": args.batch_size, "lr": args.lr,
-                **({"warmup": args.warmup} if args.warmup is not None else {})}
+                **({"warmup": args.warmup} if args.warmup is not None else {}),
+                "objects": cfg.objects}  # round 24's default: a file written with every piece kept starts afresh
     doc = json.loads(out.read_text()) if out.exists() else {}
     if doc and any(doc.get(k) != v for k, v in settings.items()):
         doc = {}

@@ -245,12 +245,13 @@ def test_recipe_and_lever_options_reach_the_run(vols, tmp_path):
     assert cfg["train"]["recipe"] == "paper" and cfg["train"]["randomise"] == "none" and not cfg["train"]["guard"]
     assert cfg["train"]["randomise_invert"] == 0.0
     assert cfg["loss_weights"]["dd_form"] == "printed" and cfg["model"]["body_mask"] is False
+    assert cfg["model"]["objects"] == "all"  # the paper's letter keeps every piece
     out = tmp_path / "default"
     assert _adapt(vols, out, **{"--randomise-p": 0.5}) == 0
     cfg = json.loads((out / "config.json").read_text())
     assert (cfg["train"]["recipe"], cfg["train"]["randomise"], cfg["train"]["randomise_p"]) == ("uuds", "auto", 0.5)
     assert cfg["train"]["randomise_invert"] == 0.5  # round 16's default
-    assert cfg["model"]["objects"] == "all"  # round 23: the largest object only is an option, not the default
+    assert cfg["model"]["objects"] == "auto"  # round 24's default
     assert cfg["loss_weights"]["dd_form"] == "infonce" and cfg["model"]["body_mask"] is True and cfg["train"]["guard"]
     argv = ["adapt", "--quiet", "--recipe", "paper", "--randomise", "gin", "--dd-form", "infonce", "--body-mask",
             "--useg-absent", "skip", "--randomise-into", "both", "--useg-form", "ce_balanced", "--useg-flow", "segmenter",
@@ -308,12 +309,12 @@ def test_predict_post_processing_overrides_reach_the_cohort_path(vols, tmp_path)
     assert {k: summary[k] for k in ("tta", "refine", "objects")} == {"tta": "none", "refine": "none",
                                                                       "objects": "largest"}  # what ran is recorded
     cfg = json.loads((out / "config.json").read_text())["model"]
-    assert (cfg["objects"], cfg["refine"]) == ("all", "none")  # overrides, not saved
+    assert (cfg["objects"], cfg["refine"]) == ("auto", "none")  # overrides, not saved (the default kept)
     model, _ = ckpt.load_checkpoint(out)
     model.cfg.refine = "edges"
     vol = load_volume(vols["tgt"])
     engine = vol.to_file_order(predict_volume(model, vol).seg)  # the file's voxel order, as the command writes it
-    assert (engine != seg["all"]).any()  # the refinement moved something
+    assert (engine != seg["auto"]).any()  # the refinement moved something (both keep the saved objects auto)
     np.testing.assert_array_equal(seg["edges"], engine)
 
 

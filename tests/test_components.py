@@ -101,7 +101,8 @@ def test_objects_is_an_option_of_the_model_applied_after_prediction(tiny_model, 
     with pytest.raises(UUDSError, match="unknown objects setting"):
         ModelConfig(objects="biggest")
     vol = load_volume(cord["t1"])
-    plain = predict_volume(tiny_model, vol)
+    assert tiny_model.cfg.objects == "auto"  # round 24's default
+    plain = predict_with(tiny_model, vol, objects="all")
     kept = predict_with(tiny_model, vol, objects="largest")
     np.testing.assert_array_equal(kept.entropy, plain.entropy)  # the network's uncertainty is not touched
     np.testing.assert_array_equal(kept.seg, keep_largest_object(plain.seg))
@@ -109,10 +110,10 @@ def test_objects_is_an_option_of_the_model_applied_after_prediction(tiny_model, 
     assert not ((kept.seg > 0) & (plain.seg == 0)).any()  # only removes
     # after the boundary refinement, on what it left (infer.finish_seg's order)
     both = predict_with(tiny_model, vol, objects="largest", refine="edges")
-    refined = predict_with(tiny_model, vol, refine="edges")
-    assert (tiny_model.cfg.objects, tiny_model.cfg.refine) == ("all", "none")
+    refined = predict_with(tiny_model, vol, objects="all", refine="edges")
+    assert (tiny_model.cfg.objects, tiny_model.cfg.refine) == ("auto", "none")
     np.testing.assert_array_equal(both.seg, keep_largest_object(refined.seg))
-    auto = predict_with(tiny_model, vol, objects="auto")  # decided on the volume's own prediction
+    auto = predict_volume(tiny_model, vol)  # the default: decided on the volume's own prediction
     np.testing.assert_array_equal(auto.seg, keep_objects(plain.seg, "auto"))
     # finish_seg, where every volume prediction ends, takes either branch of auto as the share says
     norm = None  # unused without a refinement
@@ -124,3 +125,25 @@ def test_objects_is_an_option_of_the_model_applied_after_prediction(tiny_model, 
         assert (out != mask).any() == pruned
     saved_without(tiny_model, tmp_path / "old", "objects")  # written before the option existed
     assert ckpt.read_config(tmp_path / "old")["model"]["objects"] == "all"
+
+
+def test_pieces_found_in_the_objects_box_give_what_the_whole_volume_gives():
+    """objects_kept labels only the box around the object: padding the volume with background (the box then lies
+    elsewhere in a larger scan) changes nothing, painted pieces and the classes' own pieces included."""
+    rng = np.random.default_rng(3)
+    seg = np.zeros((20, 24, 18), np.uint8)
+    for _ in range(9):  # blobs of three classes, some touching, some apart
+        z, y, x = rng.integers(2, 16, 3)
+        seg[z:z + rng.integers(1, 5), y:y + rng.integers(1, 6), x:x + rng.integers(1, 4)] = rng.integers(1, 4)
+    keep = np.zeros(seg.shape, bool)
+    keep[tuple(np.argwhere(seg > 0)[-1])] = True  # a painted voxel, in the last piece in C order
+    pad = ((3, 5), (0, 7), (6, 1))
+    for mode in ("largest", "auto"):
+        out, share = objects_kept(seg, mode, keep)
+        big, big_share = objects_kept(np.pad(seg, pad), mode, np.pad(keep, pad))
+        assert share == big_share
+        np.testing.assert_array_equal(big[3:-5, :-7, 6:-1], out)
+        outside = np.ones(big.shape, bool)
+        outside[3:-5, :-7, 6:-1] = False
+        assert not big[outside].any()
+    assert (objects_kept(seg, "largest")[0] > 0).sum() < (seg > 0).sum()  # pieces went: the test reached the pruning

@@ -235,7 +235,9 @@ def test_objects_choice_keeps_the_largest_piece_and_every_painted_one_and_is_sav
     viewer, w = ready
     w.steps.value = 1
     w.ctl.adapt_and_segment(w.source.value, w.source_labels.value, w.target.value)
-    assert w.ctl.model.cfg.objects == w.params.objects == w.objects.value == "all"
+    assert w.ctl.model.cfg.objects == w.params.objects == w.objects.value == "auto"  # round 24's default
+    w.objects.value = "all"
+    assert w.ctl.model.cfg.objects == "all" and "Re-predict volume" in w.status.message
     p = w.ctl.prediction
     p.seg[...] = 0
     p.seg[5:15, 5:15, 5:15] = 1  # the largest piece

@@ -205,7 +205,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="what of each predicted volume's object is kept: all; largest: its largest connected piece "
                         "only (round 23 of docs/method.md: it helps the cord a little and costs BraTS FLAIR -> T1c "
                         "much); auto: the largest piece where it holds at least 80 %% of the volume's prediction, "
-                        "every piece otherwise (round 24) (default: all)")
+                        "every piece otherwise (round 24) (default: the recipe's: auto in uuds, all in paper)")
     a.add_argument("--fine-skips", action=argparse.BooleanOptionalAction, default=None,
                    help="let the translator's image decoder read the slice itself at half and full resolution "
                         "(round 17 of docs/method.md) (default: the recipe's)")

@@ -158,9 +158,11 @@ class ModelConfig:
     #: boundary refinement of a predicted volume (see REFINES): "edges" lets the target's own edges move the boundary
     #: within 2 voxels (engine/refine.py). A config.json without the key reads as "none" (checkpoint.read_config).
     refine: str = "none"
-    #: what of a predicted volume's object is kept (see OBJECTS), after any refinement. A config.json without the key
+    #: what of a predicted volume's object is kept (see OBJECTS), after any refinement: "auto", the largest connected
+    #: piece where it holds at least 80 % of the prediction and every piece otherwise (chosen by round 24 of
+    #: docs/method.md's rule; the paper recipe keeps "all"). A config.json without the key (written before round 23)
     #: reads as "all" (checkpoint.read_config).
-    objects: str = "all"
+    objects: str = "auto"
     #: test-time augmentation (see TTAS). A config.json without the key reads as "none" (checkpoint.read_config).
     tta: str = "none"
     #: TCSA's text-conditioned segmentation head (engine/text_head.py; the authors' model): the class texts of the
@@ -435,13 +437,15 @@ class TrainConfig:
 #: form, nothing outside the body, the guards, source randomisation ``auto`` (round 2 of the rule of docs/method.md),
 #: pass-specific batch-norm statistics (round 4), the pseudo label's size band with 600 steps (round 12), the weights
 #: averaged over the run's second half (round 13), GIN's randomised slices inverted half the time (round 16), the
-#: pseudo label refined on the target's edges where the source's labels follow the source's (round 21));
+#: pseudo label refined on the target's edges where the source's labels follow the source's (round 21), the largest
+#: object kept where the prediction is already mostly one piece (round 24));
 #: ``paper`` = the paper's letter (L_DD as printed, no guard, predictions anywhere in the frame, shared batch-norm
-#: statistics, the pseudo label as Eq. 6-7 print it, the last step's weights, no randomisation). Each maps to
+#: statistics, the pseudo label as Eq. 6-7 print it, the last step's weights, no randomisation, every piece of the
+#: predicted object kept). Each maps to
 #: overrides of (ModelConfig, TrainConfig, LossWeights).
 RECIPES: dict[str, tuple[dict[str, Any], dict[str, Any], dict[str, Any]]] = {
     "uuds": ({}, {}, {}),
-    "paper": ({"body_mask": False, "pass_bn": False, "fine_skips": False, "refine": "none"},
+    "paper": ({"body_mask": False, "pass_bn": False, "fine_skips": False, "refine": "none", "objects": "all"},
               {"randomise": "none", "randomise_invert": 0.0, "guard": False, "pseudo_prior": "none", "ema_decay": 0.0,
                "pseudo_refine": "none"},
               {"dd_form": "printed"}),

@@ -139,7 +139,7 @@ class UUDSWidget(Container):
             self.objects: ("what of the predicted object the whole volume keeps: every piece; only the largest "
                            "connected piece (and every piece you painted), which tidied the cord a little and cost "
                            "BraTS FLAIR -> T1c much (round 23 of docs/method.md); or the largest only where it holds "
-                           "at least 80 % of the prediction (round 24). Saved with the weights. Chosen here it applies "
+                           "at least 80 % of the prediction (round 24; the default). Saved with the weights. Chosen here it applies "
                            "at once; back to every piece, Re-predict volume brings the other pieces back"),
             self.adapt_btn: "train (source labels + unlabelled target), then segment the whole target",
             self.train_btn: "train only; Re-predict volume segments afterwards",
