@@ -74,7 +74,8 @@ def main(argv: list[str] | None = None) -> int:
     viewer.window.add_dock_widget(w, name="UUDS adapt & segment")
     seg, truth, dice = show_result(viewer, w, args.weights, args.slice)
     w.status.message = "segmentation, entropy, uncertain region and synthetic source updated"
-    napari.qt.get_qapp().processEvents()
+    for _ in range(20):  # a wrapped status line takes a few rounds of layout to reach its height
+        napari.qt.get_qapp().processEvents()
     viewer.screenshot(args.out, canvas_only=False, flash=False)
     pred, ref = np.asarray(seg.data) > 0, np.asarray(truth.data) > 0
     print(f"wrote {args.out}: predicted {int(pred.sum())} voxels, true {int(ref.sum())}, "

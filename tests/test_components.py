@@ -89,7 +89,8 @@ def test_objects_kept_gives_the_share_it_decided_on():
         for mode in ("largest", "auto"):
             out, share = objects_kept(mask, mode)
             assert share == pytest.approx(largest_share(mask))  # the share of the prediction, before anything goes
-            np.testing.assert_array_equal(out, keep_objects(mask, mode))
+            pruned = mode == "largest" or share >= ONE_OBJECT_SHARE
+            assert (out > 0).sum() == ((keep_largest_object(mask) > 0).sum() if pruned else (mask > 0).sum())
     out, share = objects_kept(seg, "all")
     assert out is seg and share is None  # every piece: nothing labelled
     assert objects_kept(np.zeros((3, 3, 3)), "largest")[1] is None
