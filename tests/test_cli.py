@@ -106,6 +106,8 @@ def test_adapt_predict_evaluate_roundtrip(vols, tmp_path, capsys):
     m = json.loads((out / "metrics.json").read_text())
     assert set(m["volumes"]["tgt"]) >= {"dice", "assd_mm", "hd95_mm"} and "dice_mean" in m["mean"]
     seg = nib.load(str(out / "tgt_seg.nii.gz"))
+    report = m["objects"]["tgt"]  # what the default's objects auto did, with the scores it changed
+    assert report["objects"] == "auto" and report["voxels"] - report["voxels_removed"] == (seg.get_fdata() > 0).sum()
     np.testing.assert_allclose(seg.affine, nib.load(str(vols["tgt"])).affine)
     # predict with the saved weights and a new threshold
     out2 = tmp_path / "pred"
@@ -308,6 +310,12 @@ def test_predict_post_processing_overrides_reach_the_cohort_path(vols, tmp_path)
     summary = json.loads((tmp_path / "largest" / "summary.json").read_text())
     assert {k: summary[k] for k in ("tta", "refine", "objects")} == {"tta": "none", "refine": "none",
                                                                       "objects": "largest"}  # what ran is recorded
+    for name in ("all", "auto"):  # each volume's row says what went
+        row = json.loads((tmp_path / name / "summary.json").read_text())["volumes"][0]
+        removed = int((seg["all"] > 0).sum() - (seg[name] > 0).sum())
+        assert (row["largest_share"], row["voxels_removed"]) == \
+            ((None, None) if name == "all" else (round(largest_share(seg["all"]), 4), removed))
+    assert "voxels_removed" in (tmp_path / "auto" / "summary.csv").read_text().splitlines()[0]
     cfg = json.loads((out / "config.json").read_text())["model"]
     assert (cfg["objects"], cfg["refine"]) == ("auto", "none")  # overrides, not saved (the default kept)
     model, _ = ckpt.load_checkpoint(out)

@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 
 from napari_uuds.engine import checkpoint as ckpt
-from napari_uuds.engine.components import ONE_OBJECT_SHARE, keep_largest_object, keep_objects, largest_share, objects_kept
+from napari_uuds.engine.components import (ONE_OBJECT_SHARE, describe_objects, keep_largest_object, keep_objects,
+                                           largest_share, objects_kept, objects_report)
 from napari_uuds.engine.config import ModelConfig
 from napari_uuds.engine.errors import UUDSError
 from napari_uuds.engine.infer import finish_seg, predict_volume
@@ -94,6 +95,12 @@ def test_objects_kept_gives_the_share_it_decided_on():
     out, share = objects_kept(seg, "all")
     assert out is seg and share is None  # every piece: nothing labelled
     assert objects_kept(np.zeros((3, 3, 3)), "largest")[1] is None
+    one = np.zeros((5, 5, 5), np.uint8)
+    one[1:3, 1:3, 1:3] = 1
+    assert describe_objects(objects_report("auto", 8, *objects_kept(one, "auto"))) == \
+        "the prediction is one piece: nothing removed"
+    assert describe_objects(objects_report("auto", 0, *objects_kept(one * 0, "auto"))).startswith("nothing predicted")
+    assert describe_objects(objects_report("all", 8, one, None)) == "every piece kept"
     with pytest.raises(ValueError, match="all, largest or auto"):
         objects_kept(seg, "biggest")
 
@@ -116,14 +123,22 @@ def test_objects_is_an_option_of_the_model_applied_after_prediction(tiny_model, 
     np.testing.assert_array_equal(both.seg, keep_largest_object(refined.seg))
     auto = predict_volume(tiny_model, vol)  # the default: decided on the volume's own prediction
     np.testing.assert_array_equal(auto.seg, keep_objects(plain.seg, "auto"))
+    assert plain.objects is None  # every piece: nothing to report
+    assert auto.objects == {"objects": "auto", "largest_share": round(largest_share(plain.seg), 4),
+                            "voxels": int((plain.seg > 0).sum()),
+                            "voxels_removed": int((plain.seg > 0).sum() - (auto.seg > 0).sum())}
     # finish_seg, where every volume prediction ends, takes either branch of auto as the share says
     norm = None  # unused without a refinement
     for mask, pruned in ((_two_pieces(), True), (np.pad(_two_pieces(), ((0, 0), (0, 0), (0, 8)), mode="wrap"), False)):
         share = largest_share(mask)
         assert (share >= ONE_OBJECT_SHARE) == pruned
-        out = finish_seg(ModelConfig(objects="auto"), mask, mask, norm, (1.0, 1.0, 1.0))
+        out, report = finish_seg(ModelConfig(objects="auto"), mask, mask, norm, (1.0, 1.0, 1.0))
         np.testing.assert_array_equal(out, keep_largest_object(mask) if pruned else mask)
         assert (out != mask).any() == pruned
+        assert (report["voxels_removed"] > 0) == pruned and report["largest_share"] == round(share, 4)
+        said = describe_objects(report)
+        assert said.startswith("largest object kept (96% of the prediction): 8 of 225 voxels") if pruned else \
+            said == "every piece kept: the largest holds 49% of the prediction (under 80%)"
     saved_without(tiny_model, tmp_path / "old", "objects")  # written before the option existed
     assert ckpt.read_config(tmp_path / "old")["model"]["objects"] == "all"
 

@@ -145,6 +145,11 @@ def test_training_through_the_worker_gives_four_layers(ready, qtbot):
     assert threads == {threading.main_thread().name}
     # the whole-volume segmentation after training says how far it is, not only that it runs
     assert any(m.startswith("segmenting the target volume: ") and m.endswith(" slices") for m in messages), messages
+    # and, once done, what the default's objects auto did to it
+    from napari_uuds.engine.components import describe_objects
+
+    assert w.ctl.prediction.objects["objects"] == "auto"
+    assert messages[-1].endswith("; " + describe_objects(w.ctl.prediction.objects, painted=True)), messages[-1]
     assert gc.get_freeze_count() == 0
     assert sys.modules.get("triton", "absent") is not None
 
@@ -257,9 +262,9 @@ def test_objects_choice_keeps_the_largest_piece_and_every_painted_one_and_is_sav
     shown = np.asarray(seg.data)
     assert shown[5:15, 5:15, 5:15].all() and shown[20:23, 20:23, 20:23].all()  # kept: the largest, the painted
     assert not shown[30:32, 30:32, 30:32].any() and not shown[5:15, 40:50, 40:43].any()  # gone: the unpainted
-    assert "308 voxels" in w.status.message and w.ctl.model.cfg.objects == "largest"
+    assert "308 of 1336 voxels" in w.status.message and w.ctl.model.cfg.objects == "largest"
     w.objects.value = "auto"  # on what is left: 1000 of 1028 voxels in the largest, the rest painted: nothing goes
-    assert "(97% of the prediction): 0 voxels" in w.status.message
+    assert "(97% of the prediction): 0 of 1028 voxels" in w.status.message
     w.objects.value = "largest"
     w.ctl.predict_current_slice()  # a re-predicted slice: the pieces are decided on the whole volume again
     np.testing.assert_array_equal(w.ctl.prediction.seg, keep_largest_object(w.ctl.prediction.seg, w.ctl.painted()))

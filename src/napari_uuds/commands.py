@@ -11,6 +11,7 @@ from tqdm.auto import tqdm
 
 from .engine import checkpoint as ckpt
 from .engine.atomic import atomic_write
+from .engine.components import describe_objects
 from .engine.config import (DEFAULT_DOMAIN_PROMPT, LossWeights, ModelConfig, TrainConfig, from_dict, recipe_overrides,
                             to_dict)
 from .engine.dataset import choose_mm_per_pixel, load_source_pairs, load_targets, reslice
@@ -255,13 +256,15 @@ def _adapt(args, ctx, t_start: float) -> int:
         del gen  # what only training needed; its buffers go back to the system before segmenting
         model.optimizer_state = None
         release_host_memory()
-        rows = {}
+        rows, pieces = {}, {}
         pbar = tqdm(total=sum(t.image.shape[0] for t in targets), desc="segmenting", unit="slice",
                     disable=args.quiet, file=sys.stderr, dynamic_ncols=True)
         try:
             for i, (tp, name) in enumerate(zip(targets, names)):
                 pred = job.predict(i, progress=pbar.update)
                 write_prediction(pred, tp.volume, out, name, tcfg.threshold)
+                if pred.objects is not None:
+                    pieces[name] = pred.objects
                 if tlabels:
                     rows[name] = score_classes(pred.seg, tlabels[i].data, tp.volume.spacing, mcfg.class_names)
         except KeyboardInterrupt:
@@ -274,8 +277,11 @@ def _adapt(args, ctx, t_start: float) -> int:
                             f"segment elsewhere with napari-uuds predict --weights {out}", exc.filename or out) from None
         pbar.close()
         wall = time.perf_counter() - t_start
+        for name, report in pieces.items():  # what --objects removed, before the scores that include it
+            _say(f"{name}: {describe_objects(report)}", args.quiet)
         if rows:
-            doc = write_metrics(out / "metrics.json", rows, {"wall_s": wall, "train_s": train_s, "device": str(device)})
+            doc = write_metrics(out / "metrics.json", rows, {"wall_s": wall, "train_s": train_s, "device": str(device),
+                                                             **({"objects": pieces} if pieces else {})})
             for name, r in rows.items():
                 assd = "n/a (empty prediction)" if r["assd_mm"] is None else f"{r['assd_mm']:.2f} mm"
                 print(f"{name}: Dice {r['dice']:.1f} %  ASSD {assd}")
@@ -343,13 +349,16 @@ def cmd_predict(args) -> int:
                         raise UUDSError(f"could not write the predictions ({exc.strerror or exc})",
                                         exc.filename or out) from None
                     fg = int((pred.seg > 0).sum())
+                    kept = pred.objects or {}
                     row.update(shape="x".join(map(str, r.volume.data.shape)), foreground_voxels=fg,
                                object_mm3=round(fg * float(np.prod(r.volume.spacing)), 1),
                                mean_entropy=round(float(pred.entropy.mean()), 4),
                                uncertain_fraction=round(float((~pred.certain(chi)).mean()), 4),
+                               largest_share=kept.get("largest_share"), voxels_removed=kept.get("voxels_removed"),
                                seconds=round(r.seconds, 2))
                     if not args.quiet:
-                        bar.write(f"{name}: {fg} foreground voxels, mean entropy {pred.entropy.mean():.3f}")
+                        bar.write(f"{name}: {fg} foreground voxels, mean entropy {pred.entropy.mean():.3f}"
+                                  + (f"; {describe_objects(pred.objects)}" if pred.objects else ""))
                 rows.append(row)
                 del r
                 release_host_memory()
@@ -363,7 +372,7 @@ def cmd_predict(args) -> int:
 
 SUMMARY_CSV, SUMMARY_JSON = "summary.csv", "summary.json"
 SUMMARY_FIELDS = ["name", "path", "status", "error", "shape", "foreground_voxels", "object_mm3", "mean_entropy",
-                  "uncertain_fraction", "seconds"]
+                  "uncertain_fraction", "largest_share", "voxels_removed", "seconds"]
 
 
 def write_summary(out: Path, rows: list[dict], extra: dict) -> None:
@@ -533,6 +542,8 @@ def cmd_finetune(args) -> int:
             # the painted object keeps its pieces whatever the model keeps (--objects largest or auto)
             pred = predict_volume(model, vol, progress=pbar.update, norm=target.norm, keep=kept > 0)
         apply_corrections(pred, corr.data, slices, mcfg.axis)
+        if pred.objects is not None:
+            _say(f"{name}: {describe_objects(pred.objects, painted=True)}", args.quiet)
         try:
             write_prediction(pred, vol, out, name, tcfg.threshold)
             save_like(kept, vol, out / f"{name}_corrections.nii.gz", dtype=np.uint8)
@@ -541,7 +552,8 @@ def cmd_finetune(args) -> int:
                             exc.filename or out) from None
         if tlabel is not None:
             r = score_classes(pred.seg, tlabel.data, vol.spacing, mcfg.class_names)
-            write_metrics(out / "metrics.json", {name: r}, {"finetune_s": ft_s, "slices": slices})
+            write_metrics(out / "metrics.json", {name: r}, {"finetune_s": ft_s, "slices": slices,
+                                                            **({"objects": {name: pred.objects}} if pred.objects else {})})
             assd = "n/a (empty prediction)" if r["assd_mm"] is None else f"{r['assd_mm']:.2f} mm"
             print(f"{name}: Dice {r['dice']:.1f} %  ASSD {assd}")
     print(f"wrote {out} in {time.perf_counter() - t_start:.0f} s (fine-tuning {ft_s:.0f} s)")

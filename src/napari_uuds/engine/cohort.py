@@ -125,8 +125,9 @@ def iter_cohort(model: UUDS, paths: list[Path], batch_size: int = 16, domain_pro
             vol.left -= n
             at += n
             if vol.left == 0:  # the volume is whole: its post-processing, as predict_volume ends
-                vol.seg = finish_seg(cfg, vol.seg, vol.volume.data, vol.norm, vol.volume.spacing)
-                yield CohortResult(vol.index, vol.path, vol.volume, VolumePrediction(vol.syn, None, vol.seg, vol.ent),
+                vol.seg, report = finish_seg(cfg, vol.seg, vol.volume.data, vol.norm, vol.volume.spacing)
+                yield CohortResult(vol.index, vol.path, vol.volume,
+                                   VolumePrediction(vol.syn, None, vol.seg, vol.ent, report),
                                    seconds=time.perf_counter() - vol.t0)
         todo, filled = [], 0
         release_host_memory(collect=False)

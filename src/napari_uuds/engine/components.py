@@ -105,3 +105,28 @@ def _bounding_box(obj: np.ndarray) -> tuple[slice, ...]:
 def keep_objects(seg: np.ndarray, mode: str, keep: np.ndarray | None = None) -> np.ndarray:
     """``seg`` with what ``mode`` keeps of its object: :func:`objects_kept` without the share."""
     return objects_kept(seg, mode, keep)[0]
+
+
+def objects_report(mode: str, before: int, after: np.ndarray, share: float | None) -> dict | None:
+    """What ``objects`` did to one volume, for the record (metrics.json, summary.json) and :func:`describe_objects`:
+    {"objects": mode, "largest_share", "voxels" (predicted before), "voxels_removed"}; None for ``all``."""
+    if mode == "all":
+        return None
+    return {"objects": mode, "largest_share": None if share is None else round(share, 4), "voxels": before,
+            "voxels_removed": before - int(np.count_nonzero(after))}
+
+
+def describe_objects(report: dict | None, painted: bool = False) -> str:
+    """One line on what ``objects`` did to a volume (an :func:`objects_report`), as the command line and the widget
+    say it; ``painted``: the user's painted pieces were kept whatever was decided."""
+    if report is None:
+        return "every piece kept"
+    share, removed, before = report["largest_share"], report["voxels_removed"], report["voxels"]
+    if share is None:
+        return "nothing predicted: no piece to keep or remove"
+    if share == 1.0:
+        return "the prediction is one piece: nothing removed"
+    if report["objects"] == "auto" and share < ONE_OBJECT_SHARE:
+        return f"every piece kept: the largest holds {share:.0%} of the prediction (under {ONE_OBJECT_SHARE:.0%})"
+    return (f"largest object kept ({share:.0%} of the prediction): {removed} of {before} voxels in other"
+            f"{', unpainted' if painted else ''} pieces became background")

@@ -19,7 +19,7 @@ from .body import body_mask
 from .dataset import plan_for, slabs
 from .losses import certain_mask, entropy_map
 from .model import UUDS
-from .components import keep_objects
+from .components import objects_kept, objects_report
 from .refine import snap_to_edges
 from .slices import SliceGeometry, from_square, to_square
 from .volumes import NormParams, Volume, normalisation_params
@@ -33,6 +33,8 @@ class VolumePrediction:
     probs: np.ndarray | None  # float32 (C, X, Y, Z), or None where not kept (predict_volume's keep_probs)
     seg: np.ndarray  # uint8 labels
     entropy: np.ndarray  # float32 in [0, 1] (Eq. 5, normalised by ln C)
+    #: what the model's ``objects`` setting removed (components.objects_report); None: every piece kept
+    objects: dict | None = None
 
     def certain(self, chi: float) -> np.ndarray:
         """Eq. 7 for threshold chi, from the cached entropy."""
@@ -159,19 +161,23 @@ def iter_predict_volume(model: UUDS, volume: Volume, batch_size: int = 16, domai
         del out, s, p, body, slices
         release_host_memory(collect=False)  # this batch's temporaries: back to the system (a few ms)
         yield idx[axis].stop, shape[axis]
-    seg = finish_seg(cfg, seg, raw, norm, volume.spacing, keep)
-    return VolumePrediction(syn, probs, seg, ent)
+    seg, report = finish_seg(cfg, seg, raw, norm, volume.spacing, keep)
+    return VolumePrediction(syn, probs, seg, ent, report)
 
 
 def finish_seg(cfg, seg: np.ndarray, raw: np.ndarray, norm: NormParams, spacing, keep: np.ndarray | None = None
-               ) -> np.ndarray:
+               ) -> tuple[np.ndarray, dict | None]:
     """A whole volume's segmentation after the model's post-processing, as every volume prediction ends (one volume,
     a cohort): the boundary refinement (``cfg.refine``, round 18), then the objects kept (``cfg.objects``, rounds 23-24:
     the largest connected piece needs the whole volume; ``keep``, the voxels a user painted as object, keeps every
-    piece that touches them)."""
+    piece that touches them). Returns (segmentation, what the objects setting removed: components.objects_report)."""
     if cfg.refine != "none":
         seg = refine_seg(cfg, seg, raw, norm, spacing)
-    return keep_objects(seg, cfg.objects, keep)
+    if cfg.objects == "all":
+        return seg, None
+    before = int(np.count_nonzero(seg))
+    seg, share = objects_kept(seg, cfg.objects, keep)
+    return seg, objects_report(cfg.objects, before, seg, share)
 
 
 def refine_seg(cfg, seg: np.ndarray, raw: np.ndarray, norm: NormParams, spacing) -> np.ndarray:

@@ -26,7 +26,7 @@ from ..engine.infer import (VolumePrediction, assemble, iter_predict_volume, pre
                             run_to_end)
 from ..engine.slices import SliceGeometry, from_square
 from ..engine.train import TrainControl, TrainEvent, resolve_device
-from ..engine.components import ONE_OBJECT_SHARE, objects_kept
+from ..engine.components import describe_objects, objects_kept, objects_report
 from .corrections import Corrections, default_run_folder
 from .inputs import layer_volume, training_inputs
 from .names import OUTPUT_LAYERS
@@ -270,28 +270,21 @@ class UUDSController(ReviewActions):
         if self.target is None or self.prediction is None or self.status.running:
             return
         if objects != "all":
-            before = int((self.prediction.seg > 0).sum())
-            share = self._keep_objects()
-            removed = before - int((self.prediction.seg > 0).sum())
+            report = self._keep_objects()
             self._show_prediction()
-            if share is None:
-                self.status.message = "nothing predicted: no piece to keep or remove"
-            elif objects == "auto" and share < ONE_OBJECT_SHARE:
-                self.status.message = (f"every piece kept: the largest holds {share:.0%} of the prediction (under "
-                                       f"{ONE_OBJECT_SHARE:.0%})")
-            else:
-                self.status.message = (f"largest object kept ({share:.0%} of the prediction): {removed} voxels of "
-                                       f"{before} in other, unpainted pieces became background")
+            self.status.message = describe_objects(report, painted=True)
         else:
             self.status.message = "every piece is kept from the next prediction: Re-predict volume brings them back"
 
-    def _keep_objects(self) -> float | None:
+    def _keep_objects(self) -> dict | None:
         """Apply the model's ``objects`` setting to the whole prediction as it stands, every piece the user painted
-        kept (the corrections collected first: what was painted last counts); returns the largest piece's share of
-        the prediction (None: nothing predicted)."""
+        kept (the corrections collected first: what was painted last counts); returns what it removed
+        (components.objects_report), also kept as the prediction's ``objects``."""
         self.collect_corrections()
-        self.prediction.seg, share = objects_kept(self.prediction.seg, self.model.cfg.objects, self.painted())
-        return share
+        mode, before = self.model.cfg.objects, int(np.count_nonzero(self.prediction.seg))
+        self.prediction.seg, share = objects_kept(self.prediction.seg, mode, self.painted())
+        self.prediction.objects = objects_report(mode, before, self.prediction.seg, share)
+        return self.prediction.objects
 
     def _set_prediction_option(self, key: str, value: str, what: str) -> None:
         """Set a prediction setting of the parameters and the model's config (``key``, the same name in both) and

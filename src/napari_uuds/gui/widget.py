@@ -14,6 +14,7 @@ from napari.utils.notifications import show_error, show_info
 from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import QFileDialog, QMessageBox, QSizePolicy
 
+from ..engine.components import describe_objects
 from ..engine.config import ARCHS, CLIP_WEIGHTS, DEVICES, METHODS, PSEUDO_REFINES, RANDOMISERS, TrainConfig
 from ..engine.errors import UUDSError
 from .controller import OUTPUT_LAYERS, UUDSController
@@ -428,14 +429,18 @@ class UUDSWidget(Container):
         worker = create_worker(self.ctl.prediction_steps, _start_thread=False)
         worker.yielded.connect(self._show_prediction_progress)
         worker.returned.connect(self.ctl.show_prediction)
-        worker.returned.connect(lambda _p: setattr(self.status, "message", "segmentation, entropy, uncertain region "
-                                                                           "and synthetic source updated"))
+        worker.returned.connect(self._say_predicted)
         worker.errored.connect(lambda exc: show_error(f"prediction failed: {exc}"))
         worker.finished.connect(lambda: self._set_running(False))
         self._set_running(True)
         self.stop_btn.enabled = False
         worker.start()
         return worker
+
+    def _say_predicted(self, pred) -> None:
+        """The status line once a whole volume is segmented, with what the objects setting removed."""
+        self.status.message = "segmentation, entropy, uncertain region and synthetic source updated" + (
+            f"; {describe_objects(pred.objects, painted=True)}" if pred.objects else "")
 
     def _show_prediction_progress(self, done_total) -> None:
         done, total = done_total
