@@ -101,6 +101,11 @@ def test_objects_kept_gives_the_share_it_decided_on():
         "the prediction is one piece: nothing removed"
     assert describe_objects(objects_report("auto", 0, *objects_kept(one * 0, "auto"))).startswith("nothing predicted")
     assert describe_objects(objects_report("all", 8, one, None)) == "every piece kept"
+    big = np.zeros((40, 40, 40), np.uint8)
+    big[:35, :35, :35] = 1
+    big[39, 39, 39] = 1  # one voxel apart: the share rounds to 1.0, and the voxel still goes
+    said = describe_objects(objects_report("auto", int(big.sum()), *objects_kept(big, "auto")))
+    assert said == f"largest object kept (100% of the prediction): 1 of {int(big.sum())} voxels in other pieces became background"
     with pytest.raises(ValueError, match="all, largest or auto"):
         objects_kept(seg, "biggest")
 

@@ -124,7 +124,7 @@ def describe_objects(report: dict | None, painted: bool = False) -> str:
     share, removed, before = report["largest_share"], report["voxels_removed"], report["voxels"]
     if share is None:
         return "nothing predicted: no piece to keep or remove"
-    if share == 1.0:
+    if share == 1.0 and removed == 0:  # (a share rounded to 1.0 may still have lost a satellite voxel or two)
         return "the prediction is one piece: nothing removed"
     if report["objects"] == "auto" and share < ONE_OBJECT_SHARE:
         return f"every piece kept: the largest holds {share:.0%} of the prediction (under {ONE_OBJECT_SHARE:.0%})"
