@@ -5,7 +5,7 @@ import pytest
 
 from napari_uuds.engine import checkpoint as ckpt
 from napari_uuds.engine.components import (ONE_OBJECT_SHARE, describe_objects, keep_largest_object, keep_objects,
-                                           largest_share, objects_kept, objects_report)
+                                           largest_share, objects_kept, objects_reported)
 from napari_uuds.engine.config import ModelConfig
 from napari_uuds.engine.errors import UUDSError
 from napari_uuds.engine.infer import finish_seg, predict_volume
@@ -97,14 +97,14 @@ def test_objects_kept_gives_the_share_it_decided_on():
     assert objects_kept(np.zeros((3, 3, 3)), "largest")[1] is None
     one = np.zeros((5, 5, 5), np.uint8)
     one[1:3, 1:3, 1:3] = 1
-    assert describe_objects(objects_report("auto", 8, *objects_kept(one, "auto"))) == \
+    assert describe_objects(objects_reported(one, "auto")[1]) == \
         "the prediction is one piece: nothing removed"
-    assert describe_objects(objects_report("auto", 0, *objects_kept(one * 0, "auto"))).startswith("nothing predicted")
-    assert describe_objects(objects_report("all", 8, one, None)) == "every piece kept"
+    assert describe_objects(objects_reported(one * 0, "auto")[1]).startswith("nothing predicted")
+    assert describe_objects(objects_reported(one, "all")[1]) == "every piece kept"
     big = np.zeros((40, 40, 40), np.uint8)
     big[:35, :35, :35] = 1
     big[39, 39, 39] = 1  # one voxel apart: the share rounds to 1.0, and the voxel still goes
-    said = describe_objects(objects_report("auto", int(big.sum()), *objects_kept(big, "auto")))
+    said = describe_objects(objects_reported(big, "auto")[1])
     assert said == f"largest object kept (100% of the prediction): 1 of {int(big.sum())} voxels in other pieces became background"
     with pytest.raises(ValueError, match="all, largest or auto"):
         objects_kept(seg, "biggest")

@@ -107,17 +107,20 @@ def keep_objects(seg: np.ndarray, mode: str, keep: np.ndarray | None = None) -> 
     return objects_kept(seg, mode, keep)[0]
 
 
-def objects_report(mode: str, before: int, after: np.ndarray, share: float | None) -> dict | None:
-    """What ``objects`` did to one volume, for the record (metrics.json, summary.json) and :func:`describe_objects`:
-    {"objects": mode, "largest_share", "voxels" (predicted before), "voxels_removed"}; None for ``all``."""
+def objects_reported(seg: np.ndarray, mode: str, keep: np.ndarray | None = None) -> tuple[np.ndarray, dict | None]:
+    """:func:`objects_kept` with what it did to the volume, for the record (metrics.json, summary.json) and
+    :func:`describe_objects`: (kept mask, {"objects": mode, "largest_share", "voxels" (predicted before),
+    "voxels_removed"}); the report is None for ``all``."""
     if mode == "all":
-        return None
-    return {"objects": mode, "largest_share": None if share is None else round(share, 4), "voxels": before,
-            "voxels_removed": before - int(np.count_nonzero(after))}
+        return seg, None
+    before = int(np.count_nonzero(seg))
+    out, share = objects_kept(seg, mode, keep)
+    return out, {"objects": mode, "largest_share": None if share is None else round(share, 4), "voxels": before,
+                 "voxels_removed": before - int(np.count_nonzero(out))}
 
 
 def describe_objects(report: dict | None, painted: bool = False) -> str:
-    """One line on what ``objects`` did to a volume (an :func:`objects_report`), as the command line and the widget
+    """One line on what ``objects`` did to a volume (:func:`objects_reported`'s report), as the command line and the widget
     say it; ``painted``: the user's painted pieces were kept whatever was decided."""
     if report is None:
         return "every piece kept"

@@ -19,7 +19,7 @@ from .body import body_mask
 from .dataset import plan_for, slabs
 from .losses import certain_mask, entropy_map
 from .model import UUDS
-from .components import objects_kept, objects_report
+from .components import objects_reported
 from .refine import snap_to_edges
 from .slices import SliceGeometry, from_square, to_square
 from .volumes import NormParams, Volume, normalisation_params
@@ -33,7 +33,7 @@ class VolumePrediction:
     probs: np.ndarray | None  # float32 (C, X, Y, Z), or None where not kept (predict_volume's keep_probs)
     seg: np.ndarray  # uint8 labels
     entropy: np.ndarray  # float32 in [0, 1] (Eq. 5, normalised by ln C)
-    #: what the model's ``objects`` setting removed (components.objects_report); None: every piece kept
+    #: what the model's ``objects`` setting removed (components.objects_reported); None: every piece kept
     objects: dict | None = None
 
     def certain(self, chi: float) -> np.ndarray:
@@ -170,14 +170,10 @@ def finish_seg(cfg, seg: np.ndarray, raw: np.ndarray, norm: NormParams, spacing,
     """A whole volume's segmentation after the model's post-processing, as every volume prediction ends (one volume,
     a cohort): the boundary refinement (``cfg.refine``, round 18), then the objects kept (``cfg.objects``, rounds 23-24:
     the largest connected piece needs the whole volume; ``keep``, the voxels a user painted as object, keeps every
-    piece that touches them). Returns (segmentation, what the objects setting removed: components.objects_report)."""
+    piece that touches them). Returns (segmentation, what the objects setting removed: components.objects_reported)."""
     if cfg.refine != "none":
         seg = refine_seg(cfg, seg, raw, norm, spacing)
-    if cfg.objects == "all":
-        return seg, None
-    before = int(np.count_nonzero(seg))
-    seg, share = objects_kept(seg, cfg.objects, keep)
-    return seg, objects_report(cfg.objects, before, seg, share)
+    return objects_reported(seg, cfg.objects, keep)
 
 
 def refine_seg(cfg, seg: np.ndarray, raw: np.ndarray, norm: NormParams, spacing) -> np.ndarray:

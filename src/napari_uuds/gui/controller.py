@@ -26,7 +26,7 @@ from ..engine.infer import (VolumePrediction, assemble, iter_predict_volume, pre
                             run_to_end)
 from ..engine.slices import SliceGeometry, from_square
 from ..engine.train import TrainControl, TrainEvent, resolve_device
-from ..engine.components import describe_objects, objects_kept, objects_report
+from ..engine.components import describe_objects, objects_reported
 from .corrections import Corrections, default_run_folder
 from .inputs import layer_volume, training_inputs
 from .names import OUTPUT_LAYERS
@@ -279,11 +279,10 @@ class UUDSController(ReviewActions):
     def _keep_objects(self) -> dict | None:
         """Apply the model's ``objects`` setting to the whole prediction as it stands, every piece the user painted
         kept (the corrections collected first: what was painted last counts); returns what it removed
-        (components.objects_report), also kept as the prediction's ``objects``."""
+        (components.objects_reported), also kept as the prediction's ``objects``."""
         self.collect_corrections()
-        mode, before = self.model.cfg.objects, int(np.count_nonzero(self.prediction.seg))
-        self.prediction.seg, share = objects_kept(self.prediction.seg, mode, self.painted())
-        self.prediction.objects = objects_report(mode, before, self.prediction.seg, share)
+        self.prediction.seg, self.prediction.objects = objects_reported(self.prediction.seg, self.model.cfg.objects,
+                                                                        self.painted())
         return self.prediction.objects
 
     def _set_prediction_option(self, key: str, value: str, what: str) -> None:
