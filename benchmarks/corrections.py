@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from run import PROTOCOLS, RESULTS, _train, git_commit, load_protocol, protocol_config  # noqa: E402
 
 from napari_uuds.engine.atomic import atomic_write  # noqa: E402
-from napari_uuds.engine.config import ModelConfig, TrainConfig  # noqa: E402
+from napari_uuds.engine.config import FINETUNE_PARTS, TRAIN_PARTS, ModelConfig, TrainConfig  # noqa: E402
 from napari_uuds.engine.finetune import FINETUNE_STEPS, corrected_sampler  # noqa: E402
 from napari_uuds.engine.infer import predict_volume  # noqa: E402
 from napari_uuds.engine.job import AdaptJob  # noqa: E402
@@ -61,6 +61,21 @@ def dice_of(seg: np.ndarray, ref, spacing, names) -> float:
     return float(score_classes(seg, ref.data, spacing, names)["dice"])
 
 
+def variant(text: str, steps: int) -> tuple[str, int]:
+    """A fine-tune variant ``PARTS`` or ``PARTS:STEPS`` (what trains, and for how many steps; default ``steps``)."""
+    parts, _, n = text.partition(":")
+    if parts not in TRAIN_PARTS or (n and not n.isdigit()):
+        raise SystemExit(f"fine-tune variant {text!r}: expected PARTS or PARTS:STEPS, PARTS one of {TRAIN_PARTS}")
+    return parts, int(n) if n else steps
+
+
+def curve_name(strategy: str, parts: str, steps: int, default_steps: int) -> str:
+    """A curve's key: the strategy, with ``@parts`` (``:steps``) where the fine-tune differs from the default's."""
+    if parts == FINETUNE_PARTS and steps == default_steps:
+        return strategy
+    return f"{strategy}@{parts}" + (f":{steps}" if steps != default_steps else "")
+
+
 def run_seed(seed: int, ctx: dict) -> dict:
     cfg = ModelConfig(**ctx["model_kw"])
     axis = cfg.axis
@@ -72,11 +87,15 @@ def run_seed(seed: int, ctx: dict) -> dict:
     steps_done = model.trained_steps
     preds = [predict_volume(model, t.volume, norm=t.norm) for t in targets]
     base = [dice_of(p.seg, r, t.volume.spacing, names) for p, r, t in zip(preds, refs, targets)]
-    out = {"adapt_s": round(train_s, 1), "curves": {s: {"0": base} for s in STRATEGIES}, "slices": {},
-           "finetune_s": [], "predict_s": []}
+    runs = [(s, p, n) for s in ctx["strategies"] for p, n in ctx["variants"]]
+    names = [curve_name(s, p, n, ctx["finetune_steps"]) for s, p, n in runs]
+    out = {"adapt_s": round(train_s, 1), "curves": {n: {"0": base} for n in names}, "slices": {},
+           "finetune_s": [], "predict_s": [], "finetune_s_by": {n: [] for n in names}}
     print(f"  seed {seed}: adapted, Dice per volume {[round(d, 1) for d in base]}", flush=True)
-    for strategy in STRATEGIES:
-        for k in KS[1:]:
+    for (strategy, parts, n_steps), name in zip(runs, names):
+        for k in ctx["ks"]:
+            if k == 0:
+                continue
             rng = np.random.default_rng([seed, k])
             chosen = [choose(strategy, k, p, t, axis, chi, rng) for p, t in zip(preds, targets)]
             items = [(t, r.data, c) for t, r, c in zip(targets, refs, chosen)]
@@ -85,7 +104,7 @@ def run_seed(seed: int, ctx: dict) -> dict:
             job = AdaptJob(cfg, tcfg, sources, targets, model=model)
             lab = corrected_sampler(items, seed)
             t0 = time.perf_counter()
-            for _ in job.finetune(lab, steps=ctx["finetune_steps"]):
+            for _ in job.finetune(lab, steps=n_steps, parts=parts):
                 pass
             ft_s = time.perf_counter() - t0
             t0 = time.perf_counter()
@@ -97,27 +116,32 @@ def run_seed(seed: int, ctx: dict) -> dict:
                 dice.append(dice_of(keep_corrections(p.seg, r.data, c, axis), r, t.volume.spacing, names))
             out["predict_s"].append(round(time.perf_counter() - t0, 1))
             out["finetune_s"].append(round(ft_s, 1))
-            out["curves"][strategy][str(k)] = [round(d, 3) for d in dice]
+            out["finetune_s_by"][name].append(round(ft_s, 1))
+            out["curves"][name][str(k)] = [round(d, 3) for d in dice]
             out["slices"][f"{strategy}_{k}"] = chosen
-            print(f"  seed {seed} {strategy} k={k}: Dice {[round(d, 1) for d in dice]} (fine-tune {ft_s:.0f} s)",
+            print(f"  seed {seed} {name} k={k}: Dice {[round(d, 1) for d in dice]} (fine-tune {ft_s:.0f} s)",
                   flush=True)
     return out
 
 
 def summarise(runs: dict) -> dict:
     curves = {}
-    for strategy in STRATEGIES:
-        curves[strategy] = {str(k): round(float(np.mean([d for r in runs.values() for d in r["curves"][strategy][str(k)]])), 2)
-                            for k in KS}
+    first = next(iter(runs.values()))["curves"]
+    for name in first:
+        curves[name] = {k: round(float(np.mean([d for r in runs.values() for d in r["curves"][name][k]])), 2)
+                        for k in first[name]}
     ft = [s for r in runs.values() for s in r["finetune_s"]]
-    return {"curves": curves, "finetune_s": round(float(np.mean(ft)), 1) if ft else None,
+    by = {n: [s for r in runs.values() for s in r.get("finetune_s_by", {}).get(n, [])] for n in curves}
+    extra = {"finetune_s_by": {n: round(float(np.mean(v)), 1) for n, v in by.items() if v}} if len(curves) > 1 else {}
+    return {"curves": curves, **extra, "finetune_s": round(float(np.mean(ft)), 1) if ft else None,
             "finetune_s_max": max(ft) if ft else None}
 
 
 def svg_plot(doc: dict, path: Path) -> None:
     """Dice against corrected slices, every strategy (a dependency-free SVG)."""
     w, h, left, bottom, top, right = 560, 320, 56, 44, 28, 170
-    xs = {k: left + (w - left - right) * i / (len(KS) - 1) for i, k in enumerate(KS)}
+    ks = [int(k) for k in doc.get("ks", KS)]
+    xs = {k: left + (w - left - right) * i / max(len(ks) - 1, 1) for i, k in enumerate(ks)}
 
     def y(d: float) -> float:
         return top + (h - top - bottom) * (1 - d / 100)
@@ -134,10 +158,10 @@ def svg_plot(doc: dict, path: Path) -> None:
         parts.append(f'<text x="{x:.1f}" y="{h - bottom + 16}" text-anchor="middle">{k}</text>')
     parts.append(f'<text x="{(left + w - right) / 2:.1f}" y="{h - 8}" text-anchor="middle">corrected slices per volume</text>')
     for i, (strategy, curve) in enumerate(doc["curves"].items()):
-        pts = " ".join(f"{xs[k]:.1f},{y(curve[str(k)]):.1f}" for k in KS)
-        c = colours[strategy]
+        pts = " ".join(f"{xs[k]:.1f},{y(curve[str(k)]):.1f}" for k in ks)
+        c = colours.get(strategy, ("#2ca02c", "#9467bd", "#8c564b", "#e377c2")[i % 4])
         parts.append(f'<polyline points="{pts}" fill="none" stroke="{c}" stroke-width="2"/>')
-        parts += [f'<circle cx="{xs[k]:.1f}" cy="{y(curve[str(k)]):.1f}" r="3" fill="{c}"/>' for k in KS]
+        parts += [f'<circle cx="{xs[k]:.1f}" cy="{y(curve[str(k)]):.1f}" r="3" fill="{c}"/>' for k in ks]
         parts.append(f'<line x1="{w - right + 10}" x2="{w - right + 30}" y1="{top + 14 + 18 * i}" '
                      f'y2="{top + 14 + 18 * i}" stroke="{c}" stroke-width="2"/>'
                      f'<text x="{w - right + 36}" y="{top + 18 + 18 * i}">{strategy}</text>')
@@ -186,6 +210,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--steps", type=int, default=TrainConfig.steps,
                     help="adaptation steps (default: the engine's; the committed results ran 200, rounds 4-11's default)")
     ap.add_argument("--finetune-steps", type=int, default=FINETUNE_STEPS)
+    ap.add_argument("--ks", nargs="*", type=int, default=list(KS),
+                    help="corrected slices per volume (0: the adapted model as it is)")
+    ap.add_argument("--strategies", nargs="*", choices=STRATEGIES, default=list(STRATEGIES))
+    ap.add_argument("--variants", nargs="*", default=[FINETUNE_PARTS], metavar="PARTS[:STEPS]",
+                    help="fine-tunes to compare on the same adapted models and slices: what trains (all | segmenter) "
+                         "and, after a colon, its steps (default --finetune-steps); a curve other than the default's "
+                         "is named STRATEGY@PARTS[:STEPS]")
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--results", default=str(RESULTS))
@@ -209,6 +240,8 @@ def main(argv: list[str] | None = None) -> int:
     cfg = protocol_config(proto)
     ctx = {"model_kw": {k: getattr(cfg, k) for k in cfg.__dataclass_fields__}, "steps": args.steps,
            "batch_size": args.batch_size, "chi": 0.5, "finetune_steps": args.finetune_steps,
+           "ks": sorted(set([0, *args.ks])), "strategies": args.strategies,
+           "variants": [variant(v, args.finetune_steps) for v in args.variants],
            "class_names": proto["classes"], **load_protocol(data, proto, cfg)}
     results = Path(args.results)
     results.mkdir(parents=True, exist_ok=True)
@@ -228,10 +261,11 @@ def main(argv: list[str] | None = None) -> int:
                                              "commit": old_commit}
                                         for sd in old},
                      "topk_random_reproduced": same}
-        doc = {"protocol": args.protocol, **summarise(runs), "ks": list(KS), **extra,
+        doc = {"protocol": args.protocol, **summarise(runs), "ks": ctx["ks"], **extra,
                "device": f"cpu ({torch.get_num_threads()} thread(s), {platform.processor() or platform.machine()})",
                "torch": torch.__version__, "commit": git_commit(), "steps": args.steps,
-               "finetune_steps": args.finetune_steps, "batch_size": args.batch_size, "model": "tiny",
+               "finetune_steps": args.finetune_steps, "variants": args.variants, "batch_size": args.batch_size,
+               "model": "tiny",
                "command": "python benchmarks/corrections.py " + " ".join(sys.argv[1:] if argv is None else argv),
                "wall_s": round(time.perf_counter() - t0, 1), "runs": runs}
         atomic_write(out, lambda tmp, d=doc: Path(tmp).write_text(json.dumps(d, indent=1)))

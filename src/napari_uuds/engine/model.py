@@ -40,7 +40,7 @@ class StepOutput:
 
     rec_s: torch.Tensor  # ~x^s, the source's reconstruction (L_id, Eq. 9)
     logits_s: torch.Tensor  # Y^s, segmentation of ~x^s (L_seg)
-    z_s: torch.Tensor  # L_BSCL embeddings of the source (Eq. 4)
+    z_s: torch.Tensor | None  # L_BSCL embeddings of the source (Eq. 4); None in a segmenter-only pass
     syn_t: torch.Tensor  # x^{t->s}, the synthetic source
     logits_ts: torch.Tensor  # Y^{t->s} (Eq. 5-8)
     xg_s: torch.Tensor  # x_g of the source, the target and the synthetic source (Eq. 1-2)
@@ -170,6 +170,18 @@ class UUDS(nn.Module):
             content, _ = self.sam(t_s, content)
         return self.proj(content)
 
+    # -- what trains ------------------------------------------------------------------------
+    def segmenter_modules(self) -> list[nn.Module]:
+        """What a segmenter-only run trains (``TrainConfig.train_parts="segmenter"``): the segmentation prompt's
+        context, SAM, the segmentation decoder and TCSA's text head."""
+        names = ("seg_prompt", "sam", "seg_decoder", "text_head")
+        return [m for m in (getattr(self, n, None) for n in names) if m is not None]
+
+    def frozen_modules(self) -> list[nn.Module]:
+        """What a segmenter-only run leaves as it is: CLIP's towers, the DAMs, the image decoder and the L_BSCL
+        projection. (The segmentation prompt's context is read through CLIP's frozen text tower.)"""
+        return [self.clip, self.dam, self.skip_dams, self.image_decoder, self.proj]
+
     # -- training forward -------------------------------------------------------------------
     def judge_global(self, x: torch.Tensor) -> torch.Tensor:
         """x_g of images through the image encoder with its weights frozen: no parameter gradient, batch norm
@@ -186,7 +198,7 @@ class UUDS(nn.Module):
 
     def forward(self, xs: torch.Tensor, xt: torch.Tensor, dd_flow: str | None = "shared",
                 rec_aug: Callable[[torch.Tensor], torch.Tensor] | None = None,
-                detach_target_seg: bool = False) -> StepOutput:
+                detach_target_seg: bool = False, segmenter_only: bool = False) -> StepOutput:
         """One training pass. ``dd_flow`` routes the gradients of L_DD (see docs/method.md, reading 5):
         ``split``: x_g^s, x_g^t come from the attention pool over *detached* layer4 features (Eq. 1 trains the
         domain head and T^d, never the trunk the segmenter shares) and x_g^{t->s} from :meth:`judge_global`
@@ -197,7 +209,10 @@ class UUDS(nn.Module):
         (``TrainConfig.useg_flow="segmenter"``): Y^{t->s} is computed from the *detached* synthetic source and
         generator features, in one more encoder pass over the same pair of batches (so batch norm normalises it as in
         pass 2), so that nothing the target's segmentation is trained by reaches the translator; x_g^{t->s} (Eq. 2)
-        still comes from the attached pass."""
+        still comes from the attached pass. ``segmenter_only``: :meth:`forward_segmenter` (the other options do not
+        apply)."""
+        if segmenter_only:
+            return self.forward_segmenter(xs, xt)
         t_d = self.encode_domain_prompt()
         t_s = self.encode_seg_prompt()
         n = xs.shape[0]
@@ -231,6 +246,29 @@ class UUDS(nn.Module):
             out.xg_s, out.xg_t = glob[:n], glob[n:]
             out.xg_ts = self.judge_global(syn.image)
         return out
+
+    def forward_segmenter(self, xs: torch.Tensor, xt: torch.Tensor) -> StepOutput:
+        """The training pass of a segmenter-only run: both passes through the encoder and the translator run
+        without a graph (their modules are frozen: the caller keeps them in eval mode, on their running statistics,
+        as inference reads them), and only the segmentation of ~x^s and x^{t->s} is differentiable. No z^s (L_BSCL
+        trains SAM for the translator's sake too) and the x_g are not meant for L_DD."""
+        n = xs.shape[0]
+        with torch.no_grad():
+            t_d = self.encode_domain_prompt()
+            taps_s, taps_t = _split(self.taps(torch.cat([xs, xt.to(xs.dtype)])), n)
+            rec = self.translate(taps_s, t_d, xs)
+            syn = self.translate(taps_t, t_d, xt.to(xs.dtype))
+            with passnorm.route(self.clip.visual, passnorm.TRANSLATED):
+                taps_rs, taps_ts = _split(self.taps(torch.cat([rec.image, syn.image])), n)
+        t_s = self.encode_seg_prompt()
+        dec_s: list[torch.Tensor] = []
+        dec_ts: list[torch.Tensor] = []
+        logits_s = self.segment(taps_rs, rec.gen, rec.image, t_s, dec_s, SOURCE)
+        logits_ts = self.segment(taps_ts, syn.gen, syn.image, t_s, dec_ts)
+        return StepOutput(rec_s=rec.image, logits_s=logits_s, z_s=None, syn_t=syn.image, logits_ts=logits_ts,
+                          xg_s=taps_s["global"], xg_t=taps_t["global"], xg_ts=taps_ts["global"],
+                          enc_s=taps_rs["skips"][2], enc_ts=taps_ts["skips"][2],
+                          dec_s=dec_s[TCSA_DECODER_STAGE], dec_ts=dec_ts[TCSA_DECODER_STAGE], t_d=t_d)
 
     # -- inference ----------------------------------------------------------------------------
     def infer(self, xt: torch.Tensor, t_d: torch.Tensor | None = None, t_s: torch.Tensor | None = None

@@ -293,7 +293,10 @@ def train(model: UUDS, source: SliceSampler, target: SliceSampler, cfg: TrainCon
     net = distributed.wrap(model, dist_ctx, device)  # the model itself for one process
     amp = torch.autocast("cuda", dtype=torch.bfloat16) if (cuda and cfg.amp) else torch.autocast("cpu", enabled=False)
     # fused Adam on CUDA: one kernel for every parameter's update instead of a dozen per parameter
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True if cuda else None)
+    # a segmenter-only run (a fine-tune) optimises the segmenter's parameters; the rest is frozen below
+    segmenter_only = cfg.train_parts == "segmenter"
+    params = [p for m in model.segmenter_modules() for p in m.parameters()] if segmenter_only else model.parameters()
+    opt = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True if cuda else None)
     if optimizer_state:
         opt.load_state_dict(optimizer_state)
         for g in opt.param_groups:  # the settings asked for now win over the saved ones
@@ -343,7 +346,11 @@ def train(model: UUDS, source: SliceSampler, target: SliceSampler, cfg: TrainCon
     t0 = time.perf_counter()
     seen = 0
     step = start_step
+    frozen = model.frozen_modules() if segmenter_only else []
+    grad_was = [(p, p.requires_grad) for m in frozen for p in m.parameters()]
     try:
+        for p, _ in grad_was:  # no gradient is kept for what does not train (given back in `finally`)
+            p.requires_grad_(False)
         while step < total:
             if distributed.any_rank(control.stopped, dist_ctx, device):  # every rank stops after the same step
                 yield TrainEvent("stopped", step, total, elapsed_s=time.perf_counter() - t0,
@@ -354,6 +361,8 @@ def train(model: UUDS, source: SliceSampler, target: SliceSampler, cfg: TrainCon
                 model.domain_prompt.set_text(mcfg.domain_text(prompt))
             chi = control.threshold
             model.train()
+            for m in frozen:  # frozen parts read their running statistics, as inference does
+                m.eval()
             xs, ys = source.sample(cfg.batch_size, augment=cfg.augment)
             # source_only: the second half of the batch is more source, and no term looks at it as target
             n_lab = cfg.batch_size // 2 if target_labelled is not None else 0
@@ -375,20 +384,19 @@ def train(model: UUDS, source: SliceSampler, target: SliceSampler, cfg: TrainCon
             warm = step >= cfg.warmup
             held = guard is not None and guard.held  # the guard holds every target term back
             target_now = adapt and warm and not held  # the target terms (L_useg, size, TCSA's) train at this step
-            dd_now = dd_on and (warm or not cfg.dd_warmup) and not held
+            dd_now = dd_on and (warm or not cfg.dd_warmup) and not held and not segmenter_only
             taught = teacher is not None and teacher.ready and target_now
             with amp:
                 useg_now = cfg.uses_uuds and cfg.use_uncertainty and target_now
                 out = net(xs_in, xt, cfg.dd_flow if dd_now else None, rec_aug,
-                          useg_now and cfg.useg_flow == "segmenter")
+                          useg_now and cfg.useg_flow == "segmenter", segmenter_only)
                 # the teacher reads the target batch as inference does (in the same precision)
                 teacher_probs = teacher.probs(xt, mcfg.domain_text(prompt) if prompt is not None else None) \
                     if taught else None
             with torch.autocast(device.type, enabled=False):  # losses in float32, outside bf16 autocast
-                terms: dict[str, torch.Tensor] = {
-                    "seg": loss_seg(out.logits_s, ys),
-                    "id": loss_id(out.rec_s, id_target),
-                }
+                terms: dict[str, torch.Tensor] = {"seg": loss_seg(out.logits_s, ys)}
+                if not segmenter_only:  # L_id, L_BSCL and L_DD train frozen parts only
+                    terms["id"] = loss_id(out.rec_s, id_target)
                 probs = out.logits_ts.float().softmax(1)
                 labeller = probs.detach()  # who labels the target: the network itself (the paper), or its teacher
                 if taught:
@@ -415,7 +423,7 @@ def train(model: UUDS, source: SliceSampler, target: SliceSampler, cfg: TrainCon
                     # round 19: the slice's own edges move the pseudo label's boundary; what they moved supervises
                     pl, mask = refine_pseudo_label(pl, mask, xt[:, 0], mcfg.body_mask)
                 if cfg.uses_uuds:
-                    if mcfg.use_seg_prompt:
+                    if mcfg.use_seg_prompt and out.z_s is not None:
                         terms["bscl"] = loss_bscl(out.z_s, has_object(ys), weights.tau_bscl)
                     if dd_now:
                         terms["dd_s"] = loss_dd(out.xg_s, out.xg_t, out.t_d, weights.tau_dd, weights.dd_form)
@@ -492,7 +500,10 @@ def train(model: UUDS, source: SliceSampler, target: SliceSampler, cfg: TrainCon
         yield TrainEvent("done", step, total, elapsed_s=time.perf_counter() - t0,
                          message=f"finished {total} steps")
     finally:
-        model.optimizer_state = opt.state_dict() if opt is not None else None
+        for p, was in grad_was:
+            p.requires_grad_(was)
+        # a segmenter-only optimiser holds a part of the parameters: nothing a full run could resume from
+        model.optimizer_state = opt.state_dict() if (opt is not None and not segmenter_only) else None
         model.trained_steps = step
         if teacher is not None:
             model.teacher_report = teacher.report()
