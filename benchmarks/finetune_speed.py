@@ -7,6 +7,7 @@ does (engine/review.py, from the job's entropy and segmentation), corrects the f
 machine: PyTorch's threads wait on each other beside other CPU-heavy jobs.
 
     .venv/bin/python benchmarks/finetune_speed.py --weights runs/cord
+    .venv/bin/python benchmarks/finetune_speed.py --weights runs/cord --parts all segmenter   # both, back to back
 """
 from __future__ import annotations
 
@@ -31,6 +32,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--weights", default=str(ROOT / "runs" / "cord"))
     ap.add_argument("--slices", type=int, default=2, help="corrected slices (the review's first ones)")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "finetune_speed.json"))
+    ap.add_argument("--parts", nargs="+", default=None, choices=["all", "segmenter"],
+                    help="time one fine-tune for each, back to back on the same slices (default: the command's own "
+                         "default only)")
     args = ap.parse_args(argv)
 
     from napari_uuds.engine.atomic import atomic_write
@@ -48,26 +52,32 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(tempfile.mkdtemp(prefix="napari-uuds-finetune-speed-"))
     save_like(corr, truth, work / "corrections.nii.gz", dtype=np.uint8)
     exe = Path(sys.executable).with_name("napari-uuds")
-    cmd = [str(exe), "finetune", "--weights", str(w), "--image", str(SAMPLE / "t1.nii.gz"), "--corrections",
-           str(work / "corrections.nii.gz"), "--out", str(work / "out"), "--target-label", str(SAMPLE / "t1_seg.nii.gz"),
-           "--quiet"]
-    t0 = time.perf_counter()
-    res = subprocess.run(cmd, capture_output=True, text=True, check=False)
-    wall = time.perf_counter() - t0
-    if res.returncode != 0:
-        print(res.stderr, file=sys.stderr)
-        return res.returncode
-    after = json.loads((work / "out" / "metrics.json").read_text())
     before = json.loads((w / "metrics.json").read_text())["volumes"]["t1"]["dice"] if (w / "metrics.json").exists() \
         else None
+    runs = []
+    for parts in (args.parts or [None]):
+        res_dir = work / ("out" if parts is None else f"out_{parts}")
+        cmd = [str(exe), "finetune", "--weights", str(w), "--image", str(SAMPLE / "t1.nii.gz"), "--corrections",
+               str(work / "corrections.nii.gz"), "--out", str(res_dir), "--target-label",
+               str(SAMPLE / "t1_seg.nii.gz"), "--quiet", *(["--parts", parts] if parts else [])]
+        t0 = time.perf_counter()
+        res = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        wall = time.perf_counter() - t0
+        if res.returncode != 0:
+            print(res.stderr, file=sys.stderr)
+            return res.returncode
+        after = json.loads((res_dir / "metrics.json").read_text())
+        ft = json.loads((res_dir / "config.json").read_text())["finetune"]
+        runs.append({"parts": ft.get("parts", "all"), "steps": ft["steps"], "wall_s": round(wall, 1),
+                     "finetune_s": round(after["finetune_s"], 1), "dice_after": round(after["volumes"]["t1"]["dice"], 1),
+                     "pred_voxels_after": after["volumes"]["t1"]["pred_voxels"],
+                     "ref_voxels": after["volumes"]["t1"]["ref_voxels"], "command": " ".join(["napari-uuds", *cmd[1:]])})
+        print(json.dumps(runs[-1]), flush=True)
     doc = {"what": "napari-uuds finetune on the README's sample, the review's first slices corrected with t1_seg",
-           "corrected_slices": picks, "axis": axis, "steps": json.loads((work / "out" / "config.json").read_text())
-           ["finetune"]["steps"], "wall_s": round(wall, 1), "finetune_s": round(after["finetune_s"], 1),
+           "corrected_slices": picks, "axis": axis, **runs[0],
            "dice_before": None if before is None else round(before, 1),
-           "dice_after": round(after["volumes"]["t1"]["dice"], 1),
-           "pred_voxels_after": after["volumes"]["t1"]["pred_voxels"], "ref_voxels": after["volumes"]["t1"]["ref_voxels"],
            "cpu": f"{os.cpu_count()} cores, {platform.processor() or platform.machine()}",
-           "command": " ".join(["napari-uuds", *cmd[1:]])}
+           **({"runs": runs} if len(runs) > 1 else {})}
     out = Path(args.out)
     atomic_write(out, lambda tmp: Path(tmp).write_text(json.dumps(doc, indent=1)))
     print(json.dumps(doc, indent=1))

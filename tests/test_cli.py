@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from napari_uuds.cli import main
+from napari_uuds.engine.config import FINETUNE_PARTS
 
 
 def _nii(path, data, aff=None):
@@ -351,8 +352,10 @@ def test_finetune_learns_from_corrected_slices_and_keeps_them(vols, tmp_path, ca
     assert json.loads((b / "metrics.json").read_text())["slices"] == [4, 10]
     # --slices names a slice corrected to "no object" (all zero) too
     c = tmp_path / "c"
-    assert main(argv[:-4] + ["--out", str(c), "--steps", "1", "--slices", "4", "0"]) == 0
+    assert main(argv[:-4] + ["--out", str(c), "--steps", "1", "--slices", "4", "0", "--parts", "segmenter"]) == 0
     assert json.loads((c / "config.json").read_text())["finetune"]["slices"] == [0, 4]
+    assert json.loads((c / "config.json").read_text())["finetune"]["parts"] == "segmenter"
+    assert cfg["finetune"]["parts"] == FINETUNE_PARTS
     assert not np.asarray(nib.load(str(c / "tgt_seg.nii.gz")).dataobj)[..., 0].any()
     capsys.readouterr()
     # the fine-tuned weights may not replace the ones they came from

@@ -138,9 +138,11 @@ def test_corrected_slices_are_sliced_like_the_target():
         corrected_slices(tp, lab.data, [])
 
 
-def test_fine_tuning_on_two_corrected_slices_lifts_the_target_dice():
+@pytest.mark.parametrize("parts", ["all", "segmenter"])
+def test_fine_tuning_on_two_corrected_slices_lifts_the_target_dice(parts):
     """Source-only training fails on the contrast-inverted target; two corrected target slices and a short
-    fine-tune must find the disc on the whole volume (corrected slices scored as the user's)."""
+    fine-tune must find the disc on the whole volume (corrected slices scored as the user's), whether it trains every
+    module or the segmenter only."""
     ti, tl, tgt, cfg, model, s, t = _phantom_task()
     tcfg = TrainConfig(steps=40, batch_size=8, seed=0, mode="source_only", randomise="none")
     for _ in train(model, s, t, tcfg):
@@ -149,7 +151,8 @@ def test_fine_tuning_on_two_corrected_slices_lifts_the_target_dice():
     d0 = score(before.seg, tl.data)["dice"]
     slices = [4, 11]
     lab = corrected_sampler([(tgt, tl.data, slices)], 0)
-    events = list(finetune(model, s, t, lab, TrainConfig(batch_size=8, seed=0, randomise="none"), steps=40))
+    events = list(finetune(model, s, t, lab, TrainConfig(batch_size=8, seed=0, randomise="none"), steps=40,
+                           parts=parts))
     assert events[-1].kind == "done" and model.trained_steps == 80
     assert model.weight_average is None  # a fine-tune ends with its last weights (round 13 measured adaptation only)
     assert all("tseg" in e.losses for e in events if e.kind == "step")
@@ -159,6 +162,36 @@ def test_fine_tuning_on_two_corrected_slices_lifts_the_target_dice():
     d1 = score(after.seg[..., unedited], tl.data[..., unedited])["dice"]  # what the model learnt, on the others
     assert d0 < 20.0, d0
     assert d1 > d0 + 30.0, (d0, d1)
+
+
+def test_segmenter_only_fine_tune_leaves_the_encoder_and_translator_as_they_were():
+    """``parts="segmenter"``: only the segmentation prompt, SAM and the segmentation decoder change (the encoder's
+    batch-norm statistics are read, not updated), the terms that train frozen parts are
+    left out, every parameter trains again afterwards, and no partial optimiser state is left to resume from."""
+    ti, tl, tgt, cfg, model, s, t = _phantom_task()
+    base = dict(batch_size=4, seed=0, randomise="none", guard=False)
+    for _ in train(model, s, t, TrainConfig(steps=2, warmup_steps=1, ema_decay=0.0, **base)):
+        pass
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    syn_before, _ = model.infer(tgt.image[:2])
+    lab = corrected_sampler([(tgt, tl.data, [4, 11])], 0)
+    events = list(finetune(model, s, t, lab, TrainConfig(**base), steps=3, parts="segmenter"))
+    assert events[-1].kind == "done" and model.trained_steps == 5
+    steps = [e for e in events if e.kind == "step"]
+    assert steps and all({"seg", "tseg"} <= set(e.losses) and not {"id", "bscl", "dd_s", "dd_ts"} & set(e.losses)
+                         for e in steps)
+    trained = ("seg_prompt.", "sam.", "seg_decoder.")
+    changed = {k for k, v in model.state_dict().items() if not torch.equal(v, before[k])}
+    assert changed and all(k.startswith(trained) for k in changed), sorted(changed)[:5]
+    syn_after, _ = model.infer(tgt.image[:2])
+    torch.testing.assert_close(syn_after, syn_before)  # the synthetic source is the adaptation's
+    assert all(p.requires_grad for p in model.parameters()) and model.optimizer_state is None
+    list(finetune(model, s, t, lab, TrainConfig(**base), steps=1, parts="all"))
+    assert model.optimizer_state is not None  # a full fine-tune leaves its optimiser state, as adaptation does
+    with pytest.raises(UUDSError, match="unknown fine-tune parts 'decoder'"):
+        next(finetune(model, s, t, lab, TrainConfig(**base), steps=1, parts="decoder"))
+    with pytest.raises(UUDSError, match="unknown training parts"):
+        TrainConfig(train_parts="decoder")
 
 
 def test_fine_tune_continues_the_runs_own_auto_decisions_and_keeps_their_record(tmp_path, monkeypatch):

@@ -6,9 +6,10 @@ import math
 import sys
 import warnings
 
-from .engine.config import (ARCHS, DD_FLOWS, DD_FORMS, DD_SCALES, DEVICES, FINETUNE_STEPS, LossWeights, METHODS, PROTO_FORMS,
-                            ModelConfig, RANDOMISERS, RANDOMISE_INTO, RECIPES, TEXT_ENCODERS, TrainConfig, USEG_ABSENT,
-                            USEG_FLOWS, USEG_FORMS, PSEUDO_PRIORS, PSEUDO_REFINES, REFINES, OBJECTS, TTAS, WARMUP_STEPS)
+from .engine.config import (ARCHS, DD_FLOWS, DD_FORMS, DD_SCALES, DEVICES, FINETUNE_PARTS, FINETUNE_STEPS, LossWeights,
+                            METHODS, PROTO_FORMS, ModelConfig, RANDOMISERS, RANDOMISE_INTO, RECIPES, TEXT_ENCODERS,
+                            TRAIN_PARTS, TrainConfig, USEG_ABSENT, USEG_FLOWS, USEG_FORMS, PSEUDO_PRIORS, PSEUDO_REFINES,
+                            REFINES, OBJECTS, TTAS, WARMUP_STEPS)
 from .engine.errors import UUDSError
 
 from .engine.volumes import parse_label_map  # noqa: F401  (re-exported: the option's parser)
@@ -271,6 +272,9 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--out", required=True, metavar="DIR", help="output folder (not --weights: the weights fine-tuned "
                    "from stay as they are)")
     f.add_argument("--steps", type=_positive_int, default=FINETUNE_STEPS, help="fine-tuning steps")
+    f.add_argument("--parts", choices=list(TRAIN_PARTS), default=FINETUNE_PARTS,
+                   help="what trains: 'segmenter' leaves the image encoder and the translator as the adaptation left "
+                        "them (a faster step), 'all' trains every module as adaptation does")
     f.add_argument("--source", action="append", default=None, metavar="IMG",
                    help="source image(s) (default: those recorded in the weights' config.json)")
     f.add_argument("--source-label", action="append", default=None, metavar="LBL", help="labels of each --source")

@@ -495,13 +495,14 @@ def cmd_finetune(args) -> int:
         check_free_space(out, n_params * 4 + 6 * vol.data.size + 2 ** 20, largest_file=max(n_params * 4, 4 * vol.data.size))
         _say(f"napari-uuds finetune: {len(slices)} corrected slice(s) of {name} along axis {mcfg.axis} "
              f"({', '.join(map(str, slices[:12]))}{' ...' if len(slices) > 12 else ''}), {args.steps} steps from "
-             f"step {model.trained_steps} of {w}, on {device}", args.quiet)
+             f"step {model.trained_steps} of {w}, training {'the segmenter' if args.parts == 'segmenter' else 'every module'}"
+             f", on {device}", args.quiet)
         job = AdaptJob(mcfg, tcfg, src, [target], loss_weights, model=model)
         lab_s = corrected_sampler([(target, corr.data, slices)], tcfg.seed)
         start = model.trained_steps
         bar = tqdm(total=args.steps, desc="fine-tuning", unit="step", disable=args.quiet, file=sys.stderr,
                    dynamic_ncols=True)
-        gen = job.finetune(lab_s, TrainControl(tcfg.threshold), steps=args.steps)
+        gen = job.finetune(lab_s, TrainControl(tcfg.threshold), steps=args.steps, parts=args.parts)
         interrupted, diverged, last = False, "", {}
         try:
             for ev in gen:
@@ -517,7 +518,8 @@ def cmd_finetune(args) -> int:
                  "sources": [str(p) for p in sources], "source_labels": [str(p) for p in source_labels],
                  "label_options": opts, "targets": [str(args.image)], "interrupted": interrupted,
                  "diverged": diverged or None,
-                 "finetune": {"from": str(w), "from_step": start, "steps": args.steps, "corrections": str(args.corrections),
+                 "finetune": {"from": str(w), "from_step": start, "steps": args.steps, "parts": args.parts,
+                              "corrections": str(args.corrections),
                               "slices": slices, "axis": mcfg.axis},
                  "outputs": [] if (interrupted or diverged) else [p.name for p in planned[3:]]}
         try:

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 from psygnal import evented
 
-from ..engine.config import ARCHS, CLIP_WEIGHTS, DEFAULT_DOMAIN_PROMPT, DEVICES, FINETUNE_STEPS, ModelConfig, TrainConfig
+from ..engine.config import ARCHS, CLIP_WEIGHTS, DEFAULT_DOMAIN_PROMPT, DEVICES, FINETUNE_PARTS, FINETUNE_STEPS, ModelConfig, TrainConfig
 
 _T, _M = TrainConfig(), ModelConfig()  # one home for every default: the engine's config
 
@@ -50,6 +50,8 @@ class Params:
     seed: int = _T.seed
     #: steps of one fine-tune on the user's corrections (engine/finetune.py)
     finetune_steps: int = FINETUNE_STEPS
+    #: what a fine-tune trains: segmenter (the encoder and translator as the adaptation left them) | all
+    finetune_parts: str = FINETUNE_PARTS
     #: where corrections and fine-tuned weights are kept ("": a folder per target under the user data folder)
     run_folder: str = ""
 

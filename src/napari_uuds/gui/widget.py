@@ -105,6 +105,8 @@ class UUDSWidget(Container):
                                     label="review")
         self.review_row.margins = (0, 0, 0, 0)
         self.finetune_steps = SpinBox(value=self.params.finetune_steps, min=1, max=100_000, label="fine-tune steps")
+        self.finetune_parts = ComboBox(choices=[("the segmenter", "segmenter"), ("every module", "all")],
+                                       value=self.params.finetune_parts, label="fine-tune trains")
         self.finetune_btn = PushButton(text="Fine-tune on corrections")
         self.load_corr_btn = PushButton(text="Load corrections…")
         self.progress = ProgressBar(value=0, min=0, max=1, label="progress")
@@ -153,7 +155,10 @@ class UUDSWidget(Container):
                             "around the object not yet covered: first where it is densest, then spread over the rest)"),
             self.next_btn: ("the next slice of the review: look at the yellow region, correct the segmentation there "
                             "with napari's label tools; a slice you edit is yours from then on (never predicted over)"),
-            self.finetune_steps: "steps of one fine-tune (100: under a minute for the tiny model on a 2-core CPU)",
+            self.finetune_steps: "steps of one fine-tune (see the README's corrections benchmark for what they take)",
+            self.finetune_parts: ("what a fine-tune trains: the segmenter only (the image encoder and the translator "
+                                  "stay as the adaptation left them: a faster step), or every module as adaptation "
+                                  "does"),
             self.finetune_btn: ("learn from the slices you corrected (only those: the others stay unlabelled), then "
                                 "segment the volume again; your slices keep your labels"),
             self.load_corr_btn: "bring back corrections saved earlier (they are saved as you paint)",
@@ -168,7 +173,7 @@ class UUDSWidget(Container):
                      self.stop_btn, self.progress, self.info, self.notice, self.prompt, self.threshold, self.tta,
                      self.refine, self.objects,
                      self.predict_btn,
-                     self.review_row, self.finetune_steps, self.finetune_btn, self.load_corr_btn,
+                     self.review_row, self.finetune_steps, self.finetune_parts, self.finetune_btn, self.load_corr_btn,
                      self.save_btn, self.load_btn, self.export_btn])
         self.native.layout().addWidget(self.plot)
 
@@ -185,6 +190,7 @@ class UUDSWidget(Container):
         self.batch.changed.connect(lambda v: setattr(self.params, "batch_size", int(v)))
         self.lr.changed.connect(lambda v: setattr(self.params, "lr", float(v)))
         self.finetune_steps.changed.connect(lambda v: setattr(self.params, "finetune_steps", int(v)))
+        self.finetune_parts.changed.connect(lambda v: setattr(self.params, "finetune_parts", v))
         self.threshold.changed.connect(lambda v: self._guard(self.ctl.set_threshold, v))
         self.tta.changed.connect(lambda v: self._guard(self.ctl.set_tta, "d8" if v else "none"))
         self.refine.changed.connect(lambda v: self._guard(self.ctl.set_refine, "edges" if v else "none"))
@@ -200,6 +206,7 @@ class UUDSWidget(Container):
         ev.tta.connect(lambda v: _show(self.tta, v == "d8"))
         ev.refine.connect(lambda v: _show(self.refine, v == "edges"))
         ev.objects.connect(lambda v: _show(self.objects, v))
+        ev.finetune_parts.connect(lambda v: _show(self.finetune_parts, v))
         ev.class_descriptions.connect(self._show_descriptions)
         # status -> widgets
         self.status.events.message.connect(lambda m: setattr(self.info, "value", m))
