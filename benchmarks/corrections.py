@@ -170,7 +170,7 @@ def svg_plot(doc: dict, path: Path) -> None:
 
 
 #: what runs must share to be joined by ``--merge``
-SAME = ("protocol", "steps", "finetune_steps", "batch_size", "model", "ks", "commit", "torch")
+SAME = ("protocol", "steps", "finetune_steps", "variants", "batch_size", "model", "ks", "commit", "torch")
 
 
 def merge(paths: list[str], results: Path, mixed_commits: bool = False) -> int:
@@ -191,6 +191,7 @@ def merge(paths: list[str], results: Path, mixed_commits: bool = False) -> int:
     runs = dict(sorted(runs.items(), key=lambda kv: int(kv[0])))
     doc = {**{k: docs[0][k] for k in ("protocol", "ks")}, **summarise(runs),
            **{k: docs[0][k] for k in ("device", "torch", "commit", "steps", "finetune_steps", "batch_size", "model")},
+           **({"variants": docs[0]["variants"]} if "variants" in docs[0] else {}),
            "command": " | ".join(d["command"] for d in docs), "wall_s": [d["wall_s"] for d in docs],
            "merged_from": [str(p) for p in paths], "commits": sorted({d["commit"] for d in docs}), "runs": runs}
     results.mkdir(parents=True, exist_ok=True)

@@ -285,11 +285,13 @@ class LossWeights:
         return self.alpha * (self.tau_dd if self.dd_scale == "tau" else 1.0)
 
 
-#: steps of one fine-tune on a user's corrections (engine/finetune.py; fixed by the time budget, about 45 s for the
-#: tiny model on a 2-core CPU; docs/method.md, "Review and corrections")
-FINETUNE_STEPS = 100
-#: what one fine-tune trains (see TRAIN_PARTS; docs/method.md, "Review and corrections")
-FINETUNE_PARTS = "all"
+#: steps of one fine-tune on a user's corrections (engine/finetune.py): 50 since 2026-12-02 (the rule of
+#: docs/method.md, "What a fine-tune trains": the segmenter's 100 steps took 70 s alone on 2 cores, its 50 kept what
+#: the corrections buy on C); 100 before, for every module
+FINETUNE_STEPS = 50
+#: what one fine-tune trains (see TRAIN_PARTS): the segmenter since 2026-12-02 (1.42 times as fast alone on 2 cores,
+#: the corrections benchmark level with the full fine-tune on C; docs/method.md, "What a fine-tune trains")
+FINETUNE_PARTS = "segmenter"
 #: the automatic warm-up's cap (TrainConfig.warmup): steps before the target terms join
 WARMUP_STEPS = 50
 
