@@ -3,7 +3,7 @@
 Takes the weights of the README's job (``--weights``, default ``runs/cord``), ranks the T1's slices as the review
 does (engine/review.py, from the job's entropy and segmentation), corrects the first two with ``t1_seg``'s labels
 (as a brush would), and times ``napari-uuds finetune`` as a user runs it (a fresh process: imports, loading,
-100 steps, segmenting, writing). Writes ``benchmarks/results/finetune_speed.json``. Run it on an otherwise idle
+its default steps, segmenting, writing). Writes ``benchmarks/results/finetune_speed.json``. Run it on an otherwise idle
 machine: PyTorch's threads wait on each other beside other CPU-heavy jobs.
 
     .venv/bin/python benchmarks/finetune_speed.py --weights runs/cord
