@@ -4,9 +4,11 @@ import os
 import nibabel as nib
 import numpy as np
 import pytest
+import torch
 
 napari = pytest.importorskip("napari")
 
+from napari_uuds.engine.config import FINETUNE_PARTS  # noqa: E402
 from napari_uuds.engine.errors import UUDSError  # noqa: E402
 from napari_uuds.gui import widget as widget_mod  # noqa: E402
 from napari_uuds.gui.controller import OUTPUT_LAYERS  # noqa: E402
@@ -434,7 +436,12 @@ def test_review_correct_fine_tune_and_nothing_painted_is_lost(ready, cord, tmp_p
     assert all(r.index not in mine for r in w.ctl.review())  # corrected slices leave the review
     before = np.array(seg.data)
     w.finetune_steps.value = 3
+    assert w.finetune_parts.value == w.params.finetune_parts == FINETUNE_PARTS
+    w.finetune_parts.value = "all"  # every module trains: the image encoder changes too
+    assert w.params.finetune_parts == "all"
+    stem = next(w.ctl.model.clip.visual.parameters()).detach().clone()
     w.ctl.finetune_on_corrections(w.source.value, w.source_labels.value, w.target.value)
+    assert not torch.equal(next(w.ctl.model.clip.visual.parameters()), stem)
     after = np.asarray(seg.data)
     for k in mine:
         np.testing.assert_array_equal(after[..., k], truth[..., k])  # edited voxels survive
@@ -652,7 +659,10 @@ def test_corrections_lift_the_dice_through_the_controller(make_napari_viewer, tm
         region[..., k] = True
         seg.data_setitem(np.nonzero(region), truth[region])
     w.finetune_steps.value = 40
+    w.finetune_parts.value = "segmenter"  # the image encoder stays as the adaptation left it
+    stem = next(w.ctl.model.clip.visual.parameters()).detach().clone()
     w.ctl.finetune_on_corrections(src, lab, tgt)
+    assert torch.equal(next(w.ctl.model.clip.visual.parameters()), stem)
     after = score(np.asarray(seg.data)[..., others], truth[..., others])["dice"]
     np.testing.assert_array_equal(np.asarray(seg.data)[..., edited], truth[..., edited])
     assert after > before + 30.0, (before, after)
