@@ -93,9 +93,7 @@ def run_seed(seed: int, ctx: dict) -> dict:
            "finetune_s": [], "predict_s": [], "finetune_s_by": {n: [] for n in names}}
     print(f"  seed {seed}: adapted, Dice per volume {[round(d, 1) for d in base]}", flush=True)
     for (strategy, parts, n_steps), name in zip(runs, names):
-        for k in ctx["ks"]:
-            if k == 0:
-                continue
+        for k in ctx["ks"][1:]:  # sorted, 0 (the adapted model) first
             rng = np.random.default_rng([seed, k])
             chosen = [choose(strategy, k, p, t, axis, chi, rng) for p, t in zip(preds, targets)]
             items = [(t, r.data, c) for t, r, c in zip(targets, refs, chosen)]

@@ -23,6 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
+from napari_uuds.engine.config import TRAIN_PARTS  # no torch: --help stays fast
+
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT / "sample_data" / "cord"
 
@@ -32,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--weights", default=str(ROOT / "runs" / "cord"))
     ap.add_argument("--slices", type=int, default=2, help="corrected slices (the review's first ones)")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "finetune_speed.json"))
-    ap.add_argument("--parts", nargs="+", default=None, choices=["all", "segmenter"],
+    ap.add_argument("--parts", nargs="+", default=None, choices=TRAIN_PARTS,
                     help="time one fine-tune for each, back to back on the same slices (default: the command's own "
                          "default only)")
     args = ap.parse_args(argv)

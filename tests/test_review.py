@@ -188,7 +188,7 @@ def test_segmenter_only_fine_tune_leaves_the_encoder_and_translator_as_they_were
     assert all(p.requires_grad for p in model.parameters()) and model.optimizer_state is None
     list(finetune(model, s, t, lab, TrainConfig(**base), steps=1, parts="all"))
     assert model.optimizer_state is not None  # a full fine-tune leaves its optimiser state, as adaptation does
-    with pytest.raises(UUDSError, match="unknown fine-tune parts 'decoder'"):
+    with pytest.raises(UUDSError, match="unknown training parts 'decoder'"):
         next(finetune(model, s, t, lab, TrainConfig(**base), steps=1, parts="decoder"))
     with pytest.raises(UUDSError, match="unknown training parts"):
         TrainConfig(train_parts="decoder")

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from .checkpoint import DECISION_RECORDS, decision_records
-from .config import FINETUNE_PARTS, FINETUNE_STEPS, TRAIN_PARTS, LossWeights, TrainConfig
+from .config import FINETUNE_PARTS, FINETUNE_STEPS, LossWeights, TrainConfig
 from .dataset import PreparedVolume, slab
 from .errors import UUDSError
 from .slices import SliceSampler, to_square
@@ -70,13 +70,11 @@ def finetune(model, source: SliceSampler, target: SliceSampler, labelled: SliceS
              steps: int = FINETUNE_STEPS, parts: str = FINETUNE_PARTS) -> Iterator[TrainEvent]:
     """``steps`` more steps from the model's current weights (a fresh optimiser), the corrections supervised.
     ``parts``: what trains (``TrainConfig.train_parts``): ``segmenter`` leaves the encoder and the translator as the
-    adaptation left them.
+    adaptation left them (checked by ``TrainConfig``).
 
     The warm-up is over (the target terms run from the first step); the training events count from the steps
     the model had already trained. A fine-tune ends with its last weights, not an average (round 13 of
     docs/method.md measured the average on adaptation runs, not on fine-tunes on corrections)."""
-    if parts not in TRAIN_PARTS:
-        raise UUDSError(f"unknown fine-tune parts '{parts}', choose one of {', '.join(TRAIN_PARTS)}")
     start = int(model.trained_steps)
     records = decision_records(model)
     cfg = replace(inherit_decisions(cfg, model), steps=start + steps, warmup_steps=0, ema_decay=0.0,

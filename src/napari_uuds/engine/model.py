@@ -178,9 +178,11 @@ class UUDS(nn.Module):
         return [m for m in (getattr(self, n, None) for n in names) if m is not None]
 
     def frozen_modules(self) -> list[nn.Module]:
-        """What a segmenter-only run leaves as it is: CLIP's towers, the DAMs, the image decoder and the L_BSCL
-        projection. (The segmentation prompt's context is read through CLIP's frozen text tower.)"""
-        return [self.clip, self.dam, self.skip_dams, self.image_decoder, self.proj]
+        """What a segmenter-only run leaves as it is: every other module (CLIP's towers, the DAMs, the image decoder,
+        the L_BSCL projection), so that a module added later is frozen or trained, never left in between. (The
+        segmentation prompt's context is read through CLIP's frozen text tower.)"""
+        trained = self.segmenter_modules()
+        return [m for m in self.children() if not any(m is t for t in trained)]
 
     # -- training forward -------------------------------------------------------------------
     def judge_global(self, x: torch.Tensor) -> torch.Tensor:
