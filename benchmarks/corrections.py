@@ -57,8 +57,8 @@ def choose(strategy: str, k: int, pred, prepared, axis: int, chi: float, rng: np
     return sorted(int(i) for i in rng.choice(pool, size=min(k, len(pool)), replace=False))
 
 
-def dice_of(seg: np.ndarray, ref, spacing, names) -> float:
-    return float(score_classes(seg, ref.data, spacing, names)["dice"])
+def dice_of(seg: np.ndarray, ref, spacing, classes: list[str]) -> float:
+    return float(score_classes(seg, ref.data, spacing, classes)["dice"])
 
 
 def variant(text: str, steps: int) -> tuple[str, int]:
@@ -79,20 +79,22 @@ def curve_name(strategy: str, parts: str, steps: int, default_steps: int) -> str
 def run_seed(seed: int, ctx: dict) -> dict:
     cfg = ModelConfig(**ctx["model_kw"])
     axis = cfg.axis
-    sources, targets, refs, names, chi = ctx["sources"], ctx["targets"], ctx["refs"], ctx["class_names"], ctx["chi"]
+    sources, targets, refs, classes, chi = ctx["sources"], ctx["targets"], ctx["refs"], ctx["class_names"], ctx["chi"]
     tcfg = TrainConfig(method="uuds", steps=ctx["steps"], batch_size=ctx["batch_size"], seed=seed, device="cpu",
                        threshold=chi)
     model, train_s, _ = _train(cfg, sources, targets, tcfg)
     adapted = copy.deepcopy(model.state_dict())
     steps_done = model.trained_steps
     preds = [predict_volume(model, t.volume, norm=t.norm) for t in targets]
-    base = [dice_of(p.seg, r, t.volume.spacing, names) for p, r, t in zip(preds, refs, targets)]
+    base = [dice_of(p.seg, r, t.volume.spacing, classes) for p, r, t in zip(preds, refs, targets)]
     runs = [(s, p, n) for s in ctx["strategies"] for p, n in ctx["variants"]]
-    names = [curve_name(s, p, n, ctx["finetune_steps"]) for s, p, n in runs]
-    out = {"adapt_s": round(train_s, 1), "curves": {n: {"0": base} for n in names}, "slices": {},
-           "finetune_s": [], "predict_s": [], "finetune_s_by": {n: [] for n in names}}
+    # the curves' names, never the classes' (until 2026-12-02 they shared a variable: every class count but the
+    # first was a missing class scored 100, docs/method.md "What a fine-tune trains")
+    curve_names = [curve_name(s, p, n, ctx["finetune_steps"]) for s, p, n in runs]
+    out = {"adapt_s": round(train_s, 1), "curves": {n: {"0": base} for n in curve_names}, "slices": {},
+           "finetune_s": [], "predict_s": [], "finetune_s_by": {n: [] for n in curve_names}}
     print(f"  seed {seed}: adapted, Dice per volume {[round(d, 1) for d in base]}", flush=True)
-    for (strategy, parts, n_steps), name in zip(runs, names):
+    for (strategy, parts, n_steps), name in zip(runs, curve_names):
         for k in ctx["ks"][1:]:  # sorted, 0 (the adapted model) first
             rng = np.random.default_rng([seed, k])
             chosen = [choose(strategy, k, p, t, axis, chi, rng) for p, t in zip(preds, targets)]
@@ -111,7 +113,7 @@ def run_seed(seed: int, ctx: dict) -> dict:
                 # as the widget and `finetune` do: a painted (corrected) piece is kept whatever objects decides
                 keep = keep_corrections(np.zeros_like(r.data), r.data, c, axis) > 0
                 p = predict_volume(model, t.volume, norm=t.norm, keep=keep)
-                dice.append(dice_of(keep_corrections(p.seg, r.data, c, axis), r, t.volume.spacing, names))
+                dice.append(dice_of(keep_corrections(p.seg, r.data, c, axis), r, t.volume.spacing, classes))
             out["predict_s"].append(round(time.perf_counter() - t0, 1))
             out["finetune_s"].append(round(ft_s, 1))
             out["finetune_s_by"][name].append(round(ft_s, 1))

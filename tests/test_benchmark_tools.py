@@ -124,3 +124,26 @@ def test_corrections_runs_split_over_processes_are_joined_and_re_summarised(tmp_
     assert json.loads((tmp_path / "out" / "corrections_C.json").read_text())["commits"] == ["abc", "other"]
     with pytest.raises(SystemExit, match="already in another file"):
         corrections.main(["--merge", str(a), str(a), "--results", str(tmp_path / "out")])
+
+
+def test_a_corrections_curve_does_not_depend_on_the_other_curves_run_beside_it():
+    """The corrections benchmark scores each curve on the protocol's classes: the same seed, strategy and fine-tune
+    give the same Dice whether another strategy ran beside it or not (until 2026-12-02 the curves' names replaced the
+    classes' and each extra curve counted as a missing class scored 100)."""
+    corrections = pytest.importorskip("corrections")
+    sys.path.insert(0, str(Path(__file__).parent))
+    from test_adaptation import phantom
+
+    from napari_uuds.engine.config import ModelConfig
+    from napari_uuds.engine.dataset import prepare_volume
+
+    (si, sl), (ti, tl) = phantom(1, False), phantom(2, True)
+    cfg = ModelConfig.for_arch("tiny", image_size=64, class_names=["disc"])
+    ctx = {"model_kw": {k: getattr(cfg, k) for k in cfg.__dataclass_fields__}, "steps": 6, "batch_size": 4,
+           "chi": 0.5, "finetune_steps": 3, "ks": [0, 1], "variants": [("segmenter", 3)], "class_names": ["disc"],
+           "sources": [prepare_volume(si, 2, 64, sl)], "targets": [prepare_volume(ti, 2, 64)], "refs": [tl]}
+    alone = corrections.run_seed(0, {**ctx, "strategies": ["uncertain"]})
+    beside = corrections.run_seed(0, {**ctx, "strategies": ["uncertain", "random"]})
+    assert alone["slices"]["uncertain_1"] == beside["slices"]["uncertain_1"]
+    assert alone["curves"]["uncertain"] == beside["curves"]["uncertain"]
+    assert beside["curves"]["random"]["0"] == alone["curves"]["uncertain"]["0"]
