@@ -1,14 +1,17 @@
 """How long should adaptation train? Learning curves of one row, label-free statistics beside the target's score.
 
-One run per (row, seed) trains to ``--steps`` with the warm-up fixed at ``--warmup`` steps (50, the warm-up of
-today's 200-step default: the curve's point at 200 *is* today's default run), and at every ``--eval-at`` step
-records, for the rule of docs/method.md (round 6):
+One run per (row, seed) trains to ``--steps`` with the warm-up fixed at ``--warmup`` steps, and at every ``--eval-at``
+step records, for the rule of docs/method.md (round 6):
 
 * ``source_seg``: the source's own L_seg (Eq. 8's source term), mean over the 50 training steps before the point:
   has the segmenter finished learning the labelled contrast? (label-free: the source's labels only)
 * ``ratio``: the predicted target object volume over the source's object volume (label-free, as ``run.py``'s
   "target / source volume");
 * ``dice``: the target's Dice % (scoring only: never a selection input).
+
+A point before ``--steps`` scores the weights of that step (``"weights": "iterate"``); the last point scores what the
+run ends with (``"weights": "final"``): the weight average where the recipe keeps one (``TrainConfig.ema_decay``,
+applied when training ends), so a curve's earlier points are not what a run of that length would give.
 
     .venv/bin/python benchmarks/length.py --protocol C --rows uuds gin_only --seeds 0 1 2 --steps 1000 \\
         --eval-at 200 400 600 800
@@ -46,23 +49,31 @@ def run_curve(row: str, seed: int, args, data: dict) -> dict:
     cfg, tcfg, weights = _config(row, seed, args)
     job = AdaptJob(cfg, tcfg, data["sources"], data["targets"], weights)
     points, seg, t0, train_s = {}, [], time.perf_counter(), 0.0
+
+    def point(step: int, losses: dict, weights: str) -> None:
+        nonlocal train_s, t0
+        train_s += time.perf_counter() - t0
+        vols = bench._evaluate(job.model, data["targets"], data["refs"], data["class_names"])
+        pt = {"weights": weights, "source_seg": round(float(np.mean(seg[-50:])), 4),
+              "ratio": round(float(np.mean([v["pred_mm3"] for v in vols])) / data["source_mm3"], 3),
+              "dice": round(float(np.mean([v["dice"] for v in vols])), 2),
+              "dice_volumes": [v["dice"] for v in vols], "train_s": round(train_s, 1),
+              "losses": {k: round(v, 4) for k, v in losses.items()}}
+        points[str(step)] = pt
+        print(f"    step {step} ({weights}): source L_seg {pt['source_seg']:.3f} ratio {pt['ratio']:.2f} "
+              f"(Dice {pt['dice']:.1f}) {pt['train_s']:.0f} s", flush=True)
+        t0 = time.perf_counter()
+
+    last: dict = {}
     for ev in job.train():
         if ev.kind != "step":
             continue
         seg.append(ev.losses["seg"])
-        if ev.step in args.eval_at or ev.step == args.steps:
-            train_s += time.perf_counter() - t0
-            vols = bench._evaluate(job.model, data["targets"], data["refs"], data["class_names"])
+        last = ev.losses
+        if ev.step in args.eval_at and ev.step < args.steps:
+            point(ev.step, ev.losses, "iterate")
             job.model.train()
-            pt = {"source_seg": round(float(np.mean(seg[-50:])), 4),
-                  "ratio": round(float(np.mean([v["pred_mm3"] for v in vols])) / data["source_mm3"], 3),
-                  "dice": round(float(np.mean([v["dice"] for v in vols])), 2),
-                  "dice_volumes": [v["dice"] for v in vols], "train_s": round(train_s, 1),
-                  "losses": {k: round(v, 4) for k, v in ev.losses.items()}}
-            points[str(ev.step)] = pt
-            print(f"    step {ev.step}: source L_seg {pt['source_seg']:.3f} ratio {pt['ratio']:.2f} "
-                  f"(Dice {pt['dice']:.1f}) {pt['train_s']:.0f} s", flush=True)
-            t0 = time.perf_counter()
+    point(args.steps, last, "final")  # after train() has applied the weight average, as a run of this length ends
     return {"randomise_used": job.model.randomise_used, "guard": job.model.guard_report, "points": points}
 
 

@@ -102,7 +102,10 @@ def run_variant(name: str, seed: int, ctx: dict) -> dict:
     return {"train_s": round(secs, 1), **scores, "dd_floor_step": dd_floor_step,
             "pseudo_refine_used": model.pseudo_refine_used, "trace": trace,
             **({"paired": paired} if paired else {}),
-            **({"source_val_curve": {**curve, str(ctx["steps"]): scores["source_val_dice"]}} if curve else {})}
+            # the curve's points before the last score the weights of their step (the iterate), the last what the
+            # run ended with (its weight average where the recipe keeps one)
+            **({"source_val_curve": {**curve, str(ctx["steps"]): scores["source_val_dice"]},
+                "source_val_curve_weights": "iterate, then the run's own at the last point"} if curve else {})}
 
 
 def _score(model: UUDS, ctx: dict) -> dict:
