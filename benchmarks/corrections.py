@@ -29,6 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from run import PROTOCOLS, RESULTS, _train, git_commit, load_protocol, protocol_config  # noqa: E402
 
 from napari_uuds.engine.atomic import atomic_write  # noqa: E402
+from napari_uuds.engine.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
 from napari_uuds.engine.config import FINETUNE_PARTS, TRAIN_PARTS, ModelConfig, TrainConfig  # noqa: E402
 from napari_uuds.engine.finetune import FINETUNE_STEPS, corrected_sampler  # noqa: E402
 from napari_uuds.engine.infer import predict_volume  # noqa: E402
@@ -76,13 +77,36 @@ def curve_name(strategy: str, parts: str, steps: int, default_steps: int) -> str
     return f"{strategy}@{parts}" + (f":{steps}" if steps != default_steps else "")
 
 
+def adapted_model(cfg: ModelConfig, sources, targets, tcfg: TrainConfig, ctx: dict):
+    """The seed's adapted model: trained here, or (``ctx["adapted"]``, ``--adapted DIR``) read from
+    ``DIR/<protocol>_s<seed>_<steps>`` when an earlier run saved it there, else trained and saved there, so that
+    fine-tune experiments on the same adapted models skip the adaptation (30-40 min a seed on one thread at 600
+    steps). Returns (model, adaptation seconds, None or what was read: the folder and the commit that trained it)."""
+    folder = Path(ctx["adapted"]) / f"{ctx['protocol']}_s{tcfg.seed}_{tcfg.steps}" if ctx.get("adapted") else None
+    if folder is not None and (folder / "config.json").exists():
+        model, meta = load_checkpoint(folder, expect=cfg)
+        bench = meta.get("corrections_adapted", {})
+        asked = {"seed": tcfg.seed, "steps": tcfg.steps, "batch_size": tcfg.batch_size, "threshold": tcfg.threshold}
+        if {k: bench.get(k) for k in asked} != asked:
+            raise SystemExit(f"{folder}: adapted with {bench}, not {asked}")
+        print(f"  seed {tcfg.seed}: adapted model read from {folder} (trained at commit {bench.get('commit')})",
+              flush=True)
+        return model, float(bench.get("adapt_s", 0.0)), {"folder": str(folder), "commit": bench.get("commit")}
+    model, train_s, _ = _train(cfg, sources, targets, tcfg)
+    if folder is not None:
+        save_checkpoint(model, folder, extra={"corrections_adapted": {
+            "seed": tcfg.seed, "steps": tcfg.steps, "batch_size": tcfg.batch_size, "threshold": tcfg.threshold,
+            "commit": git_commit(), "adapt_s": round(train_s, 1)}})
+    return model, train_s, None
+
+
 def run_seed(seed: int, ctx: dict) -> dict:
     cfg = ModelConfig(**ctx["model_kw"])
     axis = cfg.axis
     sources, targets, refs, classes, chi = ctx["sources"], ctx["targets"], ctx["refs"], ctx["class_names"], ctx["chi"]
     tcfg = TrainConfig(method="uuds", steps=ctx["steps"], batch_size=ctx["batch_size"], seed=seed, device="cpu",
                        threshold=chi)
-    model, train_s, _ = _train(cfg, sources, targets, tcfg)
+    model, train_s, adapted_from = adapted_model(cfg, sources, targets, tcfg, ctx)
     adapted = copy.deepcopy(model.state_dict())
     steps_done = model.trained_steps
     preds = [predict_volume(model, t.volume, norm=t.norm) for t in targets]
@@ -91,7 +115,8 @@ def run_seed(seed: int, ctx: dict) -> dict:
     # the curves' names, never the classes' (until 2026-12-02 they shared a variable: every class count but the
     # first was a missing class scored 100, docs/method.md "What a fine-tune trains")
     curve_names = [curve_name(s, p, n, ctx["finetune_steps"]) for s, p, n in runs]
-    out = {"adapt_s": round(train_s, 1), "curves": {n: {"0": base} for n in curve_names}, "slices": {},
+    out = {"adapt_s": round(train_s, 1), **({"adapted_from": adapted_from} if adapted_from else {}),
+           "curves": {n: {"0": base} for n in curve_names}, "slices": {},
            "finetune_s": [], "predict_s": [], "finetune_s_by": {n: [] for n in curve_names}}
     print(f"  seed {seed}: adapted, Dice per volume {[round(d, 1) for d in base]}", flush=True)
     for (strategy, parts, n_steps), name in zip(runs, curve_names):
@@ -218,6 +243,10 @@ def main(argv: list[str] | None = None) -> int:
                     help="fine-tunes to compare on the same adapted models and slices: what trains (all | segmenter) "
                          "and, after a colon, its steps (default --finetune-steps); a curve other than the default's "
                          "is named STRATEGY@PARTS[:STEPS]")
+    ap.add_argument("--adapted", default=None, metavar="DIR",
+                    help="read each seed's adapted model from DIR/<protocol>_s<seed>_<steps> when a run saved it "
+                         "there, else adapt and save it there (fine-tune experiments then skip the adaptation; the "
+                         "JSON records the folder and the commit that trained it)")
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--results", default=str(RESULTS))
@@ -243,7 +272,8 @@ def main(argv: list[str] | None = None) -> int:
            "batch_size": args.batch_size, "chi": 0.5, "finetune_steps": args.finetune_steps,
            "ks": sorted(set([0, *args.ks])), "strategies": args.strategies,
            "variants": [variant(v, args.finetune_steps) for v in args.variants],
-           "class_names": proto["classes"], **load_protocol(data, proto, cfg)}
+           "class_names": proto["classes"], "protocol": args.protocol, "adapted": args.adapted,
+           **load_protocol(data, proto, cfg)}
     results = Path(args.results)
     results.mkdir(parents=True, exist_ok=True)
     out = results / f"corrections_{args.protocol}.json"

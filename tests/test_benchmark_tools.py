@@ -131,6 +131,31 @@ def test_a_corrections_curve_does_not_depend_on_the_other_curves_run_beside_it()
     give the same Dice whether another strategy ran beside it or not (until 2026-12-02 the curves' names replaced the
     classes' and each extra curve counted as a missing class scored 100)."""
     corrections = pytest.importorskip("corrections")
+    ctx = _phantom_corrections_context()
+    alone = corrections.run_seed(0, {**ctx, "strategies": ["uncertain"]})
+    beside = corrections.run_seed(0, {**ctx, "strategies": ["uncertain", "random"]})
+    assert alone["slices"]["uncertain_1"] == beside["slices"]["uncertain_1"]
+    assert alone["curves"]["uncertain"] == beside["curves"]["uncertain"]
+    assert beside["curves"]["random"]["0"] == alone["curves"]["uncertain"]["0"]
+
+
+def test_corrections_reads_the_adapted_model_an_earlier_run_saved(tmp_path):
+    """``--adapted DIR``: the first run adapts and saves each seed's model, a later one reads it and measures the same
+    curves (the adaptation skipped); a model adapted with other settings is refused."""
+    corrections = pytest.importorskip("corrections")
+    ctx = {**_phantom_corrections_context(), "strategies": ["uncertain"], "protocol": "P", "adapted": str(tmp_path)}
+    saved = corrections.run_seed(0, ctx)
+    assert (tmp_path / "P_s0_6" / "model.safetensors").exists() and "adapted_from" not in saved
+    read = corrections.run_seed(0, ctx)
+    assert read["adapted_from"]["folder"] == str(tmp_path / "P_s0_6")
+    assert read["curves"] == saved["curves"] and read["slices"] == saved["slices"]
+    with pytest.raises(SystemExit, match="adapted with"):
+        corrections.run_seed(0, {**ctx, "batch_size": 2})
+
+
+def _phantom_corrections_context() -> dict:
+    """The corrections benchmark's context on the disc phantom (source, contrast-inverted target), 6 adaptation
+    steps and 3 fine-tune steps: a few seconds a run."""
     sys.path.insert(0, str(Path(__file__).parent))
     from test_adaptation import phantom
 
@@ -139,11 +164,6 @@ def test_a_corrections_curve_does_not_depend_on_the_other_curves_run_beside_it()
 
     (si, sl), (ti, tl) = phantom(1, False), phantom(2, True)
     cfg = ModelConfig.for_arch("tiny", image_size=64, class_names=["disc"])
-    ctx = {"model_kw": {k: getattr(cfg, k) for k in cfg.__dataclass_fields__}, "steps": 6, "batch_size": 4,
-           "chi": 0.5, "finetune_steps": 3, "ks": [0, 1], "variants": [("segmenter", 3)], "class_names": ["disc"],
-           "sources": [prepare_volume(si, 2, 64, sl)], "targets": [prepare_volume(ti, 2, 64)], "refs": [tl]}
-    alone = corrections.run_seed(0, {**ctx, "strategies": ["uncertain"]})
-    beside = corrections.run_seed(0, {**ctx, "strategies": ["uncertain", "random"]})
-    assert alone["slices"]["uncertain_1"] == beside["slices"]["uncertain_1"]
-    assert alone["curves"]["uncertain"] == beside["curves"]["uncertain"]
-    assert beside["curves"]["random"]["0"] == alone["curves"]["uncertain"]["0"]
+    return {"model_kw": {k: getattr(cfg, k) for k in cfg.__dataclass_fields__}, "steps": 6, "batch_size": 4,
+            "chi": 0.5, "finetune_steps": 3, "ks": [0, 1], "variants": [("segmenter", 3)], "class_names": ["disc"],
+            "sources": [prepare_volume(si, 2, 64, sl)], "targets": [prepare_volume(ti, 2, 64)], "refs": [tl]}
