@@ -50,17 +50,17 @@ def run_curve(row: str, seed: int, args, data: dict) -> dict:
     job = AdaptJob(cfg, tcfg, data["sources"], data["targets"], weights)
     points, seg, t0, train_s = {}, [], time.perf_counter(), 0.0
 
-    def point(step: int, losses: dict, weights: str) -> None:
+    def point(step: int, losses: dict, which: str) -> None:
         nonlocal train_s, t0
         train_s += time.perf_counter() - t0
         vols = bench._evaluate(job.model, data["targets"], data["refs"], data["class_names"])
-        pt = {"weights": weights, "source_seg": round(float(np.mean(seg[-50:])), 4),
+        pt = {"weights": which, "source_seg": round(float(np.mean(seg[-50:])), 4),
               "ratio": round(float(np.mean([v["pred_mm3"] for v in vols])) / data["source_mm3"], 3),
               "dice": round(float(np.mean([v["dice"] for v in vols])), 2),
               "dice_volumes": [v["dice"] for v in vols], "train_s": round(train_s, 1),
               "losses": {k: round(v, 4) for k, v in losses.items()}}
         points[str(step)] = pt
-        print(f"    step {step} ({weights}): source L_seg {pt['source_seg']:.3f} ratio {pt['ratio']:.2f} "
+        print(f"    step {step} ({which}): source L_seg {pt['source_seg']:.3f} ratio {pt['ratio']:.2f} "
               f"(Dice {pt['dice']:.1f}) {pt['train_s']:.0f} s", flush=True)
         t0 = time.perf_counter()
 
