@@ -20,6 +20,7 @@ import json
 import platform
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -62,19 +63,28 @@ def dice_of(seg: np.ndarray, ref, spacing, classes: list[str]) -> float:
     return float(score_classes(seg, ref.data, spacing, classes)["dice"])
 
 
-def variant(text: str, steps: int) -> tuple[str, int]:
-    """A fine-tune variant ``PARTS`` or ``PARTS:STEPS`` (what trains, and for how many steps; default ``steps``)."""
-    parts, _, n = text.partition(":")
-    if parts not in TRAIN_PARTS or (n and not n.isdigit()):
-        raise SystemExit(f"fine-tune variant {text!r}: expected PARTS or PARTS:STEPS, PARTS one of {TRAIN_PARTS}")
-    return parts, int(n) if n else steps
+def variant(text: str, steps: int) -> tuple[str, int, float | None]:
+    """A fine-tune variant ``PARTS``, ``PARTS:STEPS`` or ``PARTS:STEPS:LR`` (what trains, for how many steps (default
+    ``steps``), at which learning rate (default: the adaptation's, ``TrainConfig.lr``))."""
+    fields = text.split(":")
+    parts, n, lr = (fields + ["", ""])[:3]
+    try:
+        rate = float(lr) if lr else None
+    except ValueError:
+        rate = -1.0
+    if parts not in TRAIN_PARTS or (n and not n.isdigit()) or len(fields) > 3 or (rate is not None and not rate > 0):
+        raise SystemExit(f"fine-tune variant {text!r}: expected PARTS, PARTS:STEPS or PARTS:STEPS:LR, PARTS one of "
+                         f"{TRAIN_PARTS}, LR a number > 0")
+    return parts, int(n) if n else steps, rate
 
 
-def curve_name(strategy: str, parts: str, steps: int, default_steps: int) -> str:
-    """A curve's key: the strategy, with ``@parts`` (``:steps``) where the fine-tune differs from the default's."""
-    if parts == FINETUNE_PARTS and steps == default_steps:
+def curve_name(strategy: str, parts: str, steps: int, default_steps: int, lr: float | None = None) -> str:
+    """A curve's key: the strategy, with ``@parts`` (``:steps``, ``:lr``) where the fine-tune differs from the
+    default's."""
+    if parts == FINETUNE_PARTS and steps == default_steps and lr is None:
         return strategy
-    return f"{strategy}@{parts}" + (f":{steps}" if steps != default_steps else "")
+    return (f"{strategy}@{parts}" + (f":{steps}" if steps != default_steps or lr is not None else "")
+            + (f":{lr:g}" if lr is not None else ""))
 
 
 def adapted_model(cfg: ModelConfig, sources, targets, tcfg: TrainConfig, ctx: dict):
@@ -111,22 +121,23 @@ def run_seed(seed: int, ctx: dict) -> dict:
     steps_done = model.trained_steps
     preds = [predict_volume(model, t.volume, norm=t.norm) for t in targets]
     base = [dice_of(p.seg, r, t.volume.spacing, classes) for p, r, t in zip(preds, refs, targets)]
-    runs = [(s, p, n) for s in ctx["strategies"] for p, n in ctx["variants"]]
+    runs = [(s, *v) for s in ctx["strategies"] for v in ctx["variants"]]
     # the curves' names, never the classes' (until 2026-12-02 they shared a variable: every class count but the
     # first was a missing class scored 100, docs/method.md "What a fine-tune trains")
-    curve_names = [curve_name(s, p, n, ctx["finetune_steps"]) for s, p, n in runs]
+    curve_names = [curve_name(s, p, n, ctx["finetune_steps"], *lr) for s, p, n, *lr in runs]
     out = {"adapt_s": round(train_s, 1), **({"adapted_from": adapted_from} if adapted_from else {}),
            "curves": {n: {"0": base} for n in curve_names}, "slices": {},
            "finetune_s": [], "predict_s": [], "finetune_s_by": {n: [] for n in curve_names}}
     print(f"  seed {seed}: adapted, Dice per volume {[round(d, 1) for d in base]}", flush=True)
-    for (strategy, parts, n_steps), name in zip(runs, curve_names):
+    for (strategy, parts, n_steps, *lr), name in zip(runs, curve_names):
         for k in ctx["ks"][1:]:  # sorted, 0 (the adapted model) first
             rng = np.random.default_rng([seed, k])
             chosen = [choose(strategy, k, p, t, axis, chi, rng) for p, t in zip(preds, targets)]
             items = [(t, r.data, c) for t, r, c in zip(targets, refs, chosen)]
             model.load_state_dict(adapted)
             model.trained_steps = steps_done
-            job = AdaptJob(cfg, tcfg, sources, targets, model=model)
+            ft_cfg = replace(tcfg, lr=lr[0]) if lr and lr[0] is not None else tcfg
+            job = AdaptJob(cfg, ft_cfg, sources, targets, model=model)
             lab = corrected_sampler(items, seed)
             t0 = time.perf_counter()
             for _ in job.finetune(lab, steps=n_steps, parts=parts):
@@ -239,10 +250,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--ks", nargs="*", type=int, default=list(KS),
                     help="corrected slices per volume (0: the adapted model as it is)")
     ap.add_argument("--strategies", nargs="*", choices=STRATEGIES, default=list(STRATEGIES))
-    ap.add_argument("--variants", nargs="*", default=[FINETUNE_PARTS], metavar="PARTS[:STEPS]",
+    ap.add_argument("--variants", nargs="*", default=[FINETUNE_PARTS], metavar="PARTS[:STEPS[:LR]]",
                     help="fine-tunes to compare on the same adapted models and slices: what trains (all | segmenter) "
-                         "and, after a colon, its steps (default --finetune-steps); a curve other than the default's "
-                         "is named STRATEGY@PARTS[:STEPS]")
+                         "and, after a colon, its steps (default --finetune-steps), and after another its learning rate "
+                         "(default the adaptation's); a curve other than the default's is named "
+                         "STRATEGY@PARTS[:STEPS[:LR]]")
     ap.add_argument("--adapted", default=None, metavar="DIR",
                     help="read each seed's adapted model from DIR/<protocol>_s<seed>_<steps> when a run saved it "
                          "there, else adapt and save it there (fine-tune experiments then skip the adaptation; the "

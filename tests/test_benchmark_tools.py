@@ -167,3 +167,27 @@ def _phantom_corrections_context() -> dict:
     return {"model_kw": {k: getattr(cfg, k) for k in cfg.__dataclass_fields__}, "steps": 6, "batch_size": 4,
             "chi": 0.5, "finetune_steps": 3, "ks": [0, 1], "variants": [("segmenter", 3)], "class_names": ["disc"],
             "sources": [prepare_volume(si, 2, 64, sl)], "targets": [prepare_volume(ti, 2, 64)], "refs": [tl]}
+
+
+def test_a_corrections_variant_names_its_learning_rate_and_runs_at_it(monkeypatch):
+    """``--variants PARTS:STEPS:LR``: the fine-tune runs at that learning rate (the optimiser sees it), its curve is
+    named for it, and a variant that is not PARTS[:STEPS[:LR]] is refused."""
+    corrections = pytest.importorskip("corrections")
+    assert corrections.variant("segmenter:50:3e-4", 50) == ("segmenter", 50, 3e-4)
+    assert corrections.variant("all", 100) == ("all", 100, None)
+    for bad in ("segmenter:50:0", "segmenter:50:x", "segmenter:1:2:3", "encoder"):
+        with pytest.raises(SystemExit, match="fine-tune variant"):
+            corrections.variant(bad, 50)
+    seen = []
+    real = corrections.AdaptJob.finetune
+
+    def spy(self, *a, **kw):
+        seen.append(self.train_cfg.lr)
+        return real(self, *a, **kw)
+
+    monkeypatch.setattr(corrections.AdaptJob, "finetune", spy)
+    ctx = {**_phantom_corrections_context(), "strategies": ["uncertain"],
+           "variants": [("segmenter", 3, None), ("segmenter", 3, 0.01)]}
+    out = corrections.run_seed(0, ctx)
+    assert set(out["curves"]) == {"uncertain", "uncertain@segmenter:3:0.01"}
+    assert seen == [corrections.TrainConfig.lr, 0.01]
