@@ -145,9 +145,11 @@ def test_a_file_size_limit_is_refused_before_training(vols, tmp_path):
 
 def test_a_failing_save_rescues_the_weights_elsewhere(vols, tmp_path, capsys, monkeypatch):
     import errno
+    import tempfile
 
     real = ckpt.save_model
     out = tmp_path / "out"
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # the rescue folder lands here, not in the real /tmp
 
     def full_disk(model, path, metadata=None):
         if Path(path).parent == out:
@@ -158,6 +160,7 @@ def test_a_failing_save_rescues_the_weights_elsewhere(vols, tmp_path, capsys, mo
     assert _adapt(vols, out) == 2
     line = _one_line_error(capsys, "could not write the weights (No space left on device); the weights were saved to")
     rescue = Path(line.split("saved to ")[1].split(" instead")[0])
+    assert rescue.parent == tmp_path
     model, _ = ckpt.load_checkpoint(rescue)  # a complete, loadable set
     assert model.trained_steps == 1 and (rescue / ckpt.OPTIMIZER).exists()
     _no_temp_files(out)
