@@ -20,7 +20,6 @@ import json
 import platform
 import sys
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -31,7 +30,7 @@ from run import PROTOCOLS, RESULTS, _train, git_commit, load_protocol, protocol_
 
 from napari_uuds.engine.atomic import atomic_write  # noqa: E402
 from napari_uuds.engine.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
-from napari_uuds.engine.config import FINETUNE_PARTS, TRAIN_PARTS, ModelConfig, TrainConfig  # noqa: E402
+from napari_uuds.engine.config import FINETUNE_LR, FINETUNE_PARTS, TRAIN_PARTS, ModelConfig, TrainConfig  # noqa: E402
 from napari_uuds.engine.finetune import FINETUNE_STEPS, corrected_sampler  # noqa: E402
 from napari_uuds.engine.infer import predict_volume  # noqa: E402
 from napari_uuds.engine.job import AdaptJob  # noqa: E402
@@ -65,7 +64,7 @@ def dice_of(seg: np.ndarray, ref, spacing, classes: list[str]) -> float:
 
 def variant(text: str, steps: int) -> tuple[str, int, float | None]:
     """A fine-tune variant ``PARTS``, ``PARTS:STEPS`` or ``PARTS:STEPS:LR`` (what trains, for how many steps (default
-    ``steps``), at which learning rate (default: the adaptation's, ``TrainConfig.lr``))."""
+    ``steps``), at which learning rate (default: the fine-tune's, ``FINETUNE_LR``))."""
     fields = text.split(":")
     parts, n, lr = (fields + ["", ""])[:3]
     try:
@@ -136,11 +135,11 @@ def run_seed(seed: int, ctx: dict) -> dict:
             items = [(t, r.data, c) for t, r, c in zip(targets, refs, chosen)]
             model.load_state_dict(adapted)
             model.trained_steps = steps_done
-            ft_cfg = replace(tcfg, lr=lr[0]) if lr and lr[0] is not None else tcfg
-            job = AdaptJob(cfg, ft_cfg, sources, targets, model=model)
+            job = AdaptJob(cfg, tcfg, sources, targets, model=model)
             lab = corrected_sampler(items, seed)
             t0 = time.perf_counter()
-            for _ in job.finetune(lab, steps=n_steps, parts=parts):
+            rate = lr[0] if lr and lr[0] is not None else FINETUNE_LR
+            for _ in job.finetune(lab, steps=n_steps, parts=parts, lr=rate):
                 pass
             ft_s = time.perf_counter() - t0
             t0 = time.perf_counter()
@@ -253,7 +252,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--variants", nargs="*", default=[FINETUNE_PARTS], metavar="PARTS[:STEPS[:LR]]",
                     help="fine-tunes to compare on the same adapted models and slices: what trains (all | segmenter) "
                          "and, after a colon, its steps (default --finetune-steps), and after another its learning rate "
-                         "(default the adaptation's); a curve other than the default's is named "
+                         "(default the fine-tune's); a curve other than the default's is named "
                          "STRATEGY@PARTS[:STEPS[:LR]]")
     ap.add_argument("--adapted", default=None, metavar="DIR",
                     help="read each seed's adapted model from DIR/<protocol>_s<seed>_<steps> when a run saved it "

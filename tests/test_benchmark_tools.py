@@ -181,8 +181,8 @@ def test_a_corrections_variant_names_its_learning_rate_and_runs_at_it(monkeypatc
     seen = []
     real = corrections.AdaptJob.finetune
 
-    def spy(self, *a, **kw):
-        seen.append(self.train_cfg.lr)
+    def spy(self, *a, **kw):  # the rate the fine-tune runs at (engine/finetune.py: None is the job's own)
+        seen.append(self.train_cfg.lr if kw.get("lr") is None else kw["lr"])
         return real(self, *a, **kw)
 
     monkeypatch.setattr(corrections.AdaptJob, "finetune", spy)
@@ -190,4 +190,4 @@ def test_a_corrections_variant_names_its_learning_rate_and_runs_at_it(monkeypatc
            "variants": [("segmenter", 3, None), ("segmenter", 3, 0.01)]}
     out = corrections.run_seed(0, ctx)
     assert set(out["curves"]) == {"uncertain", "uncertain@segmenter:3:0.01"}
-    assert seen == [corrections.TrainConfig.lr, 0.01]
+    assert seen == [corrections.FINETUNE_LR or corrections.TrainConfig.lr, 0.01]

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from napari_uuds.cli import main
-from napari_uuds.engine.config import FINETUNE_PARTS
+from napari_uuds.engine.config import FINETUNE_LR, FINETUNE_PARTS
 
 
 def _nii(path, data, aff=None):
@@ -353,10 +353,13 @@ def test_finetune_learns_from_corrected_slices_and_keeps_them(vols, tmp_path, ca
     # --slices names a slice corrected to "no object" (all zero) too
     c = tmp_path / "c"
     other = "all" if FINETUNE_PARTS == "segmenter" else "segmenter"
-    assert main(argv[:-4] + ["--out", str(c), "--steps", "1", "--slices", "4", "0", "--parts", other]) == 0
+    assert main(argv[:-4] + ["--out", str(c), "--steps", "1", "--slices", "4", "0", "--parts", other,
+                             "--lr", "0.002"]) == 0
     assert json.loads((c / "config.json").read_text())["finetune"]["slices"] == [0, 4]
     assert json.loads((c / "config.json").read_text())["finetune"]["parts"] == other
+    assert json.loads((c / "config.json").read_text())["finetune"]["lr"] == 0.002
     assert cfg["finetune"]["parts"] == FINETUNE_PARTS
+    assert cfg["finetune"]["lr"] == (FINETUNE_LR or cfg["train"]["lr"])
     assert not np.asarray(nib.load(str(c / "tgt_seg.nii.gz")).dataobj)[..., 0].any()
     capsys.readouterr()
     # the fine-tuned weights may not replace the ones they came from

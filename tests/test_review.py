@@ -224,3 +224,16 @@ def test_fine_tune_continues_the_runs_own_auto_decisions_and_keeps_their_record(
     events = list(finetune(loaded, s, t, lab, TrainConfig(**base), steps=2))
     assert events[-1].kind == "done" and len(modes) == 2 and "auto" not in modes  # nothing measured again
     assert loaded.randomise_used == decided["randomise"] and loaded.pseudo_refine_used == decided["pseudo_refine"]
+
+
+@pytest.mark.parametrize("lr", [1e-3, 1e-2])
+def test_a_fine_tune_runs_at_the_learning_rate_it_is_given(lr):
+    """``finetune(lr=...)`` (``napari-uuds finetune --lr``): Adam's first step moves a parameter by about the rate
+    (sign of the gradient times lr), so the largest change after one step is the rate the optimiser was given."""
+    ti, tl, tgt, cfg, model, s, t = _phantom_task()
+    base = dict(batch_size=4, seed=0, randomise="none", guard=False)
+    before = {k: v.clone() for k, v in model.named_parameters()}
+    lab = corrected_sampler([(tgt, tl.data, [4, 11])], 0)
+    list(finetune(model, s, t, lab, TrainConfig(lr=1e-4, **base), steps=1, lr=lr))
+    moved = max(float((p.detach() - before[k]).abs().max()) for k, p in model.named_parameters())
+    assert 0.5 * lr < moved <= 1.01 * lr

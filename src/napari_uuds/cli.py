@@ -6,8 +6,8 @@ import math
 import sys
 import warnings
 
-from .engine.config import (ARCHS, DD_FLOWS, DD_FORMS, DD_SCALES, DEVICES, FINETUNE_PARTS, FINETUNE_STEPS, LossWeights,
-                            METHODS, PROTO_FORMS, ModelConfig, RANDOMISERS, RANDOMISE_INTO, RECIPES, TEXT_ENCODERS,
+from .engine.config import (ARCHS, DD_FLOWS, DD_FORMS, DD_SCALES, DEVICES, FINETUNE_LR, FINETUNE_PARTS, FINETUNE_STEPS,
+                            LossWeights, METHODS, PROTO_FORMS, ModelConfig, RANDOMISERS, RANDOMISE_INTO, RECIPES, TEXT_ENCODERS,
                             TRAIN_PARTS, TrainConfig, USEG_ABSENT, USEG_FLOWS, USEG_FORMS, PSEUDO_PRIORS, PSEUDO_REFINES,
                             REFINES, OBJECTS, TTAS, WARMUP_STEPS)
 from .engine.errors import UUDSError
@@ -275,6 +275,9 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--parts", choices=list(TRAIN_PARTS), default=FINETUNE_PARTS,
                    help="what trains: 'segmenter' leaves the image encoder and the translator as the adaptation left "
                         "them (a faster step), 'all' trains every module as adaptation does")
+    f.add_argument("--lr", type=_positive_float, default=FINETUNE_LR,
+                   help="the fine-tune's Adam learning rate" + ("" if FINETUNE_LR is not None else
+                                                                 " (None: the adaptation's, recorded with the weights)"))
     f.add_argument("--source", action="append", default=None, metavar="IMG",
                    help="source image(s) (default: those recorded in the weights' config.json)")
     f.add_argument("--source-label", action="append", default=None, metavar="LBL", help="labels of each --source")

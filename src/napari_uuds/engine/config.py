@@ -292,6 +292,9 @@ FINETUNE_STEPS = 50
 #: what one fine-tune trains (see TRAIN_PARTS): the segmenter since 2026-12-02 (1.42 times as fast alone on 2 cores,
 #: the corrections benchmark level with the full fine-tune on C; docs/method.md, "What a fine-tune trains")
 FINETUNE_PARTS = "segmenter"
+#: learning rate of one fine-tune; None: the adaptation's (``TrainConfig.lr``, recorded with the weights). Corrections
+#: round 3 of docs/method.md measures higher rates
+FINETUNE_LR: float | None = None
 #: the automatic warm-up's cap (TrainConfig.warmup): steps before the target terms join
 WARMUP_STEPS = 50
 

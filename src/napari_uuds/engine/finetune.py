@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from .checkpoint import DECISION_RECORDS, decision_records
-from .config import FINETUNE_PARTS, FINETUNE_STEPS, LossWeights, TrainConfig
+from .config import FINETUNE_LR, FINETUNE_PARTS, FINETUNE_STEPS, LossWeights, TrainConfig
 from .dataset import PreparedVolume, slab
 from .errors import UUDSError
 from .slices import SliceSampler, to_square
@@ -67,10 +67,11 @@ def inherit_decisions(cfg: TrainConfig, model) -> TrainConfig:
 
 def finetune(model, source: SliceSampler, target: SliceSampler, labelled: SliceSampler, cfg: TrainConfig,
              weights: LossWeights | None = None, control: TrainControl | None = None,
-             steps: int = FINETUNE_STEPS, parts: str = FINETUNE_PARTS) -> Iterator[TrainEvent]:
+             steps: int = FINETUNE_STEPS, parts: str = FINETUNE_PARTS, lr: float | None = FINETUNE_LR
+             ) -> Iterator[TrainEvent]:
     """``steps`` more steps from the model's current weights (a fresh optimiser), the corrections supervised.
     ``parts``: what trains (``TrainConfig.train_parts``): ``segmenter`` leaves the encoder and the translator as the
-    adaptation left them (checked by ``TrainConfig``).
+    adaptation left them (checked by ``TrainConfig``). ``lr``: the fine-tune's learning rate (None: ``cfg.lr``).
 
     The warm-up is over (the target terms run from the first step); the training events count from the steps
     the model had already trained. A fine-tune ends with its last weights, not an average (round 13 of
@@ -78,7 +79,7 @@ def finetune(model, source: SliceSampler, target: SliceSampler, labelled: SliceS
     start = int(model.trained_steps)
     records = decision_records(model)
     cfg = replace(inherit_decisions(cfg, model), steps=start + steps, warmup_steps=0, ema_decay=0.0,
-                  train_parts=parts)
+                  train_parts=parts, lr=cfg.lr if lr is None else float(lr))
     try:
         yield from train(model, source, target, cfg, weights, control, start_step=start, target_labelled=labelled)
     finally:  # the weights keep the record of how the decisions were made (the W1, the K), not just their outcome
