@@ -39,10 +39,12 @@ from napari_uuds.engine.review import keep_corrections, rank_slices  # noqa: E40
 
 KS = (0, 1, 2, 4, 8)
 #: uncertain: the review's order (engine/review.py, coverage); uncertain_spread: its spread order (the default until
-#: 2026-12-01); random: k slices that show anatomy, drawn at random
-STRATEGIES = ("uncertain", "uncertain_spread", "random")
+#: 2026-12-01); random: k slices that show anatomy, drawn at random; uncertain_peak: the peak order (corrections
+#: round 4 of docs/method.md; run when asked for)
+STRATEGIES = ("uncertain", "uncertain_spread", "random", "uncertain_peak")
 #: the review order each "uncertain" strategy takes (uncertain_topk: an earlier run's plain top-k, see --topk-from)
-ORDER_OF = {"uncertain": "coverage", "uncertain_spread": "spread", "uncertain_topk": "score"}
+ORDER_OF = {"uncertain": "coverage", "uncertain_spread": "spread", "uncertain_topk": "score",
+            "uncertain_peak": "peak"}
 
 
 def anatomy_slices(prepared) -> list[int]:
@@ -248,7 +250,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--finetune-steps", type=int, default=FINETUNE_STEPS)
     ap.add_argument("--ks", nargs="*", type=int, default=list(KS),
                     help="corrected slices per volume (0: the adapted model as it is)")
-    ap.add_argument("--strategies", nargs="*", choices=STRATEGIES, default=list(STRATEGIES))
+    ap.add_argument("--strategies", nargs="*", choices=STRATEGIES, default=list(STRATEGIES[:3]))
     ap.add_argument("--variants", nargs="*", default=[FINETUNE_PARTS], metavar="PARTS[:STEPS[:LR]]",
                     help="fine-tunes to compare on the same adapted models and slices: what trains (all | segmenter) "
                          "and, after a colon, its steps (default --finetune-steps), and after another its learning rate "

@@ -439,6 +439,9 @@ def test_review_correct_fine_tune_and_nothing_painted_is_lost(ready, cord, tmp_p
     assert w.finetune_parts.value == w.params.finetune_parts == FINETUNE_PARTS
     w.finetune_parts.value = "all"  # every module trains: the image encoder changes too
     assert w.params.finetune_parts == "all"
+    assert w.finetune_lr.value == w.params.finetune_lr
+    w.finetune_lr.value = 2e-4
+    assert w.params.finetune_lr == pytest.approx(2e-4)
     stem = next(w.ctl.model.clip.visual.parameters()).detach().clone()
     w.ctl.finetune_on_corrections(w.source.value, w.source_labels.value, w.target.value)
     assert not torch.equal(next(w.ctl.model.clip.visual.parameters()), stem)

@@ -237,3 +237,19 @@ def test_a_fine_tune_runs_at_the_learning_rate_it_is_given(lr):
     list(finetune(model, s, t, lab, TrainConfig(lr=1e-4, **base), steps=1, lr=lr))
     moved = max(float((p.detach() - before[k]).abs().max()) for k, p in model.named_parameters())
     assert 0.5 * lr < moved <= 1.01 * lr
+
+
+def test_peak_order_moves_coverages_pick_to_the_highest_score_within_reach():
+    """``order="peak"``: where coverage picks a slice beside a local peak of the score, the peak is taken instead; on
+    flat scores it is the coverage order; every scored slice comes once."""
+    idx = list(range(80))
+    flat = np.ones(80)
+    assert coverage_order(idx, flat, sigma=10, to_peak=True) == coverage_order(idx, flat, sigma=10)
+    bump = flat.copy()
+    bump[33] = 1.5
+    assert coverage_order(idx, bump, sigma=10)[0] != 33
+    peak = coverage_order(idx, bump, sigma=10, to_peak=True)
+    assert peak[0] == 33 and sorted(peak) == idx
+    ent, seg = _ring_volume([0.2] * 15 + [0.25] + [0.2] * 24)  # the review's own scores, sigma = 40 / 8 slices
+    assert rank_slices(ent, seg, 2, order="coverage")[0].index == 16  # pulled one slice off the peak
+    assert rank_slices(ent, seg, 2, order="peak")[0].index == 15

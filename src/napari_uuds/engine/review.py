@@ -10,7 +10,8 @@ The review's order (``ORDERS``; docs/method.md, "Review order"): ``coverage`` (t
 location: a correction teaches its slice's neighbourhood (a Gaussian of sigma = L / 8 slices, L the scored extent),
 and each next slice is the one that covers the most uncertainty not yet covered; with flat scores it tiles the
 extent from the middle out, with a peak it goes to the peak. ``spread``: by score, neighbours within r of a slice
-taken waiting for a later pass (the order until 2026-12-01); ``score``: by score alone.
+taken waiting for a later pass (the order until 2026-12-01); ``score``: by score alone; ``peak``: coverage's pick
+moved to the highest-scoring slice not yet taken within sigma of it (corrections round 4 of docs/method.md).
 
 Corrections are whole slices: a slice the user edited is taken as labelled, all of it (the voxels the user
 left alone were looked at and kept), and every other slice stays unlabelled.
@@ -32,7 +33,7 @@ COVERAGE_DIVISOR = 8
 #: the coverage kernel's floor: K under it counts as 0 (beyond about 5.3 sigma)
 KERNEL_FLOOR = 1e-6
 #: the review's orders, the default first
-ORDERS = ("coverage", "spread", "score")
+ORDERS = ("coverage", "spread", "score", "peak")
 
 
 @dataclass(frozen=True)
@@ -83,11 +84,12 @@ def spread_order(indices: list[int], radius: int, near: set[int] | frozenset[int
 
 
 def coverage_order(indices: list[int], scores: np.ndarray, near: set[int] | frozenset[int] = frozenset(),
-                   sigma: float | None = None) -> list[int]:
+                   sigma: float | None = None, to_peak: bool = False) -> list[int]:
     """``indices`` (the scored slices) in the order of a greedy facility location: each next slice is the one that adds
     most to V = sum_j scores[j] * max_{i taken} K(i - j), K(d) = exp(-d^2 / 2 sigma^2), sigma = max(1, len(indices) /
     COVERAGE_DIVISOR) by default, j over ``indices``; the slices in ``near`` (already corrected) count as taken.
-    Ties: the higher score, then the lower index."""
+    Ties: the higher score, then the lower index. ``to_peak``: each pick moves to the highest-scoring slice not yet
+    taken within sigma of it (ties: the nearer to the pick, then the lower index), and that slice is the one taken."""
     if not indices:
         return []
     idx = np.asarray(indices)
@@ -110,6 +112,9 @@ def coverage_order(indices: list[int], scores: np.ndarray, near: set[int] | froz
         g = np.round(gains[cand], 9)
         cand = cand[g == g.max()]  # most gain, then the higher score, then the lower index
         i = int(cand[np.lexsort((idx[cand], -s[cand]))[0]])
+        if to_peak:
+            near_i = np.flatnonzero(free & (np.abs(idx - idx[i]) <= sigma))
+            i = int(near_i[np.lexsort((idx[near_i], np.abs(idx[near_i] - idx[i]), -s[near_i]))[0]])
         free[i] = False
         new = np.maximum(covered, k[i])
         j = np.flatnonzero(new > covered)  # only the slices whose cover rose change anyone's gain
@@ -124,17 +129,18 @@ def rank_slices(entropy: np.ndarray, seg: np.ndarray, axis: int, chi: float = 0.
                 exclude: set[int] | frozenset[int] = frozenset(), order: str = "coverage") -> list[SliceScore]:
     """Slices worth reviewing (score above 0), ``exclude`` (already corrected) left out, in the review's ``order``
     (one of ``ORDERS``, see the module's docstring): ``coverage`` (:func:`coverage_order`), ``spread``
-    (:func:`spread_order`, r = :func:`spread_radius` of the number of scored slices) or ``score`` (highest first, ties:
-    lower index first). The extent (L) counts every scored slice, the corrected ones included."""
+    (:func:`spread_order`, r = :func:`spread_radius` of the number of scored slices), ``score`` (highest first, ties:
+    lower index first) or ``peak`` (:func:`coverage_order` with ``to_peak``). The extent (L) counts every scored slice, the corrected ones included."""
     if order not in ORDERS:
         raise ValueError(f"review order must be one of {ORDERS}, not {order!r}")
     scores, counts = slice_scores(entropy, seg, axis, chi, margin)
     ranked = [i for i in sorted(range(len(scores)), key=lambda i: (-scores[i], i)) if scores[i] > 0]
     if order == "spread":
         ranked = spread_order(ranked, spread_radius(len(ranked)), set(exclude))
-    elif order == "coverage":  # sigma from the extent, the corrected slices in it (their entropy is 0 once corrected)
+    elif order in ("coverage", "peak"):  # sigma from the extent, the corrected slices in it (entropy 0 once corrected)
         extent = len(set(ranked) | set(exclude))
-        ranked = coverage_order(sorted(ranked), scores, set(exclude), max(1.0, extent / COVERAGE_DIVISOR))
+        ranked = coverage_order(sorted(ranked), scores, set(exclude), max(1.0, extent / COVERAGE_DIVISOR),
+                                to_peak=order == "peak")
     return [SliceScore(i, float(scores[i]), int(counts[i])) for i in ranked if i not in exclude]
 
 

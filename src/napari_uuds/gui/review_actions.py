@@ -122,7 +122,8 @@ class ReviewActions:
         self._new_control(tcfg)
         job = AdaptJob(self.model.cfg, tcfg, *self._data, model=self.model)
         lab = corrected_sampler([(self.target, labels, slices)], tcfg.seed)
-        yield from job.finetune(lab, self.control, self.params.finetune_steps, self.params.finetune_parts)
+        yield from job.finetune(lab, self.control, self.params.finetune_steps, self.params.finetune_parts,
+                                self.params.finetune_lr)
 
     def save_run(self) -> Path:
         """The fine-tuned weights and the corrections they learnt from, into the run folder (weights/)."""

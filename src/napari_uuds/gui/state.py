@@ -9,7 +9,8 @@ from dataclasses import dataclass, field
 
 from psygnal import evented
 
-from ..engine.config import ARCHS, CLIP_WEIGHTS, DEFAULT_DOMAIN_PROMPT, DEVICES, FINETUNE_PARTS, FINETUNE_STEPS, ModelConfig, TrainConfig
+from ..engine.config import (ARCHS, CLIP_WEIGHTS, DEFAULT_DOMAIN_PROMPT, DEVICES, FINETUNE_LR, FINETUNE_PARTS,
+                             FINETUNE_STEPS, ModelConfig, TrainConfig)
 
 _T, _M = TrainConfig(), ModelConfig()  # one home for every default: the engine's config
 
@@ -52,6 +53,8 @@ class Params:
     finetune_steps: int = FINETUNE_STEPS
     #: what a fine-tune trains: segmenter (the encoder and translator as the adaptation left them) | all
     finetune_parts: str = FINETUNE_PARTS
+    #: a fine-tune's learning rate (engine/finetune.py; FINETUNE_LR, else the adaptation's default)
+    finetune_lr: float = FINETUNE_LR if FINETUNE_LR is not None else _T.lr
     #: where corrections and fine-tuned weights are kept ("": a folder per target under the user data folder)
     run_folder: str = ""
 

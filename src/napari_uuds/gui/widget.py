@@ -107,6 +107,8 @@ class UUDSWidget(Container):
         self.finetune_steps = SpinBox(value=self.params.finetune_steps, min=1, max=100_000, label="fine-tune steps")
         self.finetune_parts = ComboBox(choices=[("the segmenter", "segmenter"), ("every module", "all")],
                                        value=self.params.finetune_parts, label="fine-tune trains")
+        self.finetune_lr = FloatSpinBox(value=self.params.finetune_lr, min=1e-7, max=1.0, step=1e-5,
+                                        label="fine-tune rate")
         self.finetune_btn = PushButton(text="Fine-tune on corrections")
         self.load_corr_btn = PushButton(text="Load corrections…")
         self.progress = ProgressBar(value=0, min=0, max=1, label="progress")
@@ -159,6 +161,7 @@ class UUDSWidget(Container):
             self.finetune_parts: ("what a fine-tune trains: the segmenter only (the image encoder and the translator "
                                   "stay as the adaptation left them: a faster step), or every module as adaptation "
                                   "does"),
+            self.finetune_lr: "Adam learning rate of one fine-tune (it starts a fresh optimiser from the current weights)",
             self.finetune_btn: ("learn from the slices you corrected (only those: the others stay unlabelled), then "
                                 "segment the volume again; your slices keep your labels"),
             self.load_corr_btn: "bring back corrections saved earlier (they are saved as you paint)",
@@ -173,7 +176,7 @@ class UUDSWidget(Container):
                      self.stop_btn, self.progress, self.info, self.notice, self.prompt, self.threshold, self.tta,
                      self.refine, self.objects,
                      self.predict_btn,
-                     self.review_row, self.finetune_steps, self.finetune_parts, self.finetune_btn, self.load_corr_btn,
+                     self.review_row, self.finetune_steps, self.finetune_parts, self.finetune_lr, self.finetune_btn, self.load_corr_btn,
                      self.save_btn, self.load_btn, self.export_btn])
         self.native.layout().addWidget(self.plot)
 
@@ -191,6 +194,7 @@ class UUDSWidget(Container):
         self.lr.changed.connect(lambda v: setattr(self.params, "lr", float(v)))
         self.finetune_steps.changed.connect(lambda v: setattr(self.params, "finetune_steps", int(v)))
         self.finetune_parts.changed.connect(lambda v: setattr(self.params, "finetune_parts", v))
+        self.finetune_lr.changed.connect(lambda v: setattr(self.params, "finetune_lr", float(v)))
         self.threshold.changed.connect(lambda v: self._guard(self.ctl.set_threshold, v))
         self.tta.changed.connect(lambda v: self._guard(self.ctl.set_tta, "d8" if v else "none"))
         self.refine.changed.connect(lambda v: self._guard(self.ctl.set_refine, "edges" if v else "none"))
