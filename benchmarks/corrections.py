@@ -35,16 +35,16 @@ from napari_uuds.engine.finetune import FINETUNE_STEPS, corrected_sampler  # noq
 from napari_uuds.engine.infer import predict_volume  # noqa: E402
 from napari_uuds.engine.job import AdaptJob  # noqa: E402
 from napari_uuds.engine.metrics import score_classes  # noqa: E402
-from napari_uuds.engine.review import keep_corrections, rank_slices  # noqa: E402
+from napari_uuds.engine.review import ORDERS, keep_corrections, rank_slices  # noqa: E402
 
 KS = (0, 1, 2, 4, 8)
-#: uncertain: the review's order (engine/review.py, coverage); uncertain_spread: its spread order (the default until
-#: 2026-12-01); random: k slices that show anatomy, drawn at random; uncertain_peak: the peak order (corrections
-#: round 4 of docs/method.md; run when asked for)
-STRATEGIES = ("uncertain", "uncertain_spread", "random", "uncertain_peak")
+#: uncertain: the review's order (engine/review.py, its default: peak since 2026-12-02, coverage before, spread until
+#: 2026-12-01); uncertain_coverage / uncertain_spread / uncertain_peak: those orders by name; random: k slices that
+#: show anatomy, drawn at random
+STRATEGIES = ("uncertain", "uncertain_coverage", "random", "uncertain_spread", "uncertain_peak")
 #: the review order each "uncertain" strategy takes (uncertain_topk: an earlier run's plain top-k, see --topk-from)
-ORDER_OF = {"uncertain": "coverage", "uncertain_spread": "spread", "uncertain_topk": "score",
-            "uncertain_peak": "peak"}
+ORDER_OF = {"uncertain": ORDERS[0], "uncertain_coverage": "coverage", "uncertain_spread": "spread",
+            "uncertain_topk": "score", "uncertain_peak": "peak"}
 
 
 def anatomy_slices(prepared) -> list[int]:

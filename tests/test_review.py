@@ -50,7 +50,7 @@ def test_coverage_order_tiles_flat_scores_from_the_middle_and_never_starts_at_an
     # the cord's case: every slice as uncertain, give or take noise (docs/method.md, "Review order, round 2")
     rng = np.random.default_rng(0)
     ent, seg = _ring_volume(list(0.3 + 0.01 * rng.random(64)))
-    picks = [r.index for r in rank_slices(ent, seg, axis=2)]
+    picks = [r.index for r in rank_slices(ent, seg, axis=2, order="coverage")]
     assert sorted(picks) == list(range(64))  # every scored slice is in the review, once
     assert 24 <= picks[0] <= 40  # the middle of the extent first
     assert all(4 <= p <= 59 for p in picks[:3])  # no end slice among the first picks
@@ -61,7 +61,9 @@ def test_coverage_order_tiles_flat_scores_from_the_middle_and_never_starts_at_an
     scores, _ = slice_scores(ent, seg, axis=2)
     assert by_score[0] == int(np.argmax(scores)) and set(by_score) == set(picks)
     assert set(r.index for r in rank_slices(ent, seg, axis=2, order="spread")) == set(picks)
-    assert ORDERS[0] == "coverage"
+    assert ORDERS[0] == "peak"  # corrections round 4 of docs/method.md
+    default = [r.index for r in rank_slices(ent, seg, axis=2)]
+    assert default == [r.index for r in rank_slices(ent, seg, axis=2, order="peak")] and sorted(default) == sorted(picks)
     with pytest.raises(ValueError, match="review order"):
         rank_slices(ent, seg, axis=2, order="entropy")
 

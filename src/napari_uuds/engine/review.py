@@ -6,12 +6,12 @@ wrong), together with the uncertain region (entropy >= chi, Eq. 7's complement: 
 sees but did not predict). Slices that score 0 (certain background everywhere) are left out. Summing, not
 averaging, counts the voxels a correction can change.
 
-The review's order (``ORDERS``; docs/method.md, "Review order"): ``coverage`` (the default) is a greedy facility
-location: a correction teaches its slice's neighbourhood (a Gaussian of sigma = L / 8 slices, L the scored extent),
+The review's order (``ORDERS``; docs/method.md, "Review order" and corrections round 4): ``peak`` (the default since
+2026-12-02) is the coverage order with each pick moved to the highest-scoring slice within sigma of it. ``coverage``
+(the default until then) is a greedy facility location: a correction teaches its slice's neighbourhood (a Gaussian of sigma = L / 8 slices, L the scored extent),
 and each next slice is the one that covers the most uncertainty not yet covered; with flat scores it tiles the
 extent from the middle out, with a peak it goes to the peak. ``spread``: by score, neighbours within r of a slice
-taken waiting for a later pass (the order until 2026-12-01); ``score``: by score alone; ``peak``: coverage's pick
-moved to the highest-scoring slice not yet taken within sigma of it (corrections round 4 of docs/method.md).
+taken waiting for a later pass (the order until 2026-12-01); ``score``: by score alone.
 
 Corrections are whole slices: a slice the user edited is taken as labelled, all of it (the voxels the user
 left alone were looked at and kept), and every other slice stays unlabelled.
@@ -33,7 +33,7 @@ COVERAGE_DIVISOR = 8
 #: the coverage kernel's floor: K under it counts as 0 (beyond about 5.3 sigma)
 KERNEL_FLOOR = 1e-6
 #: the review's orders, the default first
-ORDERS = ("coverage", "spread", "score", "peak")
+ORDERS = ("peak", "coverage", "spread", "score")
 
 
 @dataclass(frozen=True)
@@ -126,11 +126,12 @@ def coverage_order(indices: list[int], scores: np.ndarray, near: set[int] | froz
 
 
 def rank_slices(entropy: np.ndarray, seg: np.ndarray, axis: int, chi: float = 0.5, margin: int = MARGIN,
-                exclude: set[int] | frozenset[int] = frozenset(), order: str = "coverage") -> list[SliceScore]:
+                exclude: set[int] | frozenset[int] = frozenset(), order: str = ORDERS[0]) -> list[SliceScore]:
     """Slices worth reviewing (score above 0), ``exclude`` (already corrected) left out, in the review's ``order``
-    (one of ``ORDERS``, see the module's docstring): ``coverage`` (:func:`coverage_order`), ``spread``
+    (one of ``ORDERS``, see the module's docstring): ``peak`` (the default: :func:`coverage_order` with ``to_peak``),
+    ``coverage`` (:func:`coverage_order`), ``spread``
     (:func:`spread_order`, r = :func:`spread_radius` of the number of scored slices), ``score`` (highest first, ties:
-    lower index first) or ``peak`` (:func:`coverage_order` with ``to_peak``). The extent (L) counts every scored slice, the corrected ones included."""
+    lower index first). The extent (L) counts every scored slice, the corrected ones included."""
     if order not in ORDERS:
         raise ValueError(f"review order must be one of {ORDERS}, not {order!r}")
     scores, counts = slice_scores(entropy, seg, axis, chi, margin)

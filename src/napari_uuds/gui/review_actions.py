@@ -54,7 +54,8 @@ class ReviewActions:
         return new
 
     def review(self) -> list[SliceScore]:
-        """The review's order of the target's slices (engine/review.py: coverage of the uncertainty around the object),
+        """The review's order of the target's slices (engine/review.py: coverage of the uncertainty around the object,
+        each pick at the local peak of the score),
         corrected ones left out (and counted as covering their neighbours)."""
         if self.prediction is None or self.target is None:
             raise UUDSError("segment the whole target first (Adapt & segment, or Re-predict volume): the review "

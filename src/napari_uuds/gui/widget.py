@@ -154,7 +154,8 @@ class UUDSWidget(Container):
             self.load_btn: "load weights saved here or by napari-uuds adapt",
             self.export_btn: "write the selected layer (e.g. your corrected segmentation) as NIfTI on the scan's grid",
             self.prev_btn: ("the previous slice of the review (the slices where a correction covers the most uncertainty "
-                            "around the object not yet covered: first where it is densest, then spread over the rest)"),
+                            "around the object not yet covered: first where it is densest, then spread over the rest, "
+                            "each at the most uncertain slice near it)"),
             self.next_btn: ("the next slice of the review: look at the yellow region, correct the segmentation there "
                             "with napari's label tools; a slice you edit is yours from then on (never predicted over)"),
             self.finetune_steps: "steps of one fine-tune (see the README's corrections benchmark for what they take)",
