@@ -21,7 +21,8 @@ SOURCES = {
           HERE / "corrections_C_seed1.json", HERE / "peak_C_seed0.json", HERE / "peak_C_seed1.json",
           HERE / "peak_C_seed2.json"],
     "A1": [RESULTS / "issue14/finetune_parts/corrections_A1.json", HERE / "corrections_A1_seed2.json",
-           HERE / "peak_A1_seed0.json", HERE / "peak_A1_seed1.json"],
+           HERE / "peak_A1_seed0.json", HERE / "peak_A1_seed1.json", HERE / "k8_A1_seeds01.json",
+           HERE / "k8_A1_seed2.json"],
 }
 RENAME = {"uncertain_peak": "uncertain", "uncertain": "uncertain_coverage", "random": "random"}
 
