@@ -440,6 +440,8 @@ def test_review_correct_fine_tune_and_nothing_painted_is_lost(ready, cord, tmp_p
     w.finetune_parts.value = "all"  # every module trains: the image encoder changes too
     assert w.params.finetune_parts == "all"
     assert w.finetune_lr.value == w.params.finetune_lr
+    w.finetune_lr.value = 5e-6  # six decimals, as the learning rate's: a small rate is not rounded to 0 or 1e-5
+    assert w.params.finetune_lr == pytest.approx(5e-6)
     w.finetune_lr.value = 2e-4
     assert w.params.finetune_lr == pytest.approx(2e-4)
     stem = next(w.ctl.model.clip.visual.parameters()).detach().clone()

@@ -109,6 +109,7 @@ class UUDSWidget(Container):
                                        value=self.params.finetune_parts, label="fine-tune trains")
         self.finetune_lr = FloatSpinBox(value=self.params.finetune_lr, min=1e-7, max=1.0, step=1e-5,
                                         label="fine-tune rate")
+        self.finetune_lr.native.setDecimals(6)  # as the learning rate's: 5e-6 is not rounded away
         self.finetune_btn = PushButton(text="Fine-tune on corrections")
         self.load_corr_btn = PushButton(text="Load corrections…")
         self.progress = ProgressBar(value=0, min=0, max=1, label="progress")
