@@ -122,15 +122,16 @@ def run_seed(seed: int, ctx: dict) -> dict:
     steps_done = model.trained_steps
     preds = [predict_volume(model, t.volume, norm=t.norm) for t in targets]
     base = [dice_of(p.seg, r, t.volume.spacing, classes) for p, r, t in zip(preds, refs, targets)]
-    runs = [(s, *v) for s in ctx["strategies"] for v in ctx["variants"]]
+    variants = [(*v, None)[:3] for v in ctx["variants"]]  # (parts, steps, lr); a rate left out is the fine-tune's
+    runs = [(s, *v) for s in ctx["strategies"] for v in variants]
     # the curves' names, never the classes' (until 2026-12-02 they shared a variable: every class count but the
     # first was a missing class scored 100, docs/method.md "What a fine-tune trains")
-    curve_names = [curve_name(s, p, n, ctx["finetune_steps"], *lr) for s, p, n, *lr in runs]
+    curve_names = [curve_name(s, p, n, ctx["finetune_steps"], lr) for s, p, n, lr in runs]
     out = {"adapt_s": round(train_s, 1), **({"adapted_from": adapted_from} if adapted_from else {}),
            "curves": {n: {"0": base} for n in curve_names}, "slices": {},
            "finetune_s": [], "predict_s": [], "finetune_s_by": {n: [] for n in curve_names}}
     print(f"  seed {seed}: adapted, Dice per volume {[round(d, 1) for d in base]}", flush=True)
-    for (strategy, parts, n_steps, *lr), name in zip(runs, curve_names):
+    for (strategy, parts, n_steps, lr), name in zip(runs, curve_names):
         for k in ctx["ks"][1:]:  # sorted, 0 (the adapted model) first
             rng = np.random.default_rng([seed, k])
             chosen = [choose(strategy, k, p, t, axis, chi, rng) for p, t in zip(preds, targets)]
@@ -140,8 +141,7 @@ def run_seed(seed: int, ctx: dict) -> dict:
             job = AdaptJob(cfg, tcfg, sources, targets, model=model)
             lab = corrected_sampler(items, seed)
             t0 = time.perf_counter()
-            rate = lr[0] if lr and lr[0] is not None else FINETUNE_LR
-            for _ in job.finetune(lab, steps=n_steps, parts=parts, lr=rate):
+            for _ in job.finetune(lab, steps=n_steps, parts=parts, lr=FINETUNE_LR if lr is None else lr):
                 pass
             ft_s = time.perf_counter() - t0
             t0 = time.perf_counter()

@@ -7,8 +7,8 @@ import sys
 import warnings
 
 from .engine.config import (ARCHS, DD_FLOWS, DD_FORMS, DD_SCALES, DEVICES, FINETUNE_LR, FINETUNE_PARTS, FINETUNE_STEPS,
-                            LossWeights, METHODS, PROTO_FORMS, ModelConfig, RANDOMISERS, RANDOMISE_INTO, RECIPES, TEXT_ENCODERS,
-                            TRAIN_PARTS, TrainConfig, USEG_ABSENT, USEG_FLOWS, USEG_FORMS, PSEUDO_PRIORS, PSEUDO_REFINES,
+                            LossWeights, METHODS, PROTO_FORMS, ModelConfig, RANDOMISERS, RANDOMISE_INTO, RECIPES,
+                            TEXT_ENCODERS, TRAIN_PARTS, TrainConfig, USEG_ABSENT, USEG_FLOWS, USEG_FORMS, PSEUDO_PRIORS, PSEUDO_REFINES,
                             REFINES, OBJECTS, TTAS, WARMUP_STEPS)
 from .engine.errors import UUDSError
 

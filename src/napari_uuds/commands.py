@@ -490,19 +490,20 @@ def cmd_finetune(args) -> int:
     loss_weights = from_dict(LossWeights, meta.get("loss_weights") or {})
     device = resolve_device(args.device)
     n_params = sum(p.numel() for p in model.parameters())
+    rate = args.lr if args.lr is not None else tcfg.lr  # the fine-tune's learning rate (None: the adaptation's)
     with OutputLock(out), terminate_as_interrupt():
         sweep_stale_temps(out)
         check_free_space(out, n_params * 4 + 6 * vol.data.size + 2 ** 20, largest_file=max(n_params * 4, 4 * vol.data.size))
         _say(f"napari-uuds finetune: {len(slices)} corrected slice(s) of {name} along axis {mcfg.axis} "
              f"({', '.join(map(str, slices[:12]))}{' ...' if len(slices) > 12 else ''}), {args.steps} steps from "
              f"step {model.trained_steps} of {w}, training {'the segmenter' if args.parts == 'segmenter' else 'every module'}"
-             f" at learning rate {args.lr if args.lr is not None else tcfg.lr:g}, on {device}", args.quiet)
+             f" at learning rate {rate:g}, on {device}", args.quiet)
         job = AdaptJob(mcfg, tcfg, src, [target], loss_weights, model=model)
         lab_s = corrected_sampler([(target, corr.data, slices)], tcfg.seed)
         start = model.trained_steps
         bar = tqdm(total=args.steps, desc="fine-tuning", unit="step", disable=args.quiet, file=sys.stderr,
                    dynamic_ncols=True)
-        gen = job.finetune(lab_s, TrainControl(tcfg.threshold), steps=args.steps, parts=args.parts, lr=args.lr)
+        gen = job.finetune(lab_s, TrainControl(tcfg.threshold), steps=args.steps, parts=args.parts, lr=rate)
         interrupted, diverged, last = False, "", {}
         try:
             for ev in gen:
@@ -519,7 +520,7 @@ def cmd_finetune(args) -> int:
                  "label_options": opts, "targets": [str(args.image)], "interrupted": interrupted,
                  "diverged": diverged or None,
                  "finetune": {"from": str(w), "from_step": start, "steps": args.steps, "parts": args.parts,
-                              "lr": args.lr if args.lr is not None else tcfg.lr, "corrections": str(args.corrections),
+                              "lr": rate, "corrections": str(args.corrections),
                               "slices": slices, "axis": mcfg.axis},
                  "outputs": [] if (interrupted or diverged) else [p.name for p in planned[3:]]}
         try:

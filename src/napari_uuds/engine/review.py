@@ -8,8 +8,8 @@ averaging, counts the voxels a correction can change.
 
 The review's order (``ORDERS``; docs/method.md, "Review order" and corrections round 4): ``peak`` (the default since
 2026-12-02) is the coverage order with each pick moved to the highest-scoring slice within sigma of it. ``coverage``
-(the default until then) is a greedy facility location: a correction teaches its slice's neighbourhood (a Gaussian of sigma = L / 8 slices, L the scored extent),
-and each next slice is the one that covers the most uncertainty not yet covered; with flat scores it tiles the
+(the default until then) is a greedy facility location: a correction teaches its slice's neighbourhood (a Gaussian of
+sigma = L / 8 slices, L the scored extent), and each next slice is the one that covers the most uncertainty not yet covered; with flat scores it tiles the
 extent from the middle out, with a peak it goes to the peak. ``spread``: by score, neighbours within r of a slice
 taken waiting for a later pass (the order until 2026-12-01); ``score``: by score alone.
 

@@ -178,8 +178,8 @@ class UUDSWidget(Container):
                      self.stop_btn, self.progress, self.info, self.notice, self.prompt, self.threshold, self.tta,
                      self.refine, self.objects,
                      self.predict_btn,
-                     self.review_row, self.finetune_steps, self.finetune_parts, self.finetune_lr, self.finetune_btn, self.load_corr_btn,
-                     self.save_btn, self.load_btn, self.export_btn])
+                     self.review_row, self.finetune_steps, self.finetune_parts, self.finetune_lr, self.finetune_btn,
+                     self.load_corr_btn, self.save_btn, self.load_btn, self.export_btn])
         self.native.layout().addWidget(self.plot)
 
         # parameters <- widgets
