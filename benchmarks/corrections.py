@@ -242,7 +242,7 @@ def merge(paths: list[str], results: Path, mixed_commits: bool = False) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--protocol", choices=["A1", "C"], default=None, help="required unless --merge")
+    ap.add_argument("--protocol", choices=["A1", "A2", "C"], default=None, help="required unless --merge")
     ap.add_argument("--data", default=str(Path(__file__).resolve().parents[2] / "shared" / "data"))
     ap.add_argument("--seeds", nargs="*", type=int, default=[0, 1, 2])
     ap.add_argument("--steps", type=int, default=TrainConfig.steps,
