@@ -143,7 +143,7 @@ SOURCE_ROWS = {"lower": {"randomise": "none"}, "gin_only": {"randomise": "gin"},
 ROWS = ["lower", "histmatch", "pseudo", "gin_only", "uuds_paper", "uuds", "uuds_no_gin", "uuds_gin",
         "uuds_gin_dd_printed", "uuds_gin_no_body_mask", "uuds_gin_no_guard", "uuds_gin_mm", "uuds_gin_size_log",
         "uuds_gin_into_segmenter", "uuds_gin_both", "gin_only_both", "uuds_useg_present",
-        "uuds_useg_ce", "uuds_useg_detached", "uuds_pseudo_floor", "uuds_zoom", "uuds_teacher", "uuds_invert", "uuds_fine", "uuds_edges", "uuds_pseudo_edges", "uuds_pseudo_edges_refined", "uuds_largest", "uuds_objects_all", "uuds_tta", "uuds_no_ema_tta", "uuds_no_ema",
+        "uuds_useg_ce", "uuds_useg_detached", "uuds_pseudo_floor", "uuds_zoom", "uuds_teacher", "uuds_invert", "uuds_fine", "uuds_edges", "uuds_pseudo_edges", "uuds_pseudo_edges_refined", "uuds_largest", "uuds_objects_all", "uuds_smooth_z", "uuds_tta", "uuds_no_ema_tta", "uuds_no_ema",
         "uuds_no_pseudo_band", "uuds_no_pseudo_refine",
         "uuds_no_pass_bn", "uuds_dd_printed", "uuds_no_body_mask", "uuds_no_guard", "uuds_no_domain_prompt",
         "uuds_no_seg_prompt", "uuds_no_uncertainty", "tcsa", "uuds+tcsa", "tcsa_no_adv", "tcsa_no_proto",
@@ -160,7 +160,9 @@ PAIRED_ROWS = {"uuds_no_ema": ("uuds", "last", "none", "none"), "uuds_tta": ("uu
                # round 23: the same run's prediction, its largest connected object only
                "uuds_largest": ("uuds", "ema", "none", "none", "largest"),
                # round 24's default (objects auto) off: every piece of the same run's prediction kept
-               "uuds_objects_all": ("uuds", "ema", "none", "none", "all")}
+               "uuds_objects_all": ("uuds", "ema", "none", "none", "all"),
+               # round 25: the same run's prediction, each slice's probabilities smoothed with its neighbours'
+               "uuds_smooth_z": ("uuds", "ema", "none", "none", "auto", "binomial")}
 MAIN_ROWS = {"lower", "histmatch", "pseudo", "gin_only", "uuds_paper", "uuds", "upper"}
 DESCRIPTIONS = {
     "tumour": "a brain tumour with surrounding oedema",
@@ -265,20 +267,23 @@ def _evaluate(model: UUDS, targets: list[PreparedVolume], refs: list[Volume], cl
 
 
 def score_ways(model: UUDS, ways: dict[str, tuple[str, ...]], score) -> dict:
-    """One trained run scored several ways (round 13): ``ways`` = name -> (weights, tta, refine[, objects]), weights
-    ``last`` (the last step's, ``model.last_iterate_state``) or ``ema`` (the average the run ended with), refine a
-    boundary refinement (round 18), objects what of the object is kept (round 23; default: the model's own, so a way
-    changes only what it names). Returns name ->
-    score(model, name); the model ends as it came (the average loaded, its own tta, refinement and objects)."""
+    """One trained run scored several ways (round 13): ``ways`` = name -> (weights, tta, refine[, objects[,
+    smooth_z]]), weights ``last`` (the last step's, ``model.last_iterate_state``) or ``ema`` (the average the run ended
+    with), refine a boundary refinement (round 18), objects what of the object is kept (round 23), smooth_z the
+    through-plane smoothing (round 25); left out: the model's own, so a way changes only what it names. Returns name ->
+    score(model, name); the model ends as it came (the average loaded, its own settings)."""
     average = {k: v.clone() for k, v in model.state_dict().items()}
-    own, out = (model.cfg.tta, model.cfg.refine, model.cfg.objects), {}
+    keys = ("tta", "refine", "objects", "smooth_z")
+    own, out = tuple(getattr(model.cfg, k) for k in keys), {}
     for name, way in ways.items():
-        which, tta, refine, objects = (*way, own[2]) if len(way) == 3 else way
+        which, *given = way
         model.load_state_dict(model.last_iterate_state if which == "last" else average)
-        model.cfg.tta, model.cfg.refine, model.cfg.objects = tta, refine, objects
+        for k, v in zip(keys, (*given, *own[len(given):])):
+            setattr(model.cfg, k, v)
         out[name] = score(model, name)
     model.load_state_dict(average)
-    model.cfg.tta, model.cfg.refine, model.cfg.objects = own
+    for k, v in zip(keys, own):
+        setattr(model.cfg, k, v)
     return out
 
 

@@ -140,6 +140,7 @@ def read_config(folder: str | Path) -> dict[str, Any]:
         meta["model"].setdefault("fine_skips", False)  # written before round 17's full-resolution skips existed
         meta["model"].setdefault("refine", "none")  # written before round 18's boundary refinement existed
         meta["model"].setdefault("objects", "all")  # written before round 23's largest object existed
+        meta["model"].setdefault("smooth_z", "none")  # written before round 25's through-plane smoothing existed
         if isinstance(meta.get("loss_weights"), dict):  # written before TCSA followed its authors (issue 18)
             meta["loss_weights"].setdefault("proto_form", "infonce")
             meta["loss_weights"].setdefault("adv", 0.0)

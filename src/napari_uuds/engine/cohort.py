@@ -22,10 +22,11 @@ from nibabel.orientations import io_orientation
 
 from .dataset import plan_for, slab
 from .errors import UUDSError
-from .infer import VolumePrediction, assemble, finish_seg, predict_slices, release_host_memory, square_slab
+from .infer import VolumePrediction, assemble_range, finish_seg, predict_slices, release_host_memory, square_slab
 from .model import UUDS
 from .slices import SliceGeometry
 from .volumes import NIFTI_SUFFIXES, NormParams, Volume, load_volume, normalisation_params
+from .zsmooth import halo, widen
 
 
 def is_nifti(path: Path) -> bool:
@@ -88,12 +89,13 @@ class _Open:
     ent: np.ndarray = field(init=False)
     syn: np.ndarray = field(init=False)
     left: int = field(init=False)  # slices not segmented yet
+    left_total: int = field(init=False)  # slices along the axis in all
 
     def __post_init__(self) -> None:
         shape = self.volume.data.shape
         self.seg, self.ent = np.empty(shape, np.uint8), np.empty(shape, np.float32)
         self.syn = np.empty(shape, np.float32)
-        self.left = shape[self.plan.axis]
+        self.left = self.left_total = shape[self.plan.axis]
 
 
 def iter_cohort(model: UUDS, paths: list[Path], batch_size: int = 16, domain_prompt: str | None = None,
@@ -112,17 +114,21 @@ def iter_cohort(model: UUDS, paths: list[Path], batch_size: int = 16, domain_pro
         nonlocal todo, filled
         parts, plans = [], []
         for vol, a, b in todo:
-            idx = slab(axis, a, b)
-            sl, geom, body = square_slab(cfg, vol.volume.data, vol.norm, vol.plan, idx)
+            h = halo(cfg, vol.volume.spacing)  # round 25: the neighbours' slices, where they vote
+            a0, b0 = widen(a, b, vol.left_total, h)
+            sl, geom, body = square_slab(cfg, vol.volume.data, vol.norm, vol.plan, slab(axis, a0, b0))
             parts.append(sl)
-            plans.append((vol, idx, geom, body))
-        s, p = predict_slices(model, torch.cat(parts), batch_size, None, progress)
+            plans.append((vol, slab(axis, a, b), geom, body, a - a0, b - a0, h > 0))
+        batch = torch.cat(parts)
+        core = sum(b - a for _, a, b in todo)  # the halos' slices are not counted as progress
+        s, p = predict_slices(model, batch, max(batch_size, batch.shape[0]), None,
+                              None if progress is None else (lambda _n: progress(core)))
         at = 0
-        for vol, idx, geom, body in plans:
+        for vol, idx, geom, body, lo, hi, smooth in plans:
             n = geom.shape[axis]
-            out = assemble(s[at:at + n], p[at:at + n], geom, body, keep_probs=False)
+            out = assemble_range(s[at:at + n], p[at:at + n], geom, body, False, lo, hi, smooth)
             vol.seg[idx], vol.ent[idx], vol.syn[idx] = out.seg, out.entropy, out.synthetic
-            vol.left -= n
+            vol.left -= hi - lo
             at += n
             if vol.left == 0:  # the volume is whole: its post-processing, as predict_volume ends
                 vol.seg, report = finish_seg(cfg, vol.seg, vol.volume.data, vol.norm, vol.volume.spacing)

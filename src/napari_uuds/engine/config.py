@@ -76,6 +76,10 @@ REFINES = ("none", "edges")
 #: every piece; ``largest`` = its largest connected piece only (every class > 0 together), the rest background;
 #: ``auto`` = the largest piece where it holds at least 80 % of the prediction (decided per volume), else every piece
 OBJECTS = ("all", "largest", "auto")
+#: a slice read with its neighbours (engine/zsmooth.py; round 25 of docs/method.md): ``none`` = each slice's class
+#: probabilities as the 2D network gives them; ``binomial`` = 1/4 of the slice before, 1/2 its own, 1/4 of the slice
+#: after along the slicing axis, where the slices lie no further apart than twice the in-plane voxel
+SMOOTH_ZS = ("none", "binomial")
 #: Source randomisation (engine/randomise.py): ``gin`` = random shallow conv nets scramble the source's contrast;
 #: ``none`` = the source as it is; ``auto`` = gin where the raw target's grey values lie far from the source's (W1 >
 #: randomise.AUTO_W1, label-free, measured before training), else none (docs/method.md, reading 16).
@@ -170,6 +174,9 @@ class ModelConfig:
     objects: str = "auto"
     #: test-time augmentation (see TTAS). A config.json without the key reads as "none" (checkpoint.read_config).
     tta: str = "none"
+    #: a slice's probabilities smoothed with its neighbours' along the slicing axis before the argmax (see
+    #: SMOOTH_ZS; round 25). A config.json without the key reads as "none" (checkpoint.read_config).
+    smooth_z: str = "none"
     #: TCSA's text-conditioned segmentation head (engine/text_head.py; the authors' model): the class texts of the
     #: segmented image's modality generate a dynamic 1x1 convolution on the decoder's last map. On for the TCSA
     #: methods (the CLI, the widget and the benchmark set it), off for UUDS.
@@ -197,6 +204,8 @@ class ModelConfig:
             raise UUDSError(f"unknown objects setting '{self.objects}', choose one of {', '.join(OBJECTS)}")
         if self.tta not in TTAS:
             raise UUDSError(f"unknown test-time augmentation '{self.tta}', choose one of {', '.join(TTAS)}")
+        if self.smooth_z not in SMOOTH_ZS:
+            raise UUDSError(f"unknown through-plane smoothing '{self.smooth_z}', choose one of {', '.join(SMOOTH_ZS)}")
         if self.text_head and self.text_head_dim <= 0:
             self.text_head_dim = _text_dim(self.arch)
         if self.image_size % 32 or self.image_size < 64:
@@ -461,7 +470,8 @@ class TrainConfig:
 #: overrides of (ModelConfig, TrainConfig, LossWeights).
 RECIPES: dict[str, tuple[dict[str, Any], dict[str, Any], dict[str, Any]]] = {
     "uuds": ({}, {}, {}),
-    "paper": ({"body_mask": False, "pass_bn": False, "fine_skips": False, "refine": "none", "objects": "all"},
+    "paper": ({"body_mask": False, "pass_bn": False, "fine_skips": False, "refine": "none", "objects": "all",
+               "smooth_z": "none"},
               {"randomise": "none", "randomise_invert": 0.0, "guard": False, "pseudo_prior": "none", "ema_decay": 0.0,
                "pseudo_refine": "none"},
               {"dd_form": "printed"}),

@@ -16,10 +16,11 @@ import numpy as np
 import torch
 
 from .body import body_mask
-from .dataset import plan_for, slabs
+from .dataset import plan_for, slab, slabs
 from .losses import certain_mask, entropy_map
 from .model import UUDS
 from .components import objects_reported
+from .zsmooth import halo, smooth_probs, widen
 from .refine import snap_to_edges
 from .slices import SliceGeometry, from_square, to_square
 from .volumes import NormParams, Volume, normalisation_params
@@ -151,10 +152,14 @@ def iter_predict_volume(model: UUDS, volume: Volume, batch_size: int = 16, domai
     probs = np.empty((cfg.n_classes, *shape), np.float32) if keep_probs else None
     if domain_prompt is not None:
         model.domain_prompt.set_text(cfg.domain_text(domain_prompt))
+    h = halo(cfg, volume.spacing)  # round 25: neighbours' slices predicted with each slab, where they vote
     for idx in slabs(shape, axis, batch_size):  # one batch of slices at a time, all the way to the grid
-        slices, geom, body = square_slab(cfg, raw, norm, full, idx)
-        s, p = predict_slices(model, slices, batch_size, None, progress)
-        out = assemble(s, p, geom, body, keep_probs)
+        a, b = idx[axis].start, idx[axis].stop
+        a0, b0 = widen(a, b, shape[axis], h)
+        slices, geom, body = square_slab(cfg, raw, norm, full, slab(axis, a0, b0))
+        s, p = predict_slices(model, slices, b0 - a0, None,
+                              None if progress is None else (lambda _n, k=b - a: progress(k)))
+        out = assemble_range(s, p, geom, body, keep_probs, a - a0, b - a0, h > 0)
         seg[idx], ent[idx], syn[idx] = out.seg, out.entropy, out.synthetic
         if probs is not None:
             probs[(slice(None), *idx)] = out.probs
@@ -193,6 +198,24 @@ def square_slab(cfg, raw: np.ndarray, norm: NormParams, plan: SliceGeometry, idx
     slices, geom = to_square(part, cfg.axis, cfg.image_size, fill=-1.0, mode="bilinear",
                              geom=plan.with_slices(part.shape[cfg.axis]))
     return slices, geom, body_mask(part, cfg.axis) if cfg.body_mask else None
+
+
+def assemble_range(syn: torch.Tensor, probs: torch.Tensor, geom: SliceGeometry, body: np.ndarray | None,
+                   keep_probs: bool, lo: int, hi: int, smooth: bool) -> VolumePrediction:
+    """:func:`assemble` of a run of slices, then its slices [lo, hi) (the run's halo cut off): with ``smooth`` the
+    probabilities smoothed along the slicing axis first (round 25, engine/zsmooth.py), the body mask applied again,
+    and the segmentation and entropy taken from the smoothed probabilities."""
+    if not smooth:
+        return assemble(syn, probs, geom, body, keep_probs)
+    out = assemble(syn, probs, geom, body, keep_probs=True)
+    q = smooth_probs(out.probs, geom.axis, lo, hi)
+    crop = slab(geom.axis, lo, hi)
+    if body is not None:
+        outside = ~np.asarray(body, dtype=bool)[crop]
+        q[:, outside] = 0.0
+        q[0, outside] = 1.0
+    ent = entropy_map(torch.from_numpy(q).unsqueeze(0))[0].numpy()
+    return VolumePrediction(out.synthetic[crop], q if keep_probs else None, q.argmax(0).astype(np.uint8), ent)
 
 
 def assemble(syn: torch.Tensor, probs: torch.Tensor, geom: SliceGeometry, body: np.ndarray | None = None,

@@ -22,11 +22,12 @@ from ..engine.dataset import PreparedVolume, prepare_volume, slab
 from ..engine.errors import UUDSError
 from ..engine.review import SliceScore
 from ..engine.job import AdaptJob, build_model
-from ..engine.infer import (VolumePrediction, assemble, iter_predict_volume, predict_slices, refine_seg,
+from ..engine.infer import (VolumePrediction, assemble_range, iter_predict_volume, predict_slices, refine_seg,
                             run_to_end)
 from ..engine.slices import SliceGeometry, from_square
 from ..engine.train import TrainControl, TrainEvent, resolve_device
 from ..engine.components import describe_objects, objects_reported
+from ..engine.zsmooth import halo, widen
 from .corrections import Corrections, default_run_folder
 from .inputs import layer_volume, training_inputs
 from .names import OUTPUT_LAYERS
@@ -349,13 +350,16 @@ class UUDSController(ReviewActions):
             self.predict()
             return self.current_index()
         i = self.current_index()
-        # as predict_volume does (test-time augmentation included), for the one slice on screen
-        syn, probs = predict_slices(self.model, self.target.image[i:i + 1], 1, self.params.domain_prompt)
+        # as predict_volume does (test-time augmentation and the neighbours' vote included), for the slice on screen
+        vol = self.target.volume
         one = self._slice_geometry()
+        h = halo(self.model.cfg, vol.spacing)
+        a0, b0 = widen(i, i + 1, vol.data.shape[one.axis], h)
+        syn, probs = predict_slices(self.model, self.target.image[a0:b0], b0 - a0, self.params.domain_prompt)
         where = slab(one.axis, i, i + 1)
-        body = body_mask(self.target.norm.apply(self.target.volume.data[where]), one.axis) \
+        body = body_mask(self.target.norm.apply(vol.data[slab(one.axis, a0, b0)]), one.axis) \
             if self.model.cfg.body_mask else None  # as predict_volume does: nothing outside the body
-        pred = assemble(syn.float().cpu(), probs, one, body, keep_probs=False)
+        pred = assemble_range(syn.float().cpu(), probs, one.with_slices(b0 - a0), body, False, i - a0, i + 1 - a0, h > 0)
         pred.seg = refine_seg(self.model.cfg, pred.seg, self.target.volume.data[where], self.target.norm,
                               self.target.volume.spacing)  # as predict_volume does (on this slice alone)
         for key in ("synthetic", "seg", "entropy"):

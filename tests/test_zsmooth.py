@@ -1,0 +1,104 @@
+"""Round 25: a slice read with its neighbours. The smoothing by hand, the same result whatever the slab size and in
+the cohort's batches, nothing smoothed across thick slices, and the option saved and read back."""
+import json
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+from napari_uuds.engine import checkpoint as ckpt
+from napari_uuds.engine.body import body_mask
+from napari_uuds.engine.cohort import iter_cohort
+from napari_uuds.engine.config import RECIPES, ModelConfig
+from napari_uuds.engine.errors import UUDSError
+from napari_uuds.engine.infer import iter_predict_volume, predict_volume, run_to_end
+from napari_uuds.engine.losses import entropy_map
+from napari_uuds.engine.volumes import load_volume, normalisation_params
+from napari_uuds.engine.zsmooth import halo, smooth_probs, widen
+
+
+def test_binomial_by_hand_with_the_ends_standing_in_for_missing_neighbours():
+    p = np.zeros((2, 1, 1, 5), np.float32)
+    p[1, 0, 0] = [1.0, 0.0, 0.0, 1.0, 0.2]
+    p[0] = 1 - p[1]
+    q = smooth_probs(p, 2, 0, 5)
+    np.testing.assert_allclose(q[1, 0, 0], [0.75, 0.25, 0.25, 0.55, 0.4], atol=1e-6)
+    np.testing.assert_allclose(q.sum(0), 1.0, atol=1e-6)
+    np.testing.assert_allclose(smooth_probs(p, 2, 1, 4), q[..., 1:4])  # a run's middle only
+    assert widen(0, 4, 10, 1) == (0, 5) and widen(4, 8, 10, 1) == (3, 9) and widen(8, 10, 10, 1) == (7, 10)
+
+
+def test_neighbours_vote_only_where_the_slices_lie_close():
+    cfg = ModelConfig(smooth_z="binomial")
+    assert halo(cfg, (1.0, 1.0, 1.0)) == 1 and halo(cfg, (0.5, 0.5, 1.0)) == 1
+    assert halo(cfg, (0.5, 0.5, 1.01)) == 0 and halo(cfg, (1.0, 1.0, 5.0)) == 0
+    assert halo(ModelConfig(smooth_z="none"), (1.0, 1.0, 1.0)) == 0
+    with pytest.raises(UUDSError, match="unknown through-plane smoothing"):
+        ModelConfig(smooth_z="gaussian")
+    assert RECIPES["paper"][0]["smooth_z"] == "none" and ModelConfig().smooth_z == "none"
+
+
+def test_a_volume_predicts_as_its_plain_probabilities_smoothed_whatever_the_slab(tiny_model, cord, predict_with):
+    vol = load_volume(cord["t1"])
+    axis = tiny_model.cfg.axis
+    tiny_model.cfg.objects = "all"  # the network's output itself, every piece
+    plain = predict_with(tiny_model, vol, smooth_z="none")
+    assert plain.probs is None
+    raw = run_to_end(iter_predict_volume(tiny_model, vol, keep_probs=True))
+    want = smooth_probs(raw.probs, axis, 0, vol.data.shape[axis])
+    outside = ~body_mask(normalisation_params(vol.data).apply(vol.data), axis)  # nothing outside the body, again
+    assert outside.any()
+    want[:, outside] = 0.0
+    want[0, outside] = 1.0
+    tiny_model.cfg.smooth_z = "binomial"
+    for bs in (3, 16):
+        got = run_to_end(iter_predict_volume(tiny_model, vol, batch_size=bs, keep_probs=True))
+        # (a batch of another size rounds the convolutions' sums differently: 1e-4 at most)
+        np.testing.assert_allclose(got.probs, want, atol=2e-4)
+        assert (got.seg == want.argmax(0)).mean() > 0.999
+        np.testing.assert_allclose(got.entropy, entropy_map(torch.from_numpy(want)[None])[0].numpy(), atol=2e-4)
+        np.testing.assert_allclose(got.synthetic, raw.synthetic, atol=2e-4)
+    assert (got.seg != raw.seg).any()  # the untrained model's slices disagree: the vote changes some voxels
+
+
+def test_thick_slices_are_read_alone(tiny_model, tmp_path):
+    rng = np.random.default_rng(0)
+    data = rng.random((24, 24, 9)).astype(np.float32)
+    for z, name in ((1.0, "thin"), (5.0, "thick")):
+        nib.save(nib.Nifti1Image(data, np.diag([1.0, 1.0, z, 1.0])), tmp_path / f"{name}.nii.gz")
+    tiny_model.cfg.objects = "all"
+    out = {}
+    for name in ("thin", "thick"):
+        vol = load_volume(tmp_path / f"{name}.nii.gz")
+        for mode in ("none", "binomial"):
+            tiny_model.cfg.smooth_z = mode
+            out[name, mode] = predict_volume(tiny_model, vol)
+    assert not np.allclose(out["thin", "none"].entropy, out["thin", "binomial"].entropy)
+    np.testing.assert_array_equal(out["thick", "none"].entropy, out["thick", "binomial"].entropy)
+
+
+def test_the_cohort_smooths_as_one_volume_does(tiny_model, tmp_path):
+    rng = np.random.default_rng(2)
+    paths = []
+    for i, shape in enumerate(((24, 24, 7), (20, 28, 9))):
+        paths.append(tmp_path / f"v{i}.nii.gz")
+        nib.save(nib.Nifti1Image(rng.random(shape).astype(np.float32), np.eye(4)), paths[-1])
+    tiny_model.cfg.smooth_z, tiny_model.cfg.objects = "binomial", "all"
+    for r in iter_cohort(tiny_model, paths, batch_size=5):  # batches that cut volumes and span two
+        one = predict_volume(tiny_model, load_volume(r.path), batch_size=4)
+        np.testing.assert_allclose(r.prediction.entropy, one.entropy, atol=1e-4)
+        assert (r.prediction.seg == one.seg).mean() > 0.999
+        tiny_model.cfg.smooth_z = "none"
+        assert not np.allclose(r.prediction.entropy, predict_volume(tiny_model, load_volume(r.path)).entropy)
+        tiny_model.cfg.smooth_z = "binomial"
+
+
+def test_the_setting_is_saved_and_an_older_config_reads_none(tiny_model, tmp_path, saved_without):
+    tiny_model.cfg.smooth_z = "binomial"
+    ckpt.save_checkpoint(tiny_model, tmp_path / "new")
+    assert json.loads((tmp_path / "new" / "config.json").read_text())["model"]["smooth_z"] == "binomial"
+    model, _ = ckpt.load_checkpoint(tmp_path / "new")
+    assert model.cfg.smooth_z == "binomial"
+    saved_without(tiny_model, tmp_path / "old", "smooth_z")
+    assert ckpt.read_config(tmp_path / "old")["model"]["smooth_z"] == "none"
