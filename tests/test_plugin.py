@@ -235,6 +235,34 @@ def test_refine_box_repredicts_the_slice_through_the_refinement_and_is_saved(rea
     assert w.refine.value and w.params.refine == "edges"
 
 
+def test_neighbours_box_repredicts_the_slice_as_the_whole_volume_gives_it_and_is_saved(ready, tmp_path):
+    from napari_uuds.engine.checkpoint import read_config
+    from napari_uuds.engine.infer import predict_volume
+
+    viewer, w = ready
+    w.steps.value = 1
+    w.ctl.adapt_and_segment(w.source.value, w.source_labels.value, w.target.value)
+    assert w.ctl.model.cfg.smooth_z == w.params.smooth_z == "none" and not w.smooth_z.value
+    w.ctl.model.cfg.objects = "all"  # the network's output, every piece: slice and volume compare voxel for voxel
+    axis, i = w.ctl.model.cfg.axis, w.ctl.current_index()
+    seen = []
+    real = w.ctl.model.infer
+    w.ctl.model.infer = lambda x, *a, **k: seen.append(x.shape[0]) or real(x, *a, **k)
+    w.smooth_z.value = True  # the click: the slice on screen, predicted with the one above and the one below
+    w.ctl.model.infer = real
+    assert seen == [3] and w.ctl.model.cfg.smooth_z == "binomial"
+    assert "through-plane smoothing binomial" in w.status.message
+    whole = predict_volume(w.ctl.model, w.ctl.target.volume, norm=w.ctl.target.norm)
+    where = tuple(slice(i, i + 1) if d == axis else slice(None) for d in range(3))
+    np.testing.assert_allclose(w.ctl.prediction.entropy[where], whole.entropy[where], atol=2e-4)
+    w.ctl.save_weights(tmp_path / "w")
+    assert read_config(tmp_path / "w")["model"]["smooth_z"] == "binomial"
+    w.smooth_z.value = False
+    assert w.ctl.model.cfg.smooth_z == "none"
+    w.ctl.load_weights(tmp_path / "w")  # loaded weights bring their setting back to the box
+    assert w.smooth_z.value and w.params.smooth_z == "binomial"
+
+
 def test_objects_choice_keeps_the_largest_piece_and_every_painted_one_and_is_saved(ready, tmp_path):
     from napari_uuds.engine.checkpoint import read_config
     from napari_uuds.engine.components import keep_largest_object

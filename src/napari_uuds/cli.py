@@ -9,7 +9,7 @@ import warnings
 from .engine.config import (ARCHS, DD_FLOWS, DD_FORMS, DD_SCALES, DEVICES, FINETUNE_LR, FINETUNE_PARTS, FINETUNE_STEPS,
                             LossWeights, METHODS, PROTO_FORMS, ModelConfig, RANDOMISERS, RANDOMISE_INTO, RECIPES,
                             TEXT_ENCODERS, TRAIN_PARTS, TrainConfig, USEG_ABSENT, USEG_FLOWS, USEG_FORMS, PSEUDO_PRIORS, PSEUDO_REFINES,
-                            REFINES, OBJECTS, TTAS, WARMUP_STEPS)
+                            REFINES, OBJECTS, SMOOTH_ZS, TTAS, WARMUP_STEPS)
 from .engine.errors import UUDSError
 
 from .engine.volumes import parse_label_map  # noqa: F401  (re-exported: the option's parser)
@@ -207,6 +207,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "only (round 23 of docs/method.md: it helps the cord a little and costs BraTS FLAIR -> T1c "
                         "much); auto: the largest piece where it holds at least 80 %% of the volume's prediction, "
                         "every piece otherwise (round 24) (default: the recipe's: auto in uuds, all in paper)")
+    a.add_argument("--smooth-z", choices=list(SMOOTH_ZS), default=None,
+                   help="binomial: each slice's class probabilities averaged with its neighbours' (1/4, 1/2, 1/4) "
+                        "along the slicing axis before the mask is taken, where the slices lie no more than twice "
+                        "the in-plane voxel apart (round 25 of docs/method.md) (default: the recipe's)")
     a.add_argument("--fine-skips", action=argparse.BooleanOptionalAction, default=None,
                    help="let the translator's image decoder read the slice itself at half and full resolution "
                         "(round 17 of docs/method.md) (default: the recipe's)")
@@ -249,6 +253,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--objects", choices=list(OBJECTS), default=None,
                    help="override what of each volume's object is kept (all; largest: its largest connected "
                         "piece only; auto: the largest where it holds at least 80 %% of the volume's prediction)")
+    r.add_argument("--smooth-z", choices=list(SMOOTH_ZS), default=None,
+                   help="override the saved through-plane smoothing (none, or binomial: each slice's probabilities "
+                        "averaged with its neighbours')")
     r.add_argument("--device", choices=list(DEVICES), default=DEVICES[0])
     r.add_argument("--batch-size", type=_positive_int, default=16,
                    help="slices per forward pass (batches run across volume boundaries)")

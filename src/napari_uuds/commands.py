@@ -108,7 +108,7 @@ def _adapt(args, ctx, t_start: float) -> int:
     for store, key, value in ((m_over, "body_mask", args.body_mask), (m_over, "pass_bn", args.pass_bn),
                               (m_over, "fine_skips", args.fine_skips),
                               (m_over, "tta", args.tta), (m_over, "refine", args.refine),
-                              (m_over, "objects", args.objects),
+                              (m_over, "objects", args.objects), (m_over, "smooth_z", args.smooth_z),
                               (t_over, "ema_decay", args.ema_decay),
                               (t_over, "zoom", args.zoom), (t_over, "teacher_decay", args.teacher_decay),
                               (t_over, "randomise", args.randomise),
@@ -318,6 +318,8 @@ def cmd_predict(args) -> int:
         model.cfg.refine = args.refine
     if args.objects is not None:
         model.cfg.objects = args.objects
+    if args.smooth_z is not None:
+        model.cfg.smooth_z = args.smooth_z
     chi = args.threshold if args.threshold is not None else meta.get("train", {}).get("threshold", 0.5)
     axis = model.cfg.axis
     sizes: dict[Path, tuple[int, int]] = {}  # (slices along the axis, voxels) from the headers, for bar and disk
@@ -364,7 +366,7 @@ def cmd_predict(args) -> int:
                 release_host_memory()
         write_summary(out, rows, {"weights": str(w), "threshold": chi, "batch_size": args.batch_size,
                                   "device": str(device), "tta": model.cfg.tta, "refine": model.cfg.refine,
-                                  "objects": model.cfg.objects})
+                                  "objects": model.cfg.objects, "smooth_z": model.cfg.smooth_z})
     skipped = sum(r["status"] == "skipped" for r in rows)
     print(f"wrote {out}: {len(rows) - skipped} segmented, {skipped} skipped (summary in {out / SUMMARY_CSV})")
     return EXIT_USER_ERROR if skipped else 0

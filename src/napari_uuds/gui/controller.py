@@ -258,6 +258,11 @@ class UUDSController(ReviewActions):
         re-predicted at once (the whole volume with Re-predict volume)."""
         self._set_prediction_option("refine", refine, "boundary refinement")
 
+    def set_smooth_z(self, smooth_z: str) -> None:
+        """Each slice read with its neighbours (``binomial``) or alone (``none``) in every later prediction; the slice
+        on screen is re-predicted at once (the whole volume with Re-predict volume)."""
+        self._set_prediction_option("smooth_z", smooth_z, "through-plane smoothing")
+
     def set_objects(self, objects: str) -> None:
         """Keep every piece of the predicted object (``all``), only the largest (and the painted ones, ``largest``), or
         the largest where it holds most of the prediction (``auto``), in every later prediction. ``largest`` and

@@ -46,6 +46,9 @@ class Params:
     #: user painted) | auto (the same where that piece holds at least 80 % of the prediction); engine/components.py,
     #: rounds 23-24 of docs/method.md
     objects: str = _M.objects
+    #: a slice's probabilities smoothed with its neighbours' before the mask: none | binomial (engine/zsmooth.py,
+    #: round 25 of docs/method.md)
+    smooth_z: str = _M.smooth_z
     axis: int = _M.axis
     preview_every: int = 20
     seed: int = _T.seed
@@ -75,7 +78,7 @@ class Params:
                                     class_names=self.class_names(), class_descriptions=self.descriptions(),
                                     source_modality=self.source_modality, domain_prompt=self.domain_prompt,
                                     use_domain_prompt=prompts, use_seg_prompt=prompts, tta=self.tta,
-                                    refine=self.refine, objects=self.objects,
+                                    refine=self.refine, objects=self.objects, smooth_z=self.smooth_z,
                                     text_head=self.method != "uuds", target_modality=target_modality or "target")
 
     def train_config(self) -> TrainConfig:
@@ -93,6 +96,7 @@ class Params:
         self.tta = cfg.tta
         self.refine = cfg.refine
         self.objects = cfg.objects
+        self.smooth_z = cfg.smooth_z
         self.threshold = float(train.get("threshold", self.threshold))
 
 

@@ -84,6 +84,7 @@ class UUDSWidget(Container):
         self.threshold = FloatSlider(value=self.params.threshold, min=0.0, max=1.0, step=0.01, label="uncertainty χ")
         self.tta = CheckBox(value=self.params.tta == "d8", text="test-time augmentation")
         self.refine = CheckBox(value=self.params.refine == "edges", text="refine the boundary on the image's edges")
+        self.smooth_z = CheckBox(value=self.params.smooth_z == "binomial", text="read each slice with its neighbours")
         self.objects = ComboBox(choices=[("every piece", "all"), ("the largest piece", "largest"),
                                          ("the largest if >= 80 %", "auto")], value=self.params.objects,
                                 label="objects kept")
@@ -142,6 +143,10 @@ class UUDSWidget(Container):
             self.refine: ("after each prediction, let the target's own edges move the mask's boundary by up to 2 voxels "
                           "(a random walker on the image); saved with the weights. Switched here, the slice on screen "
                           "is re-predicted"),
+            self.smooth_z: ("average each slice's class probabilities with the slices above and below (1/4, 1/2, "
+                            "1/4) before the mask is taken, where the slices lie no more than twice the in-plane "
+                            "voxel apart (round 25 of docs/method.md); saved with the weights. Switched here, the "
+                            "slice on screen is re-predicted"),
             self.objects: ("what of the predicted object the whole volume keeps: every piece; only the largest "
                            "connected piece (and every piece you painted), which tidied the cord a little and cost "
                            "BraTS FLAIR -> T1c much (round 23 of docs/method.md); or the largest only where it holds "
@@ -176,7 +181,7 @@ class UUDSWidget(Container):
                      self.weights, self.device, self.steps, self.batch, self.lr, self.continue_model, self.adapt_btn,
                      self.train_btn,
                      self.stop_btn, self.progress, self.info, self.notice, self.prompt, self.threshold, self.tta,
-                     self.refine, self.objects,
+                     self.refine, self.smooth_z, self.objects,
                      self.predict_btn,
                      self.review_row, self.finetune_steps, self.finetune_parts, self.finetune_lr, self.finetune_btn,
                      self.load_corr_btn, self.save_btn, self.load_btn, self.export_btn])
@@ -200,6 +205,7 @@ class UUDSWidget(Container):
         self.threshold.changed.connect(lambda v: self._guard(self.ctl.set_threshold, v))
         self.tta.changed.connect(lambda v: self._guard(self.ctl.set_tta, "d8" if v else "none"))
         self.refine.changed.connect(lambda v: self._guard(self.ctl.set_refine, "edges" if v else "none"))
+        self.smooth_z.changed.connect(lambda v: self._guard(self.ctl.set_smooth_z, "binomial" if v else "none"))
         self.objects.changed.connect(lambda v: self._guard(self.ctl.set_objects, v))
         self._prompt_timer = _debounce(PROMPT_DEBOUNCE_MS, lambda: self._guard(self.ctl.set_prompt, self.prompt.value))
         self.prompt.changed.connect(lambda _v: self._prompt_timer.start())
@@ -211,6 +217,7 @@ class UUDSWidget(Container):
         ev.threshold.connect(lambda v: _show(self.threshold, v))
         ev.tta.connect(lambda v: _show(self.tta, v == "d8"))
         ev.refine.connect(lambda v: _show(self.refine, v == "edges"))
+        ev.smooth_z.connect(lambda v: _show(self.smooth_z, v == "binomial"))
         ev.objects.connect(lambda v: _show(self.objects, v))
         ev.finetune_parts.connect(lambda v: _show(self.finetune_parts, v))
         ev.class_descriptions.connect(self._show_descriptions)
