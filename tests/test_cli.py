@@ -248,7 +248,7 @@ def test_recipe_and_lever_options_reach_the_run(vols, tmp_path):
     assert cfg["train"]["recipe"] == "paper" and cfg["train"]["randomise"] == "none" and not cfg["train"]["guard"]
     assert cfg["train"]["randomise_invert"] == 0.0
     assert cfg["loss_weights"]["dd_form"] == "printed" and cfg["model"]["body_mask"] is False
-    assert cfg["model"]["objects"] == "all"  # the paper's letter keeps every piece
+    assert cfg["model"]["objects"] == "all" and cfg["model"]["smooth_z"] == "none"  # the paper's letter
     out = tmp_path / "default"
     assert _adapt(vols, out, **{"--randomise-p": 0.5}) == 0
     cfg = json.loads((out / "config.json").read_text())
@@ -259,14 +259,14 @@ def test_recipe_and_lever_options_reach_the_run(vols, tmp_path):
     argv = ["adapt", "--quiet", "--recipe", "paper", "--randomise", "gin", "--dd-form", "infonce", "--body-mask",
             "--useg-absent", "skip", "--randomise-into", "both", "--useg-form", "ce_balanced", "--useg-flow", "segmenter",
             "--pseudo-prior", "band", "--ema-decay", "0.5", "--tta", "d8", "--randomise-invert", "0.25",
-            "--fine-skips", "--refine", "edges", "--objects", "largest", "--pseudo-refine", "edges", "--source", vols["img"], "--source-label", vols["lab"], "--target", vols["tgt"], "--out",
+            "--fine-skips", "--refine", "edges", "--objects", "largest", "--smooth-z", "binomial", "--pseudo-refine", "edges", "--source", vols["img"], "--source-label", vols["lab"], "--target", vols["tgt"], "--out",
             str(tmp_path / "mixed"), "--steps", "1", "--batch-size", "2", "--image-size", "64"]
     assert main([str(a) for a in argv]) == 0  # an explicit option wins over the recipe
     cfg = json.loads((tmp_path / "mixed" / "config.json").read_text())
     assert cfg["train"]["randomise"] == "gin" and cfg["loss_weights"]["dd_form"] == "infonce"
     assert cfg["train"]["randomise_invert"] == 0.25 and cfg["model"]["fine_skips"] is True
     assert cfg["model"]["refine"] == "edges" and cfg["train"]["pseudo_refine"] == "edges"
-    assert cfg["model"]["objects"] == "largest"
+    assert cfg["model"]["objects"] == "largest" and cfg["model"]["smooth_z"] == "binomial"
     assert cfg["model"]["body_mask"] is True and cfg["train"]["guard"] is False
     assert cfg["loss_weights"]["useg_absent"] == "skip" and cfg["train"]["randomise_into"] == "both"
     assert cfg["loss_weights"]["useg_form"] == "ce_balanced" and cfg["train"]["useg_flow"] == "segmenter"
@@ -299,7 +299,8 @@ def test_predict_post_processing_overrides_reach_the_cohort_path(vols, tmp_path)
     assert _adapt(vols, out) == 0
     seg = {}
     for name, opts in (("all", ["--objects", "all"]), ("largest", ["--objects", "largest"]),
-                       ("auto", ["--objects", "auto"]), ("edges", ["--refine", "edges"])):
+                       ("auto", ["--objects", "auto"]), ("edges", ["--refine", "edges"]),
+                       ("smooth", ["--smooth-z", "binomial"])):
         rc = main(["predict", "--quiet", "--weights", str(out), "--image", str(vols["tgt"]), "--out",
                    str(tmp_path / name), *opts])
         assert rc == 0
@@ -325,6 +326,10 @@ def test_predict_post_processing_overrides_reach_the_cohort_path(vols, tmp_path)
     engine = vol.to_file_order(predict_volume(model, vol).seg)  # the file's voxel order, as the command writes it
     assert (engine != seg["auto"]).any()  # the refinement moved something (both keep the saved objects auto)
     np.testing.assert_array_equal(seg["edges"], engine)
+    model.cfg.refine, model.cfg.smooth_z = "none", "binomial"  # --smooth-z reaches the cohort path too
+    np.testing.assert_array_equal(seg["smooth"], vol.to_file_order(predict_volume(model, vol).seg))
+    assert (seg["smooth"] != seg["auto"]).any()  # the neighbours voted somewhere
+    assert json.loads((tmp_path / "smooth" / "summary.json").read_text())["smooth_z"] == "binomial"
 
 
 def test_finetune_learns_from_corrected_slices_and_keeps_them(vols, tmp_path, capsys):
