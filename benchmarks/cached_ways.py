@@ -9,7 +9,7 @@ each way and writes the masks where ``benchmarks/agreement.py`` reads them (``MA
 
     python benchmarks/cached_ways.py --protocol A1 --adapted /work/cache/adapted --seeds 0 1 2 \\
         --ways uuds uuds_smooth_z --masks /tmp/masks --json out.json
-    python benchmarks/agreement.py --masks /tmp/masks/A1 --protocol A1
+    python benchmarks/agreement.py --masks /tmp/masks --protocol A1
 """
 from __future__ import annotations
 
