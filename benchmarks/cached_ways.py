@@ -47,6 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--score", action="store_true", help="also score against the target labels (scoring only)")
     ap.add_argument("--json", default=None, help="write the figures here")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--overwrite", action="store_true", help="replace masks already in the way's folder")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     proto = PROTOCOLS[args.protocol]
@@ -66,6 +67,8 @@ def main(argv: list[str] | None = None) -> int:
             for k, v in {**own, **WAYS[way]}.items():
                 setattr(model.cfg, k, v)
             save = Path(args.masks) / args.protocol / f"{way}_s{seed}"
+            if save.is_dir() and any(save.iterdir()) and not args.overwrite:  # e.g. run.py --save-masks' own run
+                raise SystemExit(f"{save}: holds masks already (another run's?); --overwrite replaces them")
             save.mkdir(parents=True, exist_ok=True)
             vols = {}
             for name, tp, ref in zip(names, targets, refs):

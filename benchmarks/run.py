@@ -162,7 +162,7 @@ PAIRED_ROWS = {"uuds_no_ema": ("uuds", "last", "none", "none"), "uuds_tta": ("uu
                # round 24's default (objects auto) off: every piece of the same run's prediction kept
                "uuds_objects_all": ("uuds", "ema", "none", "none", "all"),
                # round 25: the same run's prediction, each slice's probabilities smoothed with its neighbours'
-               "uuds_smooth_z": ("uuds", "ema", "none", "none", "auto", "binomial")}
+               "uuds_smooth_z": ("uuds", "ema", "none", "none", None, "binomial")}
 MAIN_ROWS = {"lower", "histmatch", "pseudo", "gin_only", "uuds_paper", "uuds", "upper"}
 DESCRIPTIONS = {
     "tumour": "a brain tumour with surrounding oedema",
@@ -270,16 +270,16 @@ def score_ways(model: UUDS, ways: dict[str, tuple[str, ...]], score) -> dict:
     """One trained run scored several ways (round 13): ``ways`` = name -> (weights, tta, refine[, objects[,
     smooth_z]]), weights ``last`` (the last step's, ``model.last_iterate_state``) or ``ema`` (the average the run ended
     with), refine a boundary refinement (round 18), objects what of the object is kept (round 23), smooth_z the
-    through-plane smoothing (round 25); left out: the model's own, so a way changes only what it names. Returns name ->
-    score(model, name); the model ends as it came (the average loaded, its own settings)."""
+    through-plane smoothing (round 25); left out or None: the model's own, so a way changes only what it names.
+    Returns name -> score(model, name); the model ends as it came (the average loaded, its own settings)."""
     average = {k: v.clone() for k, v in model.state_dict().items()}
     keys = ("tta", "refine", "objects", "smooth_z")
     own, out = tuple(getattr(model.cfg, k) for k in keys), {}
     for name, way in ways.items():
         which, *given = way
         model.load_state_dict(model.last_iterate_state if which == "last" else average)
-        for k, v in zip(keys, (*given, *own[len(given):])):
-            setattr(model.cfg, k, v)
+        for k, v, mine in zip(keys, (*given, *own[len(given):]), own):
+            setattr(model.cfg, k, mine if v is None else v)
         out[name] = score(model, name)
     model.load_state_dict(average)
     for k, v in zip(keys, own):

@@ -96,7 +96,7 @@ def run_variant(name: str, seed: int, ctx: dict) -> dict:
         ways["ema_largest"] = ("ema", "none", "none", "largest")  # round 23: the largest connected object only
         ways["ema_auto"] = ("ema", "none", "none", "auto")  # round 24: the same where it holds 80 % of the prediction
         ways["ema_all"] = ("ema", "none", "none", "all")  # every piece (the default until round 24)
-        ways["ema_smooth_z"] = ("ema", "none", "none", "auto", "binomial")  # round 25: a slice with its neighbours
+        ways["ema_smooth_z"] = ("ema", "none", "none", None, "binomial")  # round 25: a slice with its neighbours
         ways = {k: v for k, v in ways.items() if not ctx.get("ways") or k in ctx["ways"] or k == own}
         paired = bench.score_ways(model, ways, lambda m, _way: _score(m, ctx))
     scores = paired[own] if paired else _score(model, ctx)  # what the run ended with: its average, its own tta

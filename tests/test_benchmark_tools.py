@@ -191,3 +191,24 @@ def test_a_corrections_variant_names_its_learning_rate_and_runs_at_it(monkeypatc
     out = corrections.run_seed(0, ctx)
     assert set(out["curves"]) == {"uncertain", "uncertain@segmenter:3:0.01"}
     assert seen == [corrections.FINETUNE_LR or corrections.TrainConfig.lr, 0.01]
+
+
+def test_a_scoring_way_changes_only_what_it_names_and_the_model_ends_as_it_came():
+    import types
+
+    import torch
+
+    import run
+
+    cfg = types.SimpleNamespace(tta="none", refine="none", objects="all", smooth_z="none")
+    net = torch.nn.Linear(1, 1)
+    model = types.SimpleNamespace(cfg=cfg, state_dict=net.state_dict, load_state_dict=net.load_state_dict,
+                                  last_iterate_state={k: v + 1 for k, v in net.state_dict().items()})
+    seen = run.score_ways(model, {"three": ("ema", "d8", "edges"), "four": ("last", "none", "none", "largest"),
+                                  "five": ("ema", "none", "none", None, "binomial")},
+                          lambda m, name: (dict(vars(m.cfg)), float(net.bias)))
+    bias = float(net.bias)
+    assert seen["three"] == ({"tta": "d8", "refine": "edges", "objects": "all", "smooth_z": "none"}, bias)
+    assert seen["four"] == ({"tta": "none", "refine": "none", "objects": "largest", "smooth_z": "none"}, bias + 1)
+    assert seen["five"] == ({"tta": "none", "refine": "none", "objects": "all", "smooth_z": "binomial"}, bias)
+    assert vars(cfg) == {"tta": "none", "refine": "none", "objects": "all", "smooth_z": "none"}

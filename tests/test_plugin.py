@@ -245,6 +245,7 @@ def test_neighbours_box_repredicts_the_slice_as_the_whole_volume_gives_it_and_is
     assert w.ctl.model.cfg.smooth_z == w.params.smooth_z == "none" and not w.smooth_z.value
     w.ctl.model.cfg.objects = "all"  # the network's output, every piece: slice and volume compare voxel for voxel
     axis, i = w.ctl.model.cfg.axis, w.ctl.current_index()
+    assert 0 < i < w.ctl.target.volume.data.shape[axis] - 1  # a slice with both neighbours
     seen = []
     real = w.ctl.model.infer
     w.ctl.model.infer = lambda x, *a, **k: seen.append(x.shape[0]) or real(x, *a, **k)

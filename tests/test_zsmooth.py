@@ -81,17 +81,21 @@ def test_thick_slices_are_read_alone(tiny_model, tmp_path):
 def test_the_cohort_smooths_as_one_volume_does(tiny_model, tmp_path):
     rng = np.random.default_rng(2)
     paths = []
-    for i, shape in enumerate(((24, 24, 7), (20, 28, 9))):
+    for i, (shape, z) in enumerate((((24, 24, 7), 1.0), ((20, 28, 9), 5.0), ((16, 16, 6), 1.0))):
         paths.append(tmp_path / f"v{i}.nii.gz")
-        nib.save(nib.Nifti1Image(rng.random(shape).astype(np.float32), np.eye(4)), paths[-1])
+        nib.save(nib.Nifti1Image(rng.random(shape).astype(np.float32), np.diag([1.0, 1.0, z, 1.0])), paths[-1])
     tiny_model.cfg.smooth_z, tiny_model.cfg.objects = "binomial", "all"
-    for r in iter_cohort(tiny_model, paths, batch_size=5):  # batches that cut volumes and span two
+    done = []
+    for r in iter_cohort(tiny_model, paths, batch_size=5, progress=done.append):  # batches cut and join volumes
         one = predict_volume(tiny_model, load_volume(r.path), batch_size=4)
         np.testing.assert_allclose(r.prediction.entropy, one.entropy, atol=1e-4)
         assert (r.prediction.seg == one.seg).mean() > 0.999
         tiny_model.cfg.smooth_z = "none"
-        assert not np.allclose(r.prediction.entropy, predict_volume(tiny_model, load_volume(r.path)).entropy)
+        alone = predict_volume(tiny_model, load_volume(r.path)).entropy
         tiny_model.cfg.smooth_z = "binomial"
+        thick = r.path.name == "v1.nii.gz"  # 5 mm between slices: read alone, in a batch with thin ones
+        assert np.allclose(r.prediction.entropy, alone, atol=1e-4) == thick
+    assert sum(done) == 7 + 9 + 6  # every slice counted once, the halos' never
 
 
 def test_the_setting_is_saved_and_an_older_config_reads_none(tiny_model, tmp_path, saved_without):

@@ -121,8 +121,9 @@ def iter_cohort(model: UUDS, paths: list[Path], batch_size: int = 16, domain_pro
             plans.append((vol, slab(axis, a, b), geom, body, a - a0, b - a0, h > 0))
         batch = torch.cat(parts)
         core = sum(b - a for _, a, b in todo)  # the halos' slices are not counted as progress
-        s, p = predict_slices(model, batch, max(batch_size, batch.shape[0]), None,
-                              None if progress is None else (lambda _n: progress(core)))
+        s, p = predict_slices(model, batch, batch_size)  # forward passes of at most batch_size slices
+        if progress is not None:
+            progress(core)
         at = 0
         for vol, idx, geom, body, lo, hi, smooth in plans:
             n = geom.shape[axis]

@@ -153,12 +153,14 @@ def iter_predict_volume(model: UUDS, volume: Volume, batch_size: int = 16, domai
     if domain_prompt is not None:
         model.domain_prompt.set_text(cfg.domain_text(domain_prompt))
     h = halo(cfg, volume.spacing)  # round 25: neighbours' slices predicted with each slab, where they vote
-    for idx in slabs(shape, axis, batch_size):  # one batch of slices at a time, all the way to the grid
+    # one batch of slices at a time, all the way to the grid; with a halo, the slab and its halo fill one batch
+    for idx in slabs(shape, axis, max(1, batch_size - 2 * h)):
         a, b = idx[axis].start, idx[axis].stop
         a0, b0 = widen(a, b, shape[axis], h)
         slices, geom, body = square_slab(cfg, raw, norm, full, slab(axis, a0, b0))
-        s, p = predict_slices(model, slices, b0 - a0, None,
-                              None if progress is None else (lambda _n, k=b - a: progress(k)))
+        s, p = predict_slices(model, slices, batch_size)
+        if progress is not None:
+            progress(b - a)  # the halo's slices are not counted
         out = assemble_range(s, p, geom, body, keep_probs, a - a0, b - a0, h > 0)
         seg[idx], ent[idx], syn[idx] = out.seg, out.entropy, out.synthetic
         if probs is not None:
@@ -206,6 +208,7 @@ def assemble_range(syn: torch.Tensor, probs: torch.Tensor, geom: SliceGeometry, 
     probabilities smoothed along the slicing axis first (round 25, engine/zsmooth.py), the body mask applied again,
     and the segmentation and entropy taken from the smoothed probabilities."""
     if not smooth:
+        assert lo == 0 and hi == geom.shape[geom.axis], "a run without smoothing has no halo to cut off"
         return assemble(syn, probs, geom, body, keep_probs)
     out = assemble(syn, probs, geom, body, keep_probs=True)
     q = smooth_probs(out.probs, geom.axis, lo, hi)
