@@ -300,7 +300,7 @@ def test_predict_post_processing_overrides_reach_the_cohort_path(vols, tmp_path)
     seg = {}
     for name, opts in (("all", ["--objects", "all"]), ("largest", ["--objects", "largest"]),
                        ("auto", ["--objects", "auto"]), ("edges", ["--refine", "edges"]),
-                       ("smooth", ["--smooth-z", "binomial"])):
+                       ("alone", ["--smooth-z", "none"])):
         rc = main(["predict", "--quiet", "--weights", str(out), "--image", str(vols["tgt"]), "--out",
                    str(tmp_path / name), *opts])
         assert rc == 0
@@ -326,10 +326,11 @@ def test_predict_post_processing_overrides_reach_the_cohort_path(vols, tmp_path)
     engine = vol.to_file_order(predict_volume(model, vol).seg)  # the file's voxel order, as the command writes it
     assert (engine != seg["auto"]).any()  # the refinement moved something (both keep the saved objects auto)
     np.testing.assert_array_equal(seg["edges"], engine)
-    model.cfg.refine, model.cfg.smooth_z = "none", "binomial"  # --smooth-z reaches the cohort path too
-    np.testing.assert_array_equal(seg["smooth"], vol.to_file_order(predict_volume(model, vol).seg))
-    assert (seg["smooth"] != seg["auto"]).any()  # the neighbours voted somewhere
-    assert json.loads((tmp_path / "smooth" / "summary.json").read_text())["smooth_z"] == "binomial"
+    assert cfg["smooth_z"] == "binomial"  # round 25's default
+    model.cfg.refine, model.cfg.smooth_z = "none", "none"  # --smooth-z reaches the cohort path too
+    np.testing.assert_array_equal(seg["alone"], vol.to_file_order(predict_volume(model, vol).seg))
+    assert (seg["alone"] != seg["auto"]).any()  # without the neighbours' vote some voxels change
+    assert json.loads((tmp_path / "alone" / "summary.json").read_text())["smooth_z"] == "none"
 
 
 def test_finetune_learns_from_corrected_slices_and_keeps_them(vols, tmp_path, capsys):

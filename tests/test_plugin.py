@@ -242,16 +242,18 @@ def test_neighbours_box_repredicts_the_slice_as_the_whole_volume_gives_it_and_is
     viewer, w = ready
     w.steps.value = 1
     w.ctl.adapt_and_segment(w.source.value, w.source_labels.value, w.target.value)
-    assert w.ctl.model.cfg.smooth_z == w.params.smooth_z == "none" and not w.smooth_z.value
+    assert w.ctl.model.cfg.smooth_z == w.params.smooth_z == "binomial" and w.smooth_z.value  # round 25's default
     w.ctl.model.cfg.objects = "all"  # the network's output, every piece: slice and volume compare voxel for voxel
     axis, i = w.ctl.model.cfg.axis, w.ctl.current_index()
     assert 0 < i < w.ctl.target.volume.data.shape[axis] - 1  # a slice with both neighbours
     seen = []
     real = w.ctl.model.infer
     w.ctl.model.infer = lambda x, *a, **k: seen.append(x.shape[0]) or real(x, *a, **k)
-    w.smooth_z.value = True  # the click: the slice on screen, predicted with the one above and the one below
+    w.smooth_z.value = False  # the click: the slice on screen, predicted alone
+    assert seen == [1] and w.ctl.model.cfg.smooth_z == "none" and "through-plane smoothing none" in w.status.message
+    w.smooth_z.value = True  # the slice on screen, predicted with the one above and the one below
     w.ctl.model.infer = real
-    assert seen == [3] and w.ctl.model.cfg.smooth_z == "binomial"
+    assert seen == [1, 3] and w.ctl.model.cfg.smooth_z == "binomial"
     assert "through-plane smoothing binomial" in w.status.message
     whole = predict_volume(w.ctl.model, w.ctl.target.volume, norm=w.ctl.target.norm)
     where = tuple(slice(i, i + 1) if d == axis else slice(None) for d in range(3))

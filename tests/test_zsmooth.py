@@ -1,5 +1,6 @@
 """Round 25: a slice read with its neighbours. The smoothing by hand, the same result whatever the slab size and in
 the cohort's batches, nothing smoothed across thick slices, and the option saved and read back."""
+import copy
 import json
 
 import nibabel as nib
@@ -16,6 +17,14 @@ from napari_uuds.engine.infer import iter_predict_volume, predict_volume, run_to
 from napari_uuds.engine.losses import entropy_map
 from napari_uuds.engine.volumes import load_volume, normalisation_params
 from napari_uuds.engine.zsmooth import halo, smooth_probs, widen
+
+
+@pytest.fixture()
+def model(tiny_model):
+    """The tiny model with a config of its own: these tests change its prediction settings, and ``tiny_model``'s
+    config is the session's (conftest.tiny_cfg)."""
+    tiny_model.cfg = copy.copy(tiny_model.cfg)
+    return tiny_model
 
 
 def test_binomial_by_hand_with_the_ends_standing_in_for_missing_neighbours():
@@ -36,24 +45,22 @@ def test_neighbours_vote_only_where_the_slices_lie_close():
     assert halo(ModelConfig(smooth_z="none"), (1.0, 1.0, 1.0)) == 0
     with pytest.raises(UUDSError, match="unknown through-plane smoothing"):
         ModelConfig(smooth_z="gaussian")
-    assert RECIPES["paper"][0]["smooth_z"] == "none" and ModelConfig().smooth_z == "none"
+    assert RECIPES["paper"][0]["smooth_z"] == "none" and ModelConfig().smooth_z == "binomial"  # round 25's default
 
 
-def test_a_volume_predicts_as_its_plain_probabilities_smoothed_whatever_the_slab(tiny_model, cord, predict_with):
+def test_a_volume_predicts_as_its_plain_probabilities_smoothed_whatever_the_slab(model, cord):
     vol = load_volume(cord["t1"])
-    axis = tiny_model.cfg.axis
-    tiny_model.cfg.objects = "all"  # the network's output itself, every piece
-    plain = predict_with(tiny_model, vol, smooth_z="none")
-    assert plain.probs is None
-    raw = run_to_end(iter_predict_volume(tiny_model, vol, keep_probs=True))
+    axis = model.cfg.axis
+    model.cfg.objects, model.cfg.smooth_z = "all", "none"  # the network's output itself, every piece
+    raw = run_to_end(iter_predict_volume(model, vol, keep_probs=True))
     want = smooth_probs(raw.probs, axis, 0, vol.data.shape[axis])
     outside = ~body_mask(normalisation_params(vol.data).apply(vol.data), axis)  # nothing outside the body, again
     assert outside.any()
     want[:, outside] = 0.0
     want[0, outside] = 1.0
-    tiny_model.cfg.smooth_z = "binomial"
+    model.cfg.smooth_z = "binomial"
     for bs in (3, 16):
-        got = run_to_end(iter_predict_volume(tiny_model, vol, batch_size=bs, keep_probs=True))
+        got = run_to_end(iter_predict_volume(model, vol, batch_size=bs, keep_probs=True))
         # (a batch of another size rounds the convolutions' sums differently: 1e-4 at most)
         np.testing.assert_allclose(got.probs, want, atol=2e-4)
         assert (got.seg == want.argmax(0)).mean() > 0.999
@@ -62,47 +69,47 @@ def test_a_volume_predicts_as_its_plain_probabilities_smoothed_whatever_the_slab
     assert (got.seg != raw.seg).any()  # the untrained model's slices disagree: the vote changes some voxels
 
 
-def test_thick_slices_are_read_alone(tiny_model, tmp_path):
+def test_thick_slices_are_read_alone(model, tmp_path):
     rng = np.random.default_rng(0)
     data = rng.random((24, 24, 9)).astype(np.float32)
     for z, name in ((1.0, "thin"), (5.0, "thick")):
         nib.save(nib.Nifti1Image(data, np.diag([1.0, 1.0, z, 1.0])), tmp_path / f"{name}.nii.gz")
-    tiny_model.cfg.objects = "all"
+    model.cfg.objects = "all"
     out = {}
     for name in ("thin", "thick"):
         vol = load_volume(tmp_path / f"{name}.nii.gz")
         for mode in ("none", "binomial"):
-            tiny_model.cfg.smooth_z = mode
-            out[name, mode] = predict_volume(tiny_model, vol)
+            model.cfg.smooth_z = mode
+            out[name, mode] = predict_volume(model, vol)
     assert not np.allclose(out["thin", "none"].entropy, out["thin", "binomial"].entropy)
     np.testing.assert_array_equal(out["thick", "none"].entropy, out["thick", "binomial"].entropy)
 
 
-def test_the_cohort_smooths_as_one_volume_does(tiny_model, tmp_path):
+def test_the_cohort_smooths_as_one_volume_does(model, tmp_path):
     rng = np.random.default_rng(2)
     paths = []
     for i, (shape, z) in enumerate((((24, 24, 7), 1.0), ((20, 28, 9), 5.0), ((16, 16, 6), 1.0))):
         paths.append(tmp_path / f"v{i}.nii.gz")
         nib.save(nib.Nifti1Image(rng.random(shape).astype(np.float32), np.diag([1.0, 1.0, z, 1.0])), paths[-1])
-    tiny_model.cfg.smooth_z, tiny_model.cfg.objects = "binomial", "all"
+    model.cfg.smooth_z, model.cfg.objects = "binomial", "all"
     done = []
-    for r in iter_cohort(tiny_model, paths, batch_size=5, progress=done.append):  # batches cut and join volumes
-        one = predict_volume(tiny_model, load_volume(r.path), batch_size=4)
+    for r in iter_cohort(model, paths, batch_size=5, progress=done.append):  # batches cut and join volumes
+        one = predict_volume(model, load_volume(r.path), batch_size=4)
         np.testing.assert_allclose(r.prediction.entropy, one.entropy, atol=1e-4)
         assert (r.prediction.seg == one.seg).mean() > 0.999
-        tiny_model.cfg.smooth_z = "none"
-        alone = predict_volume(tiny_model, load_volume(r.path)).entropy
-        tiny_model.cfg.smooth_z = "binomial"
+        model.cfg.smooth_z = "none"
+        alone = predict_volume(model, load_volume(r.path)).entropy
+        model.cfg.smooth_z = "binomial"
         thick = r.path.name == "v1.nii.gz"  # 5 mm between slices: read alone, in a batch with thin ones
         assert np.allclose(r.prediction.entropy, alone, atol=1e-4) == thick
     assert sum(done) == 7 + 9 + 6  # every slice counted once, the halos' never
 
 
-def test_the_setting_is_saved_and_an_older_config_reads_none(tiny_model, tmp_path, saved_without):
-    tiny_model.cfg.smooth_z = "binomial"
-    ckpt.save_checkpoint(tiny_model, tmp_path / "new")
+def test_the_setting_is_saved_and_an_older_config_reads_none(model, tmp_path, saved_without):
+    model.cfg.smooth_z = "binomial"
+    ckpt.save_checkpoint(model, tmp_path / "new")
     assert json.loads((tmp_path / "new" / "config.json").read_text())["model"]["smooth_z"] == "binomial"
     model, _ = ckpt.load_checkpoint(tmp_path / "new")
     assert model.cfg.smooth_z == "binomial"
-    saved_without(tiny_model, tmp_path / "old", "smooth_z")
+    saved_without(model, tmp_path / "old", "smooth_z")
     assert ckpt.read_config(tmp_path / "old")["model"]["smooth_z"] == "none"

@@ -175,8 +175,9 @@ class ModelConfig:
     #: test-time augmentation (see TTAS). A config.json without the key reads as "none" (checkpoint.read_config).
     tta: str = "none"
     #: a slice's probabilities smoothed with its neighbours' along the slicing axis before the argmax (see
-    #: SMOOTH_ZS; round 25). A config.json without the key reads as "none" (checkpoint.read_config).
-    smooth_z: str = "none"
+    #: SMOOTH_ZS): "binomial", chosen by round 25 of docs/method.md's rule (the paper recipe keeps "none"). A
+    #: config.json without the key (written before round 25) reads as "none" (checkpoint.read_config).
+    smooth_z: str = "binomial"
     #: TCSA's text-conditioned segmentation head (engine/text_head.py; the authors' model): the class texts of the
     #: segmented image's modality generate a dynamic 1x1 convolution on the decoder's last map. On for the TCSA
     #: methods (the CLI, the widget and the benchmark set it), off for UUDS.
