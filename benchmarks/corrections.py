@@ -88,6 +88,11 @@ def curve_name(strategy: str, parts: str, steps: int, default_steps: int, lr: fl
             + (f":{lr:g}" if lr is not None else ""))
 
 
+#: ModelConfig settings that change only how a trained model predicts, not what it learnt: a cached model takes the
+#: benchmark's (today's default's), so that a model saved before a prediction default changed predicts as a fresh one
+PREDICTION_SETTINGS = ("tta", "refine", "objects", "smooth_z")
+
+
 def adapted_model(cfg: ModelConfig, sources, targets, tcfg: TrainConfig, ctx: dict):
     """The seed's adapted model: trained here, or (``ctx["adapted"]``, ``--adapted DIR``) read from
     ``DIR/<protocol>_s<seed>_<steps>`` when an earlier run saved it there, else trained and saved there, so that
@@ -96,6 +101,8 @@ def adapted_model(cfg: ModelConfig, sources, targets, tcfg: TrainConfig, ctx: di
     folder = Path(ctx["adapted"]) / f"{ctx['protocol']}_s{tcfg.seed}_{tcfg.steps}" if ctx.get("adapted") else None
     if folder is not None and (folder / "config.json").exists():
         model, meta = load_checkpoint(folder, expect=cfg)
+        for k in PREDICTION_SETTINGS:  # how a model predicts is today's default's, whenever it was trained (round 25)
+            setattr(model.cfg, k, getattr(cfg, k))
         bench = meta.get("corrections_adapted", {})
         asked = {"seed": tcfg.seed, "steps": tcfg.steps, "batch_size": tcfg.batch_size, "threshold": tcfg.threshold}
         if {k: bench.get(k) for k in asked} != asked:

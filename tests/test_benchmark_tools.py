@@ -151,6 +151,18 @@ def test_corrections_reads_the_adapted_model_an_earlier_run_saved(tmp_path):
     assert read["curves"] == saved["curves"] and read["slices"] == saved["slices"]
     with pytest.raises(SystemExit, match="adapted with"):
         corrections.run_seed(0, {**ctx, "batch_size": 2})
+    # a model saved before a prediction default changed (round 25's smoothing) predicts as today's default does
+    import json
+
+    from napari_uuds.engine.config import ModelConfig, TrainConfig
+    meta = json.loads((tmp_path / "P_s0_6" / "config.json").read_text())
+    assert meta["model"]["smooth_z"] == "binomial"
+    meta["model"]["smooth_z"] = "none"
+    (tmp_path / "P_s0_6" / "config.json").write_text(json.dumps(meta))
+    cfg = ModelConfig(**ctx["model_kw"])
+    model, _, _ = corrections.adapted_model(cfg, ctx["sources"], ctx["targets"],
+                                            TrainConfig(steps=6, batch_size=4, seed=0, threshold=0.5), ctx)
+    assert model.cfg.smooth_z == "binomial"
 
 
 def _phantom_corrections_context() -> dict:
