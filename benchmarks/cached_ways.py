@@ -27,6 +27,7 @@ from run import PROTOCOLS, git_commit, load_protocol, protocol_config  # noqa: E
 
 from napari_uuds.engine.atomic import atomic_write  # noqa: E402
 from napari_uuds.engine.checkpoint import load_checkpoint  # noqa: E402
+from napari_uuds.engine.config import PREDICTION_SETTINGS  # noqa: E402
 from napari_uuds.engine.infer import predict_volume  # noqa: E402
 from napari_uuds.engine.metrics import score_classes  # noqa: E402
 
@@ -61,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     for seed in args.seeds:
         folder = Path(args.adapted) / f"{args.protocol}_s{seed}_{args.steps}"
         model, meta = load_checkpoint(folder)
-        own = {k: getattr(model.cfg, k) for w in WAYS.values() for k in w}
+        own = {k: getattr(model.cfg, k) for k in PREDICTION_SETTINGS}
         run = {"folder": str(folder), "trained_at": meta.get("corrections_adapted", {}).get("commit"), "ways": {}}
         for way in args.ways:
             for k, v in {**own, **WAYS[way]}.items():

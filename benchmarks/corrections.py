@@ -30,7 +30,8 @@ from run import PROTOCOLS, RESULTS, _train, git_commit, load_protocol, protocol_
 
 from napari_uuds.engine.atomic import atomic_write  # noqa: E402
 from napari_uuds.engine.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
-from napari_uuds.engine.config import FINETUNE_LR, FINETUNE_PARTS, TRAIN_PARTS, ModelConfig, TrainConfig  # noqa: E402
+from napari_uuds.engine.config import (FINETUNE_LR, FINETUNE_PARTS, PREDICTION_SETTINGS, TRAIN_PARTS,  # noqa: E402
+                                       ModelConfig, TrainConfig)
 from napari_uuds.engine.finetune import FINETUNE_STEPS, corrected_sampler  # noqa: E402
 from napari_uuds.engine.infer import predict_volume  # noqa: E402
 from napari_uuds.engine.job import AdaptJob  # noqa: E402
@@ -88,11 +89,6 @@ def curve_name(strategy: str, parts: str, steps: int, default_steps: int, lr: fl
             + (f":{lr:g}" if lr is not None else ""))
 
 
-#: ModelConfig settings that change only how a trained model predicts, not what it learnt: a cached model takes the
-#: benchmark's (today's default's), so that a model saved before a prediction default changed predicts as a fresh one
-PREDICTION_SETTINGS = ("tta", "refine", "objects", "smooth_z")
-
-
 def adapted_model(cfg: ModelConfig, sources, targets, tcfg: TrainConfig, ctx: dict):
     """The seed's adapted model: trained here, or (``ctx["adapted"]``, ``--adapted DIR``) read from
     ``DIR/<protocol>_s<seed>_<steps>`` when an earlier run saved it there, else trained and saved there, so that
@@ -101,7 +97,9 @@ def adapted_model(cfg: ModelConfig, sources, targets, tcfg: TrainConfig, ctx: di
     folder = Path(ctx["adapted"]) / f"{ctx['protocol']}_s{tcfg.seed}_{tcfg.steps}" if ctx.get("adapted") else None
     if folder is not None and (folder / "config.json").exists():
         model, meta = load_checkpoint(folder, expect=cfg)
-        for k in PREDICTION_SETTINGS:  # how a model predicts is today's default's, whenever it was trained (round 25)
+        # how a model predicts is today's default's, whenever it was trained: a model saved before a prediction default
+        # changed (round 25) predicts as a fresh one
+        for k in PREDICTION_SETTINGS:
             setattr(model.cfg, k, getattr(cfg, k))
         bench = meta.get("corrections_adapted", {})
         asked = {"seed": tcfg.seed, "steps": tcfg.steps, "batch_size": tcfg.batch_size, "threshold": tcfg.threshold}

@@ -41,7 +41,7 @@ import torch
 
 from napari_uuds.engine.atomic import atomic_write
 from napari_uuds.engine.baselines import histogram_match, pseudo_labels
-from napari_uuds.engine.config import RECIPES, LossWeights, ModelConfig, TrainConfig
+from napari_uuds.engine.config import PREDICTION_SETTINGS, RECIPES, LossWeights, ModelConfig, TrainConfig
 from napari_uuds.engine.dataset import PreparedVolume, choose_mm_per_pixel, prepare_volume, reslice
 from napari_uuds.engine.infer import predict_volume
 from napari_uuds.engine.job import AdaptJob
@@ -273,7 +273,7 @@ def score_ways(model: UUDS, ways: dict[str, tuple[str, ...]], score) -> dict:
     through-plane smoothing (round 25); left out or None: the model's own, so a way changes only what it names.
     Returns name -> score(model, name); the model ends as it came (the average loaded, its own settings)."""
     average = {k: v.clone() for k, v in model.state_dict().items()}
-    keys = ("tta", "refine", "objects", "smooth_z")
+    keys = PREDICTION_SETTINGS
     own, out = tuple(getattr(model.cfg, k) for k in keys), {}
     for name, way in ways.items():
         which, *given = way

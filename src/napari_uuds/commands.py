@@ -13,7 +13,7 @@ from .engine import checkpoint as ckpt
 from .engine.atomic import atomic_write
 from .engine.components import describe_objects
 from .engine.config import (DEFAULT_DOMAIN_PROMPT, LossWeights, ModelConfig, TrainConfig, from_dict, recipe_overrides,
-                            to_dict)
+                            to_dict, PREDICTION_SETTINGS)
 from .engine.dataset import choose_mm_per_pixel, load_source_pairs, load_targets, reslice
 from .exitcodes import EXIT_INTERRUPTED, EXIT_USER_ERROR
 from .engine.errors import UUDSError
@@ -312,14 +312,9 @@ def cmd_predict(args) -> int:
     check_writable(out)
     device = resolve_device(args.device)
     model, meta = ckpt.load_checkpoint(args.weights, device)
-    if args.tta is not None:
-        model.cfg.tta = args.tta
-    if args.refine is not None:
-        model.cfg.refine = args.refine
-    if args.objects is not None:
-        model.cfg.objects = args.objects
-    if args.smooth_z is not None:
-        model.cfg.smooth_z = args.smooth_z
+    for key in PREDICTION_SETTINGS:  # --tta, --refine, --objects, --smooth-z override the saved settings
+        if getattr(args, key) is not None:
+            setattr(model.cfg, key, getattr(args, key))
     chi = args.threshold if args.threshold is not None else meta.get("train", {}).get("threshold", 0.5)
     axis = model.cfg.axis
     sizes: dict[Path, tuple[int, int]] = {}  # (slices along the axis, voxels) from the headers, for bar and disk
@@ -365,8 +360,7 @@ def cmd_predict(args) -> int:
                 del r
                 release_host_memory()
         write_summary(out, rows, {"weights": str(w), "threshold": chi, "batch_size": args.batch_size,
-                                  "device": str(device), "tta": model.cfg.tta, "refine": model.cfg.refine,
-                                  "objects": model.cfg.objects, "smooth_z": model.cfg.smooth_z})
+                                  "device": str(device), **{k: getattr(model.cfg, k) for k in PREDICTION_SETTINGS}})
     skipped = sum(r["status"] == "skipped" for r in rows)
     print(f"wrote {out}: {len(rows) - skipped} segmented, {skipped} skipped (summary in {out / SUMMARY_CSV})")
     return EXIT_USER_ERROR if skipped else 0

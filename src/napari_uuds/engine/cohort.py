@@ -89,13 +89,12 @@ class _Open:
     ent: np.ndarray = field(init=False)
     syn: np.ndarray = field(init=False)
     left: int = field(init=False)  # slices not segmented yet
-    left_total: int = field(init=False)  # slices along the axis in all
 
     def __post_init__(self) -> None:
         shape = self.volume.data.shape
         self.seg, self.ent = np.empty(shape, np.uint8), np.empty(shape, np.float32)
         self.syn = np.empty(shape, np.float32)
-        self.left = self.left_total = shape[self.plan.axis]
+        self.left = shape[self.plan.axis]
 
 
 def iter_cohort(model: UUDS, paths: list[Path], batch_size: int = 16, domain_prompt: str | None = None,
@@ -115,7 +114,7 @@ def iter_cohort(model: UUDS, paths: list[Path], batch_size: int = 16, domain_pro
         parts, plans = [], []
         for vol, a, b in todo:
             h = halo(cfg, vol.volume.spacing)  # round 25: the neighbours' slices, where they vote
-            a0, b0 = widen(a, b, vol.left_total, h)
+            a0, b0 = widen(a, b, vol.volume.data.shape[axis], h)
             sl, geom, body = square_slab(cfg, vol.volume.data, vol.norm, vol.plan, slab(axis, a0, b0))
             parts.append(sl)
             plans.append((vol, slab(axis, a, b), geom, body, a - a0, b - a0, h > 0))

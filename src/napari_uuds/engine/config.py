@@ -80,6 +80,9 @@ OBJECTS = ("all", "largest", "auto")
 #: probabilities as the 2D network gives them; ``binomial`` = 1/4 of the slice before, 1/2 its own, 1/4 of the slice
 #: after along the slicing axis, where the slices lie no further apart than twice the in-plane voxel
 SMOOTH_ZS = ("none", "binomial")
+#: the ModelConfig settings that change only how a trained model predicts, never what it learns (in this order: the
+#: benchmarks' scoring ways name them by position); ``predict`` overrides them, loaded weights bring them to the widget
+PREDICTION_SETTINGS = ("tta", "refine", "objects", "smooth_z")
 #: Source randomisation (engine/randomise.py): ``gin`` = random shallow conv nets scramble the source's contrast;
 #: ``none`` = the source as it is; ``auto`` = gin where the raw target's grey values lie far from the source's (W1 >
 #: randomise.AUTO_W1, label-free, measured before training), else none (docs/method.md, reading 16).

@@ -210,15 +210,11 @@ def assemble_range(syn: torch.Tensor, probs: torch.Tensor, geom: SliceGeometry, 
     if not smooth:
         assert lo == 0 and hi == geom.shape[geom.axis], "a run without smoothing has no halo to cut off"
         return assemble(syn, probs, geom, body, keep_probs)
-    out = assemble(syn, probs, geom, body, keep_probs=True)
-    q = smooth_probs(out.probs, geom.axis, lo, hi)
+    p, s = _on_grid(syn, probs, geom, body)
     crop = slab(geom.axis, lo, hi)
-    if body is not None:
-        outside = ~np.asarray(body, dtype=bool)[crop]
-        q[:, outside] = 0.0
-        q[0, outside] = 1.0
-    ent = entropy_map(torch.from_numpy(q).unsqueeze(0))[0].numpy()
-    return VolumePrediction(out.synthetic[crop], q if keep_probs else None, q.argmax(0).astype(np.uint8), ent)
+    q = torch.from_numpy(smooth_probs(p.numpy(), geom.axis, lo, hi))
+    return _outputs(_background_outside(q, None if body is None else np.asarray(body, dtype=bool)[crop]), s[crop],
+                    keep_probs)
 
 
 def assemble(syn: torch.Tensor, probs: torch.Tensor, geom: SliceGeometry, body: np.ndarray | None = None,
@@ -226,13 +222,30 @@ def assemble(syn: torch.Tensor, probs: torch.Tensor, geom: SliceGeometry, body: 
     """Model-resolution slices -> volume outputs: probabilities resampled, then argmax and entropy.
 
     ``body`` (bool, the volume's grid): outside it every voxel is background with certainty."""
+    return _outputs(*_on_grid(syn, probs, geom, body), keep_probs)
+
+
+def _on_grid(syn: torch.Tensor, probs: torch.Tensor, geom: SliceGeometry, body: np.ndarray | None
+             ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Model-resolution slices -> (class probabilities (C, X, Y, Z), synthetic source (X, Y, Z)) on the volume's
+    grid, background with certainty outside ``body``."""
     p = from_square(probs, geom, "bilinear", fill=[1.0] + [0.0] * (probs.shape[1] - 1)).clamp_(0, 1)
+    p = _background_outside(p, body)
+    p = p / p.sum(0, keepdim=True).clamp_min(1e-8)
+    return p, from_square(syn, geom, "bilinear", fill=-1.0)[0]
+
+
+def _background_outside(p: torch.Tensor, body: np.ndarray | None) -> torch.Tensor:
+    """``p`` (C, ...) with every voxel outside ``body`` (bool, same grid; None: no mask) background with certainty."""
     if body is not None:
         outside = torch.from_numpy(~np.asarray(body, dtype=bool))
         p[:, outside] = 0.0
         p[0, outside] = 1.0
-    p = p / p.sum(0, keepdim=True).clamp_min(1e-8)
-    s = from_square(syn, geom, "bilinear", fill=-1.0)[0]
+    return p
+
+
+def _outputs(p: torch.Tensor, s: torch.Tensor, keep_probs: bool) -> VolumePrediction:
+    """Probabilities and synthetic source on the grid -> the prediction: argmax and entropy (Eq. 5)."""
     ent = entropy_map(p.unsqueeze(0))[0]
     seg = p.argmax(0).to(torch.uint8).numpy()
     return VolumePrediction(s.numpy(), p.numpy() if keep_probs else None, seg, ent.numpy())

@@ -365,8 +365,8 @@ class UUDSController(ReviewActions):
         body = body_mask(self.target.norm.apply(vol.data[slab(one.axis, a0, b0)]), one.axis) \
             if self.model.cfg.body_mask else None  # as predict_volume does: nothing outside the body
         pred = assemble_range(syn.float().cpu(), probs, one.with_slices(b0 - a0), body, False, i - a0, i + 1 - a0, h > 0)
-        pred.seg = refine_seg(self.model.cfg, pred.seg, self.target.volume.data[where], self.target.norm,
-                              self.target.volume.spacing)  # as predict_volume does (on this slice alone)
+        pred.seg = refine_seg(self.model.cfg, pred.seg, vol.data[where], self.target.norm,
+                              vol.spacing)  # as predict_volume does (on this slice alone)
         for key in ("synthetic", "seg", "entropy"):
             getattr(self.prediction, key)[where] = getattr(pred, key)
         if self.model.cfg.objects != "all":  # a volume's pieces: decided on the whole volume, as predict_volume does

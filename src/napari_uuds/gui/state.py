@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from psygnal import evented
 
 from ..engine.config import (ARCHS, CLIP_WEIGHTS, DEFAULT_DOMAIN_PROMPT, DEVICES, FINETUNE_LR, FINETUNE_PARTS,
-                             FINETUNE_STEPS, ModelConfig, TrainConfig)
+                             FINETUNE_STEPS, PREDICTION_SETTINGS, ModelConfig, TrainConfig)
 
 _T, _M = TrainConfig(), ModelConfig()  # one home for every default: the engine's config
 
@@ -93,10 +93,8 @@ class Params:
         self.arch, self.class_name, self.axis = cfg.arch, ", ".join(cfg.class_names), cfg.axis
         self.class_descriptions = list(cfg.class_descriptions)
         self.source_modality = cfg.source_modality
-        self.tta = cfg.tta
-        self.refine = cfg.refine
-        self.objects = cfg.objects
-        self.smooth_z = cfg.smooth_z
+        for key in PREDICTION_SETTINGS:  # test-time augmentation, refinement, objects kept, through-plane smoothing
+            setattr(self, key, getattr(cfg, key))
         self.threshold = float(train.get("threshold", self.threshold))
 
 
