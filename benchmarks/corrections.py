@@ -36,16 +36,23 @@ from napari_uuds.engine.finetune import FINETUNE_STEPS, corrected_sampler  # noq
 from napari_uuds.engine.infer import predict_volume  # noqa: E402
 from napari_uuds.engine.job import AdaptJob  # noqa: E402
 from napari_uuds.engine.metrics import score_classes  # noqa: E402
-from napari_uuds.engine.review import ORDERS, keep_corrections, rank_slices  # noqa: E402
+from napari_uuds.engine.review import (ORDERS, REVIEW_ENTROPIES, keep_corrections, rank_slices,  # noqa: E402
+                                      review_entropy)
 
 KS = (0, 1, 2, 4, 8)
 #: uncertain: the review's order (engine/review.py, its default: peak since 2026-12-02, coverage before, spread until
 #: 2026-12-01); uncertain_coverage / uncertain_spread / uncertain_peak: those orders by name; random: k slices that
 #: show anatomy, drawn at random
-STRATEGIES = ("uncertain", "uncertain_coverage", "random", "uncertain_spread", "uncertain_peak")
+#: uncertain_own / uncertain_shown: the review's default order on the network's own entropy (before the cross-slice
+#: smoothing) / on the entropy shown (corrections round 5)
+STRATEGIES = ("uncertain", "uncertain_coverage", "random", "uncertain_spread", "uncertain_peak", "uncertain_own",
+              "uncertain_shown")
 #: the review order each "uncertain" strategy takes (uncertain_topk: an earlier run's plain top-k, see --topk-from)
 ORDER_OF = {"uncertain": ORDERS[0], "uncertain_coverage": "coverage", "uncertain_spread": "spread",
-            "uncertain_topk": "score", "uncertain_peak": "peak"}
+            "uncertain_topk": "score", "uncertain_peak": "peak", "uncertain_own": ORDERS[0],
+            "uncertain_shown": ORDERS[0]}
+#: the entropy a strategy's review reads where it is not the review's default (engine/review.py, REVIEW_ENTROPIES)
+ENTROPY_OF = {"uncertain_own": "own", "uncertain_shown": "shown"}
 
 
 def anatomy_slices(prepared) -> list[int]:
@@ -56,7 +63,8 @@ def anatomy_slices(prepared) -> list[int]:
 
 def choose(strategy: str, k: int, pred, prepared, axis: int, chi: float, rng: np.random.Generator) -> list[int]:
     if strategy in ORDER_OF:
-        return [s.index for s in rank_slices(pred.entropy, pred.seg, axis, chi, order=ORDER_OF[strategy])[:k]]
+        entropy = review_entropy(pred, ENTROPY_OF.get(strategy, REVIEW_ENTROPIES[0]))
+        return [s.index for s in rank_slices(entropy, pred.seg, axis, chi, order=ORDER_OF[strategy])[:k]]
     pool = anatomy_slices(prepared)
     return sorted(int(i) for i in rng.choice(pool, size=min(k, len(pool)), replace=False))
 

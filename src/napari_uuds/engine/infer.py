@@ -36,10 +36,24 @@ class VolumePrediction:
     entropy: np.ndarray  # float32 in [0, 1] (Eq. 5, normalised by ln C)
     #: what the model's ``objects`` setting removed (components.objects_reported); None: every piece kept
     objects: dict | None = None
+    #: float16, the network's own entropy: that of the probabilities before the cross-slice smoothing (round 25),
+    #: which the review reads (engine/review.py, corrections round 5); None where nothing was smoothed (then it is
+    #: ``entropy``) or where it is not kept (a cohort's volumes, which no review reads)
+    own_entropy: np.ndarray | None = None
 
     def certain(self, chi: float) -> np.ndarray:
         """Eq. 7 for threshold chi, from the cached entropy."""
         return certain_mask(torch.from_numpy(self.entropy), chi).numpy()
+
+    def put(self, where: tuple, part: "VolumePrediction") -> None:
+        """Write ``part`` (a slab's prediction) into this volume's outputs at ``where``, own entropy included: where only
+        one of the two was smoothed, the unsmoothed one's entropy is its own."""
+        for key in ("synthetic", "seg", "entropy"):
+            getattr(self, key)[where] = getattr(part, key)
+        if self.own_entropy is None and part.own_entropy is not None:
+            self.own_entropy = self.entropy.astype(np.float16)  # the volume so far was not smoothed
+        if self.own_entropy is not None:
+            self.own_entropy[where] = part.entropy if part.own_entropy is None else part.own_entropy
 
 
 @functools.lru_cache(maxsize=1)
@@ -153,6 +167,7 @@ def iter_predict_volume(model: UUDS, volume: Volume, batch_size: int = 16, domai
     if domain_prompt is not None:
         model.domain_prompt.set_text(cfg.domain_text(domain_prompt))
     h = halo(cfg, volume.spacing)  # round 25: neighbours' slices predicted with each slab, where they vote
+    own = np.empty(shape, np.float16) if h > 0 else None  # the network's own entropy, for the review
     # one batch of slices at a time, all the way to the grid; with a halo, the slab and its halo fill one batch
     for idx in slabs(shape, axis, max(1, batch_size - 2 * h)):
         a, b = idx[axis].start, idx[axis].stop
@@ -163,13 +178,15 @@ def iter_predict_volume(model: UUDS, volume: Volume, batch_size: int = 16, domai
             progress(b - a)  # the halo's slices are not counted
         out = assemble_range(s, p, geom, body, keep_probs, a - a0, b - a0, h > 0)
         seg[idx], ent[idx], syn[idx] = out.seg, out.entropy, out.synthetic
+        if own is not None:
+            own[idx] = out.own_entropy
         if probs is not None:
             probs[(slice(None), *idx)] = out.probs
         del out, s, p, body, slices
         release_host_memory(collect=False)  # this batch's temporaries: back to the system (a few ms)
         yield idx[axis].stop, shape[axis]
     seg, report = finish_seg(cfg, seg, raw, norm, volume.spacing, keep)
-    return VolumePrediction(syn, probs, seg, ent, report)
+    return VolumePrediction(syn, probs, seg, ent, report, own)
 
 
 def finish_seg(cfg, seg: np.ndarray, raw: np.ndarray, norm: NormParams, spacing, keep: np.ndarray | None = None
@@ -213,8 +230,10 @@ def assemble_range(syn: torch.Tensor, probs: torch.Tensor, geom: SliceGeometry, 
     p, s = _on_grid(syn, probs, geom, body)
     crop = slab(geom.axis, lo, hi)
     q = torch.from_numpy(smooth_probs(p.numpy(), geom.axis, lo, hi))
-    return _outputs(_background_outside(q, None if body is None else np.asarray(body, dtype=bool)[crop]), s[crop],
-                    keep_probs)
+    out = _outputs(_background_outside(q, None if body is None else np.asarray(body, dtype=bool)[crop]), s[crop],
+                   keep_probs)
+    out.own_entropy = entropy_map(p[(slice(None), *crop)].unsqueeze(0))[0].numpy().astype(np.float16)
+    return out
 
 
 def assemble(syn: torch.Tensor, probs: torch.Tensor, geom: SliceGeometry, body: np.ndarray | None = None,

@@ -34,6 +34,19 @@ COVERAGE_DIVISOR = 8
 KERNEL_FLOOR = 1e-6
 #: the review's orders, the default first
 ORDERS = ("peak", "coverage", "spread", "score")
+#: which entropy the review reads (``REVIEW_ENTROPIES[0]`` the default; corrections round 5 of docs/method.md):
+#: ``shown`` = the prediction's entropy, the layer's (smoothed across slices where ``smooth_z`` is on, round 25);
+#: ``own`` = the network's own, before that smoothing (``VolumePrediction.own_entropy``)
+REVIEW_ENTROPIES = ("shown", "own")
+
+
+def review_entropy(pred, which: str = REVIEW_ENTROPIES[0]) -> np.ndarray:
+    """The entropy the review ranks ``pred``'s slices by (see ``REVIEW_ENTROPIES``)."""
+    if which not in REVIEW_ENTROPIES:
+        raise ValueError(f"review entropy {which!r}: expected one of {REVIEW_ENTROPIES}")
+    if which == "own" and pred.own_entropy is not None:
+        return pred.own_entropy
+    return pred.entropy
 
 
 @dataclass(frozen=True)
@@ -178,4 +191,6 @@ def apply_corrections(pred, corrections: np.ndarray, slices, axis: int):
     pred.seg = keep_corrections(pred.seg, corrections, idx, axis)
     if idx:
         _moved(pred.entropy, axis)[idx] = 0.0
+        if pred.own_entropy is not None:
+            _moved(pred.own_entropy, axis)[idx] = 0.0
     return pred

@@ -367,8 +367,7 @@ class UUDSController(ReviewActions):
         pred = assemble_range(syn.float().cpu(), probs, one.with_slices(b0 - a0), body, False, i - a0, i + 1 - a0, h > 0)
         pred.seg = refine_seg(self.model.cfg, pred.seg, vol.data[where], self.target.norm,
                               vol.spacing)  # as predict_volume does (on this slice alone)
-        for key in ("synthetic", "seg", "entropy"):
-            getattr(self.prediction, key)[where] = getattr(pred, key)
+        self.prediction.put(where, pred)
         if self.model.cfg.objects != "all":  # a volume's pieces: decided on the whole volume, as predict_volume does
             self._keep_objects()
         self._show_prediction()

@@ -17,7 +17,7 @@ from ..engine.errors import UUDSError
 from ..engine.finetune import corrected_sampler
 from ..engine.job import AdaptJob
 from ..engine.infer import VolumePrediction
-from ..engine.review import SliceScore, rank_slices
+from ..engine.review import SliceScore, rank_slices, review_entropy
 from ..engine.train import TrainEvent
 from .names import OUTPUT_LAYERS
 
@@ -62,7 +62,7 @@ class ReviewActions:
                             "ranks its slices by uncertainty")
         self.collect_corrections()
         done = self.corrections.slices if self.corrections is not None else set()
-        self._ranking = rank_slices(self.prediction.entropy, self.prediction.seg, self.target.geom.axis,
+        self._ranking = rank_slices(review_entropy(self.prediction), self.prediction.seg, self.target.geom.axis,
                                     self.params.threshold, exclude=done)
         self._review_pos = -1
         return self._ranking
