@@ -84,7 +84,7 @@ def test_the_review_can_read_the_networks_own_entropy_from_before_the_smoothing(
         assert got.own_entropy.dtype == np.float16 and got.own_entropy.shape == got.entropy.shape
         np.testing.assert_allclose(got.own_entropy.astype(np.float32), raw.entropy, atol=2e-3)
         assert np.abs(got.entropy - raw.entropy).max() > 0.05  # the smoothed entropy is another map
-    assert review_entropy(got) is got.entropy and review_entropy(got, "own") is got.own_entropy
+    assert review_entropy(got) is got.own_entropy and review_entropy(got, "shown") is got.entropy  # round 5's default
     with pytest.raises(ValueError, match="review entropy"):
         review_entropy(got, "smoothed")
     # the review's scores from the own entropy are the unsmoothed prediction's (float16 rounding aside), and another

@@ -4,7 +4,9 @@ A slice's *review score* is the entropy (Eq. 5, normalised to [0, 1]) summed ove
 predicted object grown by ``margin`` pixels in the slice's plane (its boundary, where a mask is most often
 wrong), together with the uncertain region (entropy >= chi, Eq. 7's complement: an object the model half
 sees but did not predict). Slices that score 0 (certain background everywhere) are left out. Summing, not
-averaging, counts the voxels a correction can change.
+averaging, counts the voxels a correction can change. The entropy is the network's own, before round 25's cross-slice
+smoothing (``review_entropy``, corrections round 5): a slice's score is its own uncertainty, not a share of its
+neighbours'.
 
 The review's order (``ORDERS``; docs/method.md, "Review order" and corrections round 4): ``peak`` (the default since
 2026-12-02) is the coverage order with each pick moved to the highest-scoring slice within sigma of it. ``coverage``
@@ -35,9 +37,10 @@ KERNEL_FLOOR = 1e-6
 #: the review's orders, the default first
 ORDERS = ("peak", "coverage", "spread", "score")
 #: which entropy the review reads (``REVIEW_ENTROPIES[0]`` the default; corrections round 5 of docs/method.md):
-#: ``shown`` = the prediction's entropy, the layer's (smoothed across slices where ``smooth_z`` is on, round 25);
-#: ``own`` = the network's own, before that smoothing (``VolumePrediction.own_entropy``)
-REVIEW_ENTROPIES = ("shown", "own")
+#: ``own`` (the default since 2026-12-02, round 5) = the network's own, before the cross-slice smoothing
+#: (``VolumePrediction.own_entropy``); ``shown`` = the prediction's entropy, the layer's (smoothed across slices where
+#: ``smooth_z`` is on, round 25), which the review read from round 25 to round 5
+REVIEW_ENTROPIES = ("own", "shown")
 
 
 def review_entropy(pred, which: str = REVIEW_ENTROPIES[0]) -> np.ndarray:
