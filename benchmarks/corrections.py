@@ -133,7 +133,7 @@ def run_seed(seed: int, ctx: dict) -> dict:
     model, train_s, adapted_from = adapted_model(cfg, sources, targets, tcfg, ctx)
     adapted = copy.deepcopy(model.state_dict())
     steps_done = model.trained_steps
-    preds = [predict_volume(model, t.volume, norm=t.norm) for t in targets]
+    preds = [predict_volume(model, t.volume, norm=t.norm, keep_own=True) for t in targets]  # the review's entropy
     base = [dice_of(p.seg, r, t.volume.spacing, classes) for p, r, t in zip(preds, refs, targets)]
     variants = [(*v, None)[:3] for v in ctx["variants"]]  # (parts, steps, lr); a rate left out is the fine-tune's
     runs = [(s, *v) for s in ctx["strategies"] for v in variants]
@@ -322,7 +322,8 @@ def main(argv: list[str] | None = None) -> int:
                "device": f"cpu ({torch.get_num_threads()} thread(s), {platform.processor() or platform.machine()})",
                "torch": torch.__version__, "commit": git_commit(), "steps": args.steps,
                "finetune_steps": args.finetune_steps, "variants": args.variants, "batch_size": args.batch_size,
-               "model": "tiny",
+               "model": "tiny", "review_entropy": {st: ENTROPY_OF.get(st, REVIEW_ENTROPIES[0]) for st in args.strategies
+                                                   if st in ORDER_OF},
                "command": "python benchmarks/corrections.py " + " ".join(sys.argv[1:] if argv is None else argv),
                "wall_s": round(time.perf_counter() - t0, 1), "runs": runs}
         atomic_write(out, lambda tmp, d=doc: Path(tmp).write_text(json.dumps(d, indent=1)))

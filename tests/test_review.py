@@ -96,7 +96,7 @@ def test_edited_and_labelled_slices_and_keeping_corrections():
 
     class P:
         seg, entropy = np.ones_like(shown), np.full(shown.shape, 0.7, np.float32)
-        own_entropy = np.full(shown.shape, 0.5, np.float16)  # the network's own, before smoothing (round 5)
+        own_entropy = np.full(shown.shape, 0.5, np.float32)  # the network's own, before smoothing (round 5)
 
     p = apply_corrections(P(), mine, [1], axis=2)
     assert (p.entropy[..., 1] == 0).all() and (p.entropy[..., 0] == 0.7).all() and p.seg[4, 0, 1] == 2

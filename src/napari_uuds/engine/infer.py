@@ -36,9 +36,9 @@ class VolumePrediction:
     entropy: np.ndarray  # float32 in [0, 1] (Eq. 5, normalised by ln C)
     #: what the model's ``objects`` setting removed (components.objects_reported); None: every piece kept
     objects: dict | None = None
-    #: float16, the network's own entropy: that of the probabilities before the cross-slice smoothing (round 25),
+    #: float32, the network's own entropy: that of the probabilities before the cross-slice smoothing (round 25),
     #: which the review reads (engine/review.py, corrections round 5); None where nothing was smoothed (then it is
-    #: ``entropy``) or where it is not kept (a cohort's volumes, which no review reads)
+    #: ``entropy``) or where it was not asked for (``keep_own``: only the widget and the corrections benchmark review)
     own_entropy: np.ndarray | None = None
 
     def certain(self, chi: float) -> np.ndarray:
@@ -46,12 +46,14 @@ class VolumePrediction:
         return certain_mask(torch.from_numpy(self.entropy), chi).numpy()
 
     def put(self, where: tuple, part: "VolumePrediction") -> None:
-        """Write ``part`` (a slab's prediction) into this volume's outputs at ``where``, own entropy included: where only
-        one of the two was smoothed, the unsmoothed one's entropy is its own."""
+        """Write ``part`` (a slab's prediction, made with ``keep_own``) into this volume's synthetic source,
+        segmentation, entropy and own entropy at ``where`` (the widget's one-slice path). Where only one of the two was
+        smoothed, the unsmoothed one's entropy is its own, so this volume must have been predicted with ``keep_own``
+        too. ``probs`` and ``objects`` are left as they were: the caller decides the pieces again on the whole volume."""
         for key in ("synthetic", "seg", "entropy"):
             getattr(self, key)[where] = getattr(part, key)
         if self.own_entropy is None and part.own_entropy is not None:
-            self.own_entropy = self.entropy.astype(np.float16)  # the volume so far was not smoothed
+            self.own_entropy = self.entropy.copy()  # the volume so far was not smoothed: its entropy is its own
         if self.own_entropy is not None:
             self.own_entropy[where] = part.entropy if part.own_entropy is None else part.own_entropy
 
@@ -134,9 +136,10 @@ def predict_slices(model: UUDS, slices: torch.Tensor, batch_size: int = 16, doma
 
 def predict_volume(model: UUDS, volume: Volume, batch_size: int = 16, domain_prompt: str | None = None,
                    progress=None, norm: NormParams | None = None, keep_probs: bool = False,
-                   keep: np.ndarray | None = None) -> VolumePrediction:
+                   keep: np.ndarray | None = None, keep_own: bool = False) -> VolumePrediction:
     """Segment a whole volume (see :func:`iter_predict_volume`, which yields its progress)."""
-    return run_to_end(iter_predict_volume(model, volume, batch_size, domain_prompt, progress, norm, keep_probs, keep))
+    return run_to_end(iter_predict_volume(model, volume, batch_size, domain_prompt, progress, norm, keep_probs, keep,
+                                          keep_own))
 
 
 def run_to_end(steps: Iterator):
@@ -150,10 +153,11 @@ def run_to_end(steps: Iterator):
 
 def iter_predict_volume(model: UUDS, volume: Volume, batch_size: int = 16, domain_prompt: str | None = None,
                         progress=None, norm: NormParams | None = None, keep_probs: bool = False,
-                        keep: np.ndarray | None = None) -> Iterator[tuple[int, int]]:
+                        keep: np.ndarray | None = None, keep_own: bool = False) -> Iterator[tuple[int, int]]:
     """Segment a whole volume, ``batch_size`` slices at a time: normalised, sliced, segmented and put back on the
     grid batch by batch (memory: the scan and the three outputs; the class probabilities on the scan's grid only with
-    ``keep_probs``). ``norm``: the volume's normalisation (default: computed from it). ``keep``: voxels a user painted as
+    ``keep_probs``; the network's own entropy, a fourth, only with ``keep_own`` where slices are smoothed: what the
+    review reads). ``norm``: the volume's normalisation (default: computed from it). ``keep``: voxels a user painted as
     object (see :func:`finish_seg`). A generator: it yields (slices done, slices in all) after each batch and returns
     the :class:`VolumePrediction`."""
     cfg = model.cfg
@@ -167,7 +171,7 @@ def iter_predict_volume(model: UUDS, volume: Volume, batch_size: int = 16, domai
     if domain_prompt is not None:
         model.domain_prompt.set_text(cfg.domain_text(domain_prompt))
     h = halo(cfg, volume.spacing)  # round 25: neighbours' slices predicted with each slab, where they vote
-    own = np.empty(shape, np.float16) if h > 0 else None  # the network's own entropy, for the review
+    own = np.empty(shape, np.float32) if h > 0 and keep_own else None  # the network's own entropy, for the review
     # one batch of slices at a time, all the way to the grid; with a halo, the slab and its halo fill one batch
     for idx in slabs(shape, axis, max(1, batch_size - 2 * h)):
         a, b = idx[axis].start, idx[axis].stop
@@ -176,7 +180,7 @@ def iter_predict_volume(model: UUDS, volume: Volume, batch_size: int = 16, domai
         s, p = predict_slices(model, slices, batch_size)
         if progress is not None:
             progress(b - a)  # the halo's slices are not counted
-        out = assemble_range(s, p, geom, body, keep_probs, a - a0, b - a0, h > 0)
+        out = assemble_range(s, p, geom, body, keep_probs, a - a0, b - a0, h > 0, own is not None)
         seg[idx], ent[idx], syn[idx] = out.seg, out.entropy, out.synthetic
         if own is not None:
             own[idx] = out.own_entropy
@@ -220,10 +224,11 @@ def square_slab(cfg, raw: np.ndarray, norm: NormParams, plan: SliceGeometry, idx
 
 
 def assemble_range(syn: torch.Tensor, probs: torch.Tensor, geom: SliceGeometry, body: np.ndarray | None,
-                   keep_probs: bool, lo: int, hi: int, smooth: bool) -> VolumePrediction:
+                   keep_probs: bool, lo: int, hi: int, smooth: bool, keep_own: bool = False) -> VolumePrediction:
     """:func:`assemble` of a run of slices, then its slices [lo, hi) (the run's halo cut off): with ``smooth`` the
     probabilities smoothed along the slicing axis first (round 25, engine/zsmooth.py), the body mask applied again,
-    and the segmentation and entropy taken from the smoothed probabilities."""
+    and the segmentation and entropy taken from the smoothed probabilities; with ``keep_own`` the entropy of the
+    unsmoothed ones on the slices [lo, hi) is kept as ``own_entropy`` (what the review reads; None otherwise)."""
     if not smooth:
         assert lo == 0 and hi == geom.shape[geom.axis], "a run without smoothing has no halo to cut off"
         return assemble(syn, probs, geom, body, keep_probs)
@@ -232,7 +237,8 @@ def assemble_range(syn: torch.Tensor, probs: torch.Tensor, geom: SliceGeometry, 
     q = torch.from_numpy(smooth_probs(p.numpy(), geom.axis, lo, hi))
     out = _outputs(_background_outside(q, None if body is None else np.asarray(body, dtype=bool)[crop]), s[crop],
                    keep_probs)
-    out.own_entropy = entropy_map(p[(slice(None), *crop)].unsqueeze(0))[0].numpy().astype(np.float16)
+    if keep_own:
+        out.own_entropy = entropy_map(p[(slice(None), *crop)].unsqueeze(0))[0].numpy()
     return out
 
 

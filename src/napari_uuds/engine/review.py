@@ -44,7 +44,8 @@ REVIEW_ENTROPIES = ("own", "shown")
 
 
 def review_entropy(pred, which: str = REVIEW_ENTROPIES[0]) -> np.ndarray:
-    """The entropy the review ranks ``pred``'s slices by (see ``REVIEW_ENTROPIES``)."""
+    """The entropy the review ranks ``pred``'s slices by (see ``REVIEW_ENTROPIES``). ``own`` falls back to the entropy
+    shown where the prediction kept no own entropy: nothing was smoothed, or it was made without ``keep_own``."""
     if which not in REVIEW_ENTROPIES:
         raise ValueError(f"review entropy {which!r}: expected one of {REVIEW_ENTROPIES}")
     if which == "own" and pred.own_entropy is not None:

@@ -208,7 +208,7 @@ class UUDSController(ReviewActions):
             raise UUDSError("no model or target yet: train (or load weights) and choose a target image")
         self.model.to(resolve_device(self.params.device))
         return (yield from iter_predict_volume(self.model, self.target.volume, domain_prompt=self.params.domain_prompt,
-                                               norm=self.target.norm, keep=self.painted()))
+                                               norm=self.target.norm, keep=self.painted(), keep_own=True))
 
     def painted(self) -> np.ndarray | None:
         """The voxels the user painted as object on the corrected slices (None without corrections): what the
@@ -276,6 +276,7 @@ class UUDSController(ReviewActions):
         if self.target is None or self.prediction is None or self.status.running:
             return
         if objects != "all":
+            self._ranking = None  # the review grows the object it ranks around: the pieces kept now
             report = self._keep_objects()
             self._show_prediction()
             self.status.message = describe_objects(report, painted=True)
@@ -364,10 +365,12 @@ class UUDSController(ReviewActions):
         where = slab(one.axis, i, i + 1)
         body = body_mask(self.target.norm.apply(vol.data[slab(one.axis, a0, b0)]), one.axis) \
             if self.model.cfg.body_mask else None  # as predict_volume does: nothing outside the body
-        pred = assemble_range(syn.float().cpu(), probs, one.with_slices(b0 - a0), body, False, i - a0, i + 1 - a0, h > 0)
+        pred = assemble_range(syn.float().cpu(), probs, one.with_slices(b0 - a0), body, False, i - a0, i + 1 - a0, h > 0,
+                              keep_own=True)
         pred.seg = refine_seg(self.model.cfg, pred.seg, vol.data[where], self.target.norm,
                               vol.spacing)  # as predict_volume does (on this slice alone)
         self.prediction.put(where, pred)
+        self._ranking = None  # the review ranks the prediction as it now is
         if self.model.cfg.objects != "all":  # a volume's pieces: decided on the whole volume, as predict_volume does
             self._keep_objects()
         self._show_prediction()

@@ -82,8 +82,10 @@ class ReviewActions:
         if OUTPUT_LAYERS["uncertain"] in self.viewer.layers:
             self.viewer.layers[OUTPUT_LAYERS["uncertain"]].visible = True  # the region to look at, highlighted
         n_done = len(self.corrections) if self.corrections is not None else 0
+        # the yellow region's voxels on this slice (the entropy shown; the score reads the network's own, round 5)
+        shown = int((np.take(self.prediction.entropy, s.index, self.target.geom.axis) >= self.params.threshold).sum())
         self.status.message = (f"uncertain slice {self._review_pos + 1} of {len(ranking)}: slice {s.index} (score "
-                               f"{s.score:.1f}, {s.uncertain_voxels} uncertain voxels); {n_done} corrected so far")
+                               f"{s.score:.1f}, {shown} uncertain voxels); {n_done} corrected so far")
         return s
 
     def show_slice(self, index: int) -> None:
