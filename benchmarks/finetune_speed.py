@@ -48,6 +48,8 @@ def main(argv: list[str] | None = None) -> int:
     ent = load_volume(w / "t1_entropy.nii.gz", check_constant=False)
     seg = load_label(w / "t1_seg.nii.gz", None, allow_empty=True)
     truth = load_label(SAMPLE / "t1_seg.nii.gz", None)
+    # the entropy the adapt command wrote (the one shown: smoothed across slices since round 25), not the network's own
+    # that the widget's review reads since corrections round 5: the picks can differ from the widget's
     picks = [s.index for s in rank_slices(ent.data, seg.data, axis, 0.5)[:args.slices]]
     corr = np.zeros_like(truth.data)
     np.moveaxis(corr, axis, 0)[picks] = np.moveaxis(truth.data, axis, 0)[picks]

@@ -73,12 +73,14 @@ class AdaptJob:
         yield from finetune(self.build(), *self.samplers(), labelled, self.train_cfg, self.loss_weights, control,
                             steps=steps, parts=parts, lr=lr)
 
-    def predict_steps(self, index: int, progress=None, domain_prompt: str | None = None
+    def predict_steps(self, index: int, progress=None, domain_prompt: str | None = None, keep_own: bool = False
                       ) -> Iterator[tuple[int, int]]:
-        """Segment target ``index`` (a generator of (slices done, slices in all) returning the prediction)."""
+        """Segment target ``index`` (a generator of (slices done, slices in all) returning the prediction); with
+        ``keep_own`` the prediction keeps the network's own entropy, which the review reads (infer.VolumePrediction)."""
         t = self.targets[index]
         return (yield from iter_predict_volume(self.build(), t.volume, domain_prompt=domain_prompt, progress=progress,
-                                               norm=t.norm))
+                                               norm=t.norm, keep_own=keep_own))
 
-    def predict(self, index: int, progress=None, domain_prompt: str | None = None) -> VolumePrediction:
-        return run_to_end(self.predict_steps(index, progress, domain_prompt))
+    def predict(self, index: int, progress=None, domain_prompt: str | None = None,
+                keep_own: bool = False) -> VolumePrediction:
+        return run_to_end(self.predict_steps(index, progress, domain_prompt, keep_own))
