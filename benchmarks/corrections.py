@@ -253,6 +253,43 @@ def merge(paths: list[str], results: Path, mixed_commits: bool = False) -> int:
     return 0
 
 
+def join_renamed(protocol: str, sources: list[Path], rename: dict[str, str], curve_meaning: dict[str, str],
+                 settings: dict) -> dict:
+    """A headline file joined from runs of other strategies on the same adapted models (unlike :func:`merge`, which
+    joins seeds of one setting): each seed's curves named in ``rename`` taken from ``sources`` under their new names,
+    every curve on the same ks on every seed; ``settings`` (device, steps, fine-tune, ...) describe the runs."""
+    runs, commits, commands = {}, set(), []
+    for path in sources:
+        doc = json.loads(path.read_text())
+        commits.add(doc["commit"])
+        commands.append(doc["command"] if isinstance(doc["command"], str) else " | ".join(doc["command"]))
+        for seed, run in doc["runs"].items():
+            r = runs.setdefault(seed, {"curves": {}, "finetune_s": [], "adapt_s": run.get("adapt_s")})
+            for name, curve in run["curves"].items():
+                if name in rename:
+                    r["curves"].setdefault(rename[name], {}).update(curve)
+            r["finetune_s"] += run.get("finetune_s", [])
+    ks = sorted({int(k) for r in runs.values() for c in r["curves"].values() for k in c})
+    for seed, r in runs.items():
+        for name, curve in r["curves"].items():
+            missing = [k for k in ks if str(k) not in curve]
+            if missing:
+                raise SystemExit(f"{protocol} seed {seed} {name}: no k = {missing}")
+    runs = dict(sorted(runs.items(), key=lambda kv: int(kv[0])))
+    root = Path(__file__).resolve().parents[1]
+    return {"protocol": protocol, **summarise(runs), "ks": ks, "curve_meaning": curve_meaning, **settings,
+            "commits": sorted(commits), "command": " | ".join(commands),
+            "merged_from": [str(p.relative_to(root)) for p in sources], "runs": runs}
+
+
+def write_headline(doc: dict, results: Path = RESULTS) -> None:
+    """``corrections_<protocol>.json`` and its plot in ``results``."""
+    out = results / f"corrections_{doc['protocol']}.json"
+    atomic_write(out, lambda tmp: Path(tmp).write_text(json.dumps(doc, indent=1)))
+    svg_plot(doc, results / f"corrections_{doc['protocol']}.svg")
+    print(doc["protocol"], json.dumps(doc["curves"]))
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--protocol", choices=["A1", "A2", "C"], default=None, help="required unless --merge")

@@ -6,7 +6,6 @@ the runs on the same adapted models (listed in ``merged_from``), "uncertain" bei
 
     python benchmarks/results/issue14/round4/final.py
 """
-import json
 import sys
 from pathlib import Path
 
@@ -25,45 +24,20 @@ SOURCES = {
            HERE / "k8_A1_seed2.json"],
 }
 RENAME = {"uncertain_peak": "uncertain", "uncertain": "uncertain_coverage", "random": "random"}
+MEANING = {"uncertain": "the review's order (peak, the default since corrections round 4)",
+           "uncertain_coverage": "the coverage order (the default before)",
+           "random": "random slices that show anatomy"}
+SETTINGS = {"device": "cpu (1 thread a run, 2-4 runs on 2 cores)", "steps": 600, "finetune_steps": 50,
+            "finetune": "segmenter, 50 steps, the adaptation's rate (1e-4)", "batch_size": 8, "model": "tiny"}
 
 
 def build(protocol: str) -> dict:
-    runs, commits, commands = {}, set(), []
-    for path in SOURCES[protocol]:
-        doc = json.loads(path.read_text())
-        commits.add(doc["commit"])
-        commands.append(doc["command"] if isinstance(doc["command"], str) else " | ".join(doc["command"]))
-        for seed, run in doc["runs"].items():
-            r = runs.setdefault(seed, {"curves": {}, "finetune_s": [], "adapt_s": run.get("adapt_s")})
-            for name, curve in run["curves"].items():
-                if name in RENAME:
-                    r["curves"].setdefault(RENAME[name], {}).update(curve)
-            r["finetune_s"] += run.get("finetune_s", [])
-    ks = sorted({int(k) for r in runs.values() for c in r["curves"].values() for k in c})
-    for seed, r in runs.items():  # every curve on the same ks on every seed
-        for name, curve in r["curves"].items():
-            missing = [k for k in ks if str(k) not in curve]
-            if missing:
-                raise SystemExit(f"{protocol} seed {seed} {name}: no k = {missing}")
-    runs = dict(sorted(runs.items(), key=lambda kv: int(kv[0])))
-    doc = {"protocol": protocol, **corrections.summarise(runs), "ks": ks,
-           "curve_meaning": {"uncertain": "the review's order (peak, the default since corrections round 4)",
-                             "uncertain_coverage": "the coverage order (the default before)",
-                             "random": "random slices that show anatomy"},
-           "device": "cpu (1 thread a run, 2-4 runs on 2 cores)", "steps": 600, "finetune_steps": 50,
-           "finetune": "segmenter, 50 steps, the adaptation's rate (1e-4)", "batch_size": 8, "model": "tiny",
-           "commits": sorted(commits), "command": " | ".join(commands),
-           "merged_from": [str(p.relative_to(RESULTS.parents[1])) for p in SOURCES[protocol]], "runs": runs}
-    return doc
+    return corrections.join_renamed(protocol, SOURCES[protocol], RENAME, MEANING, SETTINGS)
 
 
 def main() -> None:
     for protocol in SOURCES:
-        doc = build(protocol)
-        out = RESULTS / f"corrections_{protocol}.json"
-        out.write_text(json.dumps(doc, indent=1))
-        corrections.svg_plot(doc, RESULTS / f"corrections_{protocol}.svg")
-        print(protocol, json.dumps(doc["curves"]))
+        corrections.write_headline(build(protocol), RESULTS)
 
 
 if __name__ == "__main__":

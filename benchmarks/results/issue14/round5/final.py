@@ -7,7 +7,6 @@ the smoothed entropy (round 25 to round 5), "random" random slices that show ana
 
     python benchmarks/results/issue14/round5/final.py
 """
-import json
 import sys
 from pathlib import Path
 
@@ -21,47 +20,20 @@ SOURCES = {
     "A1": [HERE / f"corrections_A1_seed{s}.json" for s in (0, 1, 2)] + [HERE / f"own_A1_seed{s}.json" for s in (0, 1, 2)],
 }
 RENAME = {"uncertain_own": "uncertain", "uncertain": "uncertain_shown", "random": "random"}
+MEANING = {"uncertain": "the review (peak order) on the network's own entropy, the default since corrections round 5",
+           "uncertain_shown": "the review (peak order) on the smoothed entropy shown (round 25 to corrections round 5)",
+           "random": "random slices that show anatomy"}
+SETTINGS = {"device": "cpu (1 thread a run, 2-3 runs on 2 cores)", "steps": 600, "finetune_steps": 50,
+            "finetune": "segmenter, 50 steps, the adaptation's rate (1e-4)", "batch_size": 8, "model": "tiny"}
 
 
 def build(protocol: str) -> dict:
-    runs, commits, commands = {}, set(), []
-    for path in SOURCES[protocol]:
-        doc = json.loads(path.read_text())
-        commits.add(doc["commit"])
-        commands.append(doc["command"] if isinstance(doc["command"], str) else " | ".join(doc["command"]))
-        for seed, run in doc["runs"].items():
-            r = runs.setdefault(seed, {"curves": {}, "finetune_s": [], "adapt_s": run.get("adapt_s")})
-            for name, curve in run["curves"].items():
-                if name in RENAME:
-                    r["curves"].setdefault(RENAME[name], {}).update(curve)
-            r["finetune_s"] += run.get("finetune_s", [])
-    ks = sorted({int(k) for r in runs.values() for c in r["curves"].values() for k in c})
-    for seed, r in runs.items():  # every curve on the same ks on every seed
-        for name, curve in r["curves"].items():
-            missing = [k for k in ks if str(k) not in curve]
-            if missing:
-                raise SystemExit(f"{protocol} seed {seed} {name}: no k = {missing}")
-    runs = dict(sorted(runs.items(), key=lambda kv: int(kv[0])))
-    doc = {"protocol": protocol, **corrections.summarise(runs), "ks": ks,
-           "curve_meaning": {"uncertain": "the review (peak order) on the network's own entropy, the default since "
-                                            "corrections round 5",
-                             "uncertain_shown": "the review (peak order) on the smoothed entropy shown (round 25 to "
-                                                "corrections round 5)",
-                             "random": "random slices that show anatomy"},
-           "device": "cpu (1 thread a run, 2-3 runs on 2 cores)", "steps": 600, "finetune_steps": 50,
-           "finetune": "segmenter, 50 steps, the adaptation's rate (1e-4)", "batch_size": 8, "model": "tiny",
-           "commits": sorted(commits), "command": " | ".join(commands),
-           "merged_from": [str(p.relative_to(RESULTS.parents[1])) for p in SOURCES[protocol]], "runs": runs}
-    return doc
+    return corrections.join_renamed(protocol, SOURCES[protocol], RENAME, MEANING, SETTINGS)
 
 
 def main() -> None:
     for protocol in SOURCES:
-        doc = build(protocol)
-        out = RESULTS / f"corrections_{protocol}.json"
-        out.write_text(json.dumps(doc, indent=1))
-        corrections.svg_plot(doc, RESULTS / f"corrections_{protocol}.svg")
-        print(protocol, json.dumps(doc["curves"]))
+        corrections.write_headline(build(protocol), RESULTS)
 
 
 if __name__ == "__main__":
