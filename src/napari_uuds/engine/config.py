@@ -302,9 +302,10 @@ class LossWeights:
 #: docs/method.md, "What a fine-tune trains": the segmenter's 100 steps took 70 s alone on 2 cores, its 50 kept what
 #: the corrections buy on C); 100 before, for every module
 FINETUNE_STEPS = 50
-#: what one fine-tune trains (see TRAIN_PARTS): the segmenter since 2026-12-02 (1.42 times as fast alone on 2 cores,
-#: the corrections benchmark level with the full fine-tune on C; docs/method.md, "What a fine-tune trains")
-FINETUNE_PARTS = "segmenter"
+#: what one fine-tune trains (see TRAIN_PARTS): every module since 2026-12-03 (corrections round 6 of docs/method.md: on
+#: A1 the translator learns from the corrected slices too, where the segmenter alone reads a T1c-like translation that
+#: hides the oedema; the cord level); the segmenter from 2026-12-02 ("What a fine-tune trains": 1.42 times as fast)
+FINETUNE_PARTS = "all"
 #: learning rate of one fine-tune; None: the adaptation's (``TrainConfig.lr``, recorded with the weights). Corrections
 #: round 3 of docs/method.md measures higher rates
 FINETUNE_LR: float | None = None

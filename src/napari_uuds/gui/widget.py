@@ -106,7 +106,7 @@ class UUDSWidget(Container):
                                     label="review")
         self.review_row.margins = (0, 0, 0, 0)
         self.finetune_steps = SpinBox(value=self.params.finetune_steps, min=1, max=100_000, label="fine-tune steps")
-        self.finetune_parts = ComboBox(choices=[("the segmenter", "segmenter"), ("every module", "all")],
+        self.finetune_parts = ComboBox(choices=[("every module", "all"), ("the segmenter", "segmenter")],
                                        value=self.params.finetune_parts, label="fine-tune trains")
         self.finetune_lr = FloatSpinBox(value=self.params.finetune_lr, min=1e-7, max=1.0, step=1e-5,
                                         label="fine-tune rate")
@@ -165,9 +165,9 @@ class UUDSWidget(Container):
             self.next_btn: ("the next slice of the review: look at the yellow region, correct the segmentation there "
                             "with napari's label tools; a slice you edit is yours from then on (never predicted over)"),
             self.finetune_steps: "steps of one fine-tune (see the README's corrections benchmark for what they take)",
-            self.finetune_parts: ("what a fine-tune trains: the segmenter only (the image encoder and the translator "
-                                  "stay as the adaptation left them: a faster step), or every module as adaptation "
-                                  "does"),
+            self.finetune_parts: ("what a fine-tune trains: every module as adaptation does (the default: the "
+                                  "translation learns from your corrections too), or the segmenter only (the image "
+                                  "encoder and the translator stay as the adaptation left them: a faster step)"),
             self.finetune_lr: "Adam learning rate of one fine-tune (it starts a fresh optimiser from the current weights)",
             self.finetune_btn: ("learn from the slices you corrected (only those: the others stay unlabelled), then "
                                 "segment the volume again; your slices keep your labels"),
