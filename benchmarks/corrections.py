@@ -253,13 +253,18 @@ def merge(paths: list[str], results: Path, mixed_commits: bool = False) -> int:
     return 0
 
 
-def join_renamed(protocol: str, sources: list[Path], rename: dict[str, str], curve_meaning: dict[str, str],
-                 settings: dict) -> dict:
+def join_renamed(protocol: str, sources: list[Path], rename: dict[str, str] | list[dict[str, str]],
+                 curve_meaning: dict[str, str], settings: dict) -> dict:
     """A headline file joined from runs of other strategies on the same adapted models (unlike :func:`merge`, which
     joins seeds of one setting): each seed's curves named in ``rename`` taken from ``sources`` under their new names,
-    every curve on the same ks on every seed; ``settings`` (device, steps, fine-tune, ...) describe the runs."""
+    every curve on the same ks on every seed; ``settings`` (device, steps, fine-tune, ...) describe the runs.
+    ``rename`` is one mapping for every source, or one per source (where a name means another fine-tune in another
+    source: a run's ``uncertain`` is whatever fine-tune was the default at its commit)."""
+    renames = rename if isinstance(rename, list) else [rename] * len(sources)
+    if len(renames) != len(sources):
+        raise SystemExit(f"{protocol}: {len(renames)} renamings for {len(sources)} sources")
     runs, commits, commands = {}, set(), []
-    for path in sources:
+    for path, rename in zip(sources, renames):
         doc = json.loads(path.read_text())
         commits.add(doc["commit"])
         commands.append(doc["command"] if isinstance(doc["command"], str) else " | ".join(doc["command"]))
@@ -279,7 +284,8 @@ def join_renamed(protocol: str, sources: list[Path], rename: dict[str, str], cur
     root = Path(__file__).resolve().parents[1]
     return {"protocol": protocol, **summarise(runs), "ks": ks, "curve_meaning": curve_meaning, **settings,
             "commits": sorted(commits), "command": " | ".join(commands),
-            "merged_from": [str(p.relative_to(root)) for p in sources], "runs": runs}
+            "merged_from": [str(p.relative_to(root)) if p.is_relative_to(root) else str(p) for p in sources],
+            "runs": runs}
 
 
 def write_headline(doc: dict, results: Path = RESULTS) -> None:

@@ -5,6 +5,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from napari_uuds.engine.config import FINETUNE_PARTS
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 gpu_speed = pytest.importorskip("gpu_speed")
 
@@ -126,6 +128,32 @@ def test_corrections_runs_split_over_processes_are_joined_and_re_summarised(tmp_
         corrections.main(["--merge", str(a), str(a), "--results", str(tmp_path / "out")])
 
 
+
+def test_a_headline_renames_each_source_by_its_own_mapping(tmp_path):
+    """A run's "uncertain" is whatever fine-tune was the default at its commit: a per-source renaming keeps two runs'
+    same-named curves apart, and every curve must have every k on every seed."""
+    import json
+
+    corrections = pytest.importorskip("corrections")
+
+    def doc(path, curves):
+        runs = {"0": {"curves": curves, "finetune_s": [1.0], "adapt_s": 1.0}}
+        path.write_text(json.dumps({"protocol": "C", "commit": path.stem, "command": path.stem, "runs": runs}))
+        return path
+    old = doc(tmp_path / "old.json", {"uncertain": {"0": [80.0], "1": [85.0]}, "random": {"0": [80.0], "1": [84.0]}})
+    new = doc(tmp_path / "new.json", {"uncertain": {"0": [80.0], "1": [90.0]},
+                                      "uncertain@segmenter": {"0": [80.0], "1": [85.0]}})
+    out = corrections.join_renamed("C", [old, new], [{"uncertain": "uncertain_segmenter"}, {"uncertain": "uncertain"}],
+                                   {}, {})
+    assert out["curves"]["uncertain"] == {"0": 80.0, "1": 90.0}
+    assert out["curves"]["uncertain_segmenter"] == {"0": 80.0, "1": 85.0} and "random" not in out["curves"]
+    assert out["commits"] == ["new", "old"]
+    with pytest.raises(SystemExit, match="1 renamings for 2 sources"):
+        corrections.join_renamed("C", [old, new], [{"uncertain": "uncertain"}], {}, {})
+    short = doc(tmp_path / "short.json", {"uncertain": {"0": [80.0]}})
+    with pytest.raises(SystemExit, match=r"no k = \[1\]"):
+        corrections.join_renamed("C", [old, short], [{"random": "random"}, {"uncertain": "uncertain"}], {}, {})
+
 def test_a_corrections_curve_does_not_depend_on_the_other_curves_run_beside_it():
     """The corrections benchmark scores each curve on the protocol's classes: the same seed, strategy and fine-tune
     give the same Dice whether another strategy ran beside it or not (until 2026-12-02 the curves' names replaced the
@@ -177,7 +205,7 @@ def _phantom_corrections_context() -> dict:
     (si, sl), (ti, tl) = phantom(1, False), phantom(2, True)
     cfg = ModelConfig.for_arch("tiny", image_size=64, class_names=["disc"])
     return {"model_kw": {k: getattr(cfg, k) for k in cfg.__dataclass_fields__}, "steps": 6, "batch_size": 4,
-            "chi": 0.5, "finetune_steps": 3, "ks": [0, 1], "variants": [("segmenter", 3)], "class_names": ["disc"],
+            "chi": 0.5, "finetune_steps": 3, "ks": [0, 1], "variants": [(FINETUNE_PARTS, 3)], "class_names": ["disc"],
             "sources": [prepare_volume(si, 2, 64, sl)], "targets": [prepare_volume(ti, 2, 64)], "refs": [tl]}
 
 
@@ -199,9 +227,9 @@ def test_a_corrections_variant_names_its_learning_rate_and_runs_at_it(monkeypatc
 
     monkeypatch.setattr(corrections.AdaptJob, "finetune", spy)
     ctx = {**_phantom_corrections_context(), "strategies": ["uncertain"],
-           "variants": [("segmenter", 3, None), ("segmenter", 3, 0.01)]}
-    out = corrections.run_seed(0, ctx)
-    assert set(out["curves"]) == {"uncertain", "uncertain@segmenter:3:0.01"}
+           "variants": [(FINETUNE_PARTS, 3, None), (FINETUNE_PARTS, 3, 0.01)]}
+    out = corrections.run_seed(0, ctx)  # the default fine-tune's curve keeps the strategy's name
+    assert set(out["curves"]) == {"uncertain", f"uncertain@{FINETUNE_PARTS}:3:0.01"}
     assert seen == [corrections.FINETUNE_LR or corrections.TrainConfig.lr, 0.01]
 
 
