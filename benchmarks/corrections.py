@@ -253,6 +253,22 @@ def merge(paths: list[str], results: Path, mixed_commits: bool = False) -> int:
     return 0
 
 
+def seed_means(files: list[Path]) -> dict:
+    """{curve: {seed: {k: mean Dice over the volumes}}} of run files (seed and k as ints), the runs of several files
+    joined: what the corrections rounds' gates read."""
+    out: dict = {}
+    for f in files:
+        for s, r in json.loads(Path(f).read_text())["runs"].items():
+            for name, c in r["curves"].items():
+                out.setdefault(name, {}).setdefault(int(s), {}).update({int(k): float(np.mean(v)) for k, v in c.items()})
+    return out
+
+
+def mean_over(t: dict, name: str, seeds, ks) -> float:
+    """The mean of :func:`seed_means`' table over the seeds and ks given."""
+    return float(np.mean([t[name][s][k] for s in seeds for k in ks]))
+
+
 def join_renamed(protocol: str, sources: list[Path], rename: dict[str, str] | list[dict[str, str]],
                  curve_meaning: dict[str, str], settings: dict) -> dict:
     """A headline file joined from runs of other strategies on the same adapted models (unlike :func:`merge`, which
@@ -264,15 +280,15 @@ def join_renamed(protocol: str, sources: list[Path], rename: dict[str, str] | li
     if len(renames) != len(sources):
         raise SystemExit(f"{protocol}: {len(renames)} renamings for {len(sources)} sources")
     runs, commits, commands = {}, set(), []
-    for path, rename in zip(sources, renames):
+    for path, mapping in zip(sources, renames):
         doc = json.loads(path.read_text())
         commits.add(doc["commit"])
         commands.append(doc["command"] if isinstance(doc["command"], str) else " | ".join(doc["command"]))
         for seed, run in doc["runs"].items():
             r = runs.setdefault(seed, {"curves": {}, "finetune_s": [], "adapt_s": run.get("adapt_s")})
             for name, curve in run["curves"].items():
-                if name in rename:
-                    r["curves"].setdefault(rename[name], {}).update(curve)
+                if name in mapping:
+                    r["curves"].setdefault(mapping[name], {}).update(curve)
             r["finetune_s"] += run.get("finetune_s", [])
     ks = sorted({int(k) for r in runs.values() for c in r["curves"].values() for k in c})
     for seed, r in runs.items():

@@ -128,7 +128,6 @@ def test_corrections_runs_split_over_processes_are_joined_and_re_summarised(tmp_
         corrections.main(["--merge", str(a), str(a), "--results", str(tmp_path / "out")])
 
 
-
 def test_a_headline_renames_each_source_by_its_own_mapping(tmp_path):
     """A run's "uncertain" is whatever fine-tune was the default at its commit: a per-source renaming keeps two runs'
     same-named curves apart, and every curve must have every k on every seed."""
@@ -153,6 +152,7 @@ def test_a_headline_renames_each_source_by_its_own_mapping(tmp_path):
     short = doc(tmp_path / "short.json", {"uncertain": {"0": [80.0]}})
     with pytest.raises(SystemExit, match=r"no k = \[1\]"):
         corrections.join_renamed("C", [old, short], [{"random": "random"}, {"uncertain": "uncertain"}], {}, {})
+
 
 def test_a_corrections_curve_does_not_depend_on_the_other_curves_run_beside_it():
     """The corrections benchmark scores each curve on the protocol's classes: the same seed, strategy and fine-tune
