@@ -23,7 +23,8 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from run import PROTOCOLS, git_commit, load_protocol, protocol_config  # noqa: E402
+from corrections import adapted_folder  # noqa: E402
+from run import PROTOCOLS, git_commit, setup_protocol  # noqa: E402
 
 from napari_uuds.engine.atomic import atomic_write  # noqa: E402
 from napari_uuds.engine.checkpoint import load_checkpoint  # noqa: E402
@@ -52,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     proto = PROTOCOLS[args.protocol]
-    data = load_protocol(Path(args.data), proto, protocol_config(proto))
+    cfg, data = setup_protocol(Path(args.data), proto)
     targets, refs = data["targets"], data["refs"]
     names = [t.volume.name if len(targets) == 1 else Path(t.volume.path).parent.name for t in targets]
     out: dict = {"protocol": args.protocol, "commit": git_commit(), "ways": args.ways, "score": args.score,
@@ -60,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
                  "runs": {}}
     t0 = time.perf_counter()
     for seed in args.seeds:
-        folder = Path(args.adapted) / f"{args.protocol}_s{seed}_{args.steps}"
+        folder = adapted_folder(args.adapted, args.protocol, seed, args.steps, cfg)
         model, meta = load_checkpoint(folder)
         own = {k: getattr(model.cfg, k) for k in PREDICTION_SETTINGS}
         run = {"folder": str(folder), "trained_at": meta.get("corrections_adapted", {}).get("commit"), "ways": {}}

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from run import PROTOCOLS, RESULTS, _train, git_commit, load_protocol, protocol_config  # noqa: E402
+from run import PROTOCOLS, RESULTS, _train, git_commit, setup_protocol  # noqa: E402
 
 from napari_uuds.engine.atomic import atomic_write  # noqa: E402
 from napari_uuds.engine.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
@@ -97,12 +97,19 @@ def curve_name(strategy: str, parts: str, steps: int, default_steps: int, lr: fl
             + (f":{lr:g}" if lr is not None else ""))
 
 
+def adapted_folder(root: str | Path, protocol: str, seed: int, steps: int, cfg: ModelConfig) -> Path:
+    """Where ``--adapted`` keeps a seed's adapted model: ``<protocol>_s<seed>_<steps>``, with ``_<size>px`` after it
+    when its slices are not at the architecture's frame (``--image-size auto`` on a small scan, round 26)."""
+    frame = ModelConfig.for_arch(cfg.arch).image_size
+    return Path(root) / (f"{protocol}_s{seed}_{steps}" + (f"_{cfg.image_size}px" if cfg.image_size != frame else ""))
+
+
 def adapted_model(cfg: ModelConfig, sources, targets, tcfg: TrainConfig, ctx: dict):
     """The seed's adapted model: trained here, or (``ctx["adapted"]``, ``--adapted DIR``) read from
     ``DIR/<protocol>_s<seed>_<steps>`` when an earlier run saved it there, else trained and saved there, so that
     fine-tune experiments on the same adapted models skip the adaptation (30-40 min a seed on one thread at 600
     steps). Returns (model, adaptation seconds, None or what was read: the folder and the commit that trained it)."""
-    folder = Path(ctx["adapted"]) / f"{ctx['protocol']}_s{tcfg.seed}_{tcfg.steps}" if ctx.get("adapted") else None
+    folder = adapted_folder(ctx["adapted"], ctx["protocol"], tcfg.seed, tcfg.steps, cfg) if ctx.get("adapted") else None
     if folder is not None and (folder / "config.json").exists():
         model, meta = load_checkpoint(folder, expect=cfg)
         # how a model predicts is today's default's, whenever it was trained: a model saved before a prediction default
@@ -352,13 +359,13 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     proto = PROTOCOLS[args.protocol]
     data = Path(args.data)
-    cfg = protocol_config(proto)
+    cfg, loaded = setup_protocol(data, proto)
     ctx = {"model_kw": {k: getattr(cfg, k) for k in cfg.__dataclass_fields__}, "steps": args.steps,
            "batch_size": args.batch_size, "chi": 0.5, "finetune_steps": args.finetune_steps,
            "ks": sorted(set([0, *args.ks])), "strategies": args.strategies,
            "variants": [variant(v, args.finetune_steps) for v in args.variants],
            "class_names": proto["classes"], "protocol": args.protocol, "adapted": args.adapted,
-           **load_protocol(data, proto, cfg)}
+           **loaded}
     results = Path(args.results)
     results.mkdir(parents=True, exist_ok=True)
     out = results / f"corrections_{args.protocol}.json"

@@ -93,9 +93,9 @@ def main(argv: list[str] | None = None) -> int:
     args.eval_at = set(args.eval_at)
 
     proto = bench.PROTOCOLS[args.protocol]
-    cfg = bench.protocol_config(proto)
+    cfg, loaded = bench.setup_protocol(Path(args.data), proto)
     args.model_kw = {k: getattr(cfg, k) for k in cfg.__dataclass_fields__}
-    data = {**bench.load_protocol(Path(args.data), proto, cfg), "class_names": proto["classes"]}
+    data = {**loaded, "class_names": proto["classes"]}
     data["source_mm3"] = float(np.mean([(s.label_volume.data > 0).sum() * np.prod(s.volume.spacing)
                                         for s in data["sources"]]))
     out = Path(args.results) / f"length_{args.protocol}.json"

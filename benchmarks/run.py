@@ -41,8 +41,9 @@ import torch
 
 from napari_uuds.engine.atomic import atomic_write
 from napari_uuds.engine.baselines import histogram_match, pseudo_labels
-from napari_uuds.engine.config import PREDICTION_SETTINGS, RECIPES, LossWeights, ModelConfig, TrainConfig
-from napari_uuds.engine.dataset import PreparedVolume, choose_mm_per_pixel, prepare_volume, reslice
+from napari_uuds.engine.config import (AUTO_FRAME_ARCHS, IMAGE_SIZE_DEFAULT, PREDICTION_SETTINGS, RECIPES, LossWeights,
+                                      ModelConfig, TrainConfig)
+from napari_uuds.engine.dataset import PreparedVolume, choose_image_size, choose_mm_per_pixel, prepare_volume, reslice
 from napari_uuds.engine.infer import predict_volume
 from napari_uuds.engine.job import AdaptJob
 from napari_uuds.engine.metrics import score_classes
@@ -203,10 +204,11 @@ def _reference_labels(data: Path, proto: dict, cfg: ModelConfig) -> list[Volume]
                        label_map=proto.get("label_map"), allow_empty=True) for s in proto["test"]]
 
 
-def protocol_config(proto: dict, arch: str = "tiny", image_size: int | None = None) -> ModelConfig:
-    """The model of a protocol: its classes (described for TCSA's relations) and its source contrast's name."""
+def protocol_config(proto: dict, arch: str = "tiny", image_size: int | str | None = None) -> ModelConfig:
+    """The model of a protocol: its classes (described for TCSA's relations) and its source contrast's name
+    (``image_size`` "auto": the architecture's frame until :func:`fit_frame` has seen the volumes)."""
     names = proto["classes"]
-    return ModelConfig.for_arch(arch, image_size=image_size, class_names=names,
+    return ModelConfig.for_arch(arch, image_size=None if image_size == "auto" else image_size, class_names=names,
                                 class_descriptions=[DESCRIPTIONS.get(n, n) for n in names],
                                 source_modality=proto["source"].upper(), target_modality=proto["target"].upper())
 
@@ -219,6 +221,32 @@ def load_protocol(data: Path, proto: dict, cfg: ModelConfig, upper: bool = False
     if upper:
         out["upper_sources"] = _load(data, proto, proto["train"], proto["target"], cfg, True)
     return {**out, "refs": _reference_labels(data, proto, cfg)}
+
+
+def fit_frame(loaded: dict, cfg: ModelConfig, image_size: int | str | None = IMAGE_SIZE_DEFAULT) -> dict:
+    """``--image-size auto`` (round 26 of docs/method.md), as the CLI does it: where every source and target slice
+    is smaller than the architecture's frame, ``cfg.image_size`` becomes the frame at their own size and the
+    protocol's volumes are sliced again at it (the upper bound's sources too); otherwise nothing changes."""
+    if image_size != "auto" or cfg.arch not in AUTO_FRAME_ARCHS or cfg.mm_per_pixel > 0:
+        return loaded
+    size = choose_image_size(loaded["sources"] + loaded["targets"], cfg.axis, cfg.image_size)
+    if size == cfg.image_size:
+        return loaded
+    cfg.image_size = size
+    sliced = ("sources", "targets", "upper_sources")
+    return {k: reslice(v, cfg.axis, size, 0.0) if k in sliced else v for k, v in loaded.items()}
+
+
+def setup_protocol(data: Path, proto: dict, arch: str = "tiny", image_size: int | str | None = IMAGE_SIZE_DEFAULT,
+                   upper: bool = False) -> tuple[ModelConfig, dict]:
+    """A protocol's model configuration and volumes, sliced at the frame the engine's default (or ``image_size``)
+    asks for."""
+    cfg = protocol_config(proto, arch, image_size)
+    return cfg, fit_frame(load_protocol(data, proto, cfg, upper=upper), cfg, image_size)
+
+
+def _image_size(s: str) -> int | str:
+    return s if s == "auto" else int(s)
 
 
 # -- one run ----------------------------------------------------------------------------------------
@@ -443,7 +471,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--lr", type=float, default=1e-4)
     ap.add_argument("--model", choices=["tiny", "rn50"], default="tiny")
-    ap.add_argument("--image-size", type=int, default=None)
+    ap.add_argument("--image-size", type=_image_size, default=IMAGE_SIZE_DEFAULT, metavar="auto|N",
+                    help="slice side in pixels (auto: the scans' own size where smaller than the frame, round 26; "
+                         f"default: {IMAGE_SIZE_DEFAULT or 'the model frame'})")
     ap.add_argument("--threshold", type=float, default=0.5)
     ap.add_argument("--text-encoder", default="auto", choices=["auto", "minilm", "clip"])
     ap.add_argument("--device", default="auto")
@@ -460,15 +490,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"benchmark: error: {data / proto['set']}: no such folder (give --data)", file=sys.stderr)
         return 2
     names = proto["classes"]
-    cfg = protocol_config(proto, args.model, args.image_size)
+    t0 = time.perf_counter()
+    cfg, loaded = setup_protocol(data, proto, args.model, args.image_size, upper=True)
     model_kw = {k: getattr(cfg, k) for k in cfg.__dataclass_fields__}
     device = resolve_device(args.device)
-    t0 = time.perf_counter()
     ctx = {"model_kw": model_kw, "steps": args.steps, "batch_size": args.batch_size, "lr": args.lr,
            "device": args.device, "threshold": args.threshold, "text_encoder": args.text_encoder,
            "pseudo_steps": args.pseudo_steps or max(args.steps // 2, 1), "class_names": names, "lower_models": {},
-           "save_masks": args.save_masks, "protocol": args.protocol,
-           **load_protocol(data, proto, cfg, upper=True)}
+           "save_masks": args.save_masks, "protocol": args.protocol, **loaded}
     results = Path(args.results)
     results.mkdir(parents=True, exist_ok=True)
     out = results / f"quality_{args.protocol}.json"

@@ -173,9 +173,10 @@ def test_corrections_reads_the_adapted_model_an_earlier_run_saved(tmp_path):
     corrections = pytest.importorskip("corrections")
     ctx = {**_phantom_corrections_context(), "strategies": ["uncertain"], "protocol": "P", "adapted": str(tmp_path)}
     saved = corrections.run_seed(0, ctx)
-    assert (tmp_path / "P_s0_6" / "model.safetensors").exists() and "adapted_from" not in saved
+    # the phantom's slices are at 64 px, not the tiny model's frame of 128: the folder's name says so (round 26)
+    assert (tmp_path / "P_s0_6_64px" / "model.safetensors").exists() and "adapted_from" not in saved
     read = corrections.run_seed(0, ctx)
-    assert read["adapted_from"]["folder"] == str(tmp_path / "P_s0_6")
+    assert read["adapted_from"]["folder"] == str(tmp_path / "P_s0_6_64px")
     assert read["curves"] == saved["curves"] and read["slices"] == saved["slices"]
     with pytest.raises(SystemExit, match="adapted with"):
         corrections.run_seed(0, {**ctx, "batch_size": 2})
@@ -183,10 +184,10 @@ def test_corrections_reads_the_adapted_model_an_earlier_run_saved(tmp_path):
     import json
 
     from napari_uuds.engine.config import ModelConfig, TrainConfig
-    meta = json.loads((tmp_path / "P_s0_6" / "config.json").read_text())
+    meta = json.loads((tmp_path / "P_s0_6_64px" / "config.json").read_text())
     assert meta["model"]["smooth_z"] == "binomial"
     meta["model"]["smooth_z"] = "none"
-    (tmp_path / "P_s0_6" / "config.json").write_text(json.dumps(meta))
+    (tmp_path / "P_s0_6_64px" / "config.json").write_text(json.dumps(meta))
     cfg = ModelConfig(**ctx["model_kw"])
     model, _, _ = corrections.adapted_model(cfg, ctx["sources"], ctx["targets"],
                                             TrainConfig(steps=6, batch_size=4, seed=0, threshold=0.5), ctx)
@@ -252,3 +253,18 @@ def test_a_scoring_way_changes_only_what_it_names_and_the_model_ends_as_it_came(
     assert seen["four"] == ({"tta": "none", "refine": "none", "objects": "largest", "smooth_z": "none"}, bias + 1)
     assert seen["five"] == ({"tta": "none", "refine": "none", "objects": "all", "smooth_z": "binomial"}, bias)
     assert vars(cfg) == {"tta": "none", "refine": "none", "objects": "all", "smooth_z": "none"}
+
+
+def test_a_protocol_is_framed_as_the_engine_frames_it():
+    """``--image-size auto`` in the benchmark (round 26): the cord's slices at 64 px, every volume sliced again, the
+    cache folder of a 64-px model named apart from the 128-px ones; at the model frame nothing changes."""
+    run = pytest.importorskip("run")
+    corrections = pytest.importorskip("corrections")
+    data = Path(__file__).resolve().parents[1] / "sample_data"  # holds cord/, as the shared data does
+    cfg, loaded = run.setup_protocol(data, run.PROTOCOLS["C"], image_size="auto", upper=True)
+    assert cfg.image_size == 64
+    assert all(p.image.shape[-2:] == (64, 64) for k in ("sources", "targets", "upper_sources") for p in loaded[k])
+    assert corrections.adapted_folder("/c", "C", 2, 600, cfg) == Path("/c/C_s2_600_64px")
+    cfg, loaded = run.setup_protocol(data, run.PROTOCOLS["C"], image_size=None)
+    assert cfg.image_size == 128 and loaded["sources"][0].image.shape[-1] == 128
+    assert corrections.adapted_folder("/c", "C", 2, 600, cfg) == Path("/c/C_s2_600")

@@ -423,3 +423,21 @@ def test_adapt_says_what_it_decided_before_training(vols, tmp_path, capsys):
     refined = cfg["pseudo_refine_used"]["pseudo_refine"] == "edges"
     assert f"pseudo labels {'refined on the target' if refined else 'not refined'}" in start[0]
     assert f"edge agreement K {k:+.3f}" in start[0] and "source randomisation" in start[0]
+
+
+def test_image_size_auto_fits_the_frame_to_small_scans(vols, tmp_path, capsys):
+    """--image-size auto: 24 x 24 slices train at 64 px (the smallest frame), recorded in config.json; the log says why;
+    --image-size N and a bad value behave as before."""
+    out = tmp_path / "auto"
+    assert main(["adapt", "--source", str(vols["img"]), "--source-label", str(vols["lab"]), "--target",
+                 str(vols["tgt"]), "--out", str(out), "--steps", "1", "--batch-size", "2", "--image-size", "auto"]) == 0
+    assert json.loads((out / "config.json").read_text())["model"]["image_size"] == 64
+    assert "64 px slices (auto: the scans' slices are at most 24 voxels across)" in capsys.readouterr().err
+    assert _adapt(vols, tmp_path / "fixed", **{"--image-size": 96}) == 0
+    assert json.loads((tmp_path / "fixed" / "config.json").read_text())["model"]["image_size"] == 96
+    for bad in ("50", "big"):
+        with pytest.raises(SystemExit) as e:
+            _adapt(vols, tmp_path / "bad", **{"--image-size": bad})
+        assert e.value.code == 2
+    assert "must be auto or" in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()

@@ -727,3 +727,26 @@ def test_corrections_that_cannot_be_saved_stay_and_say_so(ready, tmp_path):
     seg.data_setitem(np.nonzero(region), 1)  # the next edit saves everything, and the note goes
     assert w.ctl.collect_corrections() == [6]
     assert w.status.guard_note == "" and (blocker / "run" / "corrections.json").exists()
+
+
+def test_the_widget_frames_small_scans_at_their_own_size(ready, monkeypatch):
+    """With the image size left to the default and the default "auto" (round 26), the cord's slices (at most 76 voxels
+    across) train at 64 px, and the model built is that size; an explicit size wins; with the default off, 128."""
+    from napari_uuds.gui import controller as ctl_mod
+
+    viewer, w = ready
+    monkeypatch.setattr(ctl_mod, "IMAGE_SIZE_DEFAULT", "auto")
+    w.params.image_size = 0
+    w.ctl.prepare(w.source.value, w.source_labels.value, w.target.value)
+    assert w.ctl.model_config().image_size == 64
+    assert all(p.image.shape[-1] == 64 for vols in w.ctl._data for p in vols)
+    w.ctl.build_model()
+    assert w.ctl.model.cfg.image_size == 64
+    w.params.image_size = 96  # the user's choice: a fresh model at that size
+    w.ctl.prepare(w.source.value, w.source_labels.value, w.target.value)
+    assert w.ctl.model is None and all(p.image.shape[-1] == 96 for vols in w.ctl._data for p in vols)
+    monkeypatch.setattr(ctl_mod, "IMAGE_SIZE_DEFAULT", None)
+    w.params.image_size = 0
+    w.ctl.prepare(w.source.value, w.source_labels.value, w.target.value)
+    assert w.ctl.model_config().image_size == 128
+    assert all(p.image.shape[-1] == 128 for vols in w.ctl._data for p in vols)

@@ -167,3 +167,18 @@ def test_zoom_near_one_changes_nothing_but_the_image_resampling_and_zoom_changes
     assert areas.min() >= 16 * 16 / 1.4 ** 2 - 40 and areas.max() <= 16 * 16 * 1.4 ** 2 + 40
     with pytest.raises(ValueError):
         SliceSampler([img], [lab], zoom=0.5)
+
+
+def test_frame_for_scans_takes_the_multiple_of_32_nearest_the_largest_slice():
+    from napari_uuds.engine.slices import frame_for_scans
+
+    # the README's cord: T1 axial planes 42 x 76, T2 52 x 60 (canonical shapes) -> 76 -> 64 (12 away, 96 is 20)
+    assert frame_for_scans([(42, 76, 77), (52, 60, 55)], 2, 128) == 64
+    assert frame_for_scans([(240, 240, 155)] * 2, 2, 128) == 128  # BraTS: larger than the frame, kept
+    assert frame_for_scans([(100, 90, 20)], 2, 128) == 96
+    assert frame_for_scans([(80, 10, 300)], 2, 128) == 96  # 80: 64 and 96 equally near, a tie goes up
+    assert frame_for_scans([(20, 30, 300)], 2, 128) == 64  # never below 64
+    assert frame_for_scans([(20, 300, 30)], 2, 128) == 128  # the slicing axis decides what is in-plane
+    assert frame_for_scans([(20, 300, 30)], 1, 128) == 64
+    assert frame_for_scans([(150, 150, 40)], 2, 224) == 160  # a larger frame (rn50's), the same rule
+    assert frame_for_scans([], 2, 128) == 128

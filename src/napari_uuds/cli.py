@@ -7,6 +7,7 @@ import sys
 import warnings
 
 from .engine.config import (ARCHS, DD_FLOWS, DD_FORMS, DD_SCALES, DEVICES, FINETUNE_LR, FINETUNE_PARTS, FINETUNE_STEPS,
+                            IMAGE_SIZE_DEFAULT,
                             LossWeights, METHODS, PROTO_FORMS, ModelConfig, RANDOMISERS, RANDOMISE_INTO, RECIPES,
                             TEXT_ENCODERS, TRAIN_PARTS, TrainConfig, USEG_ABSENT, USEG_FLOWS, USEG_FORMS, PSEUDO_PRIORS, PSEUDO_REFINES,
                             REFINES, OBJECTS, SMOOTH_ZS, TTAS, WARMUP_STEPS)
@@ -48,6 +49,18 @@ def _seed(s: str) -> int:
     v = int(s)
     if not 0 <= v < 2 ** 32:
         raise argparse.ArgumentTypeError(f"must lie in 0 .. 4294967295, not {v}")
+    return v
+
+
+def _image_size(s: str) -> int | str:
+    if s == "auto":
+        return s
+    try:
+        v = int(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be auto or a number of pixels, not {s!r}") from None
+    if v < 64 or v % 32:
+        raise argparse.ArgumentTypeError(f"must be auto or a multiple of 32 of at least 64, not {v}")
     return v
 
 
@@ -122,7 +135,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "model's text tower), auto (minilm when installed)")
     a.add_argument("--axis", type=int, choices=[0, 1, 2], default=M.axis,
                    help="slicing axis in canonical RAS orientation: 0 sagittal, 1 coronal, 2 axial")
-    a.add_argument("--image-size", type=int, default=None, help="slice side in pixels (default: 224 rn50, 128 tiny)")
+    a.add_argument("--image-size", type=_image_size, default=IMAGE_SIZE_DEFAULT, metavar="auto|N",
+                   help="slice side in pixels: N, or auto = the scans' own size where every slice is smaller than the "
+                        "model's frame (tiny; round 26 of docs/method.md); the model's frame otherwise (224 rn50, "
+                        f"128 tiny; default: {IMAGE_SIZE_DEFAULT or 'the model frame'})")
     a.add_argument("--warmup-steps", type=int, default=T.warmup_steps, help=f"steps before the target terms join (default -1: min({WARMUP_STEPS}, steps/4))")
     a.add_argument("--dd-warmup", action=argparse.BooleanOptionalAction, default=T.dd_warmup,
                    help="hold L_DD (Eq. 1-2) back during the warm-up too, so that the warm-up is pure source training")

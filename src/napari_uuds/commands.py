@@ -12,9 +12,9 @@ from tqdm.auto import tqdm
 from .engine import checkpoint as ckpt
 from .engine.atomic import atomic_write
 from .engine.components import describe_objects
-from .engine.config import (DEFAULT_DOMAIN_PROMPT, LossWeights, ModelConfig, TrainConfig, from_dict, recipe_overrides,
+from .engine.config import (AUTO_FRAME_ARCHS, DEFAULT_DOMAIN_PROMPT, LossWeights, ModelConfig, TrainConfig, from_dict, recipe_overrides,
                             to_dict, PREDICTION_SETTINGS)
-from .engine.dataset import choose_mm_per_pixel, load_source_pairs, load_targets, reslice
+from .engine.dataset import choose_image_size, choose_mm_per_pixel, load_source_pairs, load_targets, reslice
 from .exitcodes import EXIT_INTERRUPTED, EXIT_USER_ERROR
 from .engine.errors import UUDSError
 from .engine.infer import predict_volume, release_host_memory
@@ -123,7 +123,7 @@ def _adapt(args, ctx, t_start: float) -> int:
         mcfg = from_dict(ModelConfig, resume_meta["model"])  # keys a newer version wrote are ignored
     else:
         mcfg = ModelConfig.for_arch(
-            args.model, image_size=args.image_size, axis=args.axis,
+            args.model, image_size=None if args.image_size == "auto" else args.image_size, axis=args.axis,
             class_names=args.class_name or ["object"], class_descriptions=args.class_description or [],
             source_modality=args.source_modality or volume_name(args.source[0]),
             target_modality=args.target_modality or volume_name(args.target[0]),
@@ -147,6 +147,14 @@ def _adapt(args, ctx, t_start: float) -> int:
     sources = load_source_pairs(args.source, args.source_label, len(mcfg.class_names), mcfg.axis, mcfg.image_size,
                                 binarize=args.binarize_labels, label_map=label_map)
     targets = load_targets(args.target, mcfg.axis, mcfg.image_size)
+    frame_note = ""
+    if (args.image_size == "auto" and not resume_meta and args.mm_per_pixel == 0
+            and mcfg.arch in AUTO_FRAME_ARCHS):  # the frame at the scans' own size (round 26)
+        size = choose_image_size(sources + targets, mcfg.axis, mcfg.image_size)
+        if size != mcfg.image_size:
+            frame_note = f" (auto: the scans' slices are at most {max(p.geom.side for p in sources + targets)} voxels across)"
+            mcfg.image_size = size
+            sources, targets = (reslice(v, mcfg.axis, size, 0.0) for v in (sources, targets))
     if args.mm_per_pixel == "auto" and not resume_meta:  # one scale at which every body of the run fits
         mcfg.mm_per_pixel = choose_mm_per_pixel(sources + targets, mcfg.axis, mcfg.image_size)
     if mcfg.mm_per_pixel > 0:
@@ -181,7 +189,7 @@ def _adapt(args, ctx, t_start: float) -> int:
         previous = _previous_outputs(out) if args.overwrite else []
         _say(f"napari-uuds adapt: {clip_note}", args.quiet)
         _say(f"model {mcfg.arch} ({n_params / 1e6:.1f} M parameters), "
-             f"{mcfg.image_size} px slices along axis {mcfg.axis}, device {device}, "
+             f"{mcfg.image_size} px slices{frame_note} along axis {mcfg.axis}, device {device}, "
              f"{len(sources)} source / {len(targets)} target volume(s)", args.quiet)
         _say(f"domain prompt: \"{model.domain_prompt.text}\"; classes: {', '.join(mcfg.class_names)}; slices "
              + (f"at {model.cfg.mm_per_pixel:g} mm per pixel" if model.cfg.mm_per_pixel > 0 else "fitted to the frame"),

@@ -105,6 +105,14 @@ TEXT_ENCODERS = ("auto", "minilm", "clip")
 #: Description of the background class used in TCSA's text relations.
 BACKGROUND_DESCRIPTION = "background: healthy tissue, fluid and air around the structure"
 
+#: The slices' side in pixels when none is given: ``"auto"`` = the scans' own size where every slice of the run is
+#: smaller than the architecture's frame (:func:`~.slices.frame_for_scans`, round 26 of docs/method.md), ``None`` = the
+#: architecture's frame (:meth:`ModelConfig.for_arch`) whatever the scans' size.
+IMAGE_SIZE_DEFAULT: str | None = None
+#: architectures whose frame ``"auto"`` may shrink: those trained from random initialisation here (a pretrained RN50
+#: keeps 224 px, the size its attention pool was trained at)
+AUTO_FRAME_ARCHS = ("tiny",)
+
 #: Built-in architectures. ``rn50`` is OpenAI CLIP's ResNet-50; ``tiny`` is a 5.7 M-parameter CLIP (with the decoders) of
 #: the same shape (ModifiedResNet + text transformer) for tests and CPU demos.
 ARCHS = ("tiny", "rn50")

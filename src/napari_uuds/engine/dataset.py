@@ -9,7 +9,7 @@ import torch
 
 from .errors import UUDSError
 from .randomise import BACKGROUND
-from .slices import SliceGeometry, SliceSampler, auto_mm_per_pixel, plan_geometry, to_square
+from .slices import SliceGeometry, SliceSampler, auto_mm_per_pixel, frame_for_scans, plan_geometry, to_square
 from .volumes import NormParams, Volume, load_label, load_volume, normalisation_params
 
 
@@ -85,6 +85,11 @@ def reslice(prepared: list[PreparedVolume], axis: int, size: int, mm_per_pixel: 
 def choose_mm_per_pixel(prepared: list[PreparedVolume], axis: int, size: int) -> float:
     """``--mm-per-pixel auto``: one scale at which every body of the run fits the frame."""
     return auto_mm_per_pixel([(p.norm.apply(p.volume.data), p.volume.spacing) for p in prepared], axis, size)
+
+
+def choose_image_size(prepared: list[PreparedVolume], axis: int, frame: int) -> int:
+    """``--image-size auto``: the frame at the scans' own size (:func:`~.slices.frame_for_scans`)."""
+    return frame_for_scans([tuple(p.volume.data.shape) for p in prepared], axis, frame)
 
 
 def load_source_pairs(images: list[str | Path], labels: list[str | Path], n_classes: int, axis: int, size: int,

@@ -84,6 +84,22 @@ def physical_geometry(shape: tuple[int, int, int], spacing: tuple[float, float, 
     return SliceGeometry(axis, tuple(shape), size, (fh, fw), (top, left))  # type: ignore[arg-type]
 
 
+def frame_for_scans(shapes: list[tuple[int, int, int]], axis: int, frame: int, step: int = 32,
+                    smallest: int = 64) -> int:
+    """``--image-size auto`` (round 26 of docs/method.md): the slices' side in pixels for volumes of canonical
+    ``shapes`` sliced along ``axis``. Where every slice's larger side (in voxels) is below the architecture's
+    ``frame``, the multiple of ``step`` (at least ``smallest``, at most ``frame``) nearest the largest of those
+    sides, a tie going up, so that a small scan is not magnified (interpolation adds nothing and costs time);
+    ``frame`` otherwise."""
+    if not shapes:
+        return frame
+    largest = max(SliceGeometry(axis, tuple(int(v) for v in s), frame).side for s in shapes)  # type: ignore[arg-type]
+    if largest >= frame:
+        return frame
+    sizes = range(smallest, frame + 1, step)
+    return min(sizes, key=lambda c: (abs(c - largest), -c)) if sizes else frame
+
+
 def body_centre_and_extent(norm: np.ndarray, spacing: tuple[float, float, float], axis: int,
                            background: float = -0.98) -> tuple[tuple[float, float], float]:
     """Centre (plane voxel coordinates) of the body's bounding box over all slices, and its larger in-plane

@@ -17,14 +17,14 @@ import torch
 from .._writer import export_layer
 from ..engine import checkpoint as ckpt
 from ..engine.body import body_mask
-from ..engine.config import ModelConfig, TrainConfig
+from ..engine.config import AUTO_FRAME_ARCHS, IMAGE_SIZE_DEFAULT, ModelConfig, TrainConfig
 from ..engine.dataset import PreparedVolume, prepare_volume, slab
 from ..engine.errors import UUDSError
 from ..engine.review import SliceScore
 from ..engine.job import AdaptJob, build_model
 from ..engine.infer import (VolumePrediction, assemble_range, iter_predict_volume, predict_slices, refine_seg,
                             run_to_end)
-from ..engine.slices import SliceGeometry, from_square
+from ..engine.slices import SliceGeometry, frame_for_scans, from_square
 from ..engine.train import TrainControl, TrainEvent, resolve_device
 from ..engine.components import describe_objects, objects_reported
 from ..engine.zsmooth import halo, widen
@@ -47,6 +47,8 @@ class UUDSController(ReviewActions):
         self.target: PreparedVolume | None = None
         self.target_layer = None
         self._data: tuple[list[PreparedVolume], list[PreparedVolume]] | None = None
+        #: the frame ``--image-size auto`` chose for the layers prepared last (None: the architecture's)
+        self._frame: int | None = None
         self._clip_weights: str | None = None
         self.outputs = OutputLayers(viewer)
         #: the user's corrected slices of the target (gui/corrections.py), saved to the run folder as they change
@@ -63,7 +65,17 @@ class UUDSController(ReviewActions):
     # -- inputs ------------------------------------------------------------------------------
     def model_config(self) -> ModelConfig:
         name = getattr(self.target_layer, "name", None)
-        return self.params.model_config(str(name) if name else None)
+        cfg = self.params.model_config(str(name) if name else None)
+        if self._frame is not None and not self.params.image_size:
+            cfg.image_size = self._frame
+        return cfg
+
+    def _auto_frame(self, cfg: ModelConfig, shapes: list[tuple[int, ...]]) -> int | None:
+        """The frame at the scans' own size (round 26) when the parameters leave it to the default and that is auto."""
+        if self.params.image_size or IMAGE_SIZE_DEFAULT != "auto" or cfg.arch not in AUTO_FRAME_ARCHS \
+                or cfg.mm_per_pixel > 0:
+            return None
+        return frame_for_scans(shapes, cfg.axis, ModelConfig.for_arch(cfg.arch).image_size)
 
     def prepare(self, source, source_labels, target) -> None:
         """Validate the chosen layers and slice them for training (raises UUDSError with what to do)."""
@@ -71,6 +83,8 @@ class UUDSController(ReviewActions):
         inputs = training_inputs(source, source_labels, target, cfg.class_names)
         if inputs.note:
             self.status.message = inputs.note
+        self._frame = self._auto_frame(cfg, [inputs.source.data.shape, inputs.target.data.shape])
+        cfg = self.model_config()
         if self.model is not None and (self.model.cfg.image_size != cfg.image_size
                                        or self.model.cfg.class_names != cfg.class_names
                                        or (self.model.cfg.use_seg_prompt, self.model.cfg.use_domain_prompt,
