@@ -51,7 +51,7 @@ def show_result(viewer, w, weights: str, slice_index: int | None = None):
     viewer.dims.set_current_step(axis, slice_index if slice_index is not None else int(zs[len(zs) // 2]))
     viewer.layers.selection.active = seg
     viewer.reset_view()
-    viewer.camera.zoom *= 1.5  # the cord and its neighbourhood fill the canvas
+    viewer.scene.camera.zoom *= 1.5  # the cord and its neighbourhood fill the canvas
     return seg, truth, dice_percent(seg, truth)
 
 

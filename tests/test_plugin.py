@@ -63,7 +63,7 @@ def test_the_readmes_gui_command_opens_a_ready_widget(qtbot, monkeypatch):
             ("T2 (source)", "T2 cord labels", "T1 (target)")
         # axial slices as radiologists read them: A up, the patient's right on the screen's left (camera only)
         assert tuple(viewer.dims.order) == (2, 1, 0)
-        assert tuple(map(str, viewer.camera.orientation2d)) == ("up", "left")
+        assert tuple(map(str, viewer.scene.camera.orientation2d)) == ("up", "left")
         w.params.image_size, w.params.batch_size = 64, 2
         w.steps.value = 1
         viewer.window._qt_window.resize(1400, 900)

@@ -554,7 +554,7 @@ def radiological_view(viewer, axis: int) -> None:
     geometry are untouched (canonical RAS arrays would otherwise show axial slices on their side)."""
     vertical, horizontal = _VIEW[axis]
     viewer.dims.order = (axis, vertical, horizontal)
-    viewer.camera.orientation2d = ("up", "left")
+    viewer.scene.camera.orientation2d = ("up", "left")
     viewer.reset_view()
 
 
