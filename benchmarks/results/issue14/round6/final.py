@@ -3,8 +3,8 @@ by round 24's recipe and predicted with round 25's; every module fine-tuned for 
 review's peak order on the network's own entropy): each seed's curves from the runs on the same adapted models,
 k = 1, 2, 4 from round 6's gate runs (commit 6690454, where the fine-tune of every module was the variant ``@all``)
 and k = 8 from the runs after it (commit ace9eae, where it is the default and keeps the strategy's name); C's seed 2,
-k = 1, 2, 4, 8, from one run after it (commit 9073133, 2026-12-03). C and A1 have seeds 0-2. Writes ``benchmarks/results/corrections_{C,A1}.json``
-and their plots.
+k = 1, 2, 4, 8, from one run after it (commit 9073133, 2026-12-03). C and A1 have seeds 0-2. Writes
+``benchmarks/results/corrections_{C,A1}.json`` and their plots.
 
     python benchmarks/results/issue14/round6/final.py
 """
