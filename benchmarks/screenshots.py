@@ -42,6 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     import numpy as np
 
     from napari_uuds.cli import build_gui, build_parser
+    from napari_uuds.engine.config import TrainConfig
     from napari_uuds.gui.controller import OUTPUT_LAYERS
 
     out = Path(args.out)
@@ -67,6 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     w.stop()
     while w.worker is not None:
         _settle(app, 0.2)
+    w.steps.value = TrainConfig.steps  # shots 3-5 show the README job's weights: the field back at its default
 
     # 3: the README job's weights, the whole volume, the outline beside the true contour
     seg, truth, dice = show_result(viewer, w, args.weights)
