@@ -551,7 +551,13 @@ def test_load_weights_shows_the_checkpoints_settings(ready, tmp_path):
                                source_modality="FLAIR")
     save_checkpoint(UUDS(cfg), tmp_path / "w", {"train": to_dict(TrainConfig(threshold=0.3))})
     w.descriptions[0].value = "typed before loading"
+    # a run already in the plot and the progress bar, with a guard's warning: none of it is the loaded model's
+    w.status.history, w.status.losses = [{"step": 1, "total": 2.0}, {"step": 2, "total": 1.5}], [2.0, 1.5]
+    w.status.total, w.status.step, w.status.guard_note = 40, 30, "warning: the target's volume collapsed"
+    assert w.progress.value == 30 and len(w.plot.history) == 2
     w.ctl.load_weights(tmp_path / "w")
+    assert w.status.history == [] == w.plot.history and w.status.losses == [] and w.progress.value == 0
+    assert "collapsed" not in w.notice.value
     assert w.class_name.value == "core, oedema" and w.modality.value == "FLAIR"
     assert [f.label for f in w.descriptions] == ["core", "oedema"]
     assert [f.value for f in w.descriptions] == ["the necrotic core", "swollen white matter"]

@@ -486,6 +486,9 @@ class UUDSController(ReviewActions):
         self.params.adopt(self.model.cfg, meta.get("train", {}))
         self.status.message = f"loaded {folder} ({self.model.trained_steps} steps)"
         self.status.weights_note = ""  # trained weights: the note on random CLIP weights no longer applies
+        # the loss plot, the progress bar and a guard's warning belonged to the model these weights replace
+        s = self.status
+        s.losses, s.history, s.step, s.total, s.guard_note = [], [], 0, 0, ""
 
     def export(self, layer, path: str | Path, overwrite: bool = False) -> Path:
         """Write a layer as NIfTI on its scan's grid (atomic); never replaces a file without ``overwrite``."""
