@@ -30,7 +30,7 @@ from run import PROTOCOLS, RESULTS, _train, git_commit, setup_protocol  # noqa: 
 
 from napari_uuds.engine.atomic import atomic_write  # noqa: E402
 from napari_uuds.engine.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
-from napari_uuds.engine.config import (FINETUNE_LR, FINETUNE_PARTS, PREDICTION_SETTINGS, TRAIN_PARTS,  # noqa: E402
+from napari_uuds.engine.config import (FINETUNE_EMA, FINETUNE_LR, FINETUNE_PARTS, PREDICTION_SETTINGS, TRAIN_PARTS,  # noqa: E402
                                        ModelConfig, TrainConfig)
 from napari_uuds.engine.finetune import FINETUNE_STEPS, corrected_sampler  # noqa: E402
 from napari_uuds.engine.infer import predict_volume  # noqa: E402
@@ -53,6 +53,9 @@ ORDER_OF = {"uncertain": ORDERS[0], "uncertain_coverage": "coverage", "uncertain
             "uncertain_shown": ORDERS[0]}
 #: the entropy a strategy's review reads where it is not the review's default (engine/review.py, REVIEW_ENTROPIES)
 ENTROPY_OF = {"uncertain_own": "own", "uncertain_shown": "shown"}
+#: with --average: the curve of each fine-tune's weight average is its curve's name with this after it (the name alone
+#: keeps the same runs' last weights; corrections round 7 of docs/method.md)
+AVERAGE_SUFFIX = "+average"
 
 
 def anatomy_slices(prepared) -> list[int]:
@@ -147,8 +150,10 @@ def run_seed(seed: int, ctx: dict) -> dict:
     # the curves' names, never the classes' (until 2026-12-02 they shared a variable: every class count but the
     # first was a missing class scored 100, docs/method.md "What a fine-tune trains")
     curve_names = [curve_name(s, p, n, ctx["finetune_steps"], lr) for s, p, n, lr in runs]
+    average = float(ctx.get("average") or 0.0)  # also score each fine-tune's weight average (corrections round 7)
+    shown = curve_names + ([n + AVERAGE_SUFFIX for n in curve_names] if average > 0 else [])
     out = {"adapt_s": round(train_s, 1), **({"adapted_from": adapted_from} if adapted_from else {}),
-           "curves": {n: {"0": base} for n in curve_names}, "slices": {},
+           "curves": {n: {"0": base} for n in shown}, "slices": {},
            "finetune_s": [], "predict_s": [], "finetune_s_by": {n: [] for n in curve_names}}
     print(f"  seed {seed}: adapted, Dice per volume {[round(d, 1) for d in base]}", flush=True)
     for (strategy, parts, n_steps, lr), name in zip(runs, curve_names):
@@ -161,16 +166,27 @@ def run_seed(seed: int, ctx: dict) -> dict:
             job = AdaptJob(cfg, tcfg, sources, targets, model=model)
             lab = corrected_sampler(items, seed)
             t0 = time.perf_counter()
-            for _ in job.finetune(lab, steps=n_steps, parts=parts, lr=FINETUNE_LR if lr is None else lr):
+            for _ in job.finetune(lab, steps=n_steps, parts=parts, lr=FINETUNE_LR if lr is None else lr,
+                                  ema_decay=average if average > 0 else FINETUNE_EMA):
                 pass
             ft_s = time.perf_counter() - t0
             t0 = time.perf_counter()
-            dice = []
-            for t, r, c in zip(targets, refs, chosen):
-                # as the widget and `finetune` do: a painted (corrected) piece is kept whatever objects decides
-                keep = keep_corrections(np.zeros_like(r.data), r.data, c, axis) > 0
-                p = predict_volume(model, t.volume, norm=t.norm, keep=keep)
-                dice.append(dice_of(keep_corrections(p.seg, r.data, c, axis), r, t.volume.spacing, classes))
+
+            def scored(chosen=chosen) -> list[float]:
+                dice = []
+                for t, r, c in zip(targets, refs, chosen):
+                    # as the widget and `finetune` do: a painted (corrected) piece is kept whatever objects decides
+                    keep = keep_corrections(np.zeros_like(r.data), r.data, c, axis) > 0
+                    p = predict_volume(model, t.volume, norm=t.norm, keep=keep)
+                    dice.append(dice_of(keep_corrections(p.seg, r.data, c, axis), r, t.volume.spacing, classes))
+                return dice
+
+            if average > 0:  # the run's weight average first, then the same run's last weights
+                if model.last_iterate_state is None:
+                    raise SystemExit("the fine-tune kept no weight average")
+                out["curves"][name + AVERAGE_SUFFIX][str(k)] = [round(d, 3) for d in scored()]
+                model.load_state_dict(model.last_iterate_state)
+            dice = scored()
             out["predict_s"].append(round(time.perf_counter() - t0, 1))
             out["finetune_s"].append(round(ft_s, 1))
             out["finetune_s_by"][name].append(round(ft_s, 1))
@@ -339,6 +355,10 @@ def main(argv: list[str] | None = None) -> int:
                     help="read each seed's adapted model from DIR/<protocol>_s<seed>_<steps> when a run saved it "
                          "there, else adapt and save it there (fine-tune experiments then skip the adaptation; the "
                          "JSON records the folder and the commit that trained it)")
+    ap.add_argument("--average", type=float, default=0.0, metavar="DECAY",
+                    help="score each fine-tune twice: its weight average over its second half (ema_decay DECAY) as "
+                         "curve NAME+average, the same run's last weights as NAME (corrections round 7); without it "
+                         "a fine-tune is the engine's default (FINETUNE_EMA) scored as it ends")
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--results", default=str(RESULTS))
@@ -365,7 +385,7 @@ def main(argv: list[str] | None = None) -> int:
            "ks": sorted(set([0, *args.ks])), "strategies": args.strategies,
            "variants": [variant(v, args.finetune_steps) for v in args.variants],
            "class_names": proto["classes"], "protocol": args.protocol, "adapted": args.adapted,
-           **loaded}
+           "average": args.average, **loaded}
     results = Path(args.results)
     results.mkdir(parents=True, exist_ok=True)
     out = results / f"corrections_{args.protocol}.json"
@@ -388,6 +408,7 @@ def main(argv: list[str] | None = None) -> int:
                "device": f"cpu ({torch.get_num_threads()} thread(s), {platform.processor() or platform.machine()})",
                "torch": torch.__version__, "commit": git_commit(), "steps": args.steps,
                "finetune_steps": args.finetune_steps, "variants": args.variants, "batch_size": args.batch_size,
+               **({"average": args.average} if args.average > 0 else {}),
                "model": "tiny", "review_entropy": {st: ENTROPY_OF.get(st, REVIEW_ENTROPIES[0]) for st in args.strategies
                                                    if st in ORDER_OF},
                "command": "python benchmarks/corrections.py " + " ".join(sys.argv[1:] if argv is None else argv),

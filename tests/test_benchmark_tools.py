@@ -268,3 +268,45 @@ def test_a_protocol_is_framed_as_the_engine_frames_it():
     cfg, loaded = run.setup_protocol(data, run.PROTOCOLS["C"], image_size=None)
     assert cfg.image_size == 128 and loaded["sources"][0].image.shape[-1] == 128
     assert corrections.adapted_folder("/c", "C", 2, 600, cfg) == Path("/c/C_s2_600")
+
+
+def test_slice_worth_separates_the_slices_spread_from_the_fine_tunes_luck():
+    from slice_value import slice_errors, summary
+
+    # four grid slices whose worth differs (90, 92, 94, 96) and a review pick (7) worth 97; each fine-tuned twice,
+    # one point apart: the fine-tune's luck is sd sqrt(0.5), the slices' own spread what the grid's spread leaves
+    values = {0: [89.5, 90.5], 2: [91.5, 92.5], 4: [93.5, 94.5], 6: [95.5, 96.5], 7: [96.5, 97.5]}
+    score = np.array([1.0, 0, 2.0, 0, 3.0, 0, 4.0, 5.0])
+    error = np.array([40, 0, 30, 0, 20, 0, 10, 5])
+    s = summary(values, score, error, picks=[7, 0], grid=[0, 2, 4, 6])
+    assert s["within_slice_sd"] == pytest.approx(np.sqrt(0.5), abs=1e-3)
+    raw = float(np.std([90, 92, 94, 96], ddof=1))
+    assert s["between_slices_sd_raw"] == pytest.approx(raw, abs=1e-3)
+    assert s["between_slices_sd"] == pytest.approx(np.sqrt(raw ** 2 - 0.5 / 2), abs=1e-3)
+    assert s["random_expected"] == pytest.approx(93.0)
+    assert s["first_pick_minus_random"] == pytest.approx(4.0)
+    assert s["first_pick_percentile"] == 100.0
+    assert s["spearman_score_worth"] == pytest.approx(1.0)
+    assert s["spearman_error_worth"] == pytest.approx(-1.0)
+    seg = np.zeros((3, 4, 5), np.uint8)
+    ref = seg.copy()
+    ref[1, :2, :] = 1
+    assert slice_errors(seg, ref, axis=1).tolist() == [5, 5, 0, 0]
+
+
+def test_corrections_scores_a_fine_tunes_weight_average_and_its_last_weights_on_one_run(monkeypatch):
+    """``--average DECAY`` (corrections round 7): each fine-tune is scored with its weight average (curve
+    NAME+average) and with its last weights (curve NAME), which are what a fine-tune without the average measures
+    (the loop and its draws do not change); without ``--average`` a curve is the engine's default fine-tune."""
+    corrections = pytest.importorskip("corrections")
+    ctx = {**_phantom_corrections_context(), "strategies": ["uncertain"], "finetune_steps": 4,
+           "variants": [(FINETUNE_PARTS, 4)]}
+    default = corrections.run_seed(0, ctx)
+    both = corrections.run_seed(0, {**ctx, "average": 0.99})
+    assert set(both["curves"]) == {"uncertain", "uncertain" + corrections.AVERAGE_SUFFIX}
+    assert both["curves"]["uncertain+average"]["0"] == both["curves"]["uncertain"]["0"]
+    assert both["curves"]["uncertain+average"]["1"] != both["curves"]["uncertain"]["1"]
+    same = "uncertain+average" if corrections.FINETUNE_EMA == 0.99 else "uncertain"
+    assert both["curves"][same] == default["curves"]["uncertain"]
+    monkeypatch.setattr(corrections, "FINETUNE_EMA", 0.0)  # a fine-tune that ends with its last weights
+    assert both["curves"]["uncertain"] == corrections.run_seed(0, ctx)["curves"]["uncertain"]

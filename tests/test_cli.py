@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from napari_uuds.cli import main
-from napari_uuds.engine.config import FINETUNE_LR, FINETUNE_PARTS
+from napari_uuds.engine.config import FINETUNE_EMA, FINETUNE_LR, FINETUNE_PARTS
 
 
 def _nii(path, data, aff=None):
@@ -359,9 +359,13 @@ def test_finetune_learns_from_corrected_slices_and_keeps_them(vols, tmp_path, ca
     # --slices names a slice corrected to "no object" (all zero) too
     c = tmp_path / "c"
     other = "all" if FINETUNE_PARTS == "segmenter" else "segmenter"
-    assert main(argv[:-4] + ["--out", str(c), "--steps", "1", "--slices", "4", "0", "--parts", other,
-                             "--lr", "0.002"]) == 0
+    assert main(argv[:-4] + ["--out", str(c), "--steps", "2", "--slices", "4", "0", "--parts", other,
+                             "--lr", "0.002", "--ema-decay", "0.99"]) == 0
     assert json.loads((c / "config.json").read_text())["finetune"]["slices"] == [0, 4]
+    # --ema-decay: the weights saved are the fine-tune's average over its second half (corrections round 7)
+    assert json.loads((c / "config.json").read_text())["finetune"]["ema_decay"] == 0.99
+    assert json.loads((c / "config.json").read_text())["weight_average"]["decay"] == 0.99
+    assert cfg["finetune"]["ema_decay"] == FINETUNE_EMA and (cfg.get("weight_average") is not None) == (FINETUNE_EMA > 0)
     assert json.loads((c / "config.json").read_text())["finetune"]["parts"] == other
     assert json.loads((c / "config.json").read_text())["finetune"]["lr"] == 0.002
     assert cfg["finetune"]["parts"] == FINETUNE_PARTS
@@ -376,6 +380,9 @@ def test_finetune_learns_from_corrected_slices_and_keeps_them(vols, tmp_path, ca
     assert main(["finetune", "--weights", str(a), "--image", str(vols["tgt"]), "--corrections", str(empty),
                  "--out", str(tmp_path / "d")]) == 2
     assert "empty_corr.nii.gz: the corrections hold no labelled voxel" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(argv[:-4] + ["--out", str(tmp_path / "d"), "--ema-decay", "1"])
+    assert "--ema-decay: must lie in [0, 1), not 1.0" in capsys.readouterr().err
     assert main(argv[:-4] + ["--out", str(tmp_path / "e"), "--slices", "12"]) == 2
     assert "--slices 12: the image has 12 slices along axis 2" in capsys.readouterr().err
     # weights that record no source (saved from the widget): the source must be given

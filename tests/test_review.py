@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import torch
 
-from napari_uuds.engine.config import ModelConfig, TrainConfig
+from napari_uuds.engine.config import FINETUNE_EMA, ModelConfig, TrainConfig
 from napari_uuds.engine.dataset import prepare_volume, samplers
 from napari_uuds.engine.errors import UUDSError
 from napari_uuds.engine.finetune import corrected_sampler, corrected_slices, finetune
@@ -158,7 +158,8 @@ def test_fine_tuning_on_two_corrected_slices_lifts_the_target_dice(parts):
     events = list(finetune(model, s, t, lab, TrainConfig(batch_size=8, seed=0, randomise="none"), steps=40,
                            parts=parts))
     assert events[-1].kind == "done" and model.trained_steps == 80
-    assert model.weight_average is None  # a fine-tune ends with its last weights (round 13 measured adaptation only)
+    # a fine-tune ends with the average of its second half (corrections round 7), 20 of its 40 steps
+    assert (model.weight_average or {}).get("updates") == (20 if FINETUNE_EMA > 0 else None)
     assert all("tseg" in e.losses for e in events if e.kind == "step")
     after = apply_corrections(predict_volume(model, ti, norm=tgt.norm), tl.data, slices, 2)
     np.testing.assert_array_equal(after.seg[..., slices], tl.data[..., slices])  # the user's slices kept
@@ -241,6 +242,27 @@ def test_a_fine_tune_runs_at_the_learning_rate_it_is_given(lr):
     list(finetune(model, s, t, lab, TrainConfig(lr=1e-4, **base), steps=1, lr=lr))
     moved = max(float((p.detach() - before[k]).abs().max()) for k, p in model.named_parameters())
     assert 0.5 * lr < moved <= 1.01 * lr
+
+
+def test_a_fine_tune_with_a_weight_average_ends_with_it_and_keeps_its_last_weights():
+    """``finetune(ema_decay=...)`` (corrections round 7, the default since): the model ends with the average of the
+    fine-tune's second half, recorded, and ``last_iterate_state`` holds the last weights, which are those of the same
+    fine-tune with ``ema_decay=0`` (its draws do not change)."""
+    base = dict(batch_size=4, seed=0, randomise="none", guard=False)
+    ends = []
+    for decay in (0.0, 0.99):  # the same task twice: the same weights and samplers at the start
+        ti, tl, tgt, cfg, model, s, t = _phantom_task()
+        lab = corrected_sampler([(tgt, tl.data, [4, 11])], 0)
+        list(finetune(model, s, t, lab, TrainConfig(**base), steps=4, ema_decay=decay))
+        ends.append(model)
+    plain, averaged = ends
+    assert plain.weight_average is None and plain.last_iterate_state is None  # 0: the last weights
+    assert averaged.weight_average is not None and averaged.weight_average["updates"] == 2
+    for k, v in plain.state_dict().items():
+        torch.testing.assert_close(averaged.last_iterate_state[k], v)
+    moved = [k for k, v in averaged.state_dict().items() if v.is_floating_point()
+             and not torch.equal(v, plain.state_dict()[k])]
+    assert moved  # the model holds the average, not the last weights
 
 
 def test_peak_order_moves_coverages_pick_to_the_highest_score_within_reach():

@@ -6,7 +6,7 @@ import math
 import sys
 import warnings
 
-from .engine.config import (ARCHS, DD_FLOWS, DD_FORMS, DD_SCALES, DEVICES, FINETUNE_LR, FINETUNE_PARTS, FINETUNE_STEPS,
+from .engine.config import (ARCHS, DD_FLOWS, DD_FORMS, DD_SCALES, DEVICES, FINETUNE_EMA, FINETUNE_LR, FINETUNE_PARTS, FINETUNE_STEPS,
                             IMAGE_SIZE_DEFAULT,
                             LossWeights, METHODS, PROTO_FORMS, ModelConfig, RANDOMISERS, RANDOMISE_INTO, RECIPES,
                             TEXT_ENCODERS, TRAIN_PARTS, TrainConfig, USEG_ABSENT, USEG_FLOWS, USEG_FORMS, PSEUDO_PRIORS, PSEUDO_REFINES,
@@ -42,6 +42,13 @@ def _positive_float(s: str) -> float:
     v = float(s)
     if not (math.isfinite(v) and v > 0.0):
         raise argparse.ArgumentTypeError(f"must be a finite number > 0, not {v}")
+    return v
+
+
+def _decay(s: str) -> float:
+    v = float(s)
+    if not (math.isfinite(v) and 0.0 <= v < 1.0):
+        raise argparse.ArgumentTypeError(f"must lie in [0, 1), not {v}")
     return v
 
 
@@ -301,6 +308,9 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--lr", type=_positive_float, default=FINETUNE_LR,
                    help="the fine-tune's Adam learning rate" + ("" if FINETUNE_LR is not None else
                                                                  " (None: the adaptation's, recorded with the weights)"))
+    f.add_argument("--ema-decay", type=_decay, default=FINETUNE_EMA, metavar="D",
+                   help="end with the average of the weights over the fine-tune's second half, with this decay (0: "
+                        "the last step's weights; corrections round 7 of docs/method.md)")
     f.add_argument("--source", action="append", default=None, metavar="IMG",
                    help="source image(s) (default: those recorded in the weights' config.json)")
     f.add_argument("--source-label", action="append", default=None, metavar="LBL", help="labels of each --source")

@@ -501,13 +501,16 @@ def cmd_finetune(args) -> int:
         _say(f"napari-uuds finetune: {len(slices)} corrected slice(s) of {name} along axis {mcfg.axis} "
              f"({', '.join(map(str, slices[:12]))}{' ...' if len(slices) > 12 else ''}), {args.steps} steps from "
              f"step {model.trained_steps} of {w}, training {'the segmenter' if args.parts == 'segmenter' else 'every module'}"
-             f" at learning rate {rate:g}, on {device}", args.quiet)
+             f" at learning rate {rate:g}"
+             f"{f', ending with its weight average (decay {args.ema_decay:g})' if args.ema_decay else ''}, on {device}",
+             args.quiet)
         job = AdaptJob(mcfg, tcfg, src, [target], loss_weights, model=model)
         lab_s = corrected_sampler([(target, corr.data, slices)], tcfg.seed)
         start = model.trained_steps
         bar = tqdm(total=args.steps, desc="fine-tuning", unit="step", disable=args.quiet, file=sys.stderr,
                    dynamic_ncols=True)
-        gen = job.finetune(lab_s, TrainControl(tcfg.threshold), steps=args.steps, parts=args.parts, lr=rate)
+        gen = job.finetune(lab_s, TrainControl(tcfg.threshold), steps=args.steps, parts=args.parts, lr=rate,
+                           ema_decay=args.ema_decay)
         interrupted, diverged, last = False, "", {}
         try:
             for ev in gen:
@@ -520,11 +523,12 @@ def cmd_finetune(args) -> int:
         except KeyboardInterrupt:
             interrupted = True
         extra = {"train": to_dict(tcfg), "loss_weights": to_dict(loss_weights), "final_losses": last,
+                 "weight_average": model.weight_average,
                  "sources": [str(p) for p in sources], "source_labels": [str(p) for p in source_labels],
                  "label_options": opts, "targets": [str(args.image)], "interrupted": interrupted,
                  "diverged": diverged or None,
                  "finetune": {"from": str(w), "from_step": start, "steps": args.steps, "parts": args.parts,
-                              "lr": rate, "corrections": str(args.corrections),
+                              "lr": rate, "ema_decay": args.ema_decay, "corrections": str(args.corrections),
                               "slices": slices, "axis": mcfg.axis},
                  "outputs": [] if (interrupted or diverged) else [p.name for p in planned[3:]]}
         try:

@@ -317,6 +317,10 @@ FINETUNE_PARTS = "all"
 #: learning rate of one fine-tune; None: the adaptation's (``TrainConfig.lr``, recorded with the weights). Corrections
 #: round 3 of docs/method.md measures higher rates
 FINETUNE_LR: float | None = None
+#: the weight average a fine-tune ends with (``TrainConfig.ema_decay``: round 13's WeightAverage over the second half of
+#: its steps, at 0.99 a plain mean of those 25 of 50); 0: its last weights (the default until 2026-12-04). Since
+#: corrections round 7 of docs/method.md: the average (one fine-tune's luck on the cord sd 0.92 -> 0.61, A1 +0.6)
+FINETUNE_EMA = 0.99
 #: the automatic warm-up's cap (TrainConfig.warmup): steps before the target terms join
 WARMUP_STEPS = 50
 

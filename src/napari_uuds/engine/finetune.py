@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from .checkpoint import DECISION_RECORDS, decision_records
-from .config import FINETUNE_LR, FINETUNE_PARTS, FINETUNE_STEPS, LossWeights, TrainConfig
+from .config import FINETUNE_EMA, FINETUNE_LR, FINETUNE_PARTS, FINETUNE_STEPS, LossWeights, TrainConfig
 from .dataset import PreparedVolume, slab
 from .errors import UUDSError
 from .slices import SliceSampler, to_square
@@ -67,18 +67,20 @@ def inherit_decisions(cfg: TrainConfig, model) -> TrainConfig:
 
 def finetune(model, source: SliceSampler, target: SliceSampler, labelled: SliceSampler, cfg: TrainConfig,
              weights: LossWeights | None = None, control: TrainControl | None = None,
-             steps: int = FINETUNE_STEPS, parts: str = FINETUNE_PARTS, lr: float | None = FINETUNE_LR
-             ) -> Iterator[TrainEvent]:
+             steps: int = FINETUNE_STEPS, parts: str = FINETUNE_PARTS, lr: float | None = FINETUNE_LR,
+             ema_decay: float = FINETUNE_EMA) -> Iterator[TrainEvent]:
     """``steps`` more steps from the model's current weights (a fresh optimiser), the corrections supervised.
     ``parts``: what trains (``TrainConfig.train_parts``): ``segmenter`` leaves the encoder and the translator as the
     adaptation left them (checked by ``TrainConfig``). ``lr``: the fine-tune's learning rate (None: ``cfg.lr``).
+    ``ema_decay``: above 0 (the default, ``FINETUNE_EMA``, since corrections round 7 of docs/method.md) the run ends
+    with the average of its weights over its second half (round 13's ``WeightAverage``; the last weights wait in
+    ``model.last_iterate_state``, so that one fine-tune is scored both ways); 0 ends with the last weights.
 
     The warm-up is over (the target terms run from the first step); the training events count from the steps
-    the model had already trained. A fine-tune ends with its last weights, not an average (round 13 of
-    docs/method.md measured the average on adaptation runs, not on fine-tunes on corrections)."""
+    the model had already trained."""
     start = int(model.trained_steps)
     records = decision_records(model)
-    cfg = replace(inherit_decisions(cfg, model), steps=start + steps, warmup_steps=0, ema_decay=0.0,
+    cfg = replace(inherit_decisions(cfg, model), steps=start + steps, warmup_steps=0, ema_decay=float(ema_decay),
                   train_parts=parts, lr=cfg.lr if lr is None else float(lr))
     try:
         yield from train(model, source, target, cfg, weights, control, start_step=start, target_labelled=labelled)

@@ -13,7 +13,7 @@ from typing import Iterator
 
 import torch
 
-from .config import FINETUNE_LR, FINETUNE_PARTS, FINETUNE_STEPS, LossWeights, ModelConfig, TrainConfig
+from .config import FINETUNE_EMA, FINETUNE_LR, FINETUNE_PARTS, FINETUNE_STEPS, LossWeights, ModelConfig, TrainConfig
 from .dataset import PreparedVolume, samplers
 from .distributed import SINGLE, DistContext
 from .infer import VolumePrediction, iter_predict_volume, run_to_end
@@ -64,14 +64,14 @@ class AdaptJob:
                          start_step=start, optimizer_state=optimizer_state, log_every=log_every, dist_ctx=self.dist)
 
     def finetune(self, labelled: SliceSampler, control: TrainControl | None = None,
-                 steps: int = FINETUNE_STEPS, parts: str = FINETUNE_PARTS, lr: float | None = FINETUNE_LR
-                 ) -> Iterator[TrainEvent]:
+                 steps: int = FINETUNE_STEPS, parts: str = FINETUNE_PARTS, lr: float | None = FINETUNE_LR,
+                 ema_decay: float = FINETUNE_EMA) -> Iterator[TrainEvent]:
         """``steps`` more steps from the model's weights with the corrected slices ``labelled`` supervised
         (engine/finetune.py), on this job's source and targets; ``lr`` None: this job's ``train_cfg.lr``."""
         from .finetune import finetune
 
         yield from finetune(self.build(), *self.samplers(), labelled, self.train_cfg, self.loss_weights, control,
-                            steps=steps, parts=parts, lr=lr)
+                            steps=steps, parts=parts, lr=lr, ema_decay=ema_decay)
 
     def predict_steps(self, index: int, progress=None, domain_prompt: str | None = None, keep_own: bool = False
                       ) -> Iterator[tuple[int, int]]:
