@@ -1,4 +1,5 @@
 """The napari plugin, headless (Xvfb through pytest-xvfb, or offscreen): reader, writer, sample, widget."""
+import json
 import os
 
 import nibabel as nib
@@ -8,7 +9,7 @@ import torch
 
 napari = pytest.importorskip("napari")
 
-from napari_uuds.engine.config import FINETUNE_PARTS  # noqa: E402
+from napari_uuds.engine.config import FINETUNE_EMA, FINETUNE_PARTS  # noqa: E402
 from napari_uuds.engine.errors import UUDSError  # noqa: E402
 from napari_uuds.gui import widget as widget_mod  # noqa: E402
 from napari_uuds.gui.controller import OUTPUT_LAYERS  # noqa: E402
@@ -487,6 +488,9 @@ def test_review_correct_fine_tune_and_nothing_painted_is_lost(ready, cord, tmp_p
     assert not np.array_equal(after[..., others], before[..., others]) or \
         not np.array_equal(w.ctl.prediction.entropy[..., others], pred.entropy[..., others])  # the rest re-predicted
     assert (saved / "weights" / "model.safetensors").exists()
+    # the fine-tune ended with its weight average (corrections round 7), and the weights say so
+    average = json.loads((saved / "weights" / "config.json").read_text())["weight_average"]
+    assert (average or {}).get("decay") == (FINETUNE_EMA or None)
     # napari closes the target: the corrections are on disk and come back on a new segmentation
     viewer.layers.remove("T1 (target)")
     assert w.ctl.corrections is None
