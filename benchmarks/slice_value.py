@@ -1,19 +1,21 @@
 """What one corrected slice is worth: every candidate slice corrected alone, each fine-tuned with several seeds.
 
-A measuring stick for the review's order (issue 14, docs/method.md "What one slice is worth"): on an adapted model
+A measuring stick for the review's order (issue 14, docs/method.md "What one slice is worth on the cord"): on an adapted model
 (``corrections.py --adapted DIR`` saves and reads them), each slice of a set (every ``--stride``-th slice that shows
 anatomy, and the review's first ``--review`` picks) is replaced by its ground truth, the model fine-tunes on it alone
 (the default fine-tune, as ``corrections.py`` runs it at k = 1) with ``--ft-seeds`` fine-tune seeds, the volume is
 predicted again and scored. Fine-tune seed 0 is ``corrections.py``'s own (the adaptation's seed), so its figures
 reproduce that benchmark's k = 1 rows for the same slice.
 
-It prints and writes, per target volume: each slice's Dice per fine-tune seed, its review score and rank, and its
-error at k = 0 (the voxels the adapted model gets wrong on it); then the spread between slices (what an order can
+It prints and writes, per target volume: each slice's Dice per fine-tune seed, its review score, the review's first
+picks, and each slice's error at k = 0 (the voxels the adapted model gets wrong on it); then the spread between slices (what an order can
 gain) against the spread between fine-tune seeds on one slice (what a single run's luck moves), the Spearman
 correlation of the review's score and of the slice's error with its worth, and where the review's first pick lies.
 Target labels play the user and score; nothing here chooses a default.
 
-    .venv/bin/python benchmarks/slice_value.py --protocol C --seed 0 --adapted /work/cache/adapted --ft-seeds 0 1
+    .venv/bin/python benchmarks/slice_value.py --protocol C --seed 0 --adapted /work/cache/adapted --ft-seeds 0 1 \
+        --out C_s0.json
+    .venv/bin/python benchmarks/slice_value.py --protocol C --out C_s0_summary.json --merge C_s0.json
 """
 from __future__ import annotations
 
