@@ -25,6 +25,21 @@ def test_save_load_gives_identical_predictions(tiny_model, tmp_path, cord):
     np.testing.assert_array_equal(a.synthetic, b.synthetic)
 
 
+def test_the_weights_say_whether_they_are_an_average_and_keep_saying_it(tiny_model, tmp_path):
+    """save_checkpoint records ``model.weight_average`` (every caller: adapt, finetune, the widget's saves), and a
+    model loaded from it and saved again keeps the record."""
+    save_checkpoint(tiny_model, tmp_path / "last")
+    assert read_config(tmp_path / "last")["weight_average"] is None
+    record = {"decay": 0.99, "from_step": 26, "updates": 25}
+    tiny_model.weight_average = record
+    save_checkpoint(tiny_model, tmp_path / "avg")
+    assert read_config(tmp_path / "avg")["weight_average"] == record
+    loaded, _ = load_checkpoint(tmp_path / "avg")
+    assert loaded.weight_average == record
+    save_checkpoint(loaded, tmp_path / "again")
+    assert read_config(tmp_path / "again")["weight_average"] == record
+
+
 def test_never_overwrites_silently(tiny_model, tmp_path):
     save_checkpoint(tiny_model, tmp_path)
     before = (tmp_path / "model.safetensors").read_bytes()

@@ -232,7 +232,6 @@ def _adapt(args, ctx, t_start: float) -> int:
                 outputs = [p.name for p in planned_outputs(out, names, False, bool(args.target_label))]
                 extra = {"train": to_dict(tcfg), "loss_weights": to_dict(loss_weights), "final_losses": last,
                          "guard": model.guard_report,
-                         "weight_average": model.weight_average,
                          **({"teacher": model.teacher_report} if model.teacher_report else {}),
                          "sources": [str(p) for p in args.source], "targets": [str(p) for p in args.target],
                          # what a later fine-tune on corrections reloads the source with
@@ -523,7 +522,6 @@ def cmd_finetune(args) -> int:
         except KeyboardInterrupt:
             interrupted = True
         extra = {"train": to_dict(tcfg), "loss_weights": to_dict(loss_weights), "final_losses": last,
-                 "weight_average": model.weight_average,
                  "sources": [str(p) for p in sources], "source_labels": [str(p) for p in source_labels],
                  "label_options": opts, "targets": [str(args.image)], "interrupted": interrupted,
                  "diverged": diverged or None,

@@ -80,6 +80,8 @@ def save_checkpoint(model: UUDS, folder: str | Path, extra: dict[str, Any] | Non
     meta = {"format": FORMAT_VERSION, "save_id": save_id, "model": to_dict(model.cfg), "versions": versions(),
             "trained_steps": int(model.trained_steps), "domain_prompt_text": model.domain_prompt.text}
     meta.update(decision_records(model))
+    # what the weights are: a run's average over its second half (train.WeightAverage.report), or None
+    meta["weight_average"] = model.weight_average
     meta.update(extra or {})
     text = json.dumps(meta, indent=2)
     folder.mkdir(parents=True, exist_ok=True)
@@ -188,4 +190,6 @@ def load_checkpoint(folder: str | Path, device: str | torch.device = "cpu", expe
     for key in DECISION_RECORDS:  # what the run's "auto" settings decided (a fine-tune keeps it)
         if isinstance(meta.get(key), dict):
             setattr(model, key, meta[key])
+    if isinstance(meta.get("weight_average"), dict):  # saved again, the weights still say they are an average
+        model.weight_average = meta["weight_average"]
     return model.to(device).eval(), meta

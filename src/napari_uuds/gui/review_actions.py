@@ -135,8 +135,6 @@ class ReviewActions:
             raise UUDSError("nothing to save yet")
         folder = c.save()
         extra = {"saved_from": "napari widget, fine-tuned on corrections",
-                 # what the weights are: the fine-tune's average over its second half, or its last weights
-                 "weight_average": self.model.weight_average,
                  "finetune": {"slices": c.sorted(), "axis": c.axis, "corrections": str(folder / "corrections.nii.gz"),
                               "target": c.reference.name}}
         ckpt.save_checkpoint(self.model, folder / "weights", extra, overwrite=True)
