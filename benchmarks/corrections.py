@@ -76,6 +76,32 @@ def dice_of(seg: np.ndarray, ref, spacing, classes: list[str]) -> float:
     return float(score_classes(seg, ref.data, spacing, classes)["dice"])
 
 
+def corrected_dice(model, target, ref, slices: list[int], axis: int, classes: list[str]) -> float:
+    """``target`` segmented again by ``model`` and scored, its corrected ``slices`` kept as the widget and `finetune`
+    keep them (a painted piece stays whatever objects decides)."""
+    keep = keep_corrections(np.zeros_like(ref.data), ref.data, slices, axis) > 0
+    p = predict_volume(model, target.volume, norm=target.norm, keep=keep)
+    return dice_of(keep_corrections(p.seg, ref.data, slices, axis), ref, target.volume.spacing, classes)
+
+
+def finetune_decay(average: float) -> float:
+    """The fine-tune's ``ema_decay``: ``--average``'s where given (each run scored both ways), else the engine's."""
+    return average if average > 0 else FINETUNE_EMA
+
+
+def scored_both_ways(model, average: float, scored):
+    """After a fine-tune run with ``finetune_decay(average)``: (``scored()`` of its weight average, ``scored()`` of
+    the same run's last weights, which the model then holds) with ``--average``; else (None, ``scored()`` of the
+    model as the fine-tune left it). Corrections round 7 of docs/method.md."""
+    if average <= 0:
+        return None, scored()
+    if model.last_iterate_state is None:
+        raise SystemExit("the fine-tune kept no weight average")
+    averaged = scored()
+    model.load_state_dict(model.last_iterate_state)
+    return averaged, scored()
+
+
 def variant(text: str, steps: int) -> tuple[str, int, float | None]:
     """A fine-tune variant ``PARTS``, ``PARTS:STEPS`` or ``PARTS:STEPS:LR`` (what trains, for how many steps (default
     ``steps``), at which learning rate (default: the fine-tune's, ``FINETUNE_LR``))."""
@@ -167,26 +193,14 @@ def run_seed(seed: int, ctx: dict) -> dict:
             lab = corrected_sampler(items, seed)
             t0 = time.perf_counter()
             for _ in job.finetune(lab, steps=n_steps, parts=parts, lr=FINETUNE_LR if lr is None else lr,
-                                  ema_decay=average if average > 0 else FINETUNE_EMA):
+                                  ema_decay=finetune_decay(average)):
                 pass
             ft_s = time.perf_counter() - t0
             t0 = time.perf_counter()
-
-            def scored(chosen=chosen) -> list[float]:
-                dice = []
-                for t, r, c in zip(targets, refs, chosen):
-                    # as the widget and `finetune` do: a painted (corrected) piece is kept whatever objects decides
-                    keep = keep_corrections(np.zeros_like(r.data), r.data, c, axis) > 0
-                    p = predict_volume(model, t.volume, norm=t.norm, keep=keep)
-                    dice.append(dice_of(keep_corrections(p.seg, r.data, c, axis), r, t.volume.spacing, classes))
-                return dice
-
-            if average > 0:  # the run's weight average first, then the same run's last weights
-                if model.last_iterate_state is None:
-                    raise SystemExit("the fine-tune kept no weight average")
-                out["curves"][name + AVERAGE_SUFFIX][str(k)] = [round(d, 3) for d in scored()]
-                model.load_state_dict(model.last_iterate_state)
-            dice = scored()
+            averaged, dice = scored_both_ways(model, average, lambda chosen=chosen: [
+                corrected_dice(model, t, r, c, axis, classes) for t, r, c in zip(targets, refs, chosen)])
+            if averaged is not None:
+                out["curves"][name + AVERAGE_SUFFIX][str(k)] = [round(d, 3) for d in averaged]
             out["predict_s"].append(round(time.perf_counter() - t0, 1))
             out["finetune_s"].append(round(ft_s, 1))
             out["finetune_s_by"][name].append(round(ft_s, 1))

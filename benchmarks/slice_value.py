@@ -32,15 +32,16 @@ import torch
 from scipy import stats
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from corrections import adapted_model, anatomy_slices, dice_of  # noqa: E402
+from corrections import (adapted_model, anatomy_slices, corrected_dice, dice_of, finetune_decay,  # noqa: E402
+                         scored_both_ways)
 from run import PROTOCOLS, git_commit, setup_protocol  # noqa: E402
 
 from napari_uuds.engine.atomic import atomic_write  # noqa: E402
-from napari_uuds.engine.config import FINETUNE_EMA, FINETUNE_LR, FINETUNE_PARTS, ModelConfig, TrainConfig  # noqa: E402
+from napari_uuds.engine.config import FINETUNE_LR, FINETUNE_PARTS, TrainConfig  # noqa: E402
 from napari_uuds.engine.finetune import FINETUNE_STEPS, corrected_sampler  # noqa: E402
 from napari_uuds.engine.infer import predict_volume  # noqa: E402
 from napari_uuds.engine.job import AdaptJob  # noqa: E402
-from napari_uuds.engine.review import keep_corrections, rank_slices, review_entropy, slice_scores  # noqa: E402
+from napari_uuds.engine.review import rank_slices, review_entropy, slice_scores  # noqa: E402
 
 CHI = 0.5
 
@@ -112,14 +113,13 @@ def main(argv: list[str] | None = None) -> int:
     sources, targets, refs, classes = loaded["sources"], loaded["targets"], loaded["refs"], proto["classes"]
     tcfg = TrainConfig(method="uuds", steps=args.steps, batch_size=8, seed=args.seed, device="cpu", threshold=CHI)
     ctx = {"adapted": args.adapted, "protocol": args.protocol}
-    model, _, adapted_from = adapted_model(ModelConfig(**{k: getattr(cfg, k) for k in cfg.__dataclass_fields__}),
-                                           sources, targets, tcfg, ctx)
+    model, _, adapted_from = adapted_model(replace(cfg), sources, targets, tcfg, ctx)
     state, steps_done = copy.deepcopy(model.state_dict()), model.trained_steps
     axis = model.cfg.axis
     part, n_parts = (int(x) for x in args.part.split("/"))
     doc = {"protocol": args.protocol, "seed": args.seed, "ft_seeds": args.ft_seeds, "commit": git_commit(),
            "adapted_from": adapted_from, "finetune": FINETUNE_PARTS, "finetune_steps": args.finetune_steps,
-           "average": args.average, "ema_decay": args.average if args.average > 0 else FINETUNE_EMA,
+           "average": args.average, "ema_decay": finetune_decay(args.average),
            "command": "python benchmarks/slice_value.py " + " ".join(sys.argv[1:] if argv is None else argv),
            "volumes": {}}
     for vi, (t, ref) in enumerate(zip(targets, refs)):
@@ -146,25 +146,15 @@ def main(argv: list[str] | None = None) -> int:
                 job = AdaptJob(model.cfg, replace(tcfg, seed=fseed), sources, targets, model=model)
                 t0 = time.perf_counter()
                 for _ in job.finetune(corrected_sampler([(t, ref.data, [i])], fseed), steps=args.finetune_steps,
-                                      parts=FINETUNE_PARTS, lr=FINETUNE_LR,
-                                      ema_decay=args.average if args.average > 0 else FINETUNE_EMA):
+                                      parts=FINETUNE_PARTS, lr=FINETUNE_LR, ema_decay=finetune_decay(args.average)):
                     pass
                 rec["finetune_s"].append(round(time.perf_counter() - t0, 1))
-                keep = keep_corrections(np.zeros_like(ref.data), ref.data, [i], axis) > 0
-
-                def scored(t=t, ref=ref, i=i, keep=keep) -> float:
-                    p = predict_volume(model, t.volume, norm=t.norm, keep=keep)
-                    return dice_of(keep_corrections(p.seg, ref.data, [i], axis), ref, t.volume.spacing, classes)
-
+                da, d = scored_both_ways(model, args.average,
+                                         lambda t=t, ref=ref, i=i: corrected_dice(model, t, ref, [i], axis, classes))
                 note = ""
-                if args.average > 0:  # the average first, then the same run's last weights
-                    if model.last_iterate_state is None:
-                        raise SystemExit("the fine-tune kept no weight average")
-                    da = scored()
+                if da is not None:
                     rec.setdefault("values_average", {}).setdefault(str(i), []).append(round(da, 3))
-                    model.load_state_dict(model.last_iterate_state)
                     note = f", average {da:.2f}"
-                d = scored()
                 rec["values"].setdefault(str(i), []).append(round(d, 3))
                 print(f"  slice {i} fine-tune seed {r}: Dice {d:.2f}{note} (score {score[i]:.1f}, error {error[i]} "
                       "voxels)", flush=True)
