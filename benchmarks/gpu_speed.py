@@ -1,7 +1,7 @@
 """Speed and memory of UUDS on a GPU (issue 4, part 2): figures printed and written as JSON.
 
-Sections (``--sections``, in this order; each one is saved as soon as it ends, and one that fails is
-recorded with its error while the others go on):
+Sections (``--sections``, run in the order given; by default this one; each is saved as soon as it ends, and one
+that fails is recorded with its error while the others go on):
 
 * ``throughput``: training slice pairs/s of the engine's own loop (:func:`napari_uuds.engine.train.train`,
   batches drawn by its samplers, every UUDS term on: no warm-up) at each ``--batches``, bf16 autocast and
@@ -16,19 +16,33 @@ recorded with its error while the others go on):
 * ``plateau``: protocol A1 (T1c -> FLAIR) adapted until the total loss plateaus (criterion below) or the
   time budget ends; the loss curve, the wall time to the plateau, then Dice on the three target volumes.
 * ``compile``: ``nn.Module.compile()`` (torch.compile) of the whole model, throughput at the middle batch.
+* ``ddp`` (issue 17): the DDP path on one process (what ``torchrun --nproc_per_node 1`` runs: NCCL on a GPU, gloo on
+  the CPU) against the plain run, same batch and steps, alternated plain/DDP ``--ddp-repeats`` times; the goal is a
+  DDP step within 5 % of the plain one.
+* ``cohort`` (issue 17): ``napari-uuds predict`` on a folder of ``--cohort`` volumes (the 240 x 240 x 155 BraTS
+  scans of ``--data``, cycled; copied under new names) in a fresh interpreter: wall time from reading the first
+  file to writing the summary, slices/s (each slice is one image segmented), peak GPU memory and peak resident
+  memory of that process.
 
 The CLIP weights are random (pretrained ones cannot be fetched here): speed does not depend on them.
 
     python benchmarks/gpu_speed.py --data ../shared/data --out benchmarks/results/gpu_speed.json
     python benchmarks/gpu_speed.py --smoke   # a tiny CPU run of every section (checks the script)
     python benchmarks/gpu_speed.py --report  # benchmarks/results/gpu_speed.md from the JSON files
+
+``benchmarks/gpu_call.sh`` is the whole device call (wheels, data, these sections within one 10-minute command).
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
+import shutil
+import socket
+import subprocess
 import sys
+import tempfile
 import time
 import traceback
 from pathlib import Path
@@ -46,7 +60,7 @@ from napari_uuds.engine.infer import predict_volume  # noqa: E402
 from napari_uuds.engine.model import UUDS  # noqa: E402
 from napari_uuds.engine.train import TrainControl, resolve_device, train  # noqa: E402
 
-SECTIONS = ["throughput", "ceiling", "inference", "profile", "plateau", "compile"]
+SECTIONS = ["throughput", "ceiling", "inference", "profile", "plateau", "compile", "ddp", "cohort"]
 #: plateau: the mean total loss over a window of WINDOW steps improves by less than PLATEAU_REL on the mean
 #: over the next 2 windows (measured after the warm-up, whose end changes the loss)
 WINDOW, PLATEAU_REL = 50, 0.02
@@ -100,7 +114,9 @@ def _model(ctx: dict, seed: int = 0) -> UUDS:
 
 
 def measure_training(ctx: dict, batch: int, *, amp: bool = True, channels_last: bool = True, warm: int = 10,
-                     steps: int = 30, log_every: int = 10, compiled: bool = False, cudnn_benchmark: bool = False) -> dict:
+                     steps: int = 30, log_every: int = 10, compiled: bool = False, cudnn_benchmark: bool = False,
+                     dist_ctx=None) -> dict:
+    """``dist_ctx``: train through the engine's DDP path with this context (section ddp); None: the plain run."""
     dev = ctx["device"]
     model = _model(ctx)
     if compiled:
@@ -111,7 +127,7 @@ def measure_training(ctx: dict, batch: int, *, amp: bool = True, channels_last: 
     reset_peak(dev)
     t_first = time.perf_counter()
     t0 = first_s = None
-    for ev in train(model, src, tgt, tcfg, log_every=log_every):
+    for ev in train(model, src, tgt, tcfg, log_every=log_every, **({"dist_ctx": dist_ctx} if dist_ctx else {})):
         if ev.kind == "step" and ev.step >= warm and t0 is None:  # the first logged step after the warm steps
             sync(dev)
             t0 = time.perf_counter()
@@ -152,6 +168,10 @@ def section_ceiling(ctx: dict, args) -> dict:
 
     dev = ctx["device"]
     name, size, batch = ("RN50", 224, 128) if not args.smoke else ("uuds-tiny", 128, 8)
+    if args.smoke:  # the engine's tiny config, registered with open_clip as building a tiny model does
+        from napari_uuds.engine.backbone import _register_tiny
+
+        _register_tiny()
     visual = open_clip.create_model(name, pretrained=None).visual.to(dev)
     visual.image_size = (size, size)
     out = {"model": f"open_clip {name} image tower", "batch": batch, "size": size}
@@ -304,6 +324,107 @@ def section_compile(ctx: dict, args) -> dict:
     return r
 
 
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def section_ddp(ctx: dict, args) -> dict:
+    """The engine's DDP path with one process against the plain run (the issue's "within 5 %")."""
+    from napari_uuds.engine import distributed
+
+    dev = ctx["device"]
+    batch = _mid_batch(args)
+    env = {"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port())}
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    dctx = distributed.init(distributed.from_env(), dev)
+    runs = []
+    try:
+        for rep in range(args.ddp_repeats):  # alternated: a drift of the card's clocks falls on both
+            for kind in ("plain", "ddp"):
+                r = measure_training(ctx, batch, log_every=args.log_every, dist_ctx=dctx if kind == "ddp" else None)
+                runs.append({"kind": kind, "repeat": rep, **r})
+                print(f"  {kind} {rep}: {r['step_ms']:.1f} ms a step", flush=True)
+    finally:
+        distributed.close(dctx)
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    med = {k: float(np.median([r["step_ms"] for r in runs if r["kind"] == k])) for k in ("plain", "ddp")}
+    return {"batch": batch, "backend": dctx.backend, "world_size": 1, "repeats": args.ddp_repeats,
+            "plain_step_ms": round(med["plain"], 2), "ddp_step_ms": round(med["ddp"], 2),
+            "ddp_over_plain": round(med["ddp"] / med["plain"], 4), "goal": "ddp_over_plain <= 1.05", "runs": runs}
+
+
+#: what the cohort probe runs in a fresh interpreter: the CLI's predict, then the process's own peaks
+_COHORT_PROBE = """
+import json, resource, sys, time
+import torch
+from napari_uuds.cli import main
+t = time.perf_counter()
+code = main(sys.argv[1:])
+wall = time.perf_counter() - t
+print(json.dumps({"exit": code, "wall_s": round(wall, 2),
+                  "peak_gpu_mib": round(torch.cuda.max_memory_allocated() / 2**20, 1) if torch.cuda.is_available() else None,
+                  "peak_rss_gib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 3)}))
+"""
+
+
+def cohort_files(args) -> list[Path]:
+    """The scans the cohort cycles through: every flair/t1c under ``--data``/brats (the sample's two scans with
+    ``--smoke``)."""
+    if args.smoke:
+        return sorted((qb.ROOT / "sample_data" / "cord").glob("t[12].nii.gz"))
+    return [p for p in sorted(Path(args.data).glob("brats/pat*/*.nii.gz")) if p.name in ("flair.nii.gz", "t1c.nii.gz")]
+
+
+def section_cohort(ctx: dict, args) -> dict:
+    from napari_uuds.engine.checkpoint import save_checkpoint
+
+    dev = ctx["device"]
+    scans = cohort_files(args)
+    if not scans:
+        raise FileNotFoundError(f"no scan for the cohort under {args.data}")
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        folder = work / "cohort"
+        folder.mkdir()
+        names = []
+        for i in range(args.cohort):  # copies under new names: the CLI reads each as its own file
+            src = scans[i % len(scans)]
+            name = f"{i:02d}_{src.parent.name}_{src.name}"
+            shutil.copyfile(src, folder / name)
+            names.append(name)
+        save_checkpoint(_model(ctx), work / "weights")
+        cmd = [sys.executable, "-c", _COHORT_PROBE, "predict", "--quiet", "--weights", str(work / "weights"),
+               "--image", str(folder), "--out", str(work / "out"), "--batch-size", str(args.cohort_batch),
+               "--device", dev.type]
+        r = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+        if r.returncode != 0:
+            raise RuntimeError(f"napari-uuds predict failed ({r.returncode}): {r.stderr[-2000:]}")
+        probe = json.loads(r.stdout.strip().splitlines()[-1])
+        summary = json.loads((work / "out" / "summary.json").read_text())
+    done = [v for v in summary["volumes"] if v["status"] == "segmented"]
+    axis = ctx["model_kw"]["axis"]
+    slices = sum(int(v["shape"].split("x")[axis]) for v in done)
+    secs = [v["seconds"] for v in done]
+    return {"volumes": args.cohort, "segmented": len(done), "skipped": summary["skipped"],
+            "scans_cycled": [f"{p.parent.name}/{p.name}" for p in scans], "shapes": sorted({v["shape"] for v in done}),
+            "batch": args.cohort_batch, "slices": slices, "wall_s": probe["wall_s"],
+            "slices_per_s": round(slices / probe["wall_s"], 1), "volumes_per_s": round(len(done) / probe["wall_s"], 3),
+            "volume_seconds_median": round(float(np.median(secs)), 2) if secs else None,
+            "peak_gpu_mib": probe["peak_gpu_mib"], "peak_rss_gib": probe["peak_rss_gib"],
+            "command": "napari-uuds " + " ".join(cmd[3:]).replace(str(work), "TMP")}
+
+
+def _gib(mib: float | None) -> str:
+    return "" if mib is None else f"{mib / 1024:.1f}"  # None: a CPU run (no device memory to read)
+
+
 def write_markdown(results: Path) -> Path:
     """benchmarks/results/gpu_speed.md from every gpu_speed_*.json beside it (oldest commit first)."""
     docs = [json.loads(p.read_text()) for p in sorted(results.glob("gpu_speed_*.json"))]
@@ -328,11 +449,11 @@ def write_markdown(results: Path) -> Path:
             lines.append(f"| {d['label']} ({d['commit']}){extra} | {d['device']}, {d.get('machine', '').split(' (')[0]} | "
                          f"{r['batch']} | {'yes' if r['amp_bf16'] else 'no'} | {'yes' if r['channels_last'] else 'no'} | "
                          f"{r['log_every']} | {r['step_ms']:.0f} | {r['pairs_per_s']:.0f} | {r['encoder_images_per_s']:.0f} | "
-                         f"{pct} | {r['peak_mib'] / 1024:.1f} |")
+                         f"{pct} | {_gib(r['peak_mib'])} |")
     for d in docs:
         if "inference" in d:
             inf = d["inference"]
-            runs = ", ".join(f"{r['median_s']:.2f} s at batch {r['batch']} (peak {r['peak_mib'] / 1024:.1f} GiB)" for r in inf["runs"])
+            runs = ", ".join(f"{r['median_s']:.2f} s at batch {r['batch']} (peak {_gib(r['peak_mib'])} GiB)" for r in inf["runs"])
             lines += ["", f"Inference of one {' x '.join(map(str, inf['shape']))} volume ({d['label']}, {d['commit']}), "
                       f"from normalised slices to probabilities, segmentation, entropy and synthetic source on the scan's "
                       f"grid, median of 3: {runs}."]
@@ -353,6 +474,19 @@ def write_markdown(results: Path) -> Path:
                       f"{', '.join(f'{x:.1f}' for x in pl['dice'])} %."]
         for k, v in d.get("notes", {}).items():
             lines.append(f"Note ({d['label']}, {k}): {v}.")
+    for d in docs:
+        if "ddp" in d:
+            dd = d["ddp"]
+            lines += ["", f"DDP on one process ({d['label']}, {d['commit']}, {dd['backend']}, batch {dd['batch']}, median of "
+                      f"{dd['repeats']} alternated runs each): {dd['ddp_step_ms']:.0f} ms a step against {dd['plain_step_ms']:.0f} "
+                      f"ms for the plain run ({100 * (dd['ddp_over_plain'] - 1):+.1f} %; goal: within 5 %)."]
+        if "cohort" in d:
+            co = d["cohort"]
+            gpu = f"peak GPU memory {co['peak_gpu_mib'] / 1024:.1f} GiB, " if co.get("peak_gpu_mib") else ""
+            lines += ["", f"Cohort ({d['label']}, {d['commit']}): {co['segmented']} volumes of {', '.join(co['shapes'])} "
+                      f"through `napari-uuds predict` on a folder at batch {co['batch']}: {co['wall_s']:.0f} s from the first "
+                      f"read to the summary, {co['slices_per_s']:.0f} slices/s, {co['volume_seconds_median']:.1f} s per volume "
+                      f"(median, reading to segmented), {gpu}peak resident memory {co['peak_rss_gib']:.1f} GiB."]
     out = results / "gpu_speed.md"
     atomic_write(out, lambda tmp: Path(tmp).write_text("\n".join(lines) + "\n"))
     return out
@@ -378,6 +512,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--profile-table", default=None, help="write torch.profiler's table to this text file")
     ap.add_argument("--no-variants", action="store_true", help="throughput: the --batches runs only")
     ap.add_argument("--commit", default=None, help="commit to record (default: this checkout's)")
+    ap.add_argument("--ddp-repeats", type=int, default=2, help="ddp: plain/DDP pairs measured, alternated")
+    ap.add_argument("--cohort", type=int, default=20, help="cohort: volumes in the folder")
+    ap.add_argument("--cohort-batch", type=int, default=64, help="cohort: predict's --batch-size")
     ap.add_argument("--report", action="store_true", help="only regenerate gpu_speed.md from the JSON files")
     ap.add_argument("--smoke", action="store_true", help="tiny model, small sizes, on the CPU")
     args = ap.parse_args(argv)
@@ -390,6 +527,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.smoke:
         args.batches, args.infer_batches, args.ceiling_steps = [2, 4], [8], 2
         args.plateau_steps, args.plateau_warmup, args.log_every, args.compile_warm = 8, 2, 2, 2
+        args.ddp_repeats, args.cohort, args.cohort_batch = 1, 3, 16
         cfg = ModelConfig.for_arch("tiny", image_size=64, class_names=names, source_modality=proto["source"].upper())
         device = torch.device("cpu")
     else:
@@ -414,7 +552,7 @@ def main(argv: list[str] | None = None) -> int:
            "data_load_s": round(load_s, 1)}
     rep = Report(Path(args.out), doc)
     rep.save()
-    for name in [s for s in SECTIONS if s in args.sections]:
+    for name in dict.fromkeys(args.sections):  # in the order given (each once): the most wanted first
         if name == "plateau":
             left = args.deadline - (time.perf_counter() - t_start) - args.reserve
             rep.section(name, section_plateau, ctx, args, max(left, 10.0))

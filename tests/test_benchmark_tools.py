@@ -310,3 +310,32 @@ def test_corrections_scores_a_fine_tunes_weight_average_and_its_last_weights_on_
     assert both["curves"][same] == default["curves"]["uncertain"]
     monkeypatch.setattr(corrections, "FINETUNE_EMA", 0.0)  # a fine-tune that ends with its last weights
     assert both["curves"]["uncertain"] == corrections.run_seed(0, ctx)["curves"]["uncertain"]
+
+
+def test_the_gpu_benchmarks_ddp_and_cohort_sections_measure_what_they_name(cord, tiny_cfg, tmp_path):
+    """Issue 17's two GPU sections, run tiny on the CPU: the DDP path against the plain run (gloo, one process; the
+    environment and the process group left as found) and a folder of volumes through ``napari-uuds predict``."""
+    import argparse
+    import os
+
+    import nibabel as nib
+    import torch
+
+    from napari_uuds.engine.dataset import load_source_pairs, load_targets
+
+    ctx = {"model_kw": {k: getattr(tiny_cfg, k) for k in tiny_cfg.__dataclass_fields__}, "device": torch.device("cpu"),
+           "sources": load_source_pairs([cord["t2"]], [cord["t2_seg"]], 1, tiny_cfg.axis, tiny_cfg.image_size),
+           "targets": load_targets([cord["t1"]], tiny_cfg.axis, tiny_cfg.image_size)}
+    args = argparse.Namespace(batches=[2], ddp_repeats=1, log_every=2, smoke=True, cohort=3, cohort_batch=8)
+    before = {k: os.environ.get(k) for k in ("RANK", "WORLD_SIZE", "MASTER_PORT")}
+    ddp = gpu_speed.section_ddp(ctx, args)
+    assert {k: os.environ.get(k) for k in before} == before and not torch.distributed.is_initialized()
+    assert ddp["backend"] == "gloo" and [r["kind"] for r in ddp["runs"]] == ["plain", "ddp"]
+    assert ddp["ddp_over_plain"] == pytest.approx(ddp["runs"][1]["step_ms"] / ddp["runs"][0]["step_ms"], rel=1e-3)
+    co = gpu_speed.section_cohort(ctx, args)
+    shapes = {tuple(nib.load(str(p)).shape) for p in gpu_speed.cohort_files(args)}
+    assert (co["volumes"], co["segmented"], co["skipped"]) == (3, 3, 0)
+    assert len(co["shapes"]) == len(shapes) == 2  # the sample's t1 and t2, cycled: t1, t2, t1
+    along = [int(s.split("x")[tiny_cfg.axis]) for s in co["shapes"]]
+    assert co["slices"] in (2 * along[0] + along[1], along[0] + 2 * along[1])
+    assert co["slices_per_s"] == pytest.approx(co["slices"] / co["wall_s"], rel=0.01) and co["peak_rss_gib"] > 0

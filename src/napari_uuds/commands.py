@@ -195,7 +195,8 @@ def _adapt(args, ctx, t_start: float) -> int:
              + (f"at {model.cfg.mm_per_pixel:g} mm per pixel" if model.cfg.mm_per_pixel > 0 else "fitted to the frame"),
              args.quiet)
         if ctx.enabled:
-            _say(f"distributed: {ctx.world_size} processes ({ctx.backend}), batch {tcfg.batch_size} per process "
+            _say(f"distributed: {ctx.world_size} process{'es' if ctx.world_size > 1 else ''} ({ctx.backend}), batch "
+                 f"{tcfg.batch_size} per process "
                  f"({tcfg.batch_size * ctx.world_size} in all); rank 0 writes", args.quiet)
 
         control = TrainControl(tcfg.threshold)

@@ -2,7 +2,9 @@
 
 torchrun starts N copies of the command and tells each its rank through the environment (``RANK``, ``WORLD_SIZE``,
 ``LOCAL_RANK``, ``MASTER_ADDR``/``MASTER_PORT``). :func:`from_env` reads it; one process without torchrun is the
-plain single-process run, untouched. In a distributed run:
+plain single-process run, untouched. Under torchrun even one process (``--nproc_per_node 1``) takes the DDP path,
+so that what DDP costs on one GPU can be measured against the plain run (benchmarks/gpu_speed.py, section ``ddp``).
+In a distributed run:
 
 * every rank builds the same model from ``--seed`` (and DDP broadcasts rank 0's weights and buffers anyway);
   each draws its *own* batches (sampler and GIN seeds offset by the rank), so ``--batch-size`` is per process and
@@ -16,7 +18,8 @@ plain single-process run, untouched. In a distributed run:
   one-process run of batch N x B in its gradient average but not in its contrastive sets (B per set, not N x B);
 * the logged losses and the guard's statistics are averaged over the ranks each logged step, so every rank takes
   the same guard decision and sees the same divergence; the stop flag (Ctrl-C, SIGTERM) is shared every step, so
-  every rank stops after the same step and the weights are saved once;
+  every rank stops after the same step and the weights are saved once. The flag travels through a CPU (gloo)
+  group beside the NCCL one: sharing it never waits for the GPU, whose step before it may still be running;
 * only rank 0 writes (weights, predictions, metrics) and prints; at the end the ranks' weights are compared by
   checksum (:func:`weights_agree`) and the result recorded in ``config.json``.
 
@@ -25,7 +28,8 @@ Backends: ``nccl`` on CUDA (one GPU per process, ``LOCAL_RANK``), ``gloo`` on CP
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -40,10 +44,14 @@ class DistContext:
     world_size: int = 1
     local_rank: int = 0
     backend: str = ""
+    #: started by torchrun: the DDP path, even for one process
+    launched: bool = False
+    #: the process group of the stop flag (a gloo group beside NCCL; None: the default group, already on the CPU)
+    control: Any = field(default=None, compare=False, repr=False)
 
     @property
     def enabled(self) -> bool:
-        return self.world_size > 1
+        return self.launched or self.world_size > 1
 
     @property
     def is_main(self) -> bool:
@@ -67,11 +75,12 @@ SINGLE = DistContext()
 
 
 def from_env() -> DistContext:
-    """The context torchrun set up (``WORLD_SIZE`` > 1), else the single-process one."""
-    world = int(os.environ.get("WORLD_SIZE", "1") or 1)
-    if world <= 1:
+    """The context torchrun set up (it sets ``RANK`` and ``WORLD_SIZE``; one process too), else the single-process
+    one."""
+    if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
         return SINGLE
-    return DistContext(int(os.environ["RANK"]), world, int(os.environ.get("LOCAL_RANK", "0")))
+    world = int(os.environ["WORLD_SIZE"] or 1)
+    return DistContext(int(os.environ["RANK"]), world, int(os.environ.get("LOCAL_RANK", "0")), launched=True)
 
 
 def init(ctx: DistContext, device: torch.device) -> DistContext:
@@ -83,7 +92,9 @@ def init(ctx: DistContext, device: torch.device) -> DistContext:
         torch.cuda.set_device(ctx.device(device))
     if not dist.is_initialized():
         dist.init_process_group(backend=backend)
-    return DistContext(ctx.rank, ctx.world_size, ctx.local_rank, backend)
+    # the stop flag's own CPU group (every rank creates it, in the same order): no wait for the GPU each step
+    control = dist.new_group(backend="gloo") if backend != "gloo" else None
+    return DistContext(ctx.rank, ctx.world_size, ctx.local_rank, backend, ctx.launched, control)
 
 
 def close(ctx: DistContext) -> None:
@@ -109,12 +120,13 @@ def mean(values: torch.Tensor, ctx: DistContext) -> torch.Tensor:
     return values
 
 
-def any_rank(flag: bool, ctx: DistContext, device: torch.device) -> bool:
-    """True on every rank if it is true on any (the shared stop flag)."""
+def any_rank(flag: bool, ctx: DistContext) -> bool:
+    """True on every rank if it is true on any (the shared stop flag). On the CPU, through ``ctx.control``: reading
+    a CUDA tensor's value would wait for every kernel queued before it, once a step."""
     if not ctx.enabled:
         return flag
-    t = torch.tensor([1.0 if flag else 0.0], device=device)
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    t = torch.tensor([1.0 if flag else 0.0])
+    dist.all_reduce(t, op=dist.ReduceOp.MAX, group=ctx.control)
     return bool(t.item() > 0)
 
 

@@ -352,7 +352,7 @@ def train(model: UUDS, source: SliceSampler, target: SliceSampler, cfg: TrainCon
         for p, _ in grad_was:  # no gradient is kept for what does not train (given back in `finally`)
             p.requires_grad_(False)
         while step < total:
-            if distributed.any_rank(control.stopped, dist_ctx, device):  # every rank stops after the same step
+            if distributed.any_rank(control.stopped, dist_ctx):  # every rank stops after the same step
                 yield TrainEvent("stopped", step, total, elapsed_s=time.perf_counter() - t0,
                                  message=f"stopped at step {step}; the weights learnt so far are kept")
                 return
