@@ -12,13 +12,18 @@ that fails is recorded with its error while the others go on):
 * ``inference``: one 240 x 240 x 155 volume (BraTS pat0004), slices to segmentation, entropy and
   synthetic source on the scan's grid, at two inference batch sizes.
 * ``profile``: torch.profiler over 5 training steps at the middle batch size: the top operators by device
-  time and the share of the wall time the GPU was busy.
+  time, the share of the wall time the GPU was busy, and where the copies and bilinear resizes are called from
+  (``origins``: the calling operators and Python frames, forward or backward).
 * ``plateau``: protocol A1 (T1c -> FLAIR) adapted until the total loss plateaus (criterion below) or the
   time budget ends; the loss curve, the wall time to the plateau, then Dice on the three target volumes.
 * ``compile``: ``nn.Module.compile()`` (torch.compile) of the whole model, throughput at the middle batch.
 * ``ddp`` (issue 17): the DDP path on one process (what ``torchrun --nproc_per_node 1`` runs: NCCL on a GPU, gloo on
   the CPU) against the plain run, same batch and steps, alternated plain/DDP ``--ddp-repeats`` times; the goal is a
   DDP step within 5 % of the plain one.
+* ``upsample`` (issue 17): the decoders' x2 bilinear upsamplings (21.8 ms of a 150-ms step in the last profile):
+  the shapes one training step upsamples, recorded from a forward pass, each timed forward + backward with
+  ``F.interpolate`` and with two exact rewrites of the same stencil (:func:`upsample_stencil`,
+  :func:`upsample_conv_transpose`), in the step's dtype and memory format; the ms a step each would cost.
 * ``cohort`` (issue 17): ``napari-uuds predict`` on a folder of ``--cohort`` volumes (the 240 x 240 x 155 BraTS
   scans of ``--data``, cycled; copied under new names) in a fresh interpreter: wall time from reading the first
   file to writing the summary, slices/s (each slice is one image segmented), peak GPU memory and peak resident
@@ -49,6 +54,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import run as qb  # noqa: E402  (the quality benchmark: protocols, loading, evaluation)
@@ -60,7 +66,7 @@ from napari_uuds.engine.infer import predict_volume  # noqa: E402
 from napari_uuds.engine.model import UUDS  # noqa: E402
 from napari_uuds.engine.train import TrainControl, resolve_device, train  # noqa: E402
 
-SECTIONS = ["throughput", "ceiling", "inference", "profile", "plateau", "compile", "ddp", "cohort"]
+SECTIONS = ["throughput", "ceiling", "inference", "profile", "plateau", "compile", "ddp", "cohort", "upsample"]
 #: plateau: the mean total loss over a window of WINDOW steps improves by less than PLATEAU_REL on the mean
 #: over the next 2 windows (measured after the warm-up, whose end changes the loss)
 WINDOW, PLATEAU_REL = 50, 0.02
@@ -219,6 +225,38 @@ def section_inference(ctx: dict, args) -> dict:
     return out
 
 
+#: the operators the profiles named as the largest GPU costs beside the convolutions (gpu_speed.md)
+TRACED = ("aten::copy_", "aten::upsample_bilinear2d", "aten::upsample_bilinear2d_backward")
+
+
+def origins(events, key, steps: int, names=TRACED, top: int = 20, field: str = "ms_per_step", scale: float = 1e-3
+            ) -> list[dict]:
+    """The time a step of each operator in ``names`` by where it was called from: the operators between it and the
+    nearest Python frame (``to`` / ``contiguous`` ...), then the first two frames of napari_uuds or open_clip, or
+    the autograd node for what runs in the backward pass. ``key(event)``: its own time in microseconds (or another
+    amount, reported as ``field`` after multiplying by ``scale``)."""
+    agg: dict[tuple[str, str], list[float]] = {}
+    for e in events:
+        if e.name not in names:
+            continue
+        ops, frames, q = [], [], e.cpu_parent
+        while q is not None:
+            if q.name.startswith("aten::") and not frames:
+                ops.append(q.name[6:])
+            elif ("napari_uuds" in q.name or "open_clip" in q.name) and len(frames) < 2:
+                frames.append(q.name.split("/")[-1])
+            elif q.name.startswith("autograd::engine") and not frames:
+                frames.append("backward of " + q.name.split(": ")[-1])
+            q = q.cpu_parent
+        where = "/".join(ops[:2]) + (" | " if ops else "") + (" <- ".join(frames) or "(no Python frame)")
+        row = agg.setdefault((e.name, where), [0, 0.0])
+        row[0] += 1
+        row[1] += key(e)
+    rows = sorted(agg.items(), key=lambda kv: -kv[1][1])[:top]
+    return [{"op": op, "from": where, "calls": round(n / steps, 1), field: round(amount * scale / steps, 3)}
+            for (op, where), (n, amount) in rows]
+
+
 def section_profile(ctx: dict, args) -> dict:
     from torch.autograd import DeviceType
     from torch.profiler import ProfilerActivity, profile, schedule
@@ -230,7 +268,7 @@ def section_profile(ctx: dict, args) -> dict:
     tcfg = TrainConfig(**_train_kw(steps=12, batch_size=batch, warmup_steps=0, device=str(dev)))
     acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if dev.type == "cuda" else [])
     active = 5
-    with profile(activities=acts, schedule=schedule(wait=2, warmup=3, active=active, repeat=1)) as prof:
+    with profile(activities=acts, schedule=schedule(wait=2, warmup=3, active=active, repeat=1), with_stack=True) as prof:
         t_active = None
         for ev in train(model, src, tgt, tcfg, log_every=1):
             if ev.kind == "step":
@@ -258,7 +296,9 @@ def section_profile(ctx: dict, args) -> dict:
             "kernel_ms_per_step": round(busy_us / 1000 / active, 2) if dev.type == "cuda" else None,
             "gpu_busy_fraction": round(busy_us / 1e6 / wall, 3) if dev.type == "cuda" else None,
             "top": [{"op": e.key, "calls": int(e.count // active), "self_device_ms_per_step": round(dev_self(e) / 1000 / active, 3),
-                     "self_cpu_ms_per_step": round(e.self_cpu_time_total / 1000 / active, 3)} for e in top]}
+                     "self_cpu_ms_per_step": round(e.self_cpu_time_total / 1000 / active, 3)} for e in top],
+            # where the copies and the bilinear resizes come from (the Python frames: with_stack=True)
+            "origins": origins(prof.events(), key, active)}
 
 
 def plateau_step(curve: list[tuple[int, float]], start: int, window: int = WINDOW, rel: float = PLATEAU_REL
@@ -322,6 +362,103 @@ def section_compile(ctx: dict, args) -> dict:
     r["compile_and_warm_s"] = r.pop("first_steps_s")
     r["section_s"] = round(time.perf_counter() - t, 1)
     return r
+
+
+def upsample_stencil(x: torch.Tensor) -> torch.Tensor:
+    """x2 bilinear upsampling (align_corners=False) as its stencil: output 2i is 3/4 x[i] + 1/4 x[i-1], output 2i+1
+    is 3/4 x[i] + 1/4 x[i+1], edges clamped; along W, then H. Channels-last input is worked on as NHWC, so the
+    output keeps the input's memory format."""
+    cl = x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
+    t = x.permute(0, 2, 3, 1) if cl else x  # dims of H and W: 1, 2 (NHWC) or 2, 3 (NCHW)
+    h_dim = 1 if cl else 2
+
+    def along(t: torch.Tensor, d: int) -> torch.Tensor:
+        n = t.shape[d]
+        left = torch.cat([t.narrow(d, 0, 1), t.narrow(d, 0, n - 1)], d)
+        right = torch.cat([t.narrow(d, 1, n - 1), t.narrow(d, n - 1, 1)], d)
+        shape = list(t.shape)
+        shape[d] *= 2
+        return torch.stack([torch.lerp(t, left, 0.25), torch.lerp(t, right, 0.25)], d + 1).reshape(shape)
+
+    t = along(along(t, h_dim + 1), h_dim)
+    return t.permute(0, 3, 1, 2) if cl else t
+
+
+def upsample_conv_transpose(x: torch.Tensor) -> torch.Tensor:
+    """The same stencil as a depthwise transposed convolution (stride 2, kernel 1/4 3/4 3/4 1/4 in each direction) of
+    the edge-replicated input: a cuDNN kernel instead of the resize kernel."""
+    c = x.shape[1]
+    k = torch.tensor([0.25, 0.75, 0.75, 0.25], dtype=x.dtype, device=x.device)
+    w = (k[:, None] * k[None, :]).expand(c, 1, 4, 4).contiguous()
+    if not x.is_contiguous():
+        w = w.contiguous(memory_format=torch.channels_last)
+    return F.conv_transpose2d(F.pad(x, (1, 1, 1, 1), mode="replicate"), w, stride=2, padding=3, groups=c)
+
+
+UPSAMPLERS = {"interpolate": lambda x: F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False),
+              "stencil": upsample_stencil, "conv_transpose": upsample_conv_transpose}
+
+
+def decoder_upsamplings(ctx: dict, batch: int) -> list[dict]:
+    """Every x2 upsampling of the decoders in one training forward pass (shape, dtype, memory format, count)."""
+    import napari_uuds.engine.decoders as decoders
+
+    dev = ctx["device"]
+    model = _model(ctx).to(dev)
+    if dev.type == "cuda":
+        model.to(memory_format=torch.channels_last)
+    seen: dict[tuple, int] = {}
+    real = decoders.F.interpolate
+
+    def spy(x, *a, **kw):  # (F is torch.nn.functional itself: the DAMs' resizes to a size pass by, not recorded)
+        if kw.get("scale_factor") != 2:
+            return real(x, *a, **kw)
+        cl = not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
+        key = (tuple(x.shape), str(x.dtype).replace("torch.", ""), "channels_last" if cl else "contiguous")
+        seen[key] = seen.get(key, 0) + 1
+        return real(x, *a, **kw)
+
+    size = model.cfg.image_size
+    xs, xt = (torch.rand(batch, 1, size, size, device=dev) * 2 - 1 for _ in range(2))
+    ac = torch.autocast("cuda", dtype=torch.bfloat16) if dev.type == "cuda" else torch.autocast("cpu", enabled=False)
+    decoders.F.interpolate = spy
+    try:
+        with ac:
+            model(xs, xt)
+    finally:
+        decoders.F.interpolate = real
+    del model
+    return [{"shape": list(k[0]), "dtype": k[1], "format": k[2], "per_step": n} for k, n in seen.items()]
+
+
+def section_upsample(ctx: dict, args) -> dict:
+    dev = ctx["device"]
+    batch = _mid_batch(args)
+    calls = decoder_upsamplings(ctx, batch)
+    reps = 3 if args.smoke else 20
+    rows, total = [], {k: 0.0 for k in UPSAMPLERS}
+    for c in calls:
+        x0 = torch.randn(c["shape"], device=dev, dtype=getattr(torch, c["dtype"]))
+        if c["format"] == "channels_last":
+            x0 = x0.contiguous(memory_format=torch.channels_last)
+        ref = UPSAMPLERS["interpolate"](x0).float()
+        row = {**c, "ms": {}, "max_abs_diff": {}}
+        for name, fn in UPSAMPLERS.items():
+            x = x0.detach().requires_grad_(True)
+            for i in range(reps + 3):
+                if i == 3:
+                    sync(dev)
+                    t0 = time.perf_counter()
+                y = fn(x)
+                y.backward(torch.ones_like(y))
+            sync(dev)
+            ms = 1000 * (time.perf_counter() - t0) / reps
+            row["ms"][name] = round(ms, 3)
+            row["max_abs_diff"][name] = float((fn(x0).float() - ref).abs().max())
+            total[name] += ms * c["per_step"]
+        rows.append(row)
+    return {"batch": batch, "forward_and_backward_ms_per_step": {k: round(v, 2) for k, v in total.items()},
+            "calls": rows}
 
 
 def _free_port() -> int:
@@ -487,6 +624,11 @@ def write_markdown(results: Path) -> Path:
                       f"through `napari-uuds predict` on a folder at batch {co['batch']}: {co['wall_s']:.0f} s from the first "
                       f"read to the summary, {co['slices_per_s']:.0f} slices/s, {co['volume_seconds_median']:.1f} s per volume "
                       f"(median, reading to segmented), {gpu}peak resident memory {co['peak_rss_gib']:.1f} GiB."]
+        if "upsample" in d:
+            up = d["upsample"]
+            per = ", ".join(f"{k} {v:.1f} ms" for k, v in up["forward_and_backward_ms_per_step"].items())
+            lines += ["", f"The decoders' x2 resizes of one step ({d['label']}, {d['commit']}, batch {up['batch']}, "
+                      f"{sum(c['per_step'] for c in up['calls'])} calls, forward + backward): {per}."]
     out = results / "gpu_speed.md"
     atomic_write(out, lambda tmp: Path(tmp).write_text("\n".join(lines) + "\n"))
     return out

@@ -339,3 +339,22 @@ def test_the_gpu_benchmarks_ddp_and_cohort_sections_measure_what_they_name(cord,
     along = [int(s.split("x")[tiny_cfg.axis]) for s in co["shapes"]]
     assert co["slices"] in (2 * along[0] + along[1], along[0] + 2 * along[1])
     assert co["slices_per_s"] == pytest.approx(co["slices"] / co["wall_s"], rel=0.01) and co["peak_rss_gib"] > 0
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_the_upsampling_candidates_are_bilinear_x2_exactly(channels_last):
+    """The GPU benchmark's two rewrites of the decoders' resize (section upsample) compute F.interpolate's values
+    (bilinear, x2, align_corners=False, edges clamped) and keep the input's memory format."""
+    import torch
+    import torch.nn.functional as F
+
+    torch.manual_seed(0)
+    x = torch.randn(2, 5, 7, 9, dtype=torch.float64)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    want = F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False)
+    for fn in (gpu_speed.upsample_stencil, gpu_speed.upsample_conv_transpose):
+        got = fn(x)
+        assert got.shape == (2, 5, 14, 18) and torch.allclose(got, want, atol=1e-12), fn.__name__
+        if channels_last:
+            assert got.is_contiguous(memory_format=torch.channels_last), fn.__name__

@@ -274,6 +274,22 @@ def test_weight_average_is_a_running_mean_then_an_ema_of_the_steps_after_its_sta
     assert WeightAverage(lin, 0.9, start=10).apply() is None  # nothing averaged yet: the weights stay
 
 
+def test_one_step_of_an_average_lerps_every_float_at_once_and_copies_the_counts():
+    """_move_towards runs one multi-tensor lerp (one kernel launch per group on a GPU, not one per tensor): the same
+    values as a lerp_ of each floating tensor; the batch-norm counts take the current values."""
+    from napari_uuds.engine.train import _move_towards
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(2, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.Linear(5, 3))
+    average = {k: torch.randn_like(v) if v.is_floating_point() else v.clone() for k, v in net.state_dict().items()}
+    net(torch.randn(2, 2, 7, 7))  # moves the running statistics and the count
+    want = {k: (a.clone().lerp_(net.state_dict()[k], 0.3) if a.is_floating_point() else net.state_dict()[k].clone())
+            for k, a in average.items()}
+    _move_towards(average, net.state_dict(), 0.3)
+    assert all(torch.equal(average[k], want[k]) for k in want)
+    assert average["1.num_batches_tracked"].item() == 1
+
+
 def _cord_runs(cord, configs: list[TrainConfig]) -> list[tuple]:
     """(model, logged losses) of one tiny cord run per config, each from the same seed and the same batches."""
     from napari_uuds.engine.dataset import load_source_pairs, load_targets, samplers

@@ -242,3 +242,41 @@ def test_detached_target_segmentation_does_not_train_the_translator(tiny_model):
     attached.logits_ts.softmax(1)[:, 1].mean().backward()
     assert _grad_norm(gen) > 0  # the paper's letter: L_useg reaches the translator
     torch.testing.assert_close(out.logits_ts, attached.logits_ts, atol=1e-5, rtol=1e-4)
+
+
+def test_a_channels_last_model_feeds_its_decoders_channels_last_maps(tiny_model):
+    """Issue 17 (the GPU step's copies): on a GPU the model trains channels-last, and a convolution given a plainly
+    strided map copies it to channels-last first, forward and backward. The decoders concatenate the one-channel
+    image (plain strides) with their maps, which made the whole concatenation plain; every convolution of a
+    channels-last model's decoder stages must now read channels-last input, and the split of the joint passes' taps must give the
+    gradients slicing gave."""
+    from napari_uuds.engine.decoders import cat_like
+    from napari_uuds.engine.model import _split
+
+    cl = torch.channels_last
+    h, img = torch.randn(2, 8, 16, 16).contiguous(memory_format=cl), torch.randn(2, 1, 16, 16)
+    assert not torch.cat([h, img], 1).is_contiguous(memory_format=cl)  # why cat_like exists
+    both = cat_like([h, img], h)
+    assert both.is_contiguous(memory_format=cl) and torch.equal(both, torch.cat([h, img], 1))
+    assert cat_like([h.contiguous(), img], h.contiguous()).is_contiguous()  # a plain model stays plain
+
+    model = tiny_model.to(memory_format=cl)
+    seen = []
+    hooks = [m.register_forward_pre_hook(lambda m, a: seen.append((m, a[0])))  # the stages: S/16 .. S/1, what they
+             for dec in (model.image_decoder, model.seg_decoder)  # concatenate (the S/32 input is the attention's
+             for m in dec.stages.modules() if isinstance(m, torch.nn.Conv2d)]  # small output, plain either way)
+    try:
+        torch.manual_seed(0)
+        model(torch.randn(2, 1, 64, 64), torch.randn(2, 1, 64, 64))
+    finally:
+        for hk in hooks:
+            hk.remove()
+    assert len(seen) > 40
+    plain = [(type(m).__name__, tuple(x.shape)) for m, x in seen if x.shape[1] > 1 and not x.is_contiguous(memory_format=cl)]
+    assert not plain, plain
+
+    x = torch.randn(6, 3, 4, 4, requires_grad=True)
+    a, b = _split({"t": x * 2, "l": [x * 3]}, 2)
+    (a["t"].sum() + 2 * b["t"].sum() + 3 * a["l"][0].sum() + b["l"][0].sum()).backward()
+    want = torch.tensor([2 + 9] * 2 + [4 + 3] * 4, dtype=x.dtype)[:, None, None, None].expand_as(x)
+    assert a["t"].shape[0] == 2 and b["t"].shape[0] == 4 and torch.equal(x.grad, want)

@@ -20,6 +20,19 @@ def _groups(c: int) -> int:
     return 1
 
 
+def cat_like(parts: list[torch.Tensor], ref: torch.Tensor) -> torch.Tensor:
+    """``torch.cat(parts, 1)`` in ``ref``'s dtype and memory format.
+
+    A channels-last map concatenated with a plainly strided one comes out plain (NCHW), and the next convolution,
+    whose weights are channels-last on a GPU, copies it back to channels-last, forward and backward. The
+    one-channel image the decoders read is such a part: its strides are plain although it is contiguous in either
+    format, so it is restrided here (a copy of one channel instead of the whole concatenation). Values are those of
+    ``torch.cat``: under autocast the convolution would cast the parts to ``ref``'s dtype anyway."""
+    cl = ref.dim() == 4 and not ref.is_contiguous() and ref.is_contiguous(memory_format=torch.channels_last)
+    fmt = torch.channels_last if cl else torch.contiguous_format
+    return torch.cat([t.to(dtype=ref.dtype, memory_format=fmt) for t in parts], 1)
+
+
 class GroupNorm(nn.GroupNorm):
     """``nn.GroupNorm`` that keeps a bfloat16/float16 input in its dtype under autocast.
 
@@ -37,13 +50,17 @@ class GroupNorm(nn.GroupNorm):
 
 
 class ResBlock(nn.Module):
+    """Two 3x3 convolutions with group norm and SiLU, plus a (1x1 where the widths differ) skip. SiLU is not in
+    place: its gradient needs its input, so autograd would copy the input before an in-place SiLU overwrote it,
+    the same memory traffic as a new output with one kernel more."""
+
     def __init__(self, cin: int, cout: int):
         super().__init__()
         self.body = nn.Sequential(
-            nn.Conv2d(cin, cout, 3, padding=1, bias=False), GroupNorm(_groups(cout), cout), nn.SiLU(inplace=True),
+            nn.Conv2d(cin, cout, 3, padding=1, bias=False), GroupNorm(_groups(cout), cout), nn.SiLU(),
             nn.Conv2d(cout, cout, 3, padding=1, bias=False), GroupNorm(_groups(cout), cout))
         self.skip = nn.Identity() if cin == cout else nn.Conv2d(cin, cout, 1, bias=False)
-        self.act = nn.SiLU(inplace=True)
+        self.act = nn.SiLU()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.act(self.body(x) + self.skip(x))
@@ -76,14 +93,15 @@ class ImageDecoder(nn.Module):
         feats = []
         for i, stage in enumerate(self.stages):
             h = F.interpolate(h, scale_factor=2, mode="bilinear", align_corners=False)
+            parts = [h]
             if skips is not None and i < len(skips):
-                h = torch.cat([h, skips[i].to(h.dtype)], 1)
+                parts.append(skips[i])
             if self.fine and i >= 3:
                 fine = image.to(h.dtype)
                 if fine.shape[-1] != h.shape[-1]:
                     fine = F.adaptive_avg_pool2d(fine, h.shape[-2:])
-                h = torch.cat([h, fine], 1)
-            h = stage(h)
+                parts.append(fine)
+            h = stage(cat_like(parts, h) if len(parts) > 1 else h)
             feats.append(h)  # S/16, S/8, S/4, S/2, S/1
         return torch.tanh(self.out(h).float()).to(x.dtype), feats
 
@@ -113,8 +131,8 @@ class SegDecoder(nn.Module):
             if enc[i] is not None:
                 parts.append(enc[i])
             if i == 4:
-                parts.append(image.to(h.dtype))
-            h = stage(torch.cat(parts, 1))
+                parts.append(image)
+            h = stage(cat_like(parts, h))
             if feats is not None:
                 feats.append(h)
         return self.head(h) if head is None else head(h)

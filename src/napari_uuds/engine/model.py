@@ -24,7 +24,7 @@ from .attention import ProjectionHead, SegmentationAttentionModule
 from .backbone import ImageTaps, create_clip
 from .config import ModelConfig
 from .dam import DomainAdaptationModule
-from .decoders import ImageDecoder, SegDecoder, stage_widths
+from .decoders import ImageDecoder, SegDecoder, cat_like, stage_widths
 from . import passnorm
 from .prompts import DomainPrompt, SegPrompt
 from .text_head import SOURCE, TARGET, TextConditionedHead
@@ -158,7 +158,7 @@ class UUDS(nn.Module):
             head = lambda h: self.text_head(h, raw, modality)  # noqa: E731
         if t_s is not None:
             content, scores = self.sam(t_s, content)
-            x = torch.cat([content, scores.to(content.dtype)], 1)
+            x = cat_like([content, scores], content)
         else:
             x = content
         return self.seg_decoder(x, taps["skips"], gen, image, feats, head)
@@ -288,10 +288,16 @@ class UUDS(nn.Module):
 
 
 def _split(taps: dict, n: int) -> tuple[dict, dict]:
+    """The taps of a joint pass split into its first ``n`` images and the rest. ``torch.split``, not slicing: the
+    gradient of two slices is two zero-filled full-size maps summed, that of a split one concatenation."""
+    def halves(t: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return torch.split(t, [n, t.shape[0] - n])
+
     a, b = {}, {}
     for k, v in taps.items():
         if isinstance(v, list):
-            a[k], b[k] = [t[:n] for t in v], [t[n:] for t in v]
+            pairs = [halves(t) for t in v]
+            a[k], b[k] = [p[0] for p in pairs], [p[1] for p in pairs]
         else:
-            a[k], b[k] = v[:n], v[n:]
+            a[k], b[k] = halves(v)
     return a, b

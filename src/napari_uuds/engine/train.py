@@ -146,12 +146,18 @@ class LastFiniteWeights:
 @torch.no_grad()
 def _move_towards(average: dict[str, torch.Tensor], current: dict[str, torch.Tensor], w: float) -> None:
     """One step of an average of weights, in place: floating tensors move by ``w`` towards ``current``, integer
-    buffers (batch counts) take its values (:class:`WeightAverage`, :class:`MeanTeacher`)."""
+    buffers (batch counts) take its values (:class:`WeightAverage`, :class:`MeanTeacher`). One multi-tensor lerp for
+    the floating ones (the same arithmetic as a ``lerp_`` each): the RN50 model's ~700 tensors would otherwise be ~700
+    kernel launches a step on a GPU."""
+    avg, cur = [], []
     for k, v in current.items():
         if average[k].is_floating_point():
-            average[k].lerp_(v.detach(), w)
+            avg.append(average[k])
+            cur.append(v.detach())
         else:
             average[k].copy_(v)
+    if avg:
+        torch._foreach_lerp_(avg, cur, w)
 
 
 class WeightAverage:
