@@ -11,7 +11,7 @@ In a distributed run:
   the global batch is N times it;
 * gradients are averaged over the ranks by :class:`torch.nn.parallel.DistributedDataParallel` (with
   ``find_unused_parameters``: a step's loss terms may leave parts of the network out, e.g. while the guard holds
-  the target terms back);
+  the target terms back; the gradients are views into DDP's buckets, so they are not copied out of them);
 * **in-batch losses see the local batch**: L_BSCL's contrast (Eq. 3-5), L_DD's InfoNCE negatives (Eq. 1-2), TCSA's
   batch prototypes and the pseudo-label statistics are computed on each process's own batch, as PyTorch's DDP does
   for any loss; the gradients, not the negatives, are shared. A run on N processes of batch B therefore matches a
@@ -109,7 +109,8 @@ def wrap(model: torch.nn.Module, ctx: DistContext, device: torch.device) -> torc
     from torch.nn.parallel import DistributedDataParallel
 
     ids = [device.index] if device.type == "cuda" else None
-    return DistributedDataParallel(model, device_ids=ids, find_unused_parameters=True)
+    # gradients as views into the all-reduce buckets: no copy of every gradient back out of the buckets each step
+    return DistributedDataParallel(model, device_ids=ids, find_unused_parameters=True, gradient_as_bucket_view=True)
 
 
 def mean(values: torch.Tensor, ctx: DistContext) -> torch.Tensor:
