@@ -70,7 +70,9 @@ def main(argv: list[str] | None = None) -> int:
         r["slices_per_s"] = round(args.batch_size * args.steps / r["train_s"], 2)
     ratio = runs["two_gloo_processes"]["slices_per_s"] / runs["one_process"]["slices_per_s"]
     doc = {"steps": args.steps, "global_batch": args.batch_size, "seed": args.seed, "cpu_count": os.cpu_count(),
-           "machine": platform.machine(), "runs": runs, "throughput_ratio_two_over_one": round(ratio, 3),
+           "machine": platform.machine(), "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"],
+                                                                   capture_output=True, text=True, cwd=ROOT).stdout.strip(),
+           "runs": runs, "throughput_ratio_two_over_one": round(ratio, 3),
            "command": "python benchmarks/ddp_cpu.py " + " ".join(sys.argv[1:] if argv is None else argv)}
     for name, r in runs.items():
         print(f"{name:20s} {r['train_s']:7.1f} s  {r['slices_per_s']:6.2f} slices/s  Dice {r['dice']:5.1f}  "
