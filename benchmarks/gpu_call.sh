@@ -12,10 +12,14 @@
 #   cp <files_at>/gpu_speed_LABEL.json benchmarks/results/ && .venv/bin/python benchmarks/gpu_speed.py --report
 #
 # Sections, most wanted first (each is saved as soon as it ends, so a call cut short keeps what it measured):
-# ceiling (10 s), ddp (DDP on one process against the plain run at batch 64, twice each: 2-3 min), upsample (the
-# decoders' resizes, three ways: seconds), cohort (20 BraTS volumes through `napari-uuds predict`: 2-3 min), profile
-# (batch 64, with the copies' and resizes' origins), throughput (batch 32 and 64).
+# ceiling (10 s), upsample (the decoders' resizes, three ways: seconds), cohort (20 BraTS volumes through
+# `napari-uuds predict`: 2-3 min), profile (batch 64, then again with the copies' and resizes' origins), throughput
+# (batch 32 and 64), ddp (DDP on one process against the plain run at batch 64, twice each: 2-3 min; last, because
+# it is the first use of NCCL on that machine, and a hang there must not cost the others).
 #
+# SECTIONS="..." runs others instead (a second call, if device time is left: SECTIONS=compile; torch.compile of the
+# whole training step had not finished compiling after 105 s on the H200; its graph has no break, per
+# torch._dynamo.explain on the CPU).
 # SMOKE=1 runs the same sections tiny, on this machine's CPU, with this checkout's venv (checks the script).
 set -uo pipefail
 commit=${1:-unknown}
@@ -27,7 +31,7 @@ if [ -n "${SMOKE:-}" ]; then
     extra=(--smoke)
 else
     py=${PY:-python3}
-    extra=(--data .data --batches 64 --deadline 600)
+    extra=(--data .data --batches 32 64 --deadline 600)
     "$py" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
         || { echo "gpu_call.sh: the wheels in .whl/ did not install"; exit 2; }
     export PYTHONPATH=/tmp/site
@@ -36,6 +40,6 @@ fi
 export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
 # 560 s: the sections must end (and their JSON be written) before the call's 600 s limit kills the command
 timeout 560 "$py" benchmarks/gpu_speed.py "${extra[@]}" --label "$label" --commit "$commit" \
-    --sections ceiling ddp upsample cohort profile throughput --no-variants \
+    --sections ${SECTIONS:-ceiling upsample cohort profile throughput ddp} --no-variants \
     --profile-table "$out/gpu_profile_$label.txt" --out "$out/gpu_speed_$label.json" 2>&1 | tee "$out/gpu_call_$label.log"
 echo "gpu_call.sh: exit ${PIPESTATUS[0]}; files in $out"

@@ -327,7 +327,7 @@ def test_the_gpu_benchmarks_ddp_and_cohort_sections_measure_what_they_name(cord,
            "sources": load_source_pairs([cord["t2"]], [cord["t2_seg"]], 1, tiny_cfg.axis, tiny_cfg.image_size),
            "targets": load_targets([cord["t1"]], tiny_cfg.axis, tiny_cfg.image_size)}
     args = argparse.Namespace(batches=[2], ddp_repeats=1, log_every=2, smoke=True, cohort=3, cohort_batch=8)
-    before = {k: os.environ.get(k) for k in ("RANK", "WORLD_SIZE", "MASTER_PORT")}
+    before = {k: os.environ.get(k) for k in ("RANK", "WORLD_SIZE", "MASTER_PORT", "TORCHELASTIC_RUN_ID")}
     ddp = gpu_speed.section_ddp(ctx, args)
     assert {k: os.environ.get(k) for k in before} == before and not torch.distributed.is_initialized()
     assert ddp["backend"] == "gloo" and [r["kind"] for r in ddp["runs"]] == ["plain", "ddp"]

@@ -47,8 +47,11 @@ def test_the_context_comes_from_torchruns_environment(monkeypatch):
     assert not from_env().enabled and from_env().seed(7) == 7
     monkeypatch.setenv("WORLD_SIZE", "1")
     monkeypatch.delenv("RANK", raising=False)
+    monkeypatch.delenv("TORCHELASTIC_RUN_ID", raising=False)
     assert not from_env().enabled  # torchrun sets both; WORLD_SIZE alone is not torchrun
     monkeypatch.setenv("RANK", "0")
+    assert not from_env().enabled  # one process, not torchrun's (a variable left in a shell): the plain run
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "run")
     assert from_env().enabled and from_env().world_size == 1  # torchrun --nproc_per_node 1: the DDP path
     monkeypatch.setenv("WORLD_SIZE", "4")
     monkeypatch.setenv("RANK", "3")
@@ -115,7 +118,7 @@ def test_one_process_under_torchrun_trains_through_ddp_to_the_plain_runs_weights
     shared through the process group, and with one rank the averaged gradients are the rank's own, so the weights
     end where the plain run's do (the DDP overhead on a GPU is measured by benchmarks/gpu_speed.py, section ddp)."""
     for k, v in {"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1",
-                 "MASTER_PORT": str(_free_port())}.items():
+                 "MASTER_PORT": str(_free_port()), "TORCHELASTIC_RUN_ID": "test"}.items():
         monkeypatch.setenv(k, v)
     tcfg = TrainConfig(steps=3, batch_size=2, warmup_steps=1, device="cpu")
 

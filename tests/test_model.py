@@ -249,7 +249,7 @@ def test_a_channels_last_model_feeds_its_decoders_channels_last_maps(tiny_model)
     strided map copies it to channels-last first, forward and backward. The decoders concatenate the one-channel
     image (plain strides) with their maps, which made the whole concatenation plain; every convolution of a
     channels-last model's decoder stages must now read channels-last input, and the split of the joint passes' taps must give the
-    gradients slicing gave."""
+    gradients slicing gave; the decoders' SiLU works in place only where no gradient is recorded."""
     from napari_uuds.engine.decoders import cat_like
     from napari_uuds.engine.model import _split
 
@@ -274,6 +274,14 @@ def test_a_channels_last_model_feeds_its_decoders_channels_last_maps(tiny_model)
     assert len(seen) > 40
     plain = [(type(m).__name__, tuple(x.shape)) for m, x in seen if x.shape[1] > 1 and not x.is_contiguous(memory_format=cl)]
     assert not plain, plain
+
+    from napari_uuds.engine.decoders import SiLU
+
+    v = torch.randn(5)
+    with torch.no_grad():  # inference: in place, no second buffer
+        assert SiLU()(v).data_ptr() == v.data_ptr()
+    w = torch.randn(5, requires_grad=True) * 1
+    assert SiLU()(w).data_ptr() != w.data_ptr()  # training: a new output, no copy of the input for the gradient
 
     x = torch.randn(6, 3, 4, 4, requires_grad=True)
     a, b = _split({"t": x * 2, "l": [x * 3]}, 2)

@@ -49,18 +49,25 @@ class GroupNorm(nn.GroupNorm):
         return super().forward(x)
 
 
+class SiLU(nn.SiLU):
+    """SiLU in place where no gradient is recorded (inference: no second buffer), not in place where one is (its
+    gradient needs its input, so autograd would copy the input before an in-place SiLU overwrote it: the same memory
+    traffic as a new output, with one kernel more)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.silu(x, inplace=not torch.is_grad_enabled())
+
+
 class ResBlock(nn.Module):
-    """Two 3x3 convolutions with group norm and SiLU, plus a (1x1 where the widths differ) skip. SiLU is not in
-    place: its gradient needs its input, so autograd would copy the input before an in-place SiLU overwrote it,
-    the same memory traffic as a new output with one kernel more."""
+    """Two 3x3 convolutions with group norm and SiLU, plus a (1x1 where the widths differ) skip."""
 
     def __init__(self, cin: int, cout: int):
         super().__init__()
         self.body = nn.Sequential(
-            nn.Conv2d(cin, cout, 3, padding=1, bias=False), GroupNorm(_groups(cout), cout), nn.SiLU(),
+            nn.Conv2d(cin, cout, 3, padding=1, bias=False), GroupNorm(_groups(cout), cout), SiLU(),
             nn.Conv2d(cout, cout, 3, padding=1, bias=False), GroupNorm(_groups(cout), cout))
         self.skip = nn.Identity() if cin == cout else nn.Conv2d(cin, cout, 1, bias=False)
-        self.act = nn.SiLU()
+        self.act = SiLU()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.act(self.body(x) + self.skip(x))

@@ -2,8 +2,9 @@
 
 torchrun starts N copies of the command and tells each its rank through the environment (``RANK``, ``WORLD_SIZE``,
 ``LOCAL_RANK``, ``MASTER_ADDR``/``MASTER_PORT``). :func:`from_env` reads it; one process without torchrun is the
-plain single-process run, untouched. Under torchrun even one process (``--nproc_per_node 1``) takes the DDP path,
-so that what DDP costs on one GPU can be measured against the plain run (benchmarks/gpu_speed.py, section ``ddp``).
+plain single-process run, untouched. Under torchrun even one process (``--nproc_per_node 1``, recognised by
+torchrun's ``TORCHELASTIC_RUN_ID``) takes the DDP path, so that what DDP costs on one GPU can be measured against the
+plain run (benchmarks/gpu_speed.py, section ``ddp``).
 In a distributed run:
 
 * every rank builds the same model from ``--seed`` (and DDP broadcasts rank 0's weights and buffers anyway);
@@ -19,7 +20,8 @@ In a distributed run:
 * the logged losses and the guard's statistics are averaged over the ranks each logged step, so every rank takes
   the same guard decision and sees the same divergence; the stop flag (Ctrl-C, SIGTERM) is shared every step, so
   every rank stops after the same step and the weights are saved once. The flag travels through a CPU (gloo)
-  group beside the NCCL one: sharing it never waits for the GPU, whose step before it may still be running;
+  group beside the NCCL one: sharing it never waits for the GPU, whose step before it may still be running (so
+  the ranks of an NCCL run must also reach each other over TCP, as torchrun's rendezvous already does);
 * only rank 0 writes (weights, predictions, metrics) and prints; at the end the ranks' weights are compared by
   checksum (:func:`weights_agree`) and the result recorded in ``config.json``.
 
@@ -75,11 +77,14 @@ SINGLE = DistContext()
 
 
 def from_env() -> DistContext:
-    """The context torchrun set up (it sets ``RANK`` and ``WORLD_SIZE``; one process too), else the single-process
-    one."""
+    """The context of a distributed launch (``RANK`` and ``WORLD_SIZE`` > 1, from torchrun or another launcher, or
+    torchrun with one process: ``TORCHELASTIC_RUN_ID`` set), else the single-process one. A ``RANK`` and
+    ``WORLD_SIZE=1`` left in the environment by anything else keep the plain run."""
     if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
         return SINGLE
     world = int(os.environ["WORLD_SIZE"] or 1)
+    if world <= 1 and "TORCHELASTIC_RUN_ID" not in os.environ:
+        return SINGLE
     return DistContext(int(os.environ["RANK"]), world, int(os.environ.get("LOCAL_RANK", "0")), launched=True)
 
 
@@ -126,6 +131,10 @@ def any_rank(flag: bool, ctx: DistContext) -> bool:
     a CUDA tensor's value would wait for every kernel queued before it, once a step."""
     if not ctx.enabled:
         return flag
+    if ctx.control is None and ctx.backend == "nccl":  # a context not made by init(): NCCL reduces CUDA tensors only
+        t = torch.tensor([1.0 if flag else 0.0], device=torch.device("cuda", torch.cuda.current_device()))
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        return bool(t.item() > 0)
     t = torch.tensor([1.0 if flag else 0.0])
     dist.all_reduce(t, op=dist.ReduceOp.MAX, group=ctx.control)
     return bool(t.item() > 0)
