@@ -62,6 +62,7 @@ import run as qb  # noqa: E402  (the quality benchmark: protocols, loading, eval
 from napari_uuds.engine.atomic import atomic_write  # noqa: E402
 from napari_uuds.engine.config import ModelConfig, TrainConfig  # noqa: E402
 from napari_uuds.engine.dataset import samplers  # noqa: E402
+from napari_uuds.engine.decoders import is_channels_last  # noqa: E402
 from napari_uuds.engine.infer import predict_volume  # noqa: E402
 from napari_uuds.engine.model import UUDS  # noqa: E402
 from napari_uuds.engine.train import TrainControl, resolve_device, train  # noqa: E402
@@ -377,7 +378,7 @@ def upsample_stencil(x: torch.Tensor) -> torch.Tensor:
     """x2 bilinear upsampling (align_corners=False) as its stencil: output 2i is 3/4 x[i] + 1/4 x[i-1], output 2i+1
     is 3/4 x[i] + 1/4 x[i+1], edges clamped; along W, then H. Channels-last input is worked on as NHWC, so the
     output keeps the input's memory format."""
-    cl = x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
+    cl = is_channels_last(x)
     t = x.permute(0, 2, 3, 1) if cl else x  # dims of H and W: 1, 2 (NHWC) or 2, 3 (NCHW)
     h_dim = 1 if cl else 2
 
@@ -399,7 +400,7 @@ def upsample_conv_transpose(x: torch.Tensor) -> torch.Tensor:
     c = x.shape[1]
     k = torch.tensor([0.25, 0.75, 0.75, 0.25], dtype=x.dtype, device=x.device)
     w = (k[:, None] * k[None, :]).expand(c, 1, 4, 4).contiguous()
-    if not x.is_contiguous():
+    if is_channels_last(x):
         w = w.contiguous(memory_format=torch.channels_last)
     return F.conv_transpose2d(F.pad(x, (1, 1, 1, 1), mode="replicate"), w, stride=2, padding=3, groups=c)
 
@@ -422,8 +423,7 @@ def decoder_upsamplings(ctx: dict, batch: int) -> list[dict]:
     def spy(x, *a, **kw):  # (F is torch.nn.functional itself: the DAMs' resizes to a size pass by, not recorded)
         if kw.get("scale_factor") != 2:
             return real(x, *a, **kw)
-        cl = not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
-        key = (tuple(x.shape), str(x.dtype).replace("torch.", ""), "channels_last" if cl else "contiguous")
+        key = (tuple(x.shape), str(x.dtype).replace("torch.", ""), "channels_last" if is_channels_last(x) else "contiguous")
         seen[key] = seen.get(key, 0) + 1
         return real(x, *a, **kw)
 
@@ -541,12 +541,9 @@ def section_cohort(ctx: dict, args) -> dict:
         work = Path(tmp)
         folder = work / "cohort"
         folder.mkdir()
-        names = []
         for i in range(args.cohort):  # copies under new names: the CLI reads each as its own file
             src = scans[i % len(scans)]
-            name = f"{i:02d}_{src.parent.name}_{src.name}"
-            shutil.copyfile(src, folder / name)
-            names.append(name)
+            shutil.copyfile(src, folder / f"{i:02d}_{src.parent.name}_{src.name}")
         save_checkpoint(_model(ctx), work / "weights")
         cmd = [sys.executable, "-c", _COHORT_PROBE, "predict", "--quiet", "--weights", str(work / "weights"),
                "--image", str(folder), "--out", str(work / "out"), "--batch-size", str(args.cohort_batch),

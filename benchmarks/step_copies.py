@@ -72,8 +72,8 @@ def main(argv: list[str] | None = None) -> int:
             pass
     wall = time.perf_counter() - t0
     gen.close()
-    rows = origins(prof.events(), elements, 1, names=("aten::copy_",), top=30, field="m_elements", scale=1e-6)
     every = origins(prof.events(), elements, 1, names=("aten::copy_",), top=10**6, field="m_elements", scale=1e-6)
+    rows = every[:30]  # largest first
     total = sum(r["m_elements"] for r in every)
     cpu_only = sum(r["m_elements"] for r in every if r["from"].startswith(CPU_ONLY))
     doc = {"label": args.label, "commit": qb.git_commit() or None, "model": "rn50", "size": args.size,

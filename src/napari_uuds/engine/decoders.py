@@ -20,6 +20,11 @@ def _groups(c: int) -> int:
     return 1
 
 
+def is_channels_last(t: torch.Tensor) -> bool:
+    """Whether a 4-d map is laid out channels-last (and not also plainly contiguous, as a one-channel map is)."""
+    return t.dim() == 4 and not t.is_contiguous() and t.is_contiguous(memory_format=torch.channels_last)
+
+
 def cat_like(parts: list[torch.Tensor], ref: torch.Tensor) -> torch.Tensor:
     """``torch.cat(parts, 1)`` in ``ref``'s dtype and memory format.
 
@@ -28,8 +33,7 @@ def cat_like(parts: list[torch.Tensor], ref: torch.Tensor) -> torch.Tensor:
     one-channel image the decoders read is such a part: its strides are plain although it is contiguous in either
     format, so it is restrided here (a copy of one channel instead of the whole concatenation). Values are those of
     ``torch.cat``: under autocast the convolution would cast the parts to ``ref``'s dtype anyway."""
-    cl = ref.dim() == 4 and not ref.is_contiguous() and ref.is_contiguous(memory_format=torch.channels_last)
-    fmt = torch.channels_last if cl else torch.contiguous_format
+    fmt = torch.channels_last if is_channels_last(ref) else torch.contiguous_format
     return torch.cat([t.to(dtype=ref.dtype, memory_format=fmt) for t in parts], 1)
 
 
