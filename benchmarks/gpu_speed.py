@@ -20,10 +20,13 @@ that fails is recorded with its error while the others go on):
 * ``ddp`` (issue 17): the DDP path on one process (what ``torchrun --nproc_per_node 1`` runs: NCCL on a GPU, gloo on
   the CPU) against the plain run, same batch and steps, alternated plain/DDP ``--ddp-repeats`` times; the goal is a
   DDP step within 5 % of the plain one.
-* ``upsample`` (issue 17): the decoders' x2 bilinear upsamplings (21.8 ms of a 150-ms step in the last profile):
-  the shapes one training step upsamples, recorded from a forward pass, each timed forward + backward with
-  ``F.interpolate`` and with two exact rewrites of the same stencil (:func:`upsample_stencil`,
-  :func:`upsample_conv_transpose`), in the step's dtype and memory format; the ms a step each would cost.
+* ``upsample`` (issue 17): the decoders' x2 bilinear upsamplings (21.8 ms of a 150-ms step in the last profile,
+  then in float32 under CUDA autocast): the shapes one training step upsamples, recorded from a forward pass, each
+  timed forward + backward under the step's autocast with each of :data:`UPSAMPLERS`: the engine's
+  (``decoders.upsample2x``, the map's dtype), the previous engine's (float32), and two exact rewrites of the same
+  stencil (:func:`upsample_stencil`, :func:`upsample_conv_transpose`); the ms a step each would cost.
+* ``upsample_step`` (issue 17): whole training steps at the largest batch with each of :data:`UPSAMPLERS` in the
+  decoders, alternated; the rule that picks among them is in :func:`section_upsample_step`.
 * ``cohort`` (issue 17): ``napari-uuds predict`` on a folder of ``--cohort`` volumes (the 240 x 240 x 155 BraTS
   scans of ``--data``, cycled; copied under new names) in a fresh interpreter: wall time from reading the first
   file to writing the summary, slices/s (each slice is one image segmented), peak GPU memory and peak resident
@@ -62,12 +65,14 @@ import run as qb  # noqa: E402  (the quality benchmark: protocols, loading, eval
 from napari_uuds.engine.atomic import atomic_write  # noqa: E402
 from napari_uuds.engine.config import ModelConfig, TrainConfig  # noqa: E402
 from napari_uuds.engine.dataset import samplers  # noqa: E402
+import napari_uuds.engine.decoders as decoders  # noqa: E402
 from napari_uuds.engine.decoders import is_channels_last  # noqa: E402
 from napari_uuds.engine.infer import predict_volume  # noqa: E402
 from napari_uuds.engine.model import UUDS  # noqa: E402
 from napari_uuds.engine.train import TrainControl, resolve_device, train  # noqa: E402
 
-SECTIONS = ["throughput", "ceiling", "inference", "profile", "plateau", "compile", "ddp", "cohort", "upsample"]
+SECTIONS = ["throughput", "ceiling", "inference", "profile", "plateau", "compile", "ddp", "cohort", "upsample",
+            "upsample_step"]
 #: plateau: the mean total loss over a window of WINDOW steps improves by less than PLATEAU_REL on the mean
 #: over the next 2 windows (measured after the warm-up, whose end changes the loss)
 WINDOW, PLATEAU_REL = 50, 0.02
@@ -405,42 +410,52 @@ def upsample_conv_transpose(x: torch.Tensor) -> torch.Tensor:
     return F.conv_transpose2d(F.pad(x, (1, 1, 1, 1), mode="replicate"), w, stride=2, padding=3, groups=c)
 
 
-UPSAMPLERS = {"interpolate": lambda x: F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False),
+def _interpolate_autocast(x: torch.Tensor) -> torch.Tensor:
+    """What the decoders did before ``decoders.upsample2x``: ``F.interpolate`` as autocast runs it (float32 on
+    CUDA: a cast up before it; the next convolution casts the result back down)."""
+    return F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False)
+
+
+#: the x2 upsamplings compared: the engine's (``decoders.upsample2x``: ``F.interpolate`` in the map's dtype), the
+#: previous engine's (float32 under CUDA autocast), and two rewrites of the same stencil in the map's dtype
+UPSAMPLERS = {"engine": decoders.upsample2x, "autocast_float32": _interpolate_autocast,
               "stencil": upsample_stencil, "conv_transpose": upsample_conv_transpose}
+
+
+def _step_autocast(dev: torch.device):
+    """The training step's autocast (bf16 on CUDA, none on the CPU), as ``train`` sets it."""
+    return torch.autocast("cuda", dtype=torch.bfloat16) if dev.type == "cuda" else torch.autocast("cpu", enabled=False)
 
 
 def decoder_upsamplings(ctx: dict, batch: int) -> list[dict]:
     """Every x2 upsampling of the decoders in one training forward pass (shape, dtype, memory format, count)."""
-    import napari_uuds.engine.decoders as decoders
-
     dev = ctx["device"]
     model = _model(ctx).to(dev)
     if dev.type == "cuda":
         model.to(memory_format=torch.channels_last)
     seen: dict[tuple, int] = {}
-    real = decoders.F.interpolate
+    real = decoders.upsample2x
 
-    def spy(x, *a, **kw):  # (F is torch.nn.functional itself: the DAMs' resizes to a size pass by, not recorded)
-        if kw.get("scale_factor") != 2:
-            return real(x, *a, **kw)
+    def spy(x):
         key = (tuple(x.shape), str(x.dtype).replace("torch.", ""), "channels_last" if is_channels_last(x) else "contiguous")
         seen[key] = seen.get(key, 0) + 1
-        return real(x, *a, **kw)
+        return real(x)
 
     size = model.cfg.image_size
     xs, xt = (torch.rand(batch, 1, size, size, device=dev) * 2 - 1 for _ in range(2))
-    ac = torch.autocast("cuda", dtype=torch.bfloat16) if dev.type == "cuda" else torch.autocast("cpu", enabled=False)
-    decoders.F.interpolate = spy
+    decoders.upsample2x = spy
     try:
-        with ac:
+        with _step_autocast(dev):
             model(xs, xt)
     finally:
-        decoders.F.interpolate = real
+        decoders.upsample2x = real
     del model
     return [{"shape": list(k[0]), "dtype": k[1], "format": k[2], "per_step": n} for k, n in seen.items()]
 
 
 def section_upsample(ctx: dict, args) -> dict:
+    """Each candidate on each recorded shape, forward + backward under the step's autocast, its output taken to
+    the map's dtype (what the concatenation and the next convolution read): the ms a step each would cost."""
     dev = ctx["device"]
     batch = _mid_batch(args)
     calls = decoder_upsamplings(ctx, batch)
@@ -450,24 +465,49 @@ def section_upsample(ctx: dict, args) -> dict:
         x0 = torch.randn(c["shape"], device=dev, dtype=getattr(torch, c["dtype"]))
         if c["format"] == "channels_last":
             x0 = x0.contiguous(memory_format=torch.channels_last)
-        ref = UPSAMPLERS["interpolate"](x0).float()
+        ref = F.interpolate(x0.float(), scale_factor=2, mode="bilinear", align_corners=False)
         row = {**c, "ms": {}, "max_abs_diff": {}}
         for name, fn in UPSAMPLERS.items():
             x = x0.detach().requires_grad_(True)
-            for i in range(reps + 3):
-                if i == 3:
-                    sync(dev)
-                    t0 = time.perf_counter()
-                y = fn(x)
-                y.backward(torch.ones_like(y))
-            sync(dev)
-            ms = 1000 * (time.perf_counter() - t0) / reps
+            with _step_autocast(dev):
+                for i in range(reps + 3):
+                    if i == 3:
+                        sync(dev)
+                        t0 = time.perf_counter()
+                    y = fn(x).to(x.dtype)
+                    y.backward(torch.ones_like(y))
+                sync(dev)
+                ms = 1000 * (time.perf_counter() - t0) / reps
+                row["max_abs_diff"][name] = float((fn(x0).to(x0.dtype).float() - ref).abs().max())
             row["ms"][name] = round(ms, 3)
-            row["max_abs_diff"][name] = float((fn(x0).float() - ref).abs().max())
             total[name] += ms * c["per_step"]
         rows.append(row)
     return {"batch": batch, "forward_and_backward_ms_per_step": {k: round(v, 2) for k, v in total.items()},
             "calls": rows}
+
+
+def section_upsample_step(ctx: dict, args) -> dict:
+    """Whole training steps at the largest ``--batches`` with each upsampling in the decoders (patched in for the
+    run), alternated ``--upsample-repeats`` times; median ms a step each. Rule, written before any of these figures:
+    the engine keeps ``engine`` (``F.interpolate`` in the map's dtype) unless a rewrite's median step is more than
+    2 % shorter (then that rewrite goes into ``decoders.upsample2x``: its values are exact, tested); were
+    ``autocast_float32`` (the previous engine) more than 2 % shorter, the engine would go back to it."""
+    batch = max(args.batches)
+    real = decoders.upsample2x
+    runs = []
+    try:
+        for rep in range(args.upsample_repeats):  # alternated: a drift of the card's clocks falls on every candidate
+            for name, fn in UPSAMPLERS.items():
+                decoders.upsample2x = fn
+                r = measure_training(ctx, batch, log_every=args.log_every)
+                runs.append({"upsample": name, "repeat": rep, **r})
+                print(f"  {name} {rep}: {r['step_ms']:.1f} ms a step", flush=True)
+    finally:
+        decoders.upsample2x = real
+    med = {k: float(np.median([r["step_ms"] for r in runs if r["upsample"] == k])) for k in UPSAMPLERS}
+    return {"batch": batch, "repeats": args.upsample_repeats, "step_ms": {k: round(v, 2) for k, v in med.items()},
+            "over_engine": {k: round(v / med["engine"], 4) for k, v in med.items()},
+            "rule": "keep engine unless another is > 2 % shorter a step", "runs": runs}
 
 
 def _free_port() -> int:
@@ -637,6 +677,14 @@ def write_markdown(results: Path) -> Path:
             per = ", ".join(f"{k} {v:.1f} ms" for k, v in up["forward_and_backward_ms_per_step"].items())
             lines += ["", f"The decoders' x2 resizes of one step ({d['label']}, {d['commit']}, batch {up['batch']}, "
                       f"{sum(c['per_step'] for c in up['calls'])} calls, forward + backward): {per}."]
+        if "upsample_step" in d:
+            us = d["upsample_step"]
+            pct = {k: "" if not ceil else f", {100 * 4 * us['batch'] * 1000 / v / ceil['bf16_images_per_s']:.0f} % of "
+                   "the ceiling" for k, v in us["step_ms"].items()}
+            per = ", ".join(f"{k} {v:.0f} ms ({100 * (us['over_engine'][k] - 1):+.1f} %{pct[k]})"
+                            for k, v in us["step_ms"].items())
+            lines += ["", f"Training steps with each x2 upsampling in the decoders ({d['label']}, {d['commit']}, batch "
+                      f"{us['batch']}, median of {us['repeats']} alternated runs each): {per}; rule: {us['rule']}."]
     out = results / "gpu_speed.md"
     atomic_write(out, lambda tmp: Path(tmp).write_text("\n".join(lines) + "\n"))
     return out
@@ -663,6 +711,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-variants", action="store_true", help="throughput: the --batches runs only")
     ap.add_argument("--commit", default=None, help="commit to record (default: this checkout's)")
     ap.add_argument("--ddp-repeats", type=int, default=2, help="ddp: plain/DDP pairs measured, alternated")
+    ap.add_argument("--upsample-repeats", type=int, default=2, help="upsample_step: runs of each, alternated")
     ap.add_argument("--cohort", type=int, default=20, help="cohort: volumes in the folder")
     ap.add_argument("--cohort-batch", type=int, default=64, help="cohort: predict's --batch-size")
     ap.add_argument("--report", action="store_true", help="only regenerate gpu_speed.md from the JSON files")
@@ -677,7 +726,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.smoke:
         args.batches, args.infer_batches, args.ceiling_steps = [2, 4], [8], 2
         args.plateau_steps, args.plateau_warmup, args.log_every, args.compile_warm = 8, 2, 2, 2
-        args.ddp_repeats, args.cohort, args.cohort_batch = 1, 3, 16
+        args.ddp_repeats, args.upsample_repeats, args.cohort, args.cohort_batch = 1, 1, 3, 16
         cfg = ModelConfig.for_arch("tiny", image_size=64, class_names=names, source_modality=proto["source"].upper())
         device = torch.device("cpu")
     else:

@@ -53,6 +53,21 @@ class GroupNorm(nn.GroupNorm):
         return super().forward(x)
 
 
+def upsample2x(h: torch.Tensor) -> torch.Tensor:
+    """x2 bilinear upsampling (``align_corners=False``) that keeps a bfloat16/float16 map in its dtype under autocast.
+
+    CUDA autocast runs ``upsample_bilinear2d`` in float32: each decoder stage would cast its bfloat16 input up,
+    resize in float32, concatenate its skips in float32 (:func:`cat_like` follows the resized map) and cast the
+    concatenation back down for the convolution, forward and backward. The kernel computes in float32 either way
+    and rounds once to the map's dtype, as the convolution's cast did (``benchmarks/autocast_casts.py`` counts the
+    casts). Outside autocast, and in float32, this is ``F.interpolate``."""
+    dev = h.device.type
+    if h.dtype in (torch.bfloat16, torch.float16) and torch.is_autocast_enabled(dev):
+        with torch.autocast(dev, enabled=False):
+            return F.interpolate(h, scale_factor=2, mode="bilinear", align_corners=False)
+    return F.interpolate(h, scale_factor=2, mode="bilinear", align_corners=False)
+
+
 class SiLU(nn.SiLU):
     """SiLU in place where no gradient is recorded (inference: no second buffer), not in place where one is (its
     gradient needs its input, so autograd would copy the input before an in-place SiLU overwrote it: the same memory
@@ -103,7 +118,7 @@ class ImageDecoder(nn.Module):
         h = self.inp(x)
         feats = []
         for i, stage in enumerate(self.stages):
-            h = F.interpolate(h, scale_factor=2, mode="bilinear", align_corners=False)
+            h = upsample2x(h)
             parts = [h]
             if skips is not None and i < len(skips):
                 parts.append(skips[i])
@@ -134,13 +149,11 @@ class SegDecoder(nn.Module):
                 image: torch.Tensor, feats: list[torch.Tensor] | None = None, head=None) -> torch.Tensor:
         """Logits (B, C, S, S); pass a list as ``feats`` to collect the stage features S/16 .. S/1; ``head`` (a
         callable on the last map) replaces the static 1x1 head (TCSA's text-conditioned head)."""
-        enc = [skips[3], skips[2], torch.cat([skips[0], skips[1]], 1), None, None]
+        enc = [[skips[3]], [skips[2]], [skips[0], skips[1]], [], []]  # concatenated with the stage's other parts
         h = self.inp(x)
         for i, stage in enumerate(self.stages):
-            h = F.interpolate(h, scale_factor=2, mode="bilinear", align_corners=False)
-            parts = [h, gen[i]]
-            if enc[i] is not None:
-                parts.append(enc[i])
+            h = upsample2x(h)
+            parts = [h, gen[i], *enc[i]]
             if i == 4:
                 parts.append(image)
             h = stage(cat_like(parts, h))
