@@ -14,7 +14,10 @@ What is counted:
 * ``backward``: the autograd engine cannot run on fake CUDA tensors without a GPU, so the backward is counted from
   the forward: a cast whose input requires a gradient has one cast of that gradient back in the backward
   (``ToCopyBackward0``), of the same number of elements.
-* Not counted: the losses, which run in float32 outside autocast on the model's (small) outputs.
+* Not counted: the losses, which run in float32 outside autocast on the model's (small) outputs; and the casts
+  inside ``scaled_dot_product_attention`` (the CLIP attention pool, the text transformer): fake tensors can only
+  take its math backend, which computes in float32, where a GPU runs the flash or memory-efficient kernel on the
+  bfloat16 inputs. Their forward elements are recorded apart (``not_counted_sdpa_math_forward_m_elements``).
 
     .venv/bin/python benchmarks/autocast_casts.py --label after      # a few seconds
 
@@ -33,6 +36,7 @@ from collections import defaultdict
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.utils._python_dispatch import TorchDispatchMode
 
@@ -100,6 +104,33 @@ def _origin() -> str:
     return f"{path}:{f.lineno} {f.line.strip() if f.line else ''}".strip()
 
 
+class _InAttention:
+    """Marks the dispatches made inside ``F.scaled_dot_product_attention`` (patched over while on; the attention
+    pool's ``F.multi_head_attention_forward`` and open_clip's attention call it through ``torch.nn.functional``).
+    Without a GPU, fake tensors can only take its math backend, which computes a bfloat16 attention in float32 (casts
+    in and out); on a GPU the flash or memory-efficient kernel runs on the bfloat16 inputs, with no cast. Those casts
+    are counted apart."""
+
+    def __init__(self):
+        self.depth = 0
+        self._real = None
+
+    def _wrapped(self, *args, **kwargs):
+        self.depth += 1
+        try:
+            return self._real(*args, **kwargs)
+        finally:
+            self.depth -= 1
+
+    def __enter__(self):
+        self._real = F.scaled_dot_product_attention
+        F.scaled_dot_product_attention = self._wrapped
+        return self
+
+    def __exit__(self, *exc):
+        F.scaled_dot_product_attention = self._real
+
+
 class CastCounter(TorchDispatchMode):
     """Counts the ``aten::_to_copy`` calls that change a tensor's dtype: elements, direction, whether the input
     requires a gradient (then the backward casts its gradient back), where in the model each comes from, and
@@ -110,11 +141,27 @@ class CastCounter(TorchDispatchMode):
     def __init__(self):
         super().__init__()
         self.rows: dict[tuple, dict] = {}
+        self.attention = _InAttention()
+        self.sdpa_math = {"calls": 0, "elements": 0}  # the math backend's casts (see _InAttention): not a GPU's
+        self.outputs: dict[str, torch.dtype] = {}
+
+    def __enter__(self):
+        self.attention.__enter__()
+        return super().__enter__()
+
+    def __exit__(self, *exc):
+        out = super().__exit__(*exc)
+        self.attention.__exit__(*exc)
+        return out
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
         if func is torch.ops.aten._to_copy.default and isinstance(out, torch.Tensor) and out.dtype != args[0].dtype:
             x = args[0]
+            if self.attention.depth:
+                self.sdpa_math["calls"] += 1
+                self.sdpa_math["elements"] += out.numel()
+                return out
             kind = "weight" if (x.is_leaf and x.requires_grad) else "map"  # a parameter, or anything computed
             key = (str(x.dtype).replace("torch.", ""), str(out.dtype).replace("torch.", ""), bool(x.requires_grad),
                    tuple(x.shape), _origin(), kind)
@@ -136,6 +183,7 @@ class CastCounter(TorchDispatchMode):
             "forward_m_elements": round(fwd / 1e6, 2), "backward_m_elements": round(bwd / 1e6, 2),
             "step_m_elements": round((fwd + bwd) / 1e6, 2), "casts_forward": sum(r["calls"] for r in self.rows.values()),
             "forward_by_direction_m": {k: round(v, 2) for k, v in sorted(by_dir.items())},
+            "not_counted_sdpa_math_forward_m_elements": round(self.sdpa_math["elements"] / 1e6, 2),
             "step_by_origin_m": {k: round(v, 2) for k, v in sorted(by_origin.items(), key=lambda kv: -kv[1])[:top]},
             "largest": [{"from": k[0], "to": k[1], "requires_grad": k[2], "shape": list(k[3]), "origin": k[4], "kind": k[5],
                          "calls": r["calls"], "m_elements": round(r["elements"] / 1e6, 2)} for k, r in rows]}
@@ -143,7 +191,8 @@ class CastCounter(TorchDispatchMode):
 
 def count_training_forward(model: torch.nn.Module, batch: int, size: int, *, dd_flow: str | None,
                            detach_target_seg: bool = False, channels_last: bool = True) -> CastCounter:
-    """The casts of one training forward (``UUDS.forward`` as ``train`` calls it at a step with every term on)."""
+    """The casts of one training forward (``UUDS.forward`` as ``train`` calls it at a step with every term on);
+    ``counter.outputs``: the dtype of each tensor the forward returned."""
     counter = CastCounter()
     with fake_cuda():
         to_fake_cuda(model, channels_last)
@@ -151,7 +200,8 @@ def count_training_forward(model: torch.nn.Module, batch: int, size: int, *, dd_
         fmt = torch.channels_last if channels_last else torch.contiguous_format
         xs, xt = (torch.empty(batch, 1, size, size, device="cuda").contiguous(memory_format=fmt) for _ in range(2))
         with cuda_autocast(), counter:
-            model(xs, xt, dd_flow, None, detach_target_seg, False)
+            out = model(xs, xt, dd_flow, None, detach_target_seg, False)
+    counter.outputs = {k: v.dtype for k, v in vars(out).items() if isinstance(v, torch.Tensor)}
     return counter
 
 

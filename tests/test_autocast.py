@@ -11,10 +11,11 @@ autocast_casts = pytest.importorskip("autocast_casts")
 
 
 def test_under_cuda_autocast_the_decoders_keep_their_maps_in_bfloat16(tiny_cfg):
-    """CUDA autocast runs bilinear upsampling (and group norm) in float32; the decoders keep their maps in bfloat16
-    across both, so none of their maps is cast up to float32 and back down for the next convolution. Counted with
-    the training forward on fake CUDA tensors (the benchmark's counter): the old decoders cast every stage's
-    input up to float32 and back down."""
+    """CUDA autocast runs bilinear resizes, group norm and softmax in float32; the decoders and the attention
+    modules keep their maps in bfloat16 across them, so no map of more than one channel is cast up to float32 and
+    back down for the next convolution or concatenation. Counted with the training forward on fake CUDA tensors
+    (the benchmark's counter): the old decoders cast every stage's input up to float32 and back down, and the DAMs'
+    outputs came out in float32. The translated images stay float32, as they were."""
     from napari_uuds.engine.model import UUDS
 
     torch.manual_seed(0)
@@ -26,9 +27,16 @@ def test_under_cuda_autocast_the_decoders_keep_their_maps_in_bfloat16(tiny_cfg):
     ours = {k: r for k, r in rows.items() if "engine/decoders.py" in k[4] and k[5] == "map" and k[3][1] > 1}
     up = [k for k in ours if k[:2] == ("bfloat16", "float32")]
     assert not up, up  # the old decoders: the resize's input, and every skip concatenated with the resized map
-    # the stage convolutions read bfloat16 concatenations (the old ones cast each stage's whole input down)
-    conv = [k for k in ours if "ResBlock" in k[4] or "self.body(x)" in k[4]]
-    assert not conv, conv
+    # the concatenations and the stage convolutions read bfloat16 maps (the old stages cast their whole input down)
+    down = [k for k in ours if k[:2] == ("float32", "bfloat16")]
+    assert not down, down
+    # the DAMs resize K in its dtype (no float32 K cast down for the attention's product); what they still cast is
+    # their float32 instance norm's input and output, and the float32 softmax's (heads x positions, not maps)
+    own = ("instance_norm", "softmax", "attn.to(")
+    dam = [k for k in rows if "engine/dam.py" in k[4] and k[5] == "map" and not any(o in k[4] for o in own)]
+    assert not dam, dam
+    out = counter.outputs
+    assert out["rec_s"] == out["syn_t"] == torch.float32 and out["logits_s"] == torch.bfloat16
     summary = counter.summary()
     assert summary["step_m_elements"] == pytest.approx(summary["forward_m_elements"] + summary["backward_m_elements"])
 

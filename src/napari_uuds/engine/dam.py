@@ -22,12 +22,17 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .decoders import interpolate
+
 
 def prompt_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, log_d: torch.Tensor,
                      heads: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Eq. 3 kept spatial. q: (B|1, Q, c) queries; k, v: (B, c, h, w).
 
     Returns (out (B, Q, c, h, w): (hw) softmax_p(q.k_p / d) * v_p per head, logits (B, Q, heads, h*w)).
+    ``out`` is in v's dtype: under autocast the softmax runs in float32, and its weights are rounded to v's dtype
+    before the product (as flash attention does with its probabilities), instead of promoting the whole
+    (B, Q, c, h, w) product to float32 for the next convolution to cast back. In float32 nothing changes.
     """
     b, c, h, w = k.shape
     n = h * w
@@ -36,7 +41,7 @@ def prompt_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, log_d: t
     qq = q.reshape(q.shape[0], q.shape[1], heads, ch)
     logits = torch.einsum("bqhc,bhcn->bqhn", qq.expand(b, -1, -1, -1), kq) / log_d.exp()
     attn = logits.softmax(dim=-1) * n  # mean weight 1 over positions
-    out = attn.unsqueeze(3) * v.reshape(b, 1, heads, ch, n)  # (B, Q, heads, ch, n)
+    out = attn.to(v.dtype).unsqueeze(3) * v.reshape(b, 1, heads, ch, n)  # (B, Q, heads, ch, n)
     return out.reshape(b, q.shape[1], c, h, w), logits
 
 
@@ -67,6 +72,6 @@ class DomainAdaptationModule(nn.Module):
         v = self.nor(self.v(x_c))
         k = self.k(x_d)
         if k.shape[-2:] != v.shape[-2:]:  # early levels: project, then upsample (1x1 conv and resize commute)
-            k = F.interpolate(k, size=v.shape[-2:], mode="bilinear", align_corners=False)
+            k = interpolate(k, size=v.shape[-2:], mode="bilinear", align_corners=False)  # in k's dtype
         out, _ = prompt_attention(q, k, v, self.log_d, self.heads)
         return out[:, 0]

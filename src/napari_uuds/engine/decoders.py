@@ -53,19 +53,26 @@ class GroupNorm(nn.GroupNorm):
         return super().forward(x)
 
 
-def upsample2x(h: torch.Tensor) -> torch.Tensor:
-    """x2 bilinear upsampling (``align_corners=False``) that keeps a bfloat16/float16 map in its dtype under autocast.
+def interpolate(x: torch.Tensor, **kw) -> torch.Tensor:
+    """``F.interpolate(x, **kw)`` that keeps a bfloat16/float16 map in its dtype under autocast.
 
-    CUDA autocast runs ``upsample_bilinear2d`` in float32: each decoder stage would cast its bfloat16 input up,
-    resize in float32, concatenate its skips in float32 (:func:`cat_like` follows the resized map) and cast the
-    concatenation back down for the convolution, forward and backward. The kernel computes in float32 either way
-    and rounds once to the map's dtype, as the convolution's cast did (``benchmarks/autocast_casts.py`` counts the
-    casts). Outside autocast, and in float32, this is ``F.interpolate``."""
-    dev = h.device.type
-    if h.dtype in (torch.bfloat16, torch.float16) and torch.is_autocast_enabled(dev):
+    CUDA autocast runs the resize kernels in float32: the map is cast up, resized, and whatever reads it next (a
+    convolution, a concatenation) casts it, or its partners, again, forward and backward. The kernel computes in
+    float32 either way and rounds once to the map's dtype, as the next convolution's cast did
+    (``benchmarks/autocast_casts.py`` counts the casts). Outside autocast, and in float32, this is
+    ``F.interpolate``."""
+    dev = x.device.type
+    if x.dtype in (torch.bfloat16, torch.float16) and torch.is_autocast_enabled(dev):
         with torch.autocast(dev, enabled=False):
-            return F.interpolate(h, scale_factor=2, mode="bilinear", align_corners=False)
-    return F.interpolate(h, scale_factor=2, mode="bilinear", align_corners=False)
+            return F.interpolate(x, **kw)
+    return F.interpolate(x, **kw)
+
+
+def upsample2x(h: torch.Tensor) -> torch.Tensor:
+    """The decoders' x2 bilinear upsampling (``align_corners=False``), in the map's dtype (:func:`interpolate`):
+    under CUDA autocast, float32 resizes made each stage cast its input up, :func:`cat_like` cast every skip up
+    to match, and the stage's first convolution cast the whole concatenation back down."""
+    return interpolate(h, scale_factor=2, mode="bilinear", align_corners=False)
 
 
 class SiLU(nn.SiLU):
@@ -129,7 +136,8 @@ class ImageDecoder(nn.Module):
                 parts.append(fine)
             h = stage(cat_like(parts, h) if len(parts) > 1 else h)
             feats.append(h)  # S/16, S/8, S/4, S/2, S/1
-        return torch.tanh(self.out(h).float()).to(x.dtype), feats
+        image = torch.tanh(self.out(h).float())  # float32 (x's dtype where wider): autocast's maps are bfloat16
+        return image.to(torch.promote_types(x.dtype, image.dtype)), feats
 
 
 class SegDecoder(nn.Module):
