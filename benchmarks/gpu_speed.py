@@ -496,8 +496,10 @@ def section_upsample_step(ctx: dict, args) -> dict:
     real = decoders.upsample2x
     runs = []
     try:
+        names = list(UPSAMPLERS)
         for rep in range(args.upsample_repeats):  # alternated: a drift of the card's clocks falls on every candidate
-            for name, fn in UPSAMPLERS.items():
+            for name in names[rep % len(names):] + names[:rep % len(names)]:  # and each repeat starts with another
+                fn = UPSAMPLERS[name]
                 decoders.upsample2x = fn
                 r = measure_training(ctx, batch, log_every=args.log_every)
                 runs.append({"upsample": name, "repeat": rep, **r})
