@@ -12,11 +12,11 @@
 #   cp <files_at>/gpu_speed_LABEL.json benchmarks/results/ && .venv/bin/python benchmarks/gpu_speed.py --report
 #
 # Sections, most wanted first (each is saved as soon as it ends, so a call cut short keeps what it measured):
-# ceiling (10 s), upsample (the decoders' resizes, four ways: seconds), upsample_step (training steps at batch 64
-# with each of the four in the decoders, twice each, alternated: the previous engine's float32 resize against this
-# one's in the same call, and each run's encoder images/s against the 40 % goal: about 2.5 min), profile (batch 64,
-# then again with the copies' and resizes' origins), cohort (20 BraTS volumes through `napari-uuds predict`: 2-3
-# min), ddp (DDP on one process against the plain run at batch 64, twice each: 2-3 min; last, because it is the
+# ceiling (10 s), upsample_step (training steps at batch 64 with each of four x2 upsamplings in the decoders, twice
+# each, alternated: the previous engine's float32 resize against this one's in the same call, and each run's encoder
+# images/s against the 40 % goal: about 2.5 min), cohort (20 BraTS volumes through `napari-uuds predict`: 2-3 min),
+# profile (batch 64, then again with the copies' and resizes' origins), upsample (the resizes alone, four ways:
+# seconds), ddp (DDP on one process against the plain run at batch 64, twice each: 2-3 min; last, because it is the
 # first use of NCCL on that machine, and a hang there must not cost the others). The plain throughput section is
 # left out: upsample_step's "engine" runs are its batch-64 runs.
 #
@@ -43,6 +43,6 @@ fi
 export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
 # 560 s: the sections must end (and their JSON be written) before the call's 600 s limit kills the command
 timeout 560 "$py" benchmarks/gpu_speed.py "${extra[@]}" --label "$label" --commit "$commit" \
-    --sections ${SECTIONS:-ceiling upsample upsample_step profile cohort ddp} --no-variants \
+    --sections ${SECTIONS:-ceiling upsample_step cohort profile upsample ddp} --no-variants \
     --profile-table "$out/gpu_profile_$label.txt" --out "$out/gpu_speed_$label.json" 2>&1 | tee "$out/gpu_call_$label.log"
 echo "gpu_call.sh: exit ${PIPESTATUS[0]}; files in $out"
