@@ -22,11 +22,13 @@ that fails is recorded with its error while the others go on):
   DDP step within 5 % of the plain one.
 * ``upsample`` (issue 17): the decoders' x2 bilinear upsamplings (21.8 ms of a 150-ms step in the last profile,
   then in float32 under CUDA autocast): the shapes one training step upsamples, recorded from a forward pass, each
-  timed forward + backward under the step's autocast with each of :data:`UPSAMPLERS`: the engine's
-  (``decoders.upsample2x``, the map's dtype), the previous engine's (float32), and two exact rewrites of the same
-  stencil (:func:`upsample_stencil`, :func:`upsample_conv_transpose`); the ms a step each would cost.
+  timed forward + backward under the step's autocast with each of :data:`UPSAMPLERS`: ``F.interpolate`` in the
+  map's dtype, in float32 (the engine's until 469ee09), and two exact rewrites of the same stencil
+  (:func:`upsample_stencil`, :func:`upsample_conv_transpose`: the engine's on CUDA since); the ms a step each costs.
 * ``upsample_step`` (issue 17): whole training steps at the largest batch with each of :data:`UPSAMPLERS` in the
   decoders, alternated; the rule that picks among them is in :func:`section_upsample_step`.
+* ``layout`` (issue 17): whole training steps with the model channels-last throughout and with its decoders in
+  the plain layout, alternated, then each at twice the batch; the rule is in :func:`section_layout`.
 * ``cohort`` (issue 17): ``napari-uuds predict`` on a folder of ``--cohort`` volumes (the 240 x 240 x 155 BraTS
   scans of ``--data``, cycled; copied under new names) in a fresh interpreter: wall time from reading the first
   file to writing the summary, slices/s (each slice is one image segmented), peak GPU memory and peak resident
@@ -72,7 +74,7 @@ from napari_uuds.engine.model import UUDS  # noqa: E402
 from napari_uuds.engine.train import TrainControl, resolve_device, train  # noqa: E402
 
 SECTIONS = ["throughput", "ceiling", "inference", "profile", "plateau", "compile", "ddp", "cohort", "upsample",
-            "upsample_step"]
+            "upsample_step", "layout"]
 #: plateau: the mean total loss over a window of WINDOW steps improves by less than PLATEAU_REL on the mean
 #: over the next 2 windows (measured after the warm-up, whose end changes the loss)
 WINDOW, PLATEAU_REL = 50, 0.02
@@ -399,15 +401,12 @@ def upsample_stencil(x: torch.Tensor) -> torch.Tensor:
     return t.permute(0, 3, 1, 2) if cl else t
 
 
-def upsample_conv_transpose(x: torch.Tensor) -> torch.Tensor:
-    """The same stencil as a depthwise transposed convolution (stride 2, kernel 1/4 3/4 3/4 1/4 in each direction) of
-    the edge-replicated input: a cuDNN kernel instead of the resize kernel."""
-    c = x.shape[1]
-    k = torch.tensor([0.25, 0.75, 0.75, 0.25], dtype=x.dtype, device=x.device)
-    w = (k[:, None] * k[None, :]).expand(c, 1, 4, 4).contiguous()
-    if is_channels_last(x):
-        w = w.contiguous(memory_format=torch.channels_last)
-    return F.conv_transpose2d(F.pad(x, (1, 1, 1, 1), mode="replicate"), w, stride=2, padding=3, groups=c)
+upsample_conv_transpose = decoders.upsample_conv_transpose  # the engine's on CUDA since gpu_speed_after-casts
+
+
+def _interpolate_in_dtype(x: torch.Tensor) -> torch.Tensor:
+    """``F.interpolate`` in the map's dtype (``decoders.interpolate``): the engine's on CUDA at 9f3be38."""
+    return decoders.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False)
 
 
 def _interpolate_autocast(x: torch.Tensor) -> torch.Tensor:
@@ -416,9 +415,10 @@ def _interpolate_autocast(x: torch.Tensor) -> torch.Tensor:
     return F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False)
 
 
-#: the x2 upsamplings compared: the engine's (``decoders.upsample2x``: ``F.interpolate`` in the map's dtype), the
-#: previous engine's (float32 under CUDA autocast), and two rewrites of the same stencil in the map's dtype
-UPSAMPLERS = {"engine": decoders.upsample2x, "autocast_float32": _interpolate_autocast,
+#: the x2 upsamplings compared (keys as recorded in gpu_speed_after-casts.json): "engine", ``F.interpolate`` in the
+#: map's dtype (the engine's at 9f3be38); the engine's before it (float32 under CUDA autocast); two rewrites of the
+#: same stencil in the map's dtype, of which the transposed convolution is the engine's on CUDA since then
+UPSAMPLERS = {"engine": _interpolate_in_dtype, "autocast_float32": _interpolate_autocast,
               "stencil": upsample_stencil, "conv_transpose": upsample_conv_transpose}
 
 
@@ -514,6 +514,50 @@ def section_upsample_step(ctx: dict, args) -> dict:
             "over_engine": {k: round(v / med["engine"], 4) for k, v in med.items()},
             "rule": "conv_transpose if within 2 % of engine or shorter; else one > 2 % shorter than engine; else engine",
             "runs": runs}
+
+
+def _decoders_nchw(self):
+    """The channels-last model with its two decoders left in the plain layout (section layout)."""
+    self.to(memory_format=torch.channels_last)
+    for dec in (self.image_decoder, self.seg_decoder):
+        dec.to(memory_format=torch.contiguous_format)
+    return self
+
+
+#: the model layouts compared by section layout
+LAYOUTS = {"channels_last": UUDS.to_channels_last, "decoders_nchw": _decoders_nchw}
+
+
+def section_layout(ctx: dict, args) -> dict:
+    """Whole training steps at the largest ``--batches`` with the model channels-last throughout (the engine) and
+    with the decoders in the plain layout: their group norm returns plain maps, so channels-last decoder
+    convolutions copy their input to channels-last and the norms copy it back, forward and backward (the profile of
+    gpu_speed_after-casts: ``clone/contiguous`` copies, 28 ms a step). Alternated ``--upsample-repeats`` times, each
+    repeat starting with another; then each layout once at twice that batch. Rule, written before these figures:
+    the decoders go plain if their median step is more than 2 % shorter."""
+    batch = max(args.batches)
+    real = UUDS.to_channels_last
+    runs = []
+    try:
+        names = list(LAYOUTS)
+        for rep in range(args.upsample_repeats):
+            for name in names[rep % len(names):] + names[:rep % len(names)]:
+                UUDS.to_channels_last = LAYOUTS[name]
+                r = measure_training(ctx, batch, log_every=args.log_every)
+                runs.append({"layout": name, "repeat": rep, **r})
+                print(f"  {name} {rep}: {r['step_ms']:.1f} ms a step", flush=True)
+        for name in names:
+            UUDS.to_channels_last = LAYOUTS[name]
+            r = measure_training(ctx, 2 * batch, log_every=args.log_every)
+            runs.append({"layout": name, "repeat": 0, **r})
+            print(f"  {name} at batch {2 * batch}: {r['step_ms']:.1f} ms a step", flush=True)
+    finally:
+        UUDS.to_channels_last = real
+    med = {k: float(np.median([r["step_ms"] for r in runs if r["layout"] == k and r["batch"] == batch]))
+           for k in LAYOUTS}
+    return {"batch": batch, "repeats": args.upsample_repeats, "step_ms": {k: round(v, 2) for k, v in med.items()},
+            "over_channels_last": {k: round(v / med["channels_last"], 4) for k, v in med.items()},
+            "rule": "decoders plain if > 2 % shorter a step", "runs": runs}
 
 
 def _free_port() -> int:
@@ -683,6 +727,15 @@ def write_markdown(results: Path) -> Path:
             per = ", ".join(f"{k} {v:.1f} ms" for k, v in up["forward_and_backward_ms_per_step"].items())
             lines += ["", f"The decoders' x2 resizes of one step ({d['label']}, {d['commit']}, batch {up['batch']}, "
                       f"{sum(c['per_step'] for c in up['calls'])} calls, forward + backward): {per}."]
+        if "layout" in d:
+            la = d["layout"]
+            big = "; ".join(f"{r['layout']} at batch {r['batch']}: {r['step_ms']:.0f} ms, {r['encoder_images_per_s']:.0f} "
+                            f"encoder images/s" + (f" ({100 * r['encoder_images_per_s'] / ceil['bf16_images_per_s']:.0f} % "
+                                                   "of the ceiling)" if ceil else "")
+                            for r in la["runs"] if r["batch"] != la["batch"])
+            per = ", ".join(f"{k} {v:.0f} ms ({100 * (la['over_channels_last'][k] - 1):+.1f} %)" for k, v in la["step_ms"].items())
+            lines += ["", f"Model layouts ({d['label']}, {d['commit']}, batch {la['batch']}, median of {la['repeats']} "
+                      f"alternated runs each): {per}; {big}; rule: {la['rule']}."]
         if "upsample_step" in d:
             us = d["upsample_step"]
             pct = {k: "" if not ceil else f", {100 * 4 * us['batch'] * 1000 / v / ceil['bf16_images_per_s']:.0f} % of "

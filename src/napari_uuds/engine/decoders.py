@@ -68,10 +68,30 @@ def interpolate(x: torch.Tensor, **kw) -> torch.Tensor:
     return F.interpolate(x, **kw)
 
 
+def upsample_conv_transpose(x: torch.Tensor) -> torch.Tensor:
+    """x2 bilinear upsampling (``align_corners=False``) as a depthwise transposed convolution (stride 2, kernel
+    1/4 3/4 3/4 1/4 in each direction) of the edge-replicated map: the same stencil as ``F.interpolate``, through
+    cuDNN, in the map's dtype and memory format, accumulating in float32 forward and backward (deterministic)."""
+    c = x.shape[1]
+    k = torch.tensor([0.25, 0.75, 0.75, 0.25], dtype=x.dtype, device=x.device)
+    w = (k[:, None] * k[None, :]).expand(c, 1, 4, 4).contiguous()
+    if is_channels_last(x):
+        w = w.contiguous(memory_format=torch.channels_last)
+    return F.conv_transpose2d(F.pad(x, (1, 1, 1, 1), mode="replicate"), w, stride=2, padding=3, groups=c)
+
+
 def upsample2x(h: torch.Tensor) -> torch.Tensor:
-    """The decoders' x2 bilinear upsampling (``align_corners=False``), in the map's dtype (:func:`interpolate`):
-    under CUDA autocast, float32 resizes made each stage cast its input up, :func:`cat_like` cast every skip up
-    to match, and the stage's first convolution cast the whole concatenation back down."""
+    """The decoders' x2 bilinear upsampling (``align_corners=False``), in the map's dtype.
+
+    Under CUDA autocast, float32 resizes made each stage cast its input up, :func:`cat_like` cast every skip up to
+    match, and the stage's first convolution cast the whole concatenation back down. On CUDA it is
+    :func:`upsample_conv_transpose`: whole training steps (RN50, batch 64, H200) took 304 ms with the float32
+    resize, 285 ms with ``F.interpolate`` in bfloat16 (whose backward accumulates with bfloat16 atomics) and 268 ms
+    with the transposed convolution (benchmarks/results/gpu_speed_after-casts.json, ``upsample_step``; the rule
+    that chose it is written in ``gpu_speed.section_upsample_step``). Elsewhere (the CPU) it is
+    :func:`interpolate`, i.e. ``F.interpolate`` itself in float32."""
+    if h.device.type == "cuda":
+        return upsample_conv_transpose(h)
     return interpolate(h, scale_factor=2, mode="bilinear", align_corners=False)
 
 

@@ -135,6 +135,10 @@ class UUDS(nn.Module):
     def encode_seg_prompt(self) -> torch.Tensor | None:
         return self.seg_prompt() if self.cfg.use_seg_prompt else None
 
+    def to_channels_last(self) -> "UUDS":
+        """Channels-last weights, as a CUDA run trains (``TrainConfig.channels_last``)."""
+        return self.to(memory_format=torch.channels_last)
+
     def translate(self, taps: dict, t_d: torch.Tensor | None, image: torch.Tensor | None = None) -> Translation:
         """The image decoder's output from the encoder taps of ``image`` (the slice being translated: read at S/2 and
         S/1 where ``ModelConfig.fine_skips``)."""

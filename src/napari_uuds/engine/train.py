@@ -295,7 +295,7 @@ def train(model: UUDS, source: SliceSampler, target: SliceSampler, cfg: TrainCon
         if not model.fit_text_head(emb):
             head_note = f"; the text head keeps its saved class texts (the {enc} encoder gives another width)"
     if cuda and cfg.channels_last:
-        model.to(memory_format=torch.channels_last)
+        model.to_channels_last()
     net = distributed.wrap(model, dist_ctx, device)  # the model itself for one process
     amp = torch.autocast("cuda", dtype=torch.bfloat16) if (cuda and cfg.amp) else torch.autocast("cpu", enabled=False)
     # fused Adam on CUDA: one kernel for every parameter's update instead of a dozen per parameter
