@@ -524,8 +524,13 @@ def _decoders_nchw(self):
     return self
 
 
-#: the model layouts compared by section layout
-LAYOUTS = {"channels_last": UUDS.to_channels_last, "decoders_nchw": _decoders_nchw}
+def _all_channels_last(self):
+    """Every 4-d weight channels-last, the decoders' too (``UUDS.to_channels_last`` until gpu_speed_after-convt)."""
+    return self.to(memory_format=torch.channels_last)
+
+
+#: the model layouts compared by section layout (the engine's is decoders_nchw since gpu_speed_after-convt)
+LAYOUTS = {"channels_last": _all_channels_last, "decoders_nchw": _decoders_nchw}
 
 
 def section_layout(ctx: dict, args) -> dict:
@@ -743,7 +748,8 @@ def write_markdown(results: Path) -> Path:
             per = ", ".join(f"{k} {v:.0f} ms ({100 * (us['over_engine'][k] - 1):+.1f} %{pct[k]})"
                             for k, v in us["step_ms"].items())
             lines += ["", f"Training steps with each x2 upsampling in the decoders ({d['label']}, {d['commit']}, batch "
-                      f"{us['batch']}, median of {us['repeats']} alternated runs each): {per}; rule: {us['rule']}."]
+                      f"{us['batch']}, median of {us['repeats']} alternated runs each; engine: F.interpolate in the "
+                      f"map's dtype, autocast_float32: as CUDA autocast runs it): {per}; rule: {us['rule']}."]
     out = results / "gpu_speed.md"
     atomic_write(out, lambda tmp: Path(tmp).write_text("\n".join(lines) + "\n"))
     return out

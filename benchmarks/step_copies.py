@@ -60,7 +60,8 @@ def main(argv: list[str] | None = None) -> int:
     src = qb._load(data, one, one["train"], proto["source"], cfg, True)
     tgt = qb._load(data, one, one["test"], proto["target"], cfg, False)
     torch.manual_seed(0)
-    model = UUDS(cfg, clip_weights=None, seed=0).to(memory_format=torch.channels_last)  # as train() does on a GPU
+    model = UUDS(cfg, clip_weights=None, seed=0).to(memory_format=torch.channels_last)  # as train() did on a GPU
+    # (every weight: the figures in results/step_copies_*.json; the decoders stay plain there since 11da269)
     s, t = samplers(src, tgt, 0.5, 0)
     gen = train(model, s, t, TrainConfig(steps=100, batch_size=args.batch, warmup_steps=0, device="cpu"), log_every=1)
     # one step first (lazy set-up stays out of the profile); the second lies before the weight average starts (step 50)

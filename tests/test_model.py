@@ -288,3 +288,28 @@ def test_a_channels_last_model_feeds_its_decoders_channels_last_maps(tiny_model)
     (a["t"].sum() + 2 * b["t"].sum() + 3 * a["l"][0].sum() + b["l"][0].sum()).backward()
     want = torch.tensor([2 + 9] * 2 + [4 + 3] * 4, dtype=x.dtype)[:, None, None, None].expand_as(x)
     assert a["t"].shape[0] == 2 and b["t"].shape[0] == 4 and torch.equal(x.grad, want)
+
+
+def test_the_gpu_layout_keeps_the_encoder_channels_last_and_the_decoders_plain(tiny_model):
+    """Issue 17: on CUDA group norm returns plain maps whatever its input's layout, so channels-last decoder
+    convolutions copied every input over and the norms copied it back (32 ms a step at batch 64 on an H200).
+    ``to_channels_last`` (what train calls on CUDA) lays the encoder out channels-last and leaves the decoders
+    plain, and the values are those of the plain model. (Which layout the maps then take is CUDA's to say: CPU
+    group norm keeps a channels-last input channels-last.)"""
+    torch.manual_seed(0)
+    xs, xt = torch.randn(2, 1, 64, 64), torch.randn(2, 1, 64, 64)
+    want = tiny_model(xs, xt)
+    model = tiny_model.to_channels_last()
+    assert model is tiny_model
+    cl = torch.channels_last
+
+    def convs(mod):
+        return [m for m in mod.modules() if isinstance(m, torch.nn.Conv2d) and m.kernel_size != (1, 1)]
+
+    assert convs(model.clip.visual) and all(m.weight.is_contiguous(memory_format=cl) and not m.weight.is_contiguous()
+                                            for m in convs(model.clip.visual))
+    decs = [m for d in (model.image_decoder, model.seg_decoder) for m in convs(d)]
+    assert len(decs) > 20 and all(m.weight.is_contiguous() for m in decs)
+    got = model(xs, xt)  # (the channels-last convolutions sum in another order: float32 rounding apart)
+    torch.testing.assert_close(got.logits_ts, want.logits_ts, atol=1e-3, rtol=1e-3)
+    torch.testing.assert_close(got.syn_t, want.syn_t, atol=1e-3, rtol=1e-3)

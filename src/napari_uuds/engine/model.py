@@ -136,8 +136,16 @@ class UUDS(nn.Module):
         return self.seg_prompt() if self.cfg.use_seg_prompt else None
 
     def to_channels_last(self) -> "UUDS":
-        """Channels-last weights, as a CUDA run trains (``TrainConfig.channels_last``)."""
-        return self.to(memory_format=torch.channels_last)
+        """Channels-last weights, as a CUDA run trains (``TrainConfig.channels_last``), except the two decoders'.
+
+        The decoders' group norm returns plain (NCHW) maps whatever its input's layout, so channels-last decoder
+        convolutions copied each input to channels-last and the norms copied it back, forward and backward. With
+        plain decoders a training step (RN50, H200) took 236 ms against 268 at batch 64, and 408 against 455 at
+        batch 128 (benchmarks/results/gpu_speed_after-convt.json, section layout, whose rule chose this)."""
+        self.to(memory_format=torch.channels_last)
+        for dec in (self.image_decoder, self.seg_decoder):
+            dec.to(memory_format=torch.contiguous_format)
+        return self
 
     def translate(self, taps: dict, t_d: torch.Tensor | None, image: torch.Tensor | None = None) -> Translation:
         """The image decoder's output from the encoder taps of ``image`` (the slice being translated: read at S/2 and
