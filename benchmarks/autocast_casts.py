@@ -28,7 +28,9 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
+import os
 import subprocess
 import traceback
 import warnings
@@ -90,18 +92,29 @@ def cuda_autocast(dtype: torch.dtype = torch.bfloat16):
         torch.set_autocast_dtype("cuda", prev[1])
 
 
+@functools.lru_cache(maxsize=1)
+def _package_dirs() -> dict[str, str]:
+    """The folders of the packages whose frames name a place in the model (by where they are imported from, not by
+    a name that a virtual environment's own path might also contain)."""
+    import importlib
+
+    dirs = {}
+    for name in _OURS:
+        mod = importlib.import_module(name)
+        dirs[name] = os.path.join(os.path.dirname(os.path.abspath(mod.__file__)), "")
+    return dirs
+
+
 def _origin() -> str:
+    dirs = _package_dirs()
     frames = traceback.extract_stack()[:-3]  # less this module's own frames
-    ours = [f for f in frames if any(k in f.filename for k in _OURS)]
-    if not ours:
-        return "(outside the model)"
-    f = ours[-1]
-    path = f.filename.replace("\\", "/")
-    for k in _OURS:
-        if k in path:
-            path = path[path.rindex(k):]
-            break
-    return f"{path}:{f.lineno} {f.line.strip() if f.line else ''}".strip()
+    for f in reversed(frames):
+        path = os.path.abspath(f.filename)
+        for name, folder in dirs.items():
+            if path.startswith(folder):
+                rel = (name + "/" + path[len(folder):]).replace(os.sep, "/")
+                return f"{rel}:{f.lineno} {f.line.strip() if f.line else ''}".strip()
+    return "(outside the model)"
 
 
 class _InAttention:
