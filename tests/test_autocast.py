@@ -43,8 +43,8 @@ def test_under_cuda_autocast_the_decoders_keep_their_maps_in_bfloat16(tiny_cfg):
 
 
 def test_the_x2_upsampling_is_bilinear_and_stays_in_bfloat16_under_cuda_autocast():
-    """On the CPU ``upsample2x`` is ``F.interpolate`` itself; on CUDA it is the depthwise transposed convolution of
-    the same stencil, which keeps a bfloat16 map in bfloat16 under CUDA's autocast (checked on fake CUDA tensors:
+    """On the CPU (and for float32 maps on CUDA) ``upsample2x`` is ``F.interpolate`` itself; for bfloat16 maps on
+    CUDA it is the depthwise transposed convolution of the same stencil, which keeps a bfloat16 map in bfloat16 under CUDA's autocast (checked on fake CUDA tensors:
     ``F.interpolate`` there returns float32, and no bilinear kernel is dispatched), and whose float32 values are
     ``F.interpolate``'s to rounding."""
     from torch.utils._python_dispatch import TorchDispatchMode
@@ -75,6 +75,10 @@ def test_the_x2_upsampling_is_bilinear_and_stays_in_bfloat16_under_cuda_autocast
             ops = Ops()
             with ops:
                 up = upsample2x(xb)
+        full = Ops()
+        with full:  # a float32 map on CUDA (no autocast): F.interpolate, exact (cuDNN might convolve in TF32)
+            upsample2x(torch.empty(2, 6, 5, 7, device="cuda"))
     assert plain.dtype == torch.float32  # why: CUDA autocast runs the bilinear kernel in float32
     assert kept.dtype == up.dtype == torch.bfloat16 and up.shape == (2, 6, 10, 14)
     assert "upsample_bilinear2d" not in ops.names and any("convolution" in n for n in ops.names), ops.names
+    assert "upsample_bilinear2d" in full.names, full.names

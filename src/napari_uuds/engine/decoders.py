@@ -90,9 +90,10 @@ def upsample2x(h: torch.Tensor) -> torch.Tensor:
     :func:`upsample_conv_transpose`: whole training steps (RN50, batch 64, H200) took 304 ms with the float32
     resize, 285 ms with ``F.interpolate`` in bfloat16 (whose backward accumulates with bfloat16 atomics) and 268 ms
     with the transposed convolution (benchmarks/results/gpu_speed_after-casts.json, ``upsample_step``; the rule
-    that chose it is written in ``gpu_speed.section_upsample_step``). Elsewhere (the CPU) it is
-    :func:`interpolate`, i.e. ``F.interpolate`` itself in float32."""
-    if h.device.type == "cuda":
+    that chose it is written in ``gpu_speed.section_upsample_step``). Elsewhere (the CPU, and float32 maps on
+    CUDA, which cuDNN might convolve in TF32 and which were not measured) it is :func:`interpolate`, i.e.
+    ``F.interpolate`` itself in float32."""
+    if h.device.type == "cuda" and h.dtype in (torch.bfloat16, torch.float16):
         return upsample_conv_transpose(h)
     return interpolate(h, scale_factor=2, mode="bilinear", align_corners=False)
 
