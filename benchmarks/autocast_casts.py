@@ -50,8 +50,9 @@ _OURS = ("napari_uuds", "open_clip")
 
 def to_fake_cuda(module: torch.nn.Module, channels_last: bool = False) -> torch.nn.Module:
     """Move ``module``'s parameters and buffers to the fake CUDA device of the active ``FakeTensorMode``, in place
-    (``Module.to`` cannot swap a parameter for a tensor subclass). 4-d weights channels-last where asked, as
-    ``train`` lays them out on a GPU."""
+    (``Module.to`` cannot swap a parameter for a tensor subclass, nor, later, one fake parameter for another, so
+    ``UUDS.to_channels_last`` cannot run here). 4-d weights channels-last where asked: what is cast does not depend
+    on the layout."""
     for m in module.modules():
         for name, p in list(m._parameters.items()):
             if p is not None:

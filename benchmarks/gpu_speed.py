@@ -432,7 +432,7 @@ def decoder_upsamplings(ctx: dict, batch: int) -> list[dict]:
     dev = ctx["device"]
     model = _model(ctx).to(dev)
     if dev.type == "cuda":
-        model.to(memory_format=torch.channels_last)
+        model.to_channels_last()  # as train lays it out
     seen: dict[tuple, int] = {}
     real = decoders.upsample2x
 
@@ -486,6 +486,15 @@ def section_upsample(ctx: dict, args) -> dict:
             "calls": rows}
 
 
+def _alternated(names: list[str], repeats: int):
+    """(repeat, name) in the order the whole-step comparisons run them: every name once a repeat (a drift of the
+    card's clocks falls on each), each repeat starting with another (so does a first run's cost)."""
+    for rep in range(repeats):
+        k = rep % len(names)
+        for name in names[k:] + names[:k]:
+            yield rep, name
+
+
 def section_upsample_step(ctx: dict, args) -> dict:
     """Whole training steps at the largest ``--batches`` with each upsampling in the decoders (patched in for the
     run), alternated ``--upsample-repeats`` times; median ms a step each. Rule, written before any of these figures
@@ -499,14 +508,11 @@ def section_upsample_step(ctx: dict, args) -> dict:
     real = decoders.upsample2x
     runs = []
     try:
-        names = list(UPSAMPLERS)
-        for rep in range(args.upsample_repeats):  # alternated: a drift of the card's clocks falls on every candidate
-            for name in names[rep % len(names):] + names[:rep % len(names)]:  # and each repeat starts with another
-                fn = UPSAMPLERS[name]
-                decoders.upsample2x = fn
-                r = measure_training(ctx, batch, log_every=args.log_every)
-                runs.append({"upsample": name, "repeat": rep, **r})
-                print(f"  {name} {rep}: {r['step_ms']:.1f} ms a step", flush=True)
+        for rep, name in _alternated(list(UPSAMPLERS), args.upsample_repeats):
+            decoders.upsample2x = UPSAMPLERS[name]
+            r = measure_training(ctx, batch, log_every=args.log_every)
+            runs.append({"upsample": name, "repeat": rep, **r})
+            print(f"  {name} {rep}: {r['step_ms']:.1f} ms a step", flush=True)
     finally:
         decoders.upsample2x = real
     med = {k: float(np.median([r["step_ms"] for r in runs if r["upsample"] == k])) for k in UPSAMPLERS}
@@ -516,26 +522,19 @@ def section_upsample_step(ctx: dict, args) -> dict:
             "runs": runs}
 
 
-def _decoders_nchw(self):
-    """The channels-last model with its two decoders left in the plain layout (section layout)."""
-    self.to(memory_format=torch.channels_last)
-    for dec in (self.image_decoder, self.seg_decoder):
-        dec.to(memory_format=torch.contiguous_format)
-    return self
-
-
 def _all_channels_last(self):
     """Every 4-d weight channels-last, the decoders' too (``UUDS.to_channels_last`` until gpu_speed_after-convt)."""
     return self.to(memory_format=torch.channels_last)
 
 
-#: the model layouts compared by section layout (the engine's is decoders_nchw since gpu_speed_after-convt)
-LAYOUTS = {"channels_last": _all_channels_last, "decoders_nchw": _decoders_nchw}
+#: the model layouts compared by section layout: every weight channels-last, and the engine's own
+#: (``UUDS.to_channels_last``: the decoders plain, since gpu_speed_after-convt)
+LAYOUTS = {"channels_last": _all_channels_last, "decoders_nchw": UUDS.to_channels_last}
 
 
 def section_layout(ctx: dict, args) -> dict:
-    """Whole training steps at the largest ``--batches`` with the model channels-last throughout (the engine) and
-    with the decoders in the plain layout: their group norm returns plain maps, so channels-last decoder
+    """Whole training steps at the largest ``--batches`` with the model channels-last throughout (the engine until
+    498646d) and with the decoders in the plain layout (the engine's since): their group norm returns plain maps, so channels-last decoder
     convolutions copy their input to channels-last and the norms copy it back, forward and backward (the profile of
     gpu_speed_after-casts: ``clone/contiguous`` copies, 28 ms a step). Alternated ``--upsample-repeats`` times, each
     repeat starting with another; then each layout once at twice that batch. Rule, written before these figures:
@@ -544,14 +543,12 @@ def section_layout(ctx: dict, args) -> dict:
     real = UUDS.to_channels_last
     runs = []
     try:
-        names = list(LAYOUTS)
-        for rep in range(args.upsample_repeats):
-            for name in names[rep % len(names):] + names[:rep % len(names)]:
-                UUDS.to_channels_last = LAYOUTS[name]
-                r = measure_training(ctx, batch, log_every=args.log_every)
-                runs.append({"layout": name, "repeat": rep, **r})
-                print(f"  {name} {rep}: {r['step_ms']:.1f} ms a step", flush=True)
-        for name in names:
+        for rep, name in _alternated(list(LAYOUTS), args.upsample_repeats):
+            UUDS.to_channels_last = LAYOUTS[name]
+            r = measure_training(ctx, batch, log_every=args.log_every)
+            runs.append({"layout": name, "repeat": rep, **r})
+            print(f"  {name} {rep}: {r['step_ms']:.1f} ms a step", flush=True)
+        for name in LAYOUTS:
             UUDS.to_channels_last = LAYOUTS[name]
             r = measure_training(ctx, 2 * batch, log_every=args.log_every)
             runs.append({"layout": name, "repeat": 0, **r})
