@@ -534,9 +534,9 @@ LAYOUTS = {"channels_last": _all_channels_last, "decoders_nchw": UUDS.to_channel
 
 def section_layout(ctx: dict, args) -> dict:
     """Whole training steps at the largest ``--batches`` with the model channels-last throughout (the engine until
-    498646d) and with the decoders in the plain layout (the engine's since): their group norm returns plain maps, so channels-last decoder
-    convolutions copy their input to channels-last and the norms copy it back, forward and backward (the profile of
-    gpu_speed_after-casts: ``clone/contiguous`` copies, 28 ms a step). Alternated ``--upsample-repeats`` times, each
+    498646d) and with the decoders in the plain layout (the engine's since): their group norm returns plain maps,
+    so channels-last decoder convolutions copy their input to channels-last and the norms copy it back, forward and
+    backward (the profile of gpu_speed_after-casts: ``clone/contiguous`` copies, 28 ms a step). Alternated ``--upsample-repeats`` times, each
     repeat starting with another; then each layout once at twice that batch. Rule, written before these figures:
     the decoders go plain if their median step is more than 2 % shorter."""
     batch = max(args.batches)
